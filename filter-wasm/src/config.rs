@@ -1,0 +1,424 @@
+//! Plugin configuration: the JSON in the Wasm filter's `configuration` field.
+//!
+//! Parsing is strict (unknown fields are errors) and every error names the offending field
+//! by its path, e.g. `services[0].thresholds.exit`, because the only feedback an operator
+//! gets is one log line before Envoy rejects the configuration.
+//!
+//! Every field and its default is documented in `filter-wasm/README.md`.
+
+use serde::Deserialize;
+use std::fmt;
+
+/// Header the filter sets to the chosen cluster; the route selects by `cluster_header`.
+pub const DEFAULT_ROUTE_HEADER: &str = "x-shadowmesh-cluster";
+
+/// A configuration problem, naming the field at fault.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    /// Path of the field, e.g. `services[0].primary.max_in_flight`; empty for the document.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "invalid shadowmesh configuration: {}", self.message)
+        } else {
+            write!(
+                f,
+                "invalid shadowmesh configuration: field `{}`: {}",
+                self.field, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole plugin configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Request header the filter sets to the chosen cluster (default `x-shadowmesh-cluster`).
+    #[serde(default = "default_route_header")]
+    pub route_header: String,
+    /// Control tick: how often workers publish their counts and the plan is recomputed.
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    /// Weight of the newest sample in the latency EWMA, in (0, 1].
+    #[serde(default = "default_alpha")]
+    pub latency_ewma_alpha: f64,
+    /// An ORCA utilization older than this is not used in the load score.
+    #[serde(default = "default_orca_stale_ms")]
+    pub orca_stale_ms: u64,
+    /// Proxy name in telemetry; default Envoy's `node.id`.
+    #[serde(default)]
+    pub proxy_id: Option<String>,
+    /// The services this filter manages; at least one.
+    pub services: Vec<ServiceConfig>,
+    /// Where telemetry goes; `null`/absent disables reporting.
+    #[serde(default)]
+    pub telemetry: Option<TelemetryConfig>,
+}
+
+/// One managed service: a primary cluster and its shadow.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Service name (metrics, telemetry and control-plane records use it).
+    pub name: String,
+    /// `:authority` values (port ignored, case-insensitive) this service answers; `"*"`
+    /// matches any. Services are tried in order.
+    #[serde(default = "default_hosts")]
+    pub hosts: Vec<String>,
+    /// The primary cluster.
+    pub primary: ClusterConfig,
+    /// The shadow cluster.
+    pub shadow: ShadowConfig,
+    /// When to start and stop redirecting.
+    #[serde(default)]
+    pub thresholds: Thresholds,
+    /// Session affinity: where the session key comes from; absent = no affinity.
+    #[serde(default)]
+    pub session: Option<SessionKeySource>,
+    /// Most of the traffic ever sent to the shadow, in (0, 1].
+    #[serde(default = "default_max_share")]
+    pub max_share: f64,
+    /// How fast the redirect share moves towards its target per tick, in (0, 1].
+    #[serde(default = "default_gain")]
+    pub gain: f64,
+}
+
+/// Capacity of the primary cluster.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Envoy cluster name.
+    pub cluster: String,
+    /// Concurrent requests the cluster serves at 100% load.
+    pub max_in_flight: u32,
+    /// Latency at which the cluster counts as fully loaded; absent = latency not used.
+    #[serde(default)]
+    pub latency_slo_ms: Option<f64>,
+}
+
+/// The shadow cluster and its static readiness (the control plane may override it).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// Envoy cluster name (may be an aggregate cluster that fails over to the primary).
+    pub cluster: String,
+    /// Concurrent requests the shadow serves at 100% load.
+    pub max_in_flight: u32,
+    /// Latency at which the shadow counts as fully loaded; absent = latency not used.
+    #[serde(default)]
+    pub latency_slo_ms: Option<f64>,
+    /// Whether the shadow is warm until the control plane says otherwise (default false).
+    #[serde(default)]
+    pub ready: bool,
+}
+
+/// Redirect thresholds on the primary's load score (1.0 = at capacity).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    /// Start redirecting when the primary's load reaches this.
+    pub enter: f64,
+    /// While redirecting, keep the primary's load near this.
+    pub target: f64,
+    /// Stop redirecting when the demand (load the primary would have alone) stays below this…
+    pub exit: f64,
+    /// …for this many consecutive ticks.
+    pub exit_hold_ticks: u32,
+    /// Do not push the shadow beyond this load.
+    pub shadow_max: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            enter: 0.9,
+            target: 0.8,
+            exit: 0.6,
+            exit_hold_ticks: 10,
+            shadow_max: 0.9,
+        }
+    }
+}
+
+/// Where the session key comes from.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum SessionKeySource {
+    /// A request header, e.g. `{"header": "x-session-id"}`.
+    Header(String),
+    /// A cookie, e.g. `{"cookie": "sid"}`.
+    Cookie(String),
+}
+
+/// Telemetry destination.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Envoy cluster of the control plane.
+    pub cluster: String,
+    /// `:authority` of the report request (default `shadowmesh-control`).
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    /// Path the report is POSTed to (default `/v1/telemetry`).
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Reporting interval (default 1000 ms); rounded to whole ticks.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// Timeout of the report request (default 500 ms).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_route_header() -> String {
+    DEFAULT_ROUTE_HEADER.into()
+}
+fn default_tick_ms() -> u64 {
+    100
+}
+fn default_alpha() -> f64 {
+    0.3
+}
+fn default_orca_stale_ms() -> u64 {
+    2_000
+}
+fn default_hosts() -> Vec<String> {
+    vec!["*".into()]
+}
+fn default_max_share() -> f64 {
+    0.9
+}
+fn default_gain() -> f64 {
+    0.5
+}
+fn default_authority() -> String {
+    "shadowmesh-control".into()
+}
+fn default_path() -> String {
+    "/v1/telemetry".into()
+}
+fn default_interval_ms() -> u64 {
+    1_000
+}
+fn default_timeout_ms() -> u64 {
+    500
+}
+
+impl PluginConfig {
+    /// Parses and validates the plugin configuration.
+    ///
+    /// ```
+    /// use shadowmesh_filter::config::PluginConfig;
+    /// let bad = r#"{"services":[{"name":"a","primary":{"cluster":"p","max_in_flight":0},
+    ///               "shadow":{"cluster":"s","max_in_flight":4}}]}"#;
+    /// let e = PluginConfig::parse(bad.as_bytes()).unwrap_err();
+    /// assert_eq!(e.field, "services[0].primary.max_in_flight");
+    /// ```
+    pub fn parse(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let config: PluginConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            err(field, e.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !is_header_name(&self.route_header) {
+            return Err(err(
+                "route_header",
+                "must be a lower-case HTTP header name (not a pseudo-header)",
+            ));
+        }
+        if !(10..=60_000).contains(&self.tick_ms) {
+            return Err(err("tick_ms", "must be between 10 and 60000"));
+        }
+        unit_interval("latency_ewma_alpha", self.latency_ewma_alpha)?;
+        if self.services.is_empty() {
+            return Err(err("services", "at least one service is required"));
+        }
+        let mut names = Vec::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let at = |f: &str| format!("services[{i}].{f}");
+            if s.name.is_empty() || !s.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                return Err(err(at("name"), "must be non-empty ASCII letters, digits, '-' or '_'"));
+            }
+            if names.contains(&&s.name) {
+                return Err(err(at("name"), format!("duplicate service name `{}`", s.name)));
+            }
+            names.push(&s.name);
+            if s.hosts.is_empty() {
+                return Err(err(at("hosts"), "at least one host (or \"*\") is required"));
+            }
+            cluster_fields(&at("primary"), &s.primary.cluster, s.primary.max_in_flight, s.primary.latency_slo_ms)?;
+            cluster_fields(&at("shadow"), &s.shadow.cluster, s.shadow.max_in_flight, s.shadow.latency_slo_ms)?;
+            if s.shadow.cluster == s.primary.cluster {
+                return Err(err(at("shadow.cluster"), "must differ from primary.cluster"));
+            }
+            let t = &s.thresholds;
+            for (name, v) in [("enter", t.enter), ("target", t.target), ("exit", t.exit), ("shadow_max", t.shadow_max)] {
+                if !(v.is_finite() && v > 0.0 && v <= 10.0) {
+                    return Err(err(at(&format!("thresholds.{name}")), "must be a number in (0, 10]"));
+                }
+            }
+            if t.exit >= t.target {
+                return Err(err(at("thresholds.exit"), format!("must be below thresholds.target ({})", t.target)));
+            }
+            if t.target > t.enter {
+                return Err(err(at("thresholds.target"), format!("must not exceed thresholds.enter ({})", t.enter)));
+            }
+            match &s.session {
+                Some(SessionKeySource::Header(h)) if !is_header_name(h) => {
+                    return Err(err(at("session.header"), "must be a lower-case HTTP header name"));
+                }
+                Some(SessionKeySource::Cookie(c)) if c.is_empty() || c.contains([';', '=', ' ']) => {
+                    return Err(err(at("session.cookie"), "must be a cookie name"));
+                }
+                _ => {}
+            }
+            unit_interval(&at("max_share"), s.max_share)?;
+            unit_interval(&at("gain"), s.gain)?;
+        }
+        if let Some(t) = &self.telemetry {
+            if t.cluster.is_empty() {
+                return Err(err("telemetry.cluster", "must not be empty"));
+            }
+            if !t.path.starts_with('/') {
+                return Err(err("telemetry.path", "must start with '/'"));
+            }
+            if t.interval_ms < self.tick_ms {
+                return Err(err("telemetry.interval_ms", format!("must be at least tick_ms ({})", self.tick_ms)));
+            }
+            if t.timeout_ms == 0 {
+                return Err(err("telemetry.timeout_ms", "must be positive"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of ticks between telemetry reports (at least 1).
+    pub fn ticks_per_report(&self) -> u64 {
+        self.telemetry
+            .as_ref()
+            .map_or(1, |t| (t.interval_ms / self.tick_ms).max(1))
+    }
+}
+
+impl ServiceConfig {
+    /// Whether this service answers requests for `authority` (`host[:port]`).
+    pub fn matches_authority(&self, authority: &str) -> bool {
+        let host = strip_port(authority);
+        self.hosts
+            .iter()
+            .any(|h| h == "*" || h.eq_ignore_ascii_case(host))
+    }
+}
+
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        // [v6]:port
+        return authority.split_once(']').map_or(authority, |(h, _)| &h[1..]);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
+}
+
+fn is_header_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn unit_interval(field: &str, v: f64) -> Result<(), ConfigError> {
+    if v.is_finite() && v > 0.0 && v <= 1.0 {
+        Ok(())
+    } else {
+        Err(err(field, "must be a number in (0, 1]"))
+    }
+}
+
+fn cluster_fields(at: &str, cluster: &str, max_in_flight: u32, slo: Option<f64>) -> Result<(), ConfigError> {
+    if cluster.is_empty() {
+        return Err(err(format!("{at}.cluster"), "must not be empty"));
+    }
+    if max_in_flight == 0 {
+        return Err(err(format!("{at}.max_in_flight"), "must be at least 1"));
+    }
+    if let Some(ms) = slo
+        && !(ms.is_finite() && ms > 0.0)
+    {
+        return Err(err(format!("{at}.latency_slo_ms"), "must be a positive number of milliseconds"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"services":[{"name":"checkout",
+        "primary":{"cluster":"p","max_in_flight":8},
+        "shadow":{"cluster":"s","max_in_flight":8,"ready":true},
+        "session":{"cookie":"sid"}}],
+        "telemetry":{"cluster":"cp"}}"#;
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let c = PluginConfig::parse(GOOD.as_bytes()).unwrap();
+        assert_eq!(c.route_header, "x-shadowmesh-cluster");
+        assert_eq!(c.tick_ms, 100);
+        assert_eq!(c.services[0].thresholds, Thresholds::default());
+        assert_eq!(c.services[0].session, Some(SessionKeySource::Cookie("sid".into())));
+        assert_eq!(c.telemetry.as_ref().unwrap().path, "/v1/telemetry");
+        assert_eq!(c.ticks_per_report(), 10);
+    }
+
+    fn field_of(json: &str) -> String {
+        PluginConfig::parse(json.as_bytes()).unwrap_err().field
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(field_of(&GOOD.replace(r#""name":"checkout","#, "")), "services[0]");
+        assert_eq!(field_of(&GOOD.replace("\"ready\":true", "\"ready\":\"yes\"")), "services[0].shadow.ready");
+        assert_eq!(field_of(&GOOD.replace("\"cluster\":\"cp\"", "\"cluster\":\"cp\",\"bogus\":1")), "telemetry.bogus");
+        assert_eq!(
+            field_of(&GOOD.replace("\"session\"", "\"thresholds\":{\"exit\":0.85},\"session\"")),
+            "services[0].thresholds.exit"
+        );
+        assert_eq!(field_of(&GOOD.replace("\"cluster\":\"s\"", "\"cluster\":\"p\"")), "services[0].shadow.cluster");
+        assert_eq!(field_of(&GOOD.replace("{\"services\"", "{\"tick_ms\":1,\"services\"")), "tick_ms");
+        assert_eq!(field_of("not json"), "");
+        assert_eq!(field_of(r#"{"services":[]}"#), "services");
+    }
+
+    #[test]
+    fn authority_matching_ignores_port_and_case() {
+        let mut s = PluginConfig::parse(GOOD.as_bytes()).unwrap().services.remove(0);
+        s.hosts = vec!["Shop.example".into()];
+        assert!(s.matches_authority("shop.example:8080"));
+        assert!(s.matches_authority("SHOP.example"));
+        assert!(!s.matches_authority("other.example"));
+        s.hosts = vec!["::1".into()];
+        assert!(s.matches_authority("[::1]:80"));
+    }
+}

@@ -1,0 +1,211 @@
+//! The per-tick work of the elected controller worker, as pure functions of what it read
+//! from shared data: resolve shadow readiness, score both clusters, update the plan, and
+//! accumulate the telemetry report.
+
+use crate::config::{PluginConfig, ServiceConfig, ShadowConfig};
+use crate::load::{Ewma, LoadScore, LoadSignals, concurrency};
+use crate::plan::{PlanInputs, RedirectPlan};
+use crate::window::{ClusterWindow, ServiceWindow};
+use shadowmesh_wire::{ServiceTelemetry, ShadowRecord};
+
+/// The shadow as the data path sees it: configuration overlaid with the control plane's
+/// record when there is a current one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowView {
+    /// Cluster to route redirected requests to.
+    pub cluster: String,
+    /// Whether it may take traffic now.
+    pub ready: bool,
+    /// Its capacity.
+    pub max_in_flight: u32,
+}
+
+impl ShadowView {
+    /// Resolves readiness. An expired record counts as "not ready": the control plane
+    /// that vouched for the shadow went silent, and a shadow it may have released must
+    /// not receive traffic.
+    pub fn resolve(config: &ShadowConfig, record: Option<&ShadowRecord>, now_ms: u64) -> ShadowView {
+        match record {
+            Some(r) => ShadowView {
+                cluster: r.cluster.clone(),
+                ready: r.warm && r.expires_at_ms.is_none_or(|t| now_ms < t) && r.max_in_flight > 0,
+                max_in_flight: r.max_in_flight.max(1),
+            },
+            None => ShadowView {
+                cluster: config.cluster.clone(),
+                ready: config.ready,
+                max_in_flight: config.max_in_flight,
+            },
+        }
+    }
+}
+
+/// Controller-side memory of one service (lives in the lease holder only).
+#[derive(Debug, Clone, Default)]
+pub struct ServiceController {
+    latency: [Ewma; 2],
+    orca: [Option<(f64, u64)>; 2],
+    last_tick_ms: Option<u64>,
+    /// Traffic accumulated since the last report.
+    pub report: ServiceWindow,
+    /// Load scores at the last tick: primary, shadow.
+    pub scores: [LoadScore; 2],
+    /// In-flight counts at the last tick: primary, shadow.
+    pub in_flight: [u64; 2],
+}
+
+/// What the controller read from shared data this tick.
+#[derive(Debug, Clone)]
+pub struct TickInput<'a> {
+    /// Now, ms.
+    pub now_ms: u64,
+    /// Traffic all workers published since the last tick.
+    pub window: ServiceWindow,
+    /// In-flight counters: primary, shadow.
+    pub in_flight: [u64; 2],
+    /// Shadow readiness.
+    pub shadow: &'a ShadowView,
+}
+
+impl ServiceController {
+    /// One controller tick; returns the new plan.
+    pub fn tick(
+        &mut self,
+        config: &PluginConfig,
+        svc: &ServiceConfig,
+        plan: &RedirectPlan,
+        input: TickInput<'_>,
+    ) -> RedirectPlan {
+        let elapsed = match self.last_tick_ms {
+            Some(t) if input.now_ms > t => (input.now_ms - t) as f64,
+            _ => config.tick_ms as f64,
+        };
+        self.last_tick_ms = Some(input.now_ms);
+        let sides: [(&ClusterWindow, u32, Option<f64>); 2] = [
+            (&input.window.primary, svc.primary.max_in_flight, svc.primary.latency_slo_ms),
+            (&input.window.shadow, input.shadow.max_in_flight, svc.shadow.latency_slo_ms),
+        ];
+        for (i, (w, max_in_flight, slo)) in sides.into_iter().enumerate() {
+            if w.latency.count > 0 {
+                let mean_ms = w.latency.sum_us as f64 / w.latency.count as f64 / 1e3;
+                self.latency[i].observe(mean_ms, config.latency_ewma_alpha);
+            }
+            if let Some(u) = w.orca_mean() {
+                self.orca[i] = Some((u, input.now_ms));
+            }
+            let orca = self.orca[i]
+                .filter(|(_, at)| input.now_ms.saturating_sub(*at) <= config.orca_stale_ms)
+                .map(|(u, _)| u);
+            let signals = LoadSignals {
+                concurrency: concurrency(w.latency.sum_us as f64 / 1e3, elapsed, input.in_flight[i]),
+                max_in_flight,
+                latency_ewma_ms: self.latency[i].get(),
+                latency_slo_ms: slo,
+                orca_utilization: orca,
+            };
+            self.scores[i] = signals.score();
+        }
+        self.in_flight = input.in_flight;
+        self.report.merge(&input.window);
+        plan.next(
+            PlanInputs {
+                primary: self.scores[0],
+                shadow: self.scores[1],
+                shadow_ready: input.shadow.ready,
+            },
+            svc,
+        )
+    }
+
+    /// Turns the accumulated traffic into a report entry and starts a new one.
+    pub fn take_report(&mut self, svc: &ServiceConfig, shadow: &ShadowView, plan: &RedirectPlan) -> ServiceTelemetry {
+        let w = std::mem::take(&mut self.report);
+        ServiceTelemetry {
+            service: svc.name.clone(),
+            requests: w.primary.latency.count + w.shadow.latency.count,
+            redirected: w.redirected,
+            fallbacks: w.fallbacks,
+            state: plan.state,
+            redirect_share: plan.share,
+            primary: w.primary.telemetry(&svc.primary.cluster, self.in_flight[0], self.scores[0].0),
+            shadow: w.shadow.telemetry(&shadow.cluster, self.in_flight[1], self.scores[1].0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shadowmesh_wire::RedirectState;
+
+    fn config() -> PluginConfig {
+        PluginConfig::parse(
+            br#"{"tick_ms":100,"services":[{"name":"s","primary":{"cluster":"p","max_in_flight":10},
+                "shadow":{"cluster":"sh","max_in_flight":10,"ready":true}}]}"#,
+        )
+        .unwrap()
+    }
+
+    fn window_with(requests: u64, latency_us: u64) -> ServiceWindow {
+        let mut w = ServiceWindow::default();
+        for _ in 0..requests {
+            w.primary.latency.record(latency_us);
+        }
+        w
+    }
+
+    #[test]
+    fn saturated_primary_enters_redirecting() {
+        let c = config();
+        let svc = &c.services[0];
+        let shadow = ShadowView::resolve(&svc.shadow, None, 0);
+        let mut ctl = ServiceController::default();
+        // 100 requests of 12 ms in 100 ms = 12 concurrent on a capacity of 10.
+        let plan = ctl.tick(
+            &c,
+            svc,
+            &RedirectPlan::default(),
+            TickInput { now_ms: 100, window: window_with(100, 12_000), in_flight: [12, 0], shadow: &shadow },
+        );
+        assert_eq!(plan.state, RedirectState::Redirecting);
+        assert!((ctl.scores[0].0 - 1.2).abs() < 0.01, "{:?}", ctl.scores);
+        let report = ctl.take_report(svc, &shadow, &plan);
+        assert_eq!(report.requests, 100);
+        assert_eq!(report.primary.in_flight, 12);
+        assert!(ctl.report.is_empty());
+    }
+
+    #[test]
+    fn stale_orca_is_ignored() {
+        let c = config();
+        let svc = &c.services[0];
+        let shadow = ShadowView::resolve(&svc.shadow, None, 0);
+        let mut ctl = ServiceController::default();
+        let mut w = ServiceWindow::default();
+        w.primary.orca_sum = 0.95;
+        w.primary.orca_reports = 1;
+        let input = |now_ms, window| TickInput { now_ms, window, in_flight: [0, 0], shadow: &shadow };
+        ctl.tick(&c, svc, &RedirectPlan::default(), input(100, w));
+        assert_eq!(ctl.scores[0], LoadScore(0.95));
+        ctl.tick(&c, svc, &RedirectPlan::default(), input(5_000, ServiceWindow::default()));
+        assert_eq!(ctl.scores[0], LoadScore(0.0));
+    }
+
+    #[test]
+    fn control_plane_record_overrides_and_expires() {
+        let c = config();
+        let cfg = &c.services[0].shadow;
+        let record = ShadowRecord {
+            service: "s".into(),
+            cluster: "dyn".into(),
+            warm: true,
+            max_in_flight: 4,
+            generation: 1,
+            expires_at_ms: Some(1_000),
+        };
+        let v = ShadowView::resolve(cfg, Some(&record), 999);
+        assert_eq!((v.cluster.as_str(), v.ready, v.max_in_flight), ("dyn", true, 4));
+        assert!(!ShadowView::resolve(cfg, Some(&record), 1_000).ready);
+        assert!(ShadowView::resolve(cfg, None, 5_000).ready);
+    }
+}

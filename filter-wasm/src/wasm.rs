@@ -1,0 +1,590 @@
+//! Proxy-Wasm glue: contexts, hostcalls, metrics.
+//!
+//! Rule for this module: every hostcall goes through `proxy_wasm::hostcalls`, which returns
+//! `Result`, and every error is absorbed (counted or logged) — never unwrapped. The SDK's
+//! `Context` convenience methods panic on host errors, and a panic in a Wasm filter is a
+//! VM fault: with `fail_open` the request survives, but the VM is gone for every request
+//! after it.
+
+use crate::config::{PluginConfig, SessionKeySource};
+use crate::control::{ServiceController, ShadowView, TickInput};
+use crate::decision::{RedirectDecision, Spreader, cookie_value, decide, session_point};
+use crate::orca::{ORCA_HEADER, OrcaReport};
+use crate::plan::RedirectPlan;
+use crate::shared::{self, SetError, SharedStore, keys};
+use crate::window::ServiceWindow;
+use proxy_wasm::hostcalls as hc;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use shadowmesh_wire::{RedirectState, ShadowRecord, TELEMETRY_SCHEMA, TelemetryAck, TelemetryReport};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AtreRoot::default()) });
+}}
+
+fn log(level: LogLevel, msg: &str) {
+    let _ = hc::log(level, msg);
+}
+
+fn now_ns() -> u64 {
+    hc::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Envoy's shared data through the hostcalls.
+struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hc::get_shared_data(key).unwrap_or((None, None))
+    }
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+        match hc::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SetError::CasMismatch),
+            Err(_) => Err(SetError::Host),
+        }
+    }
+}
+
+/// A metric id, or nothing if the host refused to define it (then updates are no-ops).
+#[derive(Clone, Copy, Default)]
+struct Metric(Option<u32>);
+
+impl Metric {
+    fn define(kind: MetricType, name: &str) -> Metric {
+        Metric(hc::define_metric(kind, name).ok())
+    }
+    fn add(self, delta: u64) {
+        if let (Some(id), true) = (self.0, delta > 0) {
+            let _ = hc::increment_metric(id, delta as i64);
+        }
+    }
+    fn set(self, value: u64) {
+        if let Some(id) = self.0 {
+            let _ = hc::record_metric(id, value);
+        }
+    }
+}
+
+/// Per-service metrics. Names are `shadowmesh.service.<name>.<metric>`; the Envoy
+/// bootstraps turn `<name>` into a `shadowmesh_service` Prometheus label.
+#[derive(Clone, Copy, Default)]
+struct ServiceMetrics {
+    requests: Metric,
+    redirected: Metric,
+    fallbacks: Metric,
+    orca_malformed: Metric,
+    in_flight_primary: Metric,
+    in_flight_shadow: Metric,
+    redirect_share_permille: Metric,
+    primary_load_permille: Metric,
+    shadow_load_permille: Metric,
+    redirecting: Metric,
+    latency_ms: Metric,
+}
+
+impl ServiceMetrics {
+    fn define(service: &str) -> ServiceMetrics {
+        let n = |m: &str| format!("shadowmesh.service.{service}.{m}");
+        let counter = |m: &str| Metric::define(MetricType::Counter, &n(m));
+        let gauge = |m: &str| Metric::define(MetricType::Gauge, &n(m));
+        ServiceMetrics {
+            requests: counter("requests_total"),
+            redirected: counter("redirected_total"),
+            fallbacks: counter("fallbacks_total"),
+            orca_malformed: counter("orca_malformed_total"),
+            in_flight_primary: gauge("in_flight_primary"),
+            in_flight_shadow: gauge("in_flight_shadow"),
+            redirect_share_permille: gauge("redirect_share_permille"),
+            primary_load_permille: gauge("primary_load_permille"),
+            shadow_load_permille: gauge("shadow_load_permille"),
+            redirecting: gauge("redirecting"),
+            latency_ms: Metric::define(MetricType::Histogram, &n("latency_ms")),
+        }
+    }
+}
+
+/// Filter-wide metrics.
+#[derive(Clone, Copy, Default)]
+struct GlobalMetrics {
+    spoofed_route_headers: Metric,
+    telemetry_reports: Metric,
+    telemetry_failures: Metric,
+    shared_data_errors: Metric,
+}
+
+/// What one worker knows about one service.
+struct ServiceRuntime {
+    /// Plan as last read from shared data.
+    plan: RedirectPlan,
+    /// Shadow readiness as last read.
+    shadow: ShadowView,
+    spreader: Spreader,
+    /// Traffic counted on this worker since its last flush.
+    window: ServiceWindow,
+    /// Requests started on this worker since the last metric flush.
+    started: u64,
+    metrics: ServiceMetrics,
+    /// Used only while this worker holds the controller lease.
+    controller: ServiceController,
+}
+
+/// State shared by a worker's root context and its HTTP contexts.
+struct Worker {
+    config: PluginConfig,
+    services: Vec<ServiceRuntime>,
+    metrics: GlobalMetrics,
+    spoofed: u64,
+    shared_errors: u64,
+}
+
+#[derive(Default)]
+struct AtreRoot {
+    worker: Option<Rc<RefCell<Worker>>>,
+    /// Random identity for the controller lease.
+    id: u64,
+    proxy: String,
+    ticks: u64,
+    report_seq: u64,
+    report_start_ms: u64,
+    /// Outstanding telemetry call and when it was sent.
+    pending_report: Option<(u32, u64)>,
+}
+
+impl Context for AtreRoot {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        if self.pending_report.map(|(t, _)| t) != Some(token) {
+            return;
+        }
+        self.pending_report = None;
+        let Some(worker) = self.worker.clone() else { return };
+        let worker = worker.borrow();
+        let status = hc::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if !status.starts_with('2') {
+            worker.metrics.telemetry_failures.add(1);
+            log(LogLevel::Warn, &format!("shadowmesh: telemetry report rejected (status {status:?})"));
+            return;
+        }
+        worker.metrics.telemetry_reports.add(1);
+        let body = hc::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if body.is_empty() {
+            return;
+        }
+        match serde_json::from_slice::<TelemetryAck>(&body) {
+            Ok(ack) => store_shadow_records(&worker.config, ack.shadows),
+            Err(e) => log(LogLevel::Warn, &format!("shadowmesh: ignoring malformed telemetry answer: {e}")),
+        }
+    }
+}
+
+/// Keeps the newest generation of each configured service's shadow record.
+fn store_shadow_records(config: &PluginConfig, records: Vec<ShadowRecord>) {
+    for record in records {
+        if !config.services.iter().any(|s| s.name == record.service) {
+            continue;
+        }
+        let key = keys::shadow(&record.service);
+        let _ = shared::update_json::<ShadowRecord, _>(&HostStore, &key, |current| {
+            match current {
+                Some(c) if c.generation > record.generation => None,
+                _ => Some(record.clone()),
+            }
+        });
+    }
+}
+
+impl RootContext for AtreRoot {
+    fn on_configure(&mut self, size: usize) -> bool {
+        let bytes = hc::get_buffer(BufferType::PluginConfiguration, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let config = match PluginConfig::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                // Envoy rejects the configuration when on_configure returns false; this
+                // line is the operator's only clue, so it names the field.
+                log(LogLevel::Error, &e.to_string());
+                return false;
+            }
+        };
+        self.proxy = config.proxy_id.clone().unwrap_or_else(|| {
+            hc::get_property(vec!["node", "id"])
+                .ok()
+                .flatten()
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "envoy".into())
+        });
+        // Identity for the lease: wasi's random_get seeds std's RandomState.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(now_ns());
+        self.id = h.finish();
+        let services = config
+            .services
+            .iter()
+            .map(|s| ServiceRuntime {
+                plan: RedirectPlan::default(),
+                shadow: ShadowView::resolve(&s.shadow, None, 0),
+                spreader: Spreader::default(),
+                window: ServiceWindow::default(),
+                started: 0,
+                metrics: ServiceMetrics::define(&s.name),
+                controller: ServiceController::default(),
+            })
+            .collect();
+        let metrics = GlobalMetrics {
+            spoofed_route_headers: Metric::define(MetricType::Counter, "shadowmesh.spoofed_route_headers_total"),
+            telemetry_reports: Metric::define(MetricType::Counter, "shadowmesh.telemetry_reports_total"),
+            telemetry_failures: Metric::define(MetricType::Counter, "shadowmesh.telemetry_failures_total"),
+            shared_data_errors: Metric::define(MetricType::Counter, "shadowmesh.shared_data_errors_total"),
+        };
+        let tick = Duration::from_millis(config.tick_ms);
+        self.report_start_ms = now_ns() / 1_000_000;
+        self.worker = Some(Rc::new(RefCell::new(Worker {
+            config,
+            services,
+            metrics,
+            spoofed: 0,
+            shared_errors: 0,
+        })));
+        if hc::set_tick_period(tick).is_err() {
+            log(LogLevel::Error, "shadowmesh: cannot set tick period");
+            return false;
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(worker) = self.worker.clone() else { return };
+        let mut guard = worker.borrow_mut();
+        let worker = &mut *guard;
+        let now_ms = now_ns() / 1_000_000;
+        flush_local(worker);
+        let ttl = worker.config.tick_ms * 3;
+        if shared::acquire_lease(&HostStore, self.id, now_ms, ttl) {
+            self.control(worker, now_ms);
+        }
+        for (svc, rt) in worker.config.services.iter().zip(worker.services.iter_mut()) {
+            rt.plan = shared::read_json(&HostStore, &keys::plan(&svc.name)).unwrap_or_default();
+            let record: Option<ShadowRecord> = shared::read_json(&HostStore, &keys::shadow(&svc.name));
+            rt.shadow = ShadowView::resolve(&svc.shadow, record.as_ref(), now_ms);
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let worker = self.worker.clone()?;
+        Some(Box::new(AtreHttp { worker, routed: None }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Moves this worker's counts into shared data and Envoy's stats.
+fn flush_local(worker: &mut Worker) {
+    let mut errors = 0;
+    for (svc, rt) in worker.config.services.iter().zip(worker.services.iter_mut()) {
+        rt.metrics.requests.add(std::mem::take(&mut rt.started));
+        if rt.window.is_empty() {
+            continue;
+        }
+        rt.metrics.redirected.add(rt.window.redirected);
+        rt.metrics.fallbacks.add(rt.window.fallbacks);
+        rt.metrics
+            .orca_malformed
+            .add(rt.window.primary.orca_malformed + rt.window.shadow.orca_malformed);
+        let local = std::mem::take(&mut rt.window);
+        let merged = shared::update_json::<ServiceWindow, _>(&HostStore, &keys::window(&svc.name), |cur| {
+            let mut next = cur.cloned().unwrap_or_default();
+            next.merge(&local);
+            Some(next)
+        });
+        if merged.is_err() {
+            // Keep the counts for the next tick rather than lose them (metrics were
+            // already incremented, so only the window is retried).
+            let mut keep = local;
+            keep.redirected = 0;
+            keep.fallbacks = 0;
+            keep.primary.orca_malformed = 0;
+            keep.shadow.orca_malformed = 0;
+            rt.window = keep;
+            errors += 1;
+        }
+    }
+    worker.metrics.spoofed_route_headers.add(std::mem::take(&mut worker.spoofed));
+    worker.shared_errors += errors;
+    worker.metrics.shared_data_errors.add(std::mem::take(&mut worker.shared_errors));
+}
+
+impl AtreRoot {
+    /// The lease holder's tick: consume windows, update plans, maybe report.
+    fn control(&mut self, worker: &mut Worker, now_ms: u64) {
+        let Worker { config, services, .. } = worker;
+        for (svc, rt) in config.services.iter().zip(services.iter_mut()) {
+            let window = shared::update_json::<ServiceWindow, _>(&HostStore, &keys::window(&svc.name), |cur| {
+                cur.map(|_| ServiceWindow::default())
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+            let in_flight = [
+                shared::read_counter(&HostStore, &keys::in_flight(&svc.name, "primary")),
+                shared::read_counter(&HostStore, &keys::in_flight(&svc.name, "shadow")),
+            ];
+            let record: Option<ShadowRecord> = shared::read_json(&HostStore, &keys::shadow(&svc.name));
+            let shadow = ShadowView::resolve(&svc.shadow, record.as_ref(), now_ms);
+            let old: RedirectPlan = shared::read_json(&HostStore, &keys::plan(&svc.name)).unwrap_or_default();
+            let plan = rt.controller.tick(
+                config,
+                svc,
+                &old,
+                TickInput {
+                    now_ms,
+                    window,
+                    in_flight,
+                    shadow: &shadow,
+                },
+            );
+            if plan.state != old.state {
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "shadowmesh: service {} {:?} -> {:?} (primary load {:.2}, demand {:.2}, share {:.2})",
+                        svc.name, old.state, plan.state, plan.primary_load, plan.demand, plan.share
+                    ),
+                );
+            }
+            if let Ok(bytes) = serde_json::to_vec(&plan) {
+                let _ = HostStore.set(&keys::plan(&svc.name), &bytes, None);
+            }
+            let m = rt.metrics;
+            m.in_flight_primary.set(in_flight[0]);
+            m.in_flight_shadow.set(in_flight[1]);
+            m.redirect_share_permille.set((plan.share * 1000.0).round() as u64);
+            m.primary_load_permille.set((rt.controller.scores[0].0 * 1000.0).round() as u64);
+            m.shadow_load_permille.set((rt.controller.scores[1].0 * 1000.0).round() as u64);
+            m.redirecting.set(u64::from(plan.state == RedirectState::Redirecting));
+        }
+        let ticks_per_report = config.ticks_per_report();
+        self.ticks += 1;
+        if self.ticks % ticks_per_report == 0 {
+            self.report(worker, now_ms);
+        }
+    }
+
+    fn report(&mut self, worker: &mut Worker, now_ms: u64) {
+        let Some(t) = worker.config.telemetry.clone() else { return };
+        if let Some((_, sent)) = self.pending_report {
+            if now_ms < sent + 2 * t.timeout_ms {
+                return; // the previous report is still in flight; its data is not lost, just later
+            }
+            self.pending_report = None;
+        }
+        let Worker { config, services, metrics, .. } = worker;
+        let entries = config
+            .services
+            .iter()
+            .zip(services.iter_mut())
+            .map(|(svc, rt)| {
+                let plan: RedirectPlan = shared::read_json(&HostStore, &keys::plan(&svc.name)).unwrap_or_default();
+                let record: Option<ShadowRecord> = shared::read_json(&HostStore, &keys::shadow(&svc.name));
+                let shadow = ShadowView::resolve(&svc.shadow, record.as_ref(), now_ms);
+                rt.controller.take_report(svc, &shadow, &plan)
+            })
+            .collect();
+        self.report_seq += 1;
+        let report = TelemetryReport {
+            schema: TELEMETRY_SCHEMA.into(),
+            proxy: self.proxy.clone(),
+            seq: self.report_seq,
+            window_start_ms: self.report_start_ms,
+            window_end_ms: now_ms,
+            services: entries,
+        };
+        self.report_start_ms = now_ms;
+        let Ok(body) = serde_json::to_vec(&report) else { return };
+        let headers = vec![
+            (":method", "POST"),
+            (":path", t.path.as_str()),
+            (":authority", t.authority.as_str()),
+            ("content-type", "application/json"),
+        ];
+        match hc::dispatch_http_call(&t.cluster, headers, Some(&body), vec![], Duration::from_millis(t.timeout_ms)) {
+            Ok(token) => self.pending_report = Some((token, now_ms)),
+            Err(status) => {
+                metrics.telemetry_failures.add(1);
+                log(LogLevel::Warn, &format!("shadowmesh: cannot send telemetry to cluster {}: {status:?}", t.cluster));
+            }
+        }
+    }
+}
+
+/// Which side a request was sent to, for the stream-end bookkeeping.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Primary,
+    Shadow,
+}
+
+impl Side {
+    fn key(self) -> &'static str {
+        match self {
+            Side::Primary => "primary",
+            Side::Shadow => "shadow",
+        }
+    }
+}
+
+struct Routed {
+    service: usize,
+    side: Side,
+    start_ns: u64,
+    /// The in-flight increment succeeded, so a decrement is owed.
+    counted: bool,
+}
+
+struct AtreHttp {
+    worker: Rc<RefCell<Worker>>,
+    routed: Option<Routed>,
+}
+
+impl AtreHttp {
+    /// Stream end: record latency, release the in-flight slot. Idempotent.
+    fn finish(&mut self) {
+        let Some(r) = self.routed.take() else { return };
+        let Ok(mut worker) = self.worker.try_borrow_mut() else { return };
+        let name = worker.config.services[r.service].name.clone();
+        if r.counted && shared::add_counter(&HostStore, &keys::in_flight(&name, r.side.key()), -1).is_err() {
+            worker.shared_errors += 1;
+        }
+        let end = now_ns();
+        let us = end.saturating_sub(r.start_ns) / 1_000;
+        let rt = &mut worker.services[r.service];
+        let w = match r.side {
+            Side::Primary => &mut rt.window.primary,
+            Side::Shadow => &mut rt.window.shadow,
+        };
+        w.latency.record(us);
+        rt.metrics.latency_ms.set(us / 1_000);
+    }
+}
+
+impl Context for AtreHttp {}
+
+impl HttpContext for AtreHttp {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let Ok(mut worker) = self.worker.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        let worker = &mut *worker;
+        let header = worker.config.route_header.as_str();
+        let spoofed = matches!(hc::get_map_value(MapType::HttpRequestHeaders, header), Ok(Some(_)));
+        if spoofed {
+            worker.spoofed += 1;
+        }
+        let authority = hc::get_map_value(MapType::HttpRequestHeaders, ":authority")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let Some(index) = worker.config.services.iter().position(|s| s.matches_authority(&authority)) else {
+            if spoofed {
+                // Not ours, but the client must still never pick a cluster.
+                let _ = hc::remove_map_value(MapType::HttpRequestHeaders, header);
+            }
+            return Action::Continue;
+        };
+        let svc = &worker.config.services[index];
+        let point = match &svc.session {
+            Some(SessionKeySource::Header(h)) => hc::get_map_value_bytes(MapType::HttpRequestHeaders, h)
+                .ok()
+                .flatten()
+                .filter(|v| !v.is_empty())
+                .map(|v| session_point(&v)),
+            Some(SessionKeySource::Cookie(c)) => hc::get_map_value(MapType::HttpRequestHeaders, "cookie")
+                .ok()
+                .flatten()
+                .and_then(|v| cookie_value(&v, c).filter(|s| !s.is_empty()).map(|s| session_point(s.as_bytes()))),
+            None => None,
+        };
+        let rt = &mut worker.services[index];
+        let decision = decide(&rt.plan, rt.shadow.ready, point, &mut rt.spreader);
+        let (side, cluster) = match decision {
+            RedirectDecision::Shadow => {
+                rt.window.redirected += 1;
+                (Side::Shadow, rt.shadow.cluster.as_str())
+            }
+            RedirectDecision::Fallback => {
+                rt.window.fallbacks += 1;
+                (Side::Primary, svc.primary.cluster.as_str())
+            }
+            RedirectDecision::Primary => (Side::Primary, svc.primary.cluster.as_str()),
+        };
+        rt.started += 1;
+        if hc::set_map_value(MapType::HttpRequestHeaders, header, Some(cluster)).is_err() {
+            // The route falls back to the primary when the header is absent.
+            let _ = hc::remove_map_value(MapType::HttpRequestHeaders, header);
+        }
+        let counted = shared::add_counter(&HostStore, &keys::in_flight(&svc.name, side.key()), 1).is_ok();
+        if !counted {
+            worker.shared_errors += 1;
+        }
+        self.routed = Some(Routed {
+            service: index,
+            side,
+            start_ns: now_ns(),
+            counted,
+        });
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        let Some(r) = &self.routed else { return Action::Continue };
+        let Ok(Some(value)) = hc::get_map_value(MapType::HttpResponseHeaders, ORCA_HEADER) else {
+            return Action::Continue;
+        };
+        let Ok(mut worker) = self.worker.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        let rt = &mut worker.services[r.service];
+        let w = match r.side {
+            Side::Primary => &mut rt.window.primary,
+            Side::Shadow => &mut rt.window.shadow,
+        };
+        match OrcaReport::parse(&value) {
+            Ok(report) => {
+                w.orca_sum += report.utilization();
+                w.orca_reports += 1;
+            }
+            Err(_) => w.orca_malformed += 1,
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.finish();
+    }
+}
+
+impl Drop for AtreHttp {
+    /// Belt and braces: if the host never called `on_log` for this stream, the in-flight
+    /// slot is still released.
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
