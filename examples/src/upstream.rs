@@ -1,0 +1,171 @@
+//! A small upstream HTTP service with a real capacity limit that reports its load with
+//! ORCA, as a stand-in for a primary or shadow instance.
+//!
+//! Capacity is `concurrency` requests served at a time, each taking `service_time`;
+//! further requests queue. Every response carries `x-served-by: <name>` and an
+//! `endpoint-load-metrics` header whose utilization is `(active + queued) / concurrency`.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+/// How the upstream reports ORCA load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OrcaMode {
+    /// No `endpoint-load-metrics` header.
+    Off = 0,
+    /// `TEXT cpu_utilization=…`
+    Text = 1,
+    /// `JSON {"application_utilization":…}`
+    Json = 2,
+    /// A malformed header (for robustness tests).
+    Malformed = 3,
+}
+
+/// Upstream settings.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Name returned in `x-served-by`.
+    pub name: String,
+    /// Requests served concurrently.
+    pub concurrency: usize,
+    /// Time to serve one request.
+    pub service_time: Duration,
+    /// ORCA reporting.
+    pub orca: OrcaMode,
+}
+
+/// Counters of a running upstream.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    /// Requests answered.
+    pub served: AtomicU64,
+    /// Requests being served or queued now.
+    pub in_system: AtomicU64,
+    /// Highest `in_system` seen.
+    pub peak_in_system: AtomicU64,
+    /// Requests that arrived carrying Shadowmesh's internal routing header (must stay 0).
+    pub leaked_route_headers: AtomicU64,
+}
+
+/// A running upstream; stops when dropped or [`UpstreamHandle::stop`]ped.
+pub struct UpstreamHandle {
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// Live counters.
+    pub stats: Arc<UpstreamStats>,
+    orca: Arc<AtomicU8>,
+    stop: watch::Sender<bool>,
+}
+
+impl UpstreamHandle {
+    /// Changes the ORCA mode at run time.
+    pub fn set_orca(&self, mode: OrcaMode) {
+        self.orca.store(mode as u8, Ordering::Relaxed);
+    }
+
+    /// Stops accepting and closes every connection now (a crash, as far as clients see).
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for UpstreamHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Shared {
+    config: UpstreamConfig,
+    permits: Semaphore,
+    stats: Arc<UpstreamStats>,
+    orca: Arc<AtomicU8>,
+}
+
+/// Starts an upstream on `127.0.0.1:port` (0 = ephemeral) inside the current runtime.
+pub async fn start(config: UpstreamConfig, port: u16) -> std::io::Result<UpstreamHandle> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = listener.local_addr()?;
+    let stats = Arc::new(UpstreamStats::default());
+    let orca = Arc::new(AtomicU8::new(config.orca as u8));
+    let (stop, mut stopped) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        permits: Semaphore::new(config.concurrency.max(1)),
+        config,
+        stats: stats.clone(),
+        orca: orca.clone(),
+    });
+    tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => break,
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let shared = shared.clone();
+                    connections.spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            }
+        }
+        // Dropping the set aborts every connection task: clients see resets.
+        connections.abort_all();
+    });
+    Ok(UpstreamHandle {
+        addr,
+        stats,
+        orca,
+        stop,
+    })
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let stats = &shared.stats;
+    if req.headers().contains_key("x-shadowmesh-cluster") {
+        stats.leaked_route_headers.fetch_add(1, Ordering::Relaxed);
+    }
+    let now = stats.in_system.fetch_add(1, Ordering::Relaxed) + 1;
+    stats.peak_in_system.fetch_max(now, Ordering::Relaxed);
+    let utilization = now as f64 / shared.config.concurrency.max(1) as f64;
+    // Closed only if the semaphore is closed, which never happens.
+    let permit = shared.permits.acquire().await;
+    if !shared.config.service_time.is_zero() {
+        tokio::time::sleep(shared.config.service_time).await;
+    }
+    drop(permit);
+    stats.in_system.fetch_sub(1, Ordering::Relaxed);
+    stats.served.fetch_add(1, Ordering::Relaxed);
+    let mut resp = Response::builder()
+        .header("x-served-by", &shared.config.name)
+        .header("content-type", "text/plain");
+    match shared.orca.load(Ordering::Relaxed) {
+        1 => resp = resp.header("endpoint-load-metrics", format!("TEXT cpu_utilization={utilization:.3}")),
+        2 => {
+            resp = resp.header(
+                "endpoint-load-metrics",
+                format!("JSON {{\"application_utilization\":{utilization:.3}}}"),
+            )
+        }
+        3 => resp = resp.header("endpoint-load-metrics", "TEXT cpu_utilization=garbage"),
+        _ => {}
+    }
+    Ok(resp
+        .body(Full::new(Bytes::from(shared.config.name.clone())))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+}

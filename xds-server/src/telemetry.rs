@@ -1,0 +1,194 @@
+//! Telemetry ingest: the HTTP endpoint the ATRE filters report to, and the shadow
+//! readiness records the control plane hands back in the answer.
+//!
+//! Endpoints (all JSON):
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | `POST` | `/v1/telemetry` | a filter's [`TelemetryReport`]; answered with a [`TelemetryAck`] |
+//! | `GET` | `/v1/telemetry` | the last reports kept (newest last) |
+//! | `GET` | `/v1/shadows` | current shadow records |
+//! | `PUT` | `/v1/shadows/{service}` | set a service's [`ShadowRecord`] (operator or SNP) |
+//! | `DELETE` | `/v1/shadows/{service}` | forget it (filters fall back to their configuration) |
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Serialize;
+use shadowmesh_wire::{ShadowRecord, TELEMETRY_SCHEMA, TelemetryAck, TelemetryReport};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::watch;
+
+/// How many reports are kept for `GET /v1/telemetry` and for tests.
+const KEPT_REPORTS: usize = 4_096;
+
+/// The control plane's telemetry and readiness state. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct TelemetryHub {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    state: Mutex<HubState>,
+    /// Bumped on every accepted report, so callers can await new reports.
+    received: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct HubState {
+    reports: VecDeque<TelemetryReport>,
+    shadows: BTreeMap<String, ShadowRecord>,
+    rejected: u64,
+}
+
+/// A client error with a message saying what was wrong.
+#[derive(Debug, Serialize)]
+struct ApiError {
+    error: String,
+}
+
+fn bad_request(msg: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, Json(ApiError { error: msg.into() })).into_response()
+}
+
+impl TelemetryHub {
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        // A poisoned lock only means a panic elsewhere mid-update of plain data; keep serving.
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Accepts one report and returns the answer for the filter.
+    pub fn ingest(&self, report: TelemetryReport) -> TelemetryAck {
+        let mut s = self.lock();
+        if s.reports.len() == KEPT_REPORTS {
+            s.reports.pop_front();
+        }
+        s.reports.push_back(report);
+        let ack = TelemetryAck {
+            shadows: s.shadows.values().cloned().collect(),
+        };
+        drop(s);
+        self.inner.received.send_modify(|n| *n += 1);
+        ack
+    }
+
+    /// All reports kept, oldest first.
+    pub fn reports(&self) -> Vec<TelemetryReport> {
+        self.lock().reports.iter().cloned().collect()
+    }
+
+    /// Number of reports rejected as malformed.
+    pub fn rejected(&self) -> u64 {
+        self.lock().rejected
+    }
+
+    /// Sets (or replaces) a service's shadow record; its generation must not go backwards.
+    pub fn set_shadow(&self, record: ShadowRecord) -> Result<(), String> {
+        if record.service.is_empty() {
+            return Err("field `service`: must not be empty".into());
+        }
+        if record.cluster.is_empty() {
+            return Err("field `cluster`: must not be empty".into());
+        }
+        let mut s = self.lock();
+        if let Some(old) = s.shadows.get(&record.service)
+            && old.generation > record.generation
+        {
+            return Err(format!(
+                "field `generation`: {} is older than the current {}",
+                record.generation, old.generation
+            ));
+        }
+        s.shadows.insert(record.service.clone(), record);
+        Ok(())
+    }
+
+    /// Removes a service's shadow record; true if there was one.
+    pub fn clear_shadow(&self, service: &str) -> bool {
+        self.lock().shadows.remove(service).is_some()
+    }
+
+    /// Current shadow records.
+    pub fn shadows(&self) -> Vec<ShadowRecord> {
+        self.lock().shadows.values().cloned().collect()
+    }
+
+    /// Waits until `pred` holds for the kept reports (checked on every new report).
+    pub async fn wait_for<F: FnMut(&[TelemetryReport]) -> bool>(&self, mut pred: F) {
+        let mut rx = self.inner.received.subscribe();
+        loop {
+            if pred(self.reports().as_slice()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The HTTP routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/telemetry", post(post_report).get(get_reports))
+            .route("/v1/shadows", get(get_shadows))
+            .route("/v1/shadows/{service}", put(put_shadow).delete(delete_shadow))
+            .with_state(self.clone())
+    }
+}
+
+async fn post_report(State(hub): State<TelemetryHub>, body: axum::body::Bytes) -> Response {
+    let report: TelemetryReport = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            hub.lock().rejected += 1;
+            tracing::warn!(error = %e, "malformed telemetry report");
+            return bad_request(format!("malformed telemetry report: {e}"));
+        }
+    };
+    if report.schema != TELEMETRY_SCHEMA {
+        hub.lock().rejected += 1;
+        return bad_request(format!(
+            "field `schema`: expected {TELEMETRY_SCHEMA:?}, got {:?}",
+            report.schema
+        ));
+    }
+    tracing::debug!(proxy = %report.proxy, seq = report.seq, "telemetry report");
+    Json(hub.ingest(report)).into_response()
+}
+
+async fn get_reports(State(hub): State<TelemetryHub>) -> Json<Vec<TelemetryReport>> {
+    Json(hub.reports())
+}
+
+async fn get_shadows(State(hub): State<TelemetryHub>) -> Json<Vec<ShadowRecord>> {
+    Json(hub.shadows())
+}
+
+async fn put_shadow(State(hub): State<TelemetryHub>, Path(service): Path<String>, body: axum::body::Bytes) -> Response {
+    let record: ShadowRecord = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("malformed shadow record: {e}")),
+    };
+    if record.service != service {
+        return bad_request(format!(
+            "field `service`: {:?} does not match the path's {service:?}",
+            record.service
+        ));
+    }
+    match hub.set_shadow(record) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn delete_shadow(State(hub): State<TelemetryHub>, Path(service): Path<String>) -> StatusCode {
+    if hub.clear_shadow(&service) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
