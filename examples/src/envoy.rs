@@ -144,9 +144,77 @@ impl Bootstrap {
     }
 }
 
+/// Owns the Envoy child from a dedicated thread.
+///
+/// Envoy dies with SIGTERM when the *thread* that spawned it exits (a parent-death
+/// signal), so it cannot be spawned from a pooled thread such as tokio's blocking pool,
+/// whose threads retire after 10 s idle. This thread lives exactly as long as the process.
+struct Supervisor {
+    stop: std::sync::mpsc::Sender<()>,
+    exited: std::sync::Arc<std::sync::Mutex<Option<std::process::ExitStatus>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Supervisor {
+    fn spawn(mut command: Command) -> Result<Supervisor> {
+        let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+        let exited = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let exited2 = exited.clone();
+        let thread = std::thread::Builder::new()
+            .name("envoy-supervisor".into())
+            .spawn(move || {
+                let mut child: Child = match command.spawn() {
+                    Ok(c) => {
+                        let _ = ready_tx.send(Ok(()));
+                        c
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                loop {
+                    match stop_rx.recv_timeout(Duration::from_millis(20)) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            if let Ok(Some(status)) = child.try_wait() {
+                                *exited2.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+                                return;
+                            }
+                        }
+                        _ => {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            return;
+                        }
+                    }
+                }
+            })?;
+        ready_rx.recv()?.context("spawning envoy")?;
+        Ok(Supervisor {
+            stop,
+            exited,
+            thread: Some(thread),
+        })
+    }
+
+    fn exit_status(&self) -> Option<std::process::ExitStatus> {
+        *self.exited.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A running Envoy, killed on drop.
 pub struct EnvoyProcess {
-    child: Child,
+    child: Supervisor,
     dir: PathBuf,
     /// Admin API address.
     pub admin: std::net::SocketAddr,
@@ -193,7 +261,8 @@ impl EnvoyProcess {
         std::fs::write(&config, yaml)?;
         let admin_path = dir.join("admin-address");
         let log = std::fs::File::create(dir.join("envoy.log"))?;
-        let child = Command::new(envoy_binary()?)
+        let mut command = Command::new(envoy_binary()?);
+        command
             .arg("-c")
             .arg(&config)
             .arg("--admin-address-path")
@@ -204,9 +273,8 @@ impl EnvoyProcess {
             .args(["--base-id", &(u32::from(std::process::id() as u16) * 64 + dir_seq(&dir)).to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning envoy")?;
+            .stderr(log);
+        let child = Supervisor::spawn(command)?;
         let mut envoy = EnvoyProcess {
             child,
             dir,
@@ -216,7 +284,7 @@ impl EnvoyProcess {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut wait = Duration::from_millis(5);
         loop {
-            if let Some(status) = envoy.child.try_wait()? {
+            if let Some(status) = envoy.child.exit_status() {
                 bail!("envoy exited during start-up ({status}):\n{}", envoy.log_tail(40));
             }
             if Instant::now() > deadline {
@@ -321,8 +389,11 @@ fn dir_seq(dir: &Path) -> u32 {
 
 impl Drop for EnvoyProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Stop Envoy first (the supervisor kills and reaps it), then clean up.
+        let _ = self.child.stop.send(());
+        if let Some(t) = self.child.thread.take() {
+            let _ = t.join();
+        }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

@@ -146,6 +146,8 @@ pub struct LoadReport {
     pub seconds: Vec<Second>,
     /// For each session key, the servers its requests landed on, in send order.
     pub session_servers: BTreeMap<String, Vec<String>>,
+    /// Failures by kind (`status 503`, `timeout`, or the client error), for diagnosis.
+    pub error_kinds: BTreeMap<String, u64>,
 }
 
 struct Sample {
@@ -155,6 +157,7 @@ struct Sample {
     ok: bool,
     served_by: Option<String>,
     session: Option<String>,
+    error: Option<String>,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -181,7 +184,15 @@ pub async fn get(
         req = req.header(k, v);
     }
     let req = req.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
-    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| {
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg = format!("{msg}: {s}");
+            src = s.source();
+        }
+        msg
+    })?;
     let status = resp.status().as_u16();
     let served_by = resp
         .headers()
@@ -228,9 +239,11 @@ pub async fn run(spec: LoadSpec, mut on_second: impl FnMut(&Second)) -> LoadRepo
                     )
                     .await;
                     let latency_us = intended.elapsed().as_micros() as u64;
-                    let (ok, served_by) = match result {
-                        Ok(Ok((status, by))) => ((200..300).contains(&status), by),
-                        _ => (false, None),
+                    let (ok, served_by, error) = match result {
+                        Ok(Ok((status, by))) if (200..300).contains(&status) => (true, by, None),
+                        Ok(Ok((status, _))) => (false, None, Some(format!("status {status}"))),
+                        Ok(Err(e)) => (false, None, Some(e)),
+                        Err(_) => (false, None, Some("timeout".into())),
                     };
                     let _ = tx.send(Sample {
                         second: t.as_secs(),
@@ -239,6 +252,7 @@ pub async fn run(spec: LoadSpec, mut on_second: impl FnMut(&Second)) -> LoadRepo
                         ok,
                         served_by,
                         session,
+                        error,
                     });
                 });
                 seq += 1;
@@ -255,6 +269,7 @@ pub async fn run(spec: LoadSpec, mut on_second: impl FnMut(&Second)) -> LoadRepo
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid"),
         seconds: Vec::new(),
         session_servers: BTreeMap::new(),
+        error_kinds: BTreeMap::new(),
     };
     let mut open: BTreeMap<u64, (Second, Histogram<u64>)> = BTreeMap::new();
     let mut session_log: Vec<(u64, String, String)> = Vec::new();
@@ -287,6 +302,7 @@ pub async fn run(spec: LoadSpec, mut on_second: impl FnMut(&Second)) -> LoadRepo
         } else {
             report.errors += 1;
             sec.errors += 1;
+            *report.error_kinds.entry(s.error.unwrap_or_default()).or_default() += 1;
         }
         // A second is complete once requests of a second ≥ 2 s later are returning
         // (the timeout bounds stragglers in the report, not in this live view).

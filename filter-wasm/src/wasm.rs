@@ -221,14 +221,8 @@ impl RootContext for AtreRoot {
                 return false;
             }
         };
-        self.proxy = config.proxy_id.clone().unwrap_or_else(|| {
-            hc::get_property(vec!["node", "id"])
-                .ok()
-                .flatten()
-                .and_then(|b| String::from_utf8(b).ok())
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "envoy".into())
-        });
+        // `node.id` is resolved at the first report: not every host exposes it this early.
+        self.proxy = config.proxy_id.clone().unwrap_or_default();
         // Identity for the lease: wasi's random_get seeds std's RandomState.
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -408,6 +402,14 @@ impl AtreRoot {
                 rt.controller.take_report(svc, &shadow, &plan)
             })
             .collect();
+        if self.proxy.is_empty() {
+            self.proxy = hc::get_property(vec!["node", "id"])
+                .ok()
+                .flatten()
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "envoy".into());
+        }
         self.report_seq += 1;
         let report = TelemetryReport {
             schema: TELEMETRY_SCHEMA.into(),

@@ -64,11 +64,20 @@ pub struct Stack {
     /// The control plane's telemetry hub.
     pub hub: TelemetryHub,
     control: tokio::task::JoinHandle<()>,
+    _exclusive: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// One stack at a time per test binary: the tests measure behaviour under load, and two
+/// Envoys plus load generators sharing two cores would measure each other instead.
+fn exclusive() -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    static LOCK: std::sync::OnceLock<std::sync::Arc<tokio::sync::Mutex<()>>> = std::sync::OnceLock::new();
+    LOCK.get_or_init(Default::default).clone()
 }
 
 impl Stack {
     /// Starts everything; must run inside a multi-threaded tokio runtime.
     pub async fn start(config: StackConfig) -> Result<Stack> {
+        let exclusive = exclusive().lock_owned().await;
         let primary = upstream::start(
             UpstreamConfig {
                 name: "primary".into(),
@@ -120,6 +129,7 @@ impl Stack {
             shadow,
             hub,
             control,
+            _exclusive: exclusive,
         })
     }
 
