@@ -1,10 +1,10 @@
 //! Proxy-Wasm glue: contexts, hostcalls, metrics.
 //!
-//! Rule for this module: every hostcall goes through `proxy_wasm::hostcalls`, which returns
-//! `Result`, and every error is absorbed (counted or logged) — never unwrapped. The SDK's
-//! `Context` convenience methods panic on host errors, and a panic in a Wasm filter is a
-//! VM fault: with `fail_open` the request survives, but the VM is gone for every request
-//! after it.
+//! Rule for this module: every hostcall goes through [`abi`], whose functions return every
+//! host status as a value, and every error is absorbed (counted or logged) — never
+//! unwrapped. The SDK's own wrappers (`proxy_wasm::hostcalls`, the `Context` helpers)
+//! panic on statuses they do not expect, and a panic in a Wasm filter is a VM fault: with
+//! `fail_open` the request survives, but the VM is gone for every request after it.
 
 use crate::config::{PluginConfig, SessionKeySource};
 use crate::control::{ServiceController, ShadowView, TickInput};
@@ -13,41 +13,33 @@ use crate::orca::{ORCA_HEADER, OrcaReport};
 use crate::plan::RedirectPlan;
 use crate::shared::{self, SetError, SharedStore, keys};
 use crate::window::ServiceWindow;
-use proxy_wasm::hostcalls as hc;
+mod abi;
+
+use abi::{buffer, level, map, metric};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
 use shadowmesh_wire::{RedirectState, ShadowRecord, TELEMETRY_SCHEMA, TelemetryAck, TelemetryReport};
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AtreRoot::default()) });
 }}
 
-fn log(level: LogLevel, msg: &str) {
-    let _ = hc::log(level, msg);
-}
-
-fn now_ns() -> u64 {
-    hc::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as u64)
-}
+use abi::{log, now_ns};
 
 /// Envoy's shared data through the hostcalls.
 struct HostStore;
 
 impl SharedStore for HostStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        hc::get_shared_data(key).unwrap_or((None, None))
+        abi::get_shared_data(key).unwrap_or((None, None))
     }
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
-        match hc::set_shared_data(key, Some(value), cas) {
+        match abi::set_shared_data(key, value, cas) {
             Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(SetError::CasMismatch),
+            Err(abi::Status::CAS_MISMATCH) => Err(SetError::CasMismatch),
             Err(_) => Err(SetError::Host),
         }
     }
@@ -58,17 +50,17 @@ impl SharedStore for HostStore {
 struct Metric(Option<u32>);
 
 impl Metric {
-    fn define(kind: MetricType, name: &str) -> Metric {
-        Metric(hc::define_metric(kind, name).ok())
+    fn define(kind: u32, name: &str) -> Metric {
+        Metric(abi::define_metric(kind, name).ok())
     }
     fn add(self, delta: u64) {
         if let (Some(id), true) = (self.0, delta > 0) {
-            let _ = hc::increment_metric(id, delta as i64);
+            let _ = abi::increment_metric(id, delta as i64);
         }
     }
     fn set(self, value: u64) {
         if let Some(id) = self.0 {
-            let _ = hc::record_metric(id, value);
+            let _ = abi::record_metric(id, value);
         }
     }
 }
@@ -93,8 +85,8 @@ struct ServiceMetrics {
 impl ServiceMetrics {
     fn define(service: &str) -> ServiceMetrics {
         let n = |m: &str| format!("shadowmesh.service.{service}.{m}");
-        let counter = |m: &str| Metric::define(MetricType::Counter, &n(m));
-        let gauge = |m: &str| Metric::define(MetricType::Gauge, &n(m));
+        let counter = |m: &str| Metric::define(metric::COUNTER, &n(m));
+        let gauge = |m: &str| Metric::define(metric::GAUGE, &n(m));
         ServiceMetrics {
             requests: counter("requests_total"),
             redirected: counter("redirected_total"),
@@ -106,7 +98,7 @@ impl ServiceMetrics {
             primary_load_permille: gauge("primary_load_permille"),
             shadow_load_permille: gauge("shadow_load_permille"),
             redirecting: gauge("redirecting"),
-            latency_ms: Metric::define(MetricType::Histogram, &n("latency_ms")),
+            latency_ms: Metric::define(metric::HISTOGRAM, &n("latency_ms")),
         }
     }
 }
@@ -166,17 +158,14 @@ impl Context for AtreRoot {
         self.pending_report = None;
         let Some(worker) = self.worker.clone() else { return };
         let worker = worker.borrow();
-        let status = hc::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let status = abi::get_header_str(map::HTTP_CALL_RESPONSE_HEADERS, ":status").unwrap_or_default();
         if !status.starts_with('2') {
             worker.metrics.telemetry_failures.add(1);
-            log(LogLevel::Warn, &format!("shadowmesh: telemetry report rejected (status {status:?})"));
+            log(level::WARN, &format!("shadowmesh: telemetry report rejected (status {status:?})"));
             return;
         }
         worker.metrics.telemetry_reports.add(1);
-        let body = hc::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        let body = abi::get_buffer(buffer::HTTP_CALL_RESPONSE_BODY, 0, body_size)
             .ok()
             .flatten()
             .unwrap_or_default();
@@ -185,7 +174,7 @@ impl Context for AtreRoot {
         }
         match serde_json::from_slice::<TelemetryAck>(&body) {
             Ok(ack) => store_shadow_records(&worker.config, ack.shadows),
-            Err(e) => log(LogLevel::Warn, &format!("shadowmesh: ignoring malformed telemetry answer: {e}")),
+            Err(e) => log(level::WARN, &format!("shadowmesh: ignoring malformed telemetry answer: {e}")),
         }
     }
 }
@@ -208,7 +197,7 @@ fn store_shadow_records(config: &PluginConfig, records: Vec<ShadowRecord>) {
 
 impl RootContext for AtreRoot {
     fn on_configure(&mut self, size: usize) -> bool {
-        let bytes = hc::get_buffer(BufferType::PluginConfiguration, 0, size)
+        let bytes = abi::get_buffer(buffer::PLUGIN_CONFIGURATION, 0, size)
             .ok()
             .flatten()
             .unwrap_or_default();
@@ -217,7 +206,7 @@ impl RootContext for AtreRoot {
             Err(e) => {
                 // Envoy rejects the configuration when on_configure returns false; this
                 // line is the operator's only clue, so it names the field.
-                log(LogLevel::Error, &e.to_string());
+                log(level::ERROR, &e.to_string());
                 return false;
             }
         };
@@ -242,12 +231,12 @@ impl RootContext for AtreRoot {
             })
             .collect();
         let metrics = GlobalMetrics {
-            spoofed_route_headers: Metric::define(MetricType::Counter, "shadowmesh.spoofed_route_headers_total"),
-            telemetry_reports: Metric::define(MetricType::Counter, "shadowmesh.telemetry_reports_total"),
-            telemetry_failures: Metric::define(MetricType::Counter, "shadowmesh.telemetry_failures_total"),
-            shared_data_errors: Metric::define(MetricType::Counter, "shadowmesh.shared_data_errors_total"),
+            spoofed_route_headers: Metric::define(metric::COUNTER, "shadowmesh.spoofed_route_headers_total"),
+            telemetry_reports: Metric::define(metric::COUNTER, "shadowmesh.telemetry_reports_total"),
+            telemetry_failures: Metric::define(metric::COUNTER, "shadowmesh.telemetry_failures_total"),
+            shared_data_errors: Metric::define(metric::COUNTER, "shadowmesh.shared_data_errors_total"),
         };
-        let tick = Duration::from_millis(config.tick_ms);
+        let tick_ms = config.tick_ms as u32;
         self.report_start_ms = now_ns() / 1_000_000;
         self.worker = Some(Rc::new(RefCell::new(Worker {
             config,
@@ -256,8 +245,8 @@ impl RootContext for AtreRoot {
             spoofed: 0,
             shared_errors: 0,
         })));
-        if hc::set_tick_period(tick).is_err() {
-            log(LogLevel::Error, "shadowmesh: cannot set tick period");
+        if abi::set_tick_period_ms(tick_ms).is_err() {
+            log(level::ERROR, "shadowmesh: cannot set tick period");
             return false;
         }
         true
@@ -357,7 +346,7 @@ impl AtreRoot {
             );
             if plan.state != old.state {
                 log(
-                    LogLevel::Info,
+                    level::INFO,
                     &format!(
                         "shadowmesh: service {} {:?} -> {:?} (primary load {:.2}, demand {:.2}, share {:.2})",
                         svc.name, old.state, plan.state, plan.primary_load, plan.demand, plan.share
@@ -403,9 +392,7 @@ impl AtreRoot {
             })
             .collect();
         if self.proxy.is_empty() {
-            self.proxy = hc::get_property(vec!["node", "id"])
-                .ok()
-                .flatten()
+            self.proxy = abi::get_property(&["node", "id"])
                 .and_then(|b| String::from_utf8(b).ok())
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "envoy".into());
@@ -427,11 +414,15 @@ impl AtreRoot {
             (":authority", t.authority.as_str()),
             ("content-type", "application/json"),
         ];
-        match hc::dispatch_http_call(&t.cluster, headers, Some(&body), vec![], Duration::from_millis(t.timeout_ms)) {
+        // The SDK's call (not abi::http_call): only it registers the token with the SDK's
+        // dispatcher, which otherwise refuses the response. It maps the statuses Envoy
+        // returns for calls (BadArgument, InternalFailure) to errors.
+        let timeout = std::time::Duration::from_millis(t.timeout_ms);
+        match proxy_wasm::hostcalls::dispatch_http_call(&t.cluster, headers, Some(&body), vec![], timeout) {
             Ok(token) => self.pending_report = Some((token, now_ms)),
             Err(status) => {
                 metrics.telemetry_failures.add(1);
-                log(LogLevel::Warn, &format!("shadowmesh: cannot send telemetry to cluster {}: {status:?}", t.cluster));
+                log(level::WARN, &format!("shadowmesh: cannot send telemetry to cluster {}: {status:?}", t.cluster));
             }
         }
     }
@@ -496,31 +487,26 @@ impl HttpContext for AtreHttp {
         };
         let worker = &mut *worker;
         let header = worker.config.route_header.as_str();
-        let spoofed = matches!(hc::get_map_value(MapType::HttpRequestHeaders, header), Ok(Some(_)));
+        let spoofed = matches!(abi::get_header(map::REQUEST_HEADERS, header), Ok(Some(_)));
         if spoofed {
             worker.spoofed += 1;
         }
-        let authority = hc::get_map_value(MapType::HttpRequestHeaders, ":authority")
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let authority = abi::get_header_str(map::REQUEST_HEADERS, ":authority").unwrap_or_default();
         let Some(index) = worker.config.services.iter().position(|s| s.matches_authority(&authority)) else {
             if spoofed {
                 // Not ours, but the client must still never pick a cluster.
-                let _ = hc::remove_map_value(MapType::HttpRequestHeaders, header);
+                let _ = abi::remove_header(map::REQUEST_HEADERS, header);
             }
             return Action::Continue;
         };
         let svc = &worker.config.services[index];
         let point = match &svc.session {
-            Some(SessionKeySource::Header(h)) => hc::get_map_value_bytes(MapType::HttpRequestHeaders, h)
+            Some(SessionKeySource::Header(h)) => abi::get_header(map::REQUEST_HEADERS, h)
                 .ok()
                 .flatten()
                 .filter(|v| !v.is_empty())
                 .map(|v| session_point(&v)),
-            Some(SessionKeySource::Cookie(c)) => hc::get_map_value(MapType::HttpRequestHeaders, "cookie")
-                .ok()
-                .flatten()
+            Some(SessionKeySource::Cookie(c)) => abi::get_header_str(map::REQUEST_HEADERS, "cookie")
                 .and_then(|v| cookie_value(&v, c).filter(|s| !s.is_empty()).map(|s| session_point(s.as_bytes()))),
             None => None,
         };
@@ -538,9 +524,9 @@ impl HttpContext for AtreHttp {
             RedirectDecision::Primary => (Side::Primary, svc.primary.cluster.as_str()),
         };
         rt.started += 1;
-        if hc::set_map_value(MapType::HttpRequestHeaders, header, Some(cluster)).is_err() {
+        if abi::replace_header(map::REQUEST_HEADERS, header, cluster).is_err() {
             // The route falls back to the primary when the header is absent.
-            let _ = hc::remove_map_value(MapType::HttpRequestHeaders, header);
+            let _ = abi::remove_header(map::REQUEST_HEADERS, header);
         }
         let counted = shared::add_counter(&HostStore, &keys::in_flight(&svc.name, side.key()), 1).is_ok();
         if !counted {
@@ -557,7 +543,7 @@ impl HttpContext for AtreHttp {
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
         let Some(r) = &self.routed else { return Action::Continue };
-        let Ok(Some(value)) = hc::get_map_value(MapType::HttpResponseHeaders, ORCA_HEADER) else {
+        let Some(value) = abi::get_header_str(map::RESPONSE_HEADERS, ORCA_HEADER) else {
             return Action::Continue;
         };
         let Ok(mut worker) = self.worker.try_borrow_mut() else {
