@@ -229,6 +229,8 @@ pub struct EnvoyOptions {
     pub concurrency: u32,
     /// Log level.
     pub log_level: String,
+    /// Pin Envoy to these CPUs (`taskset -c` list), e.g. for benchmarks.
+    pub cpus: Option<String>,
 }
 
 impl Default for EnvoyOptions {
@@ -236,6 +238,7 @@ impl Default for EnvoyOptions {
         EnvoyOptions {
             concurrency: 2,
             log_level: "info".into(),
+            cpus: None,
         }
     }
 }
@@ -261,7 +264,14 @@ impl EnvoyProcess {
         std::fs::write(&config, yaml)?;
         let admin_path = dir.join("admin-address");
         let log = std::fs::File::create(dir.join("envoy.log"))?;
-        let mut command = Command::new(envoy_binary()?);
+        let mut command = match &options.cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(envoy_binary()?);
+                c
+            }
+            None => Command::new(envoy_binary()?),
+        };
         command
             .arg("-c")
             .arg(&config)

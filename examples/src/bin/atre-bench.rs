@@ -37,6 +37,13 @@ struct Args {
     /// Seconds of fixed-rate load per variant and round.
     #[arg(long, default_value_t = 4)]
     latency_secs: u64,
+    /// CPUs for Envoy (`taskset -c` list); this process (load generator and upstream)
+    /// takes the others, so Envoy's single worker is the bottleneck being measured.
+    #[arg(long, default_value = "0")]
+    envoy_cpus: String,
+    /// CPUs for the load generator and upstream; empty = no pinning.
+    #[arg(long, default_value = "1")]
+    client_cpus: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -87,6 +94,7 @@ async fn measure(filter: FilterChoice, args: &Args, upstream_port: u16, control_
     let options = EnvoyOptions {
         concurrency: 1,
         log_level: "warn".into(),
+        cpus: (!args.envoy_cpus.is_empty()).then(|| args.envoy_cpus.clone()),
     };
     let envoy = tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &options)).await??;
     // Warm up connections and the VM.
@@ -119,6 +127,15 @@ async fn measure(filter: FilterChoice, args: &Args, upstream_port: u16, control_
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if !args.client_cpus.is_empty() {
+        // All threads of this process, including the runtime's workers already running.
+        let pinned = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", &args.client_cpus, &std::process::id().to_string()])
+            .output();
+        if !matches!(pinned, Ok(ref o) if o.status.success()) {
+            eprintln!("warning: could not pin the load generator to CPUs {}", args.client_cpus);
+        }
+    }
     let up = upstream::start(
         UpstreamConfig {
             name: "primary".into(),
@@ -185,7 +202,10 @@ async fn main() -> Result<()> {
     };
 
     println!();
-    println!("ATRE overhead — Envoy 1.40, 1 worker, {} connections at saturation, {} rps for latency (median of {} rounds)", args.connections, args.rate, args.rounds);
+    println!(
+        "ATRE overhead — Envoy 1.40, 1 worker on CPU {}, load generator on CPU {}, {} connections at saturation, {} rps for latency (median of {} rounds)",
+        args.envoy_cpus, args.client_cpus, args.connections, args.rate, args.rounds
+    );
     println!("| variant    | throughput (rps) | vs none | p50 (µs) | p99 (µs) | errors |");
     println!("|------------|-----------------:|--------:|---------:|---------:|-------:|");
     for v in &report.variants {

@@ -505,8 +505,15 @@ impl HttpContext for AtreHttp {
             worker.spoofed += 1;
             let _ = abi::remove_header(map::REQUEST_HEADERS, header);
         }
-        let authority = abi::get_header_str(map::REQUEST_HEADERS, ":authority").unwrap_or_default();
-        let Some(index) = worker.config.services.iter().position(|s| s.matches_authority(&authority)) else {
+        let services = &worker.config.services;
+        // A first service that answers any host (the sidecar case) needs no :authority read.
+        let index = if services[0].hosts.iter().any(|h| h == "*") {
+            Some(0)
+        } else {
+            let authority = abi::get_header_str(map::REQUEST_HEADERS, ":authority").unwrap_or_default();
+            services.iter().position(|s| s.matches_authority(&authority))
+        };
+        let Some(index) = index else {
             return Action::Continue;
         };
         let svc = &worker.config.services[index];
