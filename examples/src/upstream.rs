@@ -135,7 +135,10 @@ pub async fn start(config: UpstreamConfig, port: u16) -> std::io::Result<Upstrea
     })
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let stats = &shared.stats;
     if req.headers().contains_key("x-shadowmesh-cluster") {
         stats.leaked_route_headers.fetch_add(1, Ordering::Relaxed);
@@ -155,7 +158,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         .header("x-served-by", &shared.config.name)
         .header("content-type", "text/plain");
     match shared.orca.load(Ordering::Relaxed) {
-        1 => resp = resp.header("endpoint-load-metrics", format!("TEXT cpu_utilization={utilization:.3}")),
+        1 => {
+            resp = resp.header(
+                "endpoint-load-metrics",
+                format!("TEXT cpu_utilization={utilization:.3}"),
+            )
+        }
         2 => {
             resp = resp.header(
                 "endpoint-load-metrics",

@@ -257,38 +257,81 @@ impl PluginConfig {
         let mut names = Vec::new();
         for (i, s) in self.services.iter().enumerate() {
             let at = |f: &str| format!("services[{i}].{f}");
-            if s.name.is_empty() || !s.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-                return Err(err(at("name"), "must be non-empty ASCII letters, digits, '-' or '_'"));
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(err(
+                    at("name"),
+                    "must be non-empty ASCII letters, digits, '-' or '_'",
+                ));
             }
             if names.contains(&&s.name) {
-                return Err(err(at("name"), format!("duplicate service name `{}`", s.name)));
+                return Err(err(
+                    at("name"),
+                    format!("duplicate service name `{}`", s.name),
+                ));
             }
             names.push(&s.name);
             if s.hosts.is_empty() {
                 return Err(err(at("hosts"), "at least one host (or \"*\") is required"));
             }
-            cluster_fields(&at("primary"), &s.primary.cluster, s.primary.max_in_flight, s.primary.latency_slo_ms)?;
-            cluster_fields(&at("shadow"), &s.shadow.cluster, s.shadow.max_in_flight, s.shadow.latency_slo_ms)?;
+            cluster_fields(
+                &at("primary"),
+                &s.primary.cluster,
+                s.primary.max_in_flight,
+                s.primary.latency_slo_ms,
+            )?;
+            cluster_fields(
+                &at("shadow"),
+                &s.shadow.cluster,
+                s.shadow.max_in_flight,
+                s.shadow.latency_slo_ms,
+            )?;
             if s.shadow.cluster == s.primary.cluster {
-                return Err(err(at("shadow.cluster"), "must differ from primary.cluster"));
+                return Err(err(
+                    at("shadow.cluster"),
+                    "must differ from primary.cluster",
+                ));
             }
             let t = &s.thresholds;
-            for (name, v) in [("enter", t.enter), ("target", t.target), ("exit", t.exit), ("shadow_max", t.shadow_max)] {
+            for (name, v) in [
+                ("enter", t.enter),
+                ("target", t.target),
+                ("exit", t.exit),
+                ("shadow_max", t.shadow_max),
+            ] {
                 if !(v.is_finite() && v > 0.0 && v <= 10.0) {
-                    return Err(err(at(&format!("thresholds.{name}")), "must be a number in (0, 10]"));
+                    return Err(err(
+                        at(&format!("thresholds.{name}")),
+                        "must be a number in (0, 10]",
+                    ));
                 }
             }
             if t.exit >= t.target {
-                return Err(err(at("thresholds.exit"), format!("must be below thresholds.target ({})", t.target)));
+                return Err(err(
+                    at("thresholds.exit"),
+                    format!("must be below thresholds.target ({})", t.target),
+                ));
             }
             if t.target > t.enter {
-                return Err(err(at("thresholds.target"), format!("must not exceed thresholds.enter ({})", t.enter)));
+                return Err(err(
+                    at("thresholds.target"),
+                    format!("must not exceed thresholds.enter ({})", t.enter),
+                ));
             }
             match &s.session {
                 Some(SessionKeySource::Header(h)) if !is_header_name(h) => {
-                    return Err(err(at("session.header"), "must be a lower-case HTTP header name"));
+                    return Err(err(
+                        at("session.header"),
+                        "must be a lower-case HTTP header name",
+                    ));
                 }
-                Some(SessionKeySource::Cookie(c)) if c.is_empty() || c.contains([';', '=', ' ']) => {
+                Some(SessionKeySource::Cookie(c))
+                    if c.is_empty() || c.contains([';', '=', ' ']) =>
+                {
                     return Err(err(at("session.cookie"), "must be a cookie name"));
                 }
                 _ => {}
@@ -304,7 +347,10 @@ impl PluginConfig {
                 return Err(err("telemetry.path", "must start with '/'"));
             }
             if t.interval_ms < self.tick_ms {
-                return Err(err("telemetry.interval_ms", format!("must be at least tick_ms ({})", self.tick_ms)));
+                return Err(err(
+                    "telemetry.interval_ms",
+                    format!("must be at least tick_ms ({})", self.tick_ms),
+                ));
             }
             if t.timeout_ms == 0 {
                 return Err(err("telemetry.timeout_ms", "must be positive"));
@@ -334,7 +380,9 @@ impl ServiceConfig {
 fn strip_port(authority: &str) -> &str {
     if authority.starts_with('[') {
         // [v6]:port
-        return authority.split_once(']').map_or(authority, |(h, _)| &h[1..]);
+        return authority
+            .split_once(']')
+            .map_or(authority, |(h, _)| &h[1..]);
     }
     match authority.rsplit_once(':') {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
@@ -356,7 +404,12 @@ fn unit_interval(field: &str, v: f64) -> Result<(), ConfigError> {
     }
 }
 
-fn cluster_fields(at: &str, cluster: &str, max_in_flight: u32, slo: Option<f64>) -> Result<(), ConfigError> {
+fn cluster_fields(
+    at: &str,
+    cluster: &str,
+    max_in_flight: u32,
+    slo: Option<f64>,
+) -> Result<(), ConfigError> {
     if cluster.is_empty() {
         return Err(err(format!("{at}.cluster"), "must not be empty"));
     }
@@ -366,7 +419,10 @@ fn cluster_fields(at: &str, cluster: &str, max_in_flight: u32, slo: Option<f64>)
     if let Some(ms) = slo
         && !(ms.is_finite() && ms > 0.0)
     {
-        return Err(err(format!("{at}.latency_slo_ms"), "must be a positive number of milliseconds"));
+        return Err(err(
+            format!("{at}.latency_slo_ms"),
+            "must be a positive number of milliseconds",
+        ));
     }
     Ok(())
 }
@@ -387,7 +443,10 @@ mod tests {
         assert_eq!(c.route_header, "x-shadowmesh-cluster");
         assert_eq!(c.tick_ms, 100);
         assert_eq!(c.services[0].thresholds, Thresholds::default());
-        assert_eq!(c.services[0].session, Some(SessionKeySource::Cookie("sid".into())));
+        assert_eq!(
+            c.services[0].session,
+            Some(SessionKeySource::Cookie("sid".into()))
+        );
         assert_eq!(c.telemetry.as_ref().unwrap().path, "/v1/telemetry");
         assert_eq!(c.ticks_per_report(), 10);
     }
@@ -398,22 +457,40 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        assert_eq!(field_of(&GOOD.replace(r#""name":"checkout","#, "")), "services[0]");
-        assert_eq!(field_of(&GOOD.replace("\"ready\":true", "\"ready\":\"yes\"")), "services[0].shadow.ready");
-        assert_eq!(field_of(&GOOD.replace("\"cluster\":\"cp\"", "\"cluster\":\"cp\",\"bogus\":1")), "telemetry.bogus");
+        assert_eq!(
+            field_of(&GOOD.replace(r#""name":"checkout","#, "")),
+            "services[0]"
+        );
+        assert_eq!(
+            field_of(&GOOD.replace("\"ready\":true", "\"ready\":\"yes\"")),
+            "services[0].shadow.ready"
+        );
+        assert_eq!(
+            field_of(&GOOD.replace("\"cluster\":\"cp\"", "\"cluster\":\"cp\",\"bogus\":1")),
+            "telemetry.bogus"
+        );
         assert_eq!(
             field_of(&GOOD.replace("\"session\"", "\"thresholds\":{\"exit\":0.85},\"session\"")),
             "services[0].thresholds.exit"
         );
-        assert_eq!(field_of(&GOOD.replace("\"cluster\":\"s\"", "\"cluster\":\"p\"")), "services[0].shadow.cluster");
-        assert_eq!(field_of(&GOOD.replace("{\"services\"", "{\"tick_ms\":1,\"services\"")), "tick_ms");
+        assert_eq!(
+            field_of(&GOOD.replace("\"cluster\":\"s\"", "\"cluster\":\"p\"")),
+            "services[0].shadow.cluster"
+        );
+        assert_eq!(
+            field_of(&GOOD.replace("{\"services\"", "{\"tick_ms\":1,\"services\"")),
+            "tick_ms"
+        );
         assert_eq!(field_of("not json"), "");
         assert_eq!(field_of(r#"{"services":[]}"#), "services");
     }
 
     #[test]
     fn authority_matching_ignores_port_and_case() {
-        let mut s = PluginConfig::parse(GOOD.as_bytes()).unwrap().services.remove(0);
+        let mut s = PluginConfig::parse(GOOD.as_bytes())
+            .unwrap()
+            .services
+            .remove(0);
         s.hosts = vec!["Shop.example".into()];
         assert!(s.matches_authority("shop.example:8080"));
         assert!(s.matches_authority("SHOP.example"));

@@ -24,7 +24,11 @@ impl ShadowView {
     /// Resolves readiness. An expired record counts as "not ready": the control plane
     /// that vouched for the shadow went silent, and a shadow it may have released must
     /// not receive traffic.
-    pub fn resolve(config: &ShadowConfig, record: Option<&ShadowRecord>, now_ms: u64) -> ShadowView {
+    pub fn resolve(
+        config: &ShadowConfig,
+        record: Option<&ShadowRecord>,
+        now_ms: u64,
+    ) -> ShadowView {
         match record {
             Some(r) => ShadowView {
                 cluster: r.cluster.clone(),
@@ -82,8 +86,16 @@ impl ServiceController {
         };
         self.last_tick_ms = Some(input.now_ms);
         let sides: [(&ClusterWindow, u32, Option<f64>); 2] = [
-            (&input.window.primary, svc.primary.max_in_flight, svc.primary.latency_slo_ms),
-            (&input.window.shadow, input.shadow.max_in_flight, svc.shadow.latency_slo_ms),
+            (
+                &input.window.primary,
+                svc.primary.max_in_flight,
+                svc.primary.latency_slo_ms,
+            ),
+            (
+                &input.window.shadow,
+                input.shadow.max_in_flight,
+                svc.shadow.latency_slo_ms,
+            ),
         ];
         for (i, (w, max_in_flight, slo)) in sides.into_iter().enumerate() {
             if w.latency.count > 0 {
@@ -97,7 +109,11 @@ impl ServiceController {
                 .filter(|(_, at)| input.now_ms.saturating_sub(*at) <= config.orca_stale_ms)
                 .map(|(u, _)| u);
             let signals = LoadSignals {
-                concurrency: concurrency(w.latency.sum_us as f64 / 1e3, elapsed, input.in_flight[i]),
+                concurrency: concurrency(
+                    w.latency.sum_us as f64 / 1e3,
+                    elapsed,
+                    input.in_flight[i],
+                ),
                 max_in_flight,
                 latency_ewma_ms: self.latency[i].get(),
                 latency_slo_ms: slo,
@@ -118,7 +134,12 @@ impl ServiceController {
     }
 
     /// Turns the accumulated traffic into a report entry and starts a new one.
-    pub fn take_report(&mut self, svc: &ServiceConfig, shadow: &ShadowView, plan: &RedirectPlan) -> ServiceTelemetry {
+    pub fn take_report(
+        &mut self,
+        svc: &ServiceConfig,
+        shadow: &ShadowView,
+        plan: &RedirectPlan,
+    ) -> ServiceTelemetry {
         let w = std::mem::take(&mut self.report);
         ServiceTelemetry {
             service: svc.name.clone(),
@@ -127,8 +148,12 @@ impl ServiceController {
             fallbacks: w.fallbacks,
             state: plan.state,
             redirect_share: plan.share,
-            primary: w.primary.telemetry(&svc.primary.cluster, self.in_flight[0], self.scores[0].0),
-            shadow: w.shadow.telemetry(&shadow.cluster, self.in_flight[1], self.scores[1].0),
+            primary: w
+                .primary
+                .telemetry(&svc.primary.cluster, self.in_flight[0], self.scores[0].0),
+            shadow: w
+                .shadow
+                .telemetry(&shadow.cluster, self.in_flight[1], self.scores[1].0),
         }
     }
 }
@@ -165,7 +190,12 @@ mod tests {
             &c,
             svc,
             &RedirectPlan::default(),
-            TickInput { now_ms: 100, window: window_with(100, 12_000), in_flight: [12, 0], shadow: &shadow },
+            TickInput {
+                now_ms: 100,
+                window: window_with(100, 12_000),
+                in_flight: [12, 0],
+                shadow: &shadow,
+            },
         );
         assert_eq!(plan.state, RedirectState::Redirecting);
         assert!((ctl.scores[0].0 - 1.2).abs() < 0.01, "{:?}", ctl.scores);
@@ -184,10 +214,20 @@ mod tests {
         let mut w = ServiceWindow::default();
         w.primary.orca_sum = 0.95;
         w.primary.orca_reports = 1;
-        let input = |now_ms, window| TickInput { now_ms, window, in_flight: [0, 0], shadow: &shadow };
+        let input = |now_ms, window| TickInput {
+            now_ms,
+            window,
+            in_flight: [0, 0],
+            shadow: &shadow,
+        };
         ctl.tick(&c, svc, &RedirectPlan::default(), input(100, w));
         assert_eq!(ctl.scores[0], LoadScore(0.95));
-        ctl.tick(&c, svc, &RedirectPlan::default(), input(5_000, ServiceWindow::default()));
+        ctl.tick(
+            &c,
+            svc,
+            &RedirectPlan::default(),
+            input(5_000, ServiceWindow::default()),
+        );
         assert_eq!(ctl.scores[0], LoadScore(0.0));
     }
 
@@ -204,7 +244,10 @@ mod tests {
             expires_at_ms: Some(1_000),
         };
         let v = ShadowView::resolve(cfg, Some(&record), 999);
-        assert_eq!((v.cluster.as_str(), v.ready, v.max_in_flight), ("dyn", true, 4));
+        assert_eq!(
+            (v.cluster.as_str(), v.ready, v.max_in_flight),
+            ("dyn", true, 4)
+        );
         assert!(!ShadowView::resolve(cfg, Some(&record), 1_000).ready);
         assert!(ShadowView::resolve(cfg, None, 5_000).ready);
     }

@@ -123,7 +123,9 @@ mod tests {
             share: 0.9,
             ..Default::default()
         };
-        assert!((0..100).all(|_| decide(&plan, true, Some(0.0), &mut s) == RedirectDecision::Primary));
+        assert!(
+            (0..100).all(|_| decide(&plan, true, Some(0.0), &mut s) == RedirectDecision::Primary)
+        );
     }
 
     #[test]
@@ -135,7 +137,10 @@ mod tests {
             let key = format!("session-{i}");
             let p = session_point(key.as_bytes());
             let first = decide(&plan, true, Some(p), &mut s);
-            assert_eq!(first, decide(&plan, true, Some(session_point(key.as_bytes())), &mut s));
+            assert_eq!(
+                first,
+                decide(&plan, true, Some(session_point(key.as_bytes())), &mut s)
+            );
             if first == RedirectDecision::Shadow {
                 shadow += 1;
             }

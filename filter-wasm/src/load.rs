@@ -42,7 +42,11 @@ impl LoadSignals {
         if let Some(u) = self.orca_utilization {
             score = score.max(u);
         }
-        LoadScore(if score.is_finite() { score.max(0.0) } else { 0.0 })
+        LoadScore(if score.is_finite() {
+            score.max(0.0)
+        } else {
+            0.0
+        })
     }
 }
 
@@ -50,7 +54,11 @@ impl LoadSignals {
 /// completed in the window divided by its length. The instantaneous in-flight count is a
 /// floor, so a stalled upstream (nothing completing) still shows as loaded.
 pub fn concurrency(latency_sum_ms: f64, window_ms: f64, in_flight_now: u64) -> f64 {
-    let little = if window_ms > 0.0 { latency_sum_ms / window_ms } else { 0.0 };
+    let little = if window_ms > 0.0 {
+        latency_sum_ms / window_ms
+    } else {
+        0.0
+    };
     little.max(in_flight_now as f64)
 }
 
@@ -250,7 +258,10 @@ mod tests {
         }
         for (q, exact) in [(0.5, 5_000.0), (0.9, 9_000.0), (0.99, 9_900.0)] {
             let got = h.quantile_us(q);
-            assert!((got - exact).abs() / exact < 0.035, "q{q}: {got} vs {exact}");
+            assert!(
+                (got - exact).abs() / exact < 0.035,
+                "q{q}: {got} vs {exact}"
+            );
         }
         assert_eq!(h.summary().max, 10.0);
     }
@@ -266,7 +277,12 @@ mod tests {
         let back: LatencyHistogram = serde_json::from_str(&json).unwrap();
         assert_eq!(back, a);
         assert_eq!(back.count, 2);
-        assert!(serde_json::from_str::<LatencyHistogram>(r#"{"counts":[[9999,1]],"count":1,"sum_us":1,"max_us":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<LatencyHistogram>(
+                r#"{"counts":[[9999,1]],"count":1,"sum_us":1,"max_us":1}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -275,7 +291,10 @@ mod tests {
         for us in 0..100_000u64 {
             let b = bucket_of(us);
             assert!(b >= last);
-            assert!(bucket_upper_us(b) >= us as f64 && bucket_lower_us(b) <= us.max(1) as f64, "{us} in {b}");
+            assert!(
+                bucket_upper_us(b) >= us as f64 && bucket_lower_us(b) <= us.max(1) as f64,
+                "{us} in {b}"
+            );
             last = b;
         }
     }

@@ -115,23 +115,45 @@ mod tests {
 
     #[test]
     fn text_and_json_forms() {
-        let t = OrcaReport::parse("TEXT cpu_utilization=0.3, mem_utilization=0.8, rps_fractional=10").unwrap();
-        assert_eq!((t.cpu_utilization, t.mem_utilization, t.rps_fractional), (0.3, 0.8, 10.0));
-        let j = OrcaReport::parse(r#"JSON {"cpu_utilization":0.2,"application_utilization":0.7,"named_metrics":{"x":1}}"#)
-            .unwrap();
+        let t =
+            OrcaReport::parse("TEXT cpu_utilization=0.3, mem_utilization=0.8, rps_fractional=10")
+                .unwrap();
+        assert_eq!(
+            (t.cpu_utilization, t.mem_utilization, t.rps_fractional),
+            (0.3, 0.8, 10.0)
+        );
+        let j = OrcaReport::parse(
+            r#"JSON {"cpu_utilization":0.2,"application_utilization":0.7,"named_metrics":{"x":1}}"#,
+        )
+        .unwrap();
         assert_eq!(j.utilization(), 0.7);
         assert_eq!(j.cpu_utilization, 0.2);
     }
 
     #[test]
     fn malformed_values_are_rejected() {
-        assert_eq!(OrcaReport::parse("cpu_utilization=0.3"), Err(OrcaError::UnknownFormat));
+        assert_eq!(
+            OrcaReport::parse("cpu_utilization=0.3"),
+            Err(OrcaError::UnknownFormat)
+        );
         assert_eq!(OrcaReport::parse("BIN AAAA"), Err(OrcaError::UnknownFormat));
-        assert_eq!(OrcaReport::parse("TEXT cpu_utilization"), Err(OrcaError::Syntax));
+        assert_eq!(
+            OrcaReport::parse("TEXT cpu_utilization"),
+            Err(OrcaError::Syntax)
+        );
         assert_eq!(OrcaReport::parse("TEXT ,"), Err(OrcaError::Syntax));
-        assert_eq!(OrcaReport::parse("TEXT cpu_utilization=-1"), Err(OrcaError::OutOfRange));
-        assert_eq!(OrcaReport::parse("TEXT cpu_utilization=NaN"), Err(OrcaError::OutOfRange));
+        assert_eq!(
+            OrcaReport::parse("TEXT cpu_utilization=-1"),
+            Err(OrcaError::OutOfRange)
+        );
+        assert_eq!(
+            OrcaReport::parse("TEXT cpu_utilization=NaN"),
+            Err(OrcaError::OutOfRange)
+        );
         assert_eq!(OrcaReport::parse("JSON {oops"), Err(OrcaError::Syntax));
-        assert_eq!(OrcaReport::parse(r#"JSON {"cpu_utilization":"high"}"#), Err(OrcaError::Syntax));
+        assert_eq!(
+            OrcaReport::parse(r#"JSON {"cpu_utilization":"high"}"#),
+            Err(OrcaError::Syntax)
+        );
     }
 }

@@ -86,7 +86,8 @@ impl RedirectPlan {
                     // The shadow carries `shadow` load for `applied` share; scale to its limit.
                     want = want.min(applied * t.shadow_max / input.shadow.0);
                 }
-                plan.share = (self.share + svc.gain * (want - self.share)).clamp(0.0, svc.max_share);
+                plan.share =
+                    (self.share + svc.gain * (want - self.share)).clamp(0.0, svc.max_share);
                 if plan.share < 1e-3 {
                     plan.share = 0.0;
                 }
@@ -155,7 +156,11 @@ mod tests {
         }
         assert_eq!(plan.state, RedirectState::Redirecting);
         assert!((plan.share - 0.5).abs() < 0.01, "share {}", plan.share);
-        assert!((plan.primary_load - 0.8).abs() < 0.02, "primary {}", plan.primary_load);
+        assert!(
+            (plan.primary_load - 0.8).abs() < 0.02,
+            "primary {}",
+            plan.primary_load
+        );
     }
 
     #[test]
@@ -182,7 +187,10 @@ mod tests {
             assert_eq!(plan.state, RedirectState::Redirecting);
         }
         assert_eq!(plan.share, 0.0, "no excess at 0.7 demand");
-        assert!(plan.session_share > 0.2, "sessions stay pinned for the surge");
+        assert!(
+            plan.session_share > 0.2,
+            "sessions stay pinned for the surge"
+        );
         let mut transitions = 0;
         let mut last = plan.state;
         for _ in 0..10 {

@@ -84,14 +84,20 @@ pub fn read_json<T: DeserializeOwned>(store: &dyn SharedStore, key: &str) -> Opt
 /// Read-modify-write of a JSON value under CAS. `f` gets the current value (`None` when
 /// absent or unparsable) and returns the new one, or `None` to leave the key alone.
 /// Returns what the key held when the write succeeded.
-pub fn update_json<T, F>(store: &dyn SharedStore, key: &str, mut f: F) -> Result<Option<T>, SetError>
+pub fn update_json<T, F>(
+    store: &dyn SharedStore,
+    key: &str,
+    mut f: F,
+) -> Result<Option<T>, SetError>
 where
     T: Serialize + DeserializeOwned,
     F: FnMut(Option<&T>) -> Option<T>,
 {
     for _ in 0..MAX_CAS_RETRIES {
         let (bytes, cas) = store.get(key);
-        let current: Option<T> = bytes.as_deref().and_then(|b| serde_json::from_slice(b).ok());
+        let current: Option<T> = bytes
+            .as_deref()
+            .and_then(|b| serde_json::from_slice(b).ok());
         let Some(next) = f(current.as_ref()) else {
             return Ok(current);
         };
@@ -184,7 +190,11 @@ mod tests {
         *s.conflicts.borrow_mut() = 3;
         assert_eq!(add_counter(&s, "k", 5), Ok(5), "retries through conflicts");
         *s.conflicts.borrow_mut() = 100;
-        assert_eq!(add_counter(&s, "k", 1), Err(SetError::CasMismatch), "bounded retries");
+        assert_eq!(
+            add_counter(&s, "k", 1),
+            Err(SetError::CasMismatch),
+            "bounded retries"
+        );
         assert_eq!(read_counter(&s, "k"), 5);
     }
 

@@ -81,8 +81,10 @@ mod tests {
 
     #[test]
     fn merge_adds_everything() {
-        let mut a = ServiceWindow::default();
-        a.redirected = 1;
+        let mut a = ServiceWindow {
+            redirected: 1,
+            ..Default::default()
+        };
         a.primary.latency.record(1_000);
         a.primary.orca_sum = 0.5;
         a.primary.orca_reports = 1;

@@ -13,7 +13,9 @@
 pub mod wasm_host;
 
 use anyhow::Result;
-use shadowmesh_examples::envoy::{Bootstrap, EnvoyOptions, EnvoyProcess, FilterChoice, default_plugin_config};
+use shadowmesh_examples::envoy::{
+    Bootstrap, EnvoyOptions, EnvoyProcess, FilterChoice, default_plugin_config,
+};
 use shadowmesh_examples::upstream::{self, OrcaMode, UpstreamConfig, UpstreamHandle};
 use shadowmesh_xds::telemetry::TelemetryHub;
 use std::time::Duration;
@@ -70,7 +72,8 @@ pub struct Stack {
 /// One stack at a time per test binary: the tests measure behaviour under load, and two
 /// Envoys plus load generators sharing two cores would measure each other instead.
 fn exclusive() -> std::sync::Arc<tokio::sync::Mutex<()>> {
-    static LOCK: std::sync::OnceLock<std::sync::Arc<tokio::sync::Mutex<()>>> = std::sync::OnceLock::new();
+    static LOCK: std::sync::OnceLock<std::sync::Arc<tokio::sync::Mutex<()>>> =
+        std::sync::OnceLock::new();
     LOCK.get_or_init(Default::default).clone()
 }
 
@@ -122,7 +125,8 @@ impl Stack {
             concurrency: config.envoy_workers,
             ..Default::default()
         };
-        let envoy = tokio::task::spawn_blocking(move || EnvoyProcess::start(&bootstrap, &options)).await??;
+        let envoy = tokio::task::spawn_blocking(move || EnvoyProcess::start(&bootstrap, &options))
+            .await??;
         Ok(Stack {
             envoy,
             primary,
@@ -136,9 +140,17 @@ impl Stack {
     /// Waits until the filter's controller has published a report (the data path is live
     /// and telemetry flows); replaces guessing a start-up delay.
     pub async fn wait_for_first_report(&self) -> Result<()> {
-        tokio::time::timeout(Duration::from_secs(20), self.hub.wait_for(|r| !r.is_empty()))
-            .await
-            .map_err(|_| anyhow::anyhow!("no telemetry report within 20 s:\n{}", self.envoy.log_tail(30)))
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            self.hub.wait_for(|r| !r.is_empty()),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no telemetry report within 20 s:\n{}",
+                self.envoy.log_tail(30)
+            )
+        })
     }
 
     /// A Prometheus sample value (first line starting with `prefix`).

@@ -12,13 +12,12 @@
 //! drive corner cases Envoy cannot be made to produce on demand (CAS races, hostcall
 //! failures, exact tick timing).
 
-
-use wasmtime::{Result, bail, format_err as anyhow};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use wasmtime::{Caller, Engine, Extern, Instance, Linker, Memory, Module, Store, TypedFunc, Val};
+use wasmtime::{Result, bail, format_err as anyhow};
 
 /// Proxy-Wasm status codes.
 mod status {
@@ -136,7 +135,10 @@ pub struct WasmVm {
 const ROOT_ID: i32 = 1;
 
 fn memory(caller: &mut Caller<'_, VmState>) -> Result<Memory> {
-    caller.data().memory.ok_or_else(|| anyhow!("no memory export"))
+    caller
+        .data()
+        .memory
+        .ok_or_else(|| anyhow!("no memory export"))
 }
 
 fn read(caller: &mut Caller<'_, VmState>, ptr: i32, len: i32) -> Result<Vec<u8>> {
@@ -157,8 +159,17 @@ fn write_u32(caller: &mut Caller<'_, VmState>, ptr: i32, v: u32) -> Result<()> {
 }
 
 /// Copies `bytes` into guest memory allocated by the guest, and stores pointer and size.
-fn return_bytes(caller: &mut Caller<'_, VmState>, bytes: &[u8], ptr_ptr: i32, size_ptr: i32) -> Result<i32> {
-    let alloc = caller.data().allocate.clone().ok_or_else(|| anyhow!("no allocator"))?;
+fn return_bytes(
+    caller: &mut Caller<'_, VmState>,
+    bytes: &[u8],
+    ptr_ptr: i32,
+    size_ptr: i32,
+) -> Result<i32> {
+    let alloc = caller
+        .data()
+        .allocate
+        .clone()
+        .ok_or_else(|| anyhow!("no allocator"))?;
     let ptr = alloc.call(&mut *caller, bytes.len() as i32)?;
     let mem = memory(caller)?;
     mem.write(&mut *caller, ptr as u32 as usize, bytes)?;
@@ -184,7 +195,12 @@ fn serialize_pairs(pairs: &[(String, String)]) -> Vec<u8> {
 
 fn deserialize_pairs(bytes: &[u8]) -> Result<Vec<(String, String)>> {
     let u32_at = |i: usize| -> Result<usize> {
-        Ok(u32::from_le_bytes(bytes.get(i..i + 4).ok_or_else(|| anyhow!("short map"))?.try_into()?) as usize)
+        Ok(u32::from_le_bytes(
+            bytes
+                .get(i..i + 4)
+                .ok_or_else(|| anyhow!("short map"))?
+                .try_into()?,
+        ) as usize)
     };
     let n = u32_at(0)?;
     let mut sizes = Vec::with_capacity(n);
@@ -194,9 +210,19 @@ fn deserialize_pairs(bytes: &[u8]) -> Result<Vec<(String, String)>> {
     let mut at = 4 + n * 8;
     let mut out = Vec::with_capacity(n);
     for (k, v) in sizes {
-        let key = String::from_utf8(bytes.get(at..at + k).ok_or_else(|| anyhow!("short map"))?.to_vec())?;
+        let key = String::from_utf8(
+            bytes
+                .get(at..at + k)
+                .ok_or_else(|| anyhow!("short map"))?
+                .to_vec(),
+        )?;
         at += k + 1;
-        let value = String::from_utf8(bytes.get(at..at + v).ok_or_else(|| anyhow!("short map"))?.to_vec())?;
+        let value = String::from_utf8(
+            bytes
+                .get(at..at + v)
+                .ok_or_else(|| anyhow!("short map"))?
+                .to_vec(),
+        )?;
         at += v + 1;
         out.push((key, value));
     }
@@ -204,35 +230,59 @@ fn deserialize_pairs(bytes: &[u8]) -> Result<Vec<(String, String)>> {
 }
 
 /// Map types of the ABI.
-fn header_map<'a>(state: &'a mut VmState, map_type: i32) -> Option<&'a mut Vec<(String, String)>> {
+fn header_map(state: &mut VmState, map_type: i32) -> Option<&mut Vec<(String, String)>> {
     match map_type {
-        0 => state.streams.get_mut(&state.current).map(|s| &mut s.request_headers),
-        2 => state.streams.get_mut(&state.current).map(|s| &mut s.response_headers),
+        0 => state
+            .streams
+            .get_mut(&state.current)
+            .map(|s| &mut s.request_headers),
+        2 => state
+            .streams
+            .get_mut(&state.current)
+            .map(|s| &mut s.response_headers),
         6 => Some(&mut state.call_response.0),
         _ => None,
     }
 }
 
 fn define_proxy_abi(linker: &mut Linker<VmState>) -> Result<()> {
-    linker.func_wrap("env", "proxy_log", |mut c: Caller<'_, VmState>, level: i32, ptr: i32, len: i32| -> Result<i32> {
-        let msg = read_str(&mut c, ptr, len)?;
-        c.data_mut().logs.push((level, msg));
-        Ok(status::OK)
-    })?;
-    linker.func_wrap("env", "proxy_get_current_time_nanoseconds", |mut c: Caller<'_, VmState>, ptr: i32| -> Result<i32> {
-        let now = c.data().shared.now_ns.load(Ordering::SeqCst);
-        let mem = memory(&mut c)?;
-        mem.write(&mut c, ptr as u32 as usize, &now.to_le_bytes())?;
-        Ok(status::OK)
-    })?;
-    linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |mut c: Caller<'_, VmState>, ms: i32| -> i32 {
-        c.data_mut().tick_period_ms = ms as u32;
-        status::OK
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_log",
+        |mut c: Caller<'_, VmState>, level: i32, ptr: i32, len: i32| -> Result<i32> {
+            let msg = read_str(&mut c, ptr, len)?;
+            c.data_mut().logs.push((level, msg));
+            Ok(status::OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        |mut c: Caller<'_, VmState>, ptr: i32| -> Result<i32> {
+            let now = c.data().shared.now_ns.load(Ordering::SeqCst);
+            let mem = memory(&mut c)?;
+            mem.write(&mut c, ptr as u32 as usize, &now.to_le_bytes())?;
+            Ok(status::OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |mut c: Caller<'_, VmState>, ms: i32| -> i32 {
+            c.data_mut().tick_period_ms = ms as u32;
+            status::OK
+        },
+    )?;
     linker.func_wrap(
         "env",
         "proxy_get_buffer_bytes",
-        |mut c: Caller<'_, VmState>, kind: i32, start: i32, max: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
+        |mut c: Caller<'_, VmState>,
+         kind: i32,
+         start: i32,
+         max: i32,
+         ptr_ptr: i32,
+         size_ptr: i32|
+         -> Result<i32> {
             let buf = match kind {
                 7 => c.data().plugin_config.clone(),
                 4 => c.data().call_response.1.clone(),
@@ -250,7 +300,12 @@ fn define_proxy_abi(linker: &mut Linker<VmState>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_property",
-        |mut c: Caller<'_, VmState>, ptr: i32, len: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
+        |mut c: Caller<'_, VmState>,
+         ptr: i32,
+         len: i32,
+         ptr_ptr: i32,
+         size_ptr: i32|
+         -> Result<i32> {
             let path = read(&mut c, ptr, len)?;
             let key = String::from_utf8_lossy(&path).replace('\0', ".");
             let key = key.trim_end_matches('.').to_string();
@@ -263,7 +318,13 @@ fn define_proxy_abi(linker: &mut Linker<VmState>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_header_map_value",
-        |mut c: Caller<'_, VmState>, map: i32, kp: i32, kl: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
+        |mut c: Caller<'_, VmState>,
+         map: i32,
+         kp: i32,
+         kl: i32,
+         ptr_ptr: i32,
+         size_ptr: i32|
+         -> Result<i32> {
             let key = read_str(&mut c, kp, kl)?.to_ascii_lowercase();
             let value = match header_map(c.data_mut(), map) {
                 Some(h) => h.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()),
@@ -279,7 +340,9 @@ fn define_proxy_abi(linker: &mut Linker<VmState>) -> Result<()> {
         "env",
         "proxy_get_header_map_pairs",
         |mut c: Caller<'_, VmState>, map: i32, ptr_ptr: i32, size_ptr: i32| -> Result<i32> {
-            let Some(h) = header_map(c.data_mut(), map) else { return Ok(status::BAD_ARGUMENT) };
+            let Some(h) = header_map(c.data_mut(), map) else {
+                return Ok(status::BAD_ARGUMENT);
+            };
             let bytes = serialize_pairs(h);
             return_bytes(&mut c, &bytes, ptr_ptr, size_ptr)
         },
@@ -289,7 +352,9 @@ fn define_proxy_abi(linker: &mut Linker<VmState>) -> Result<()> {
         "proxy_set_header_map_pairs",
         |mut c: Caller<'_, VmState>, map: i32, ptr: i32, len: i32| -> Result<i32> {
             let pairs = deserialize_pairs(&read(&mut c, ptr, len)?)?;
-            let Some(h) = header_map(c.data_mut(), map) else { return Ok(status::BAD_ARGUMENT) };
+            let Some(h) = header_map(c.data_mut(), map) else {
+                return Ok(status::BAD_ARGUMENT);
+            };
             *h = pairs;
             Ok(status::OK)
         },
@@ -300,7 +365,9 @@ fn define_proxy_abi(linker: &mut Linker<VmState>) -> Result<()> {
         |mut c: Caller<'_, VmState>, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> Result<i32> {
             let key = read_str(&mut c, kp, kl)?.to_ascii_lowercase();
             let value = read_str(&mut c, vp, vl)?;
-            let Some(h) = header_map(c.data_mut(), map) else { return Ok(status::BAD_ARGUMENT) };
+            let Some(h) = header_map(c.data_mut(), map) else {
+                return Ok(status::BAD_ARGUMENT);
+            };
             h.retain(|(k, _)| *k != key);
             h.push((key, value));
             Ok(status::OK)
@@ -312,7 +379,9 @@ fn define_proxy_abi(linker: &mut Linker<VmState>) -> Result<()> {
         |mut c: Caller<'_, VmState>, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> Result<i32> {
             let key = read_str(&mut c, kp, kl)?.to_ascii_lowercase();
             let value = read_str(&mut c, vp, vl)?;
-            let Some(h) = header_map(c.data_mut(), map) else { return Ok(status::BAD_ARGUMENT) };
+            let Some(h) = header_map(c.data_mut(), map) else {
+                return Ok(status::BAD_ARGUMENT);
+            };
             h.push((key, value));
             Ok(status::OK)
         },
@@ -322,7 +391,9 @@ fn define_proxy_abi(linker: &mut Linker<VmState>) -> Result<()> {
         "proxy_remove_header_map_value",
         |mut c: Caller<'_, VmState>, map: i32, kp: i32, kl: i32| -> Result<i32> {
             let key = read_str(&mut c, kp, kl)?.to_ascii_lowercase();
-            let Some(h) = header_map(c.data_mut(), map) else { return Ok(status::BAD_ARGUMENT) };
+            let Some(h) = header_map(c.data_mut(), map) else {
+                return Ok(status::BAD_ARGUMENT);
+            };
             h.retain(|(k, _)| *k != key);
             Ok(status::OK)
         },
@@ -330,7 +401,13 @@ fn define_proxy_abi(linker: &mut Linker<VmState>) -> Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_shared_data",
-        |mut c: Caller<'_, VmState>, kp: i32, kl: i32, ptr_ptr: i32, size_ptr: i32, cas_ptr: i32| -> Result<i32> {
+        |mut c: Caller<'_, VmState>,
+         kp: i32,
+         kl: i32,
+         ptr_ptr: i32,
+         size_ptr: i32,
+         cas_ptr: i32|
+         -> Result<i32> {
             if c.data().shared.fail_shared_data.load(Ordering::SeqCst) {
                 return Ok(status::INTERNAL_FAILURE);
             }
@@ -377,7 +454,13 @@ fn define_proxy_abi(linker: &mut Linker<VmState>) -> Result<()> {
                 2 => MetricKind::Histogram,
                 _ => return Ok(status::BAD_ARGUMENT),
             };
-            c.data().shared.metrics.lock().unwrap().entry(name.clone()).or_insert((kind, 0));
+            c.data()
+                .shared
+                .metrics
+                .lock()
+                .unwrap()
+                .entry(name.clone())
+                .or_insert((kind, 0));
             let ids = &mut c.data_mut().metric_ids;
             let id = ids.iter().position(|n| *n == name).unwrap_or_else(|| {
                 ids.push(name.clone());
@@ -387,20 +470,28 @@ fn define_proxy_abi(linker: &mut Linker<VmState>) -> Result<()> {
             Ok(status::OK)
         },
     )?;
-    linker.func_wrap("env", "proxy_increment_metric", |c: Caller<'_, VmState>, id: i32, by: i64| -> i32 {
-        update_metric(&c, id, |kind, v| match kind {
-            MetricKind::Histogram => None,
-            _ => Some(v + by),
-        })
-    })?;
-    linker.func_wrap("env", "proxy_record_metric", |c: Caller<'_, VmState>, id: i32, value: i64| -> i32 {
-        update_metric(&c, id, |kind, v| match kind {
-            MetricKind::Counter => None,
-            MetricKind::Gauge => Some(value),
-            // Histograms: the host keeps the sample count.
-            MetricKind::Histogram => Some(v + 1),
-        })
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_increment_metric",
+        |c: Caller<'_, VmState>, id: i32, by: i64| -> i32 {
+            update_metric(&c, id, |kind, v| match kind {
+                MetricKind::Histogram => None,
+                _ => Some(v + by),
+            })
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_record_metric",
+        |c: Caller<'_, VmState>, id: i32, value: i64| -> i32 {
+            update_metric(&c, id, |kind, v| match kind {
+                MetricKind::Counter => None,
+                MetricKind::Gauge => Some(value),
+                // Histograms: the host keeps the sample count.
+                MetricKind::Histogram => Some(v + 1),
+            })
+        },
+    )?;
     linker.func_wrap(
         "env",
         "proxy_http_call",
@@ -433,14 +524,22 @@ fn define_proxy_abi(linker: &mut Linker<VmState>) -> Result<()> {
             Ok(status::OK)
         },
     )?;
-    linker.func_wrap("env", "proxy_set_effective_context", |mut c: Caller<'_, VmState>, ctx: i32| -> i32 {
-        c.data_mut().current = ctx;
+    linker.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        |mut c: Caller<'_, VmState>, ctx: i32| -> i32 {
+            c.data_mut().current = ctx;
+            status::OK
+        },
+    )?;
+    for name in ["proxy_continue_stream", "proxy_close_stream"] {
+        linker.func_wrap("env", name, |_: Caller<'_, VmState>, _: i32| -> i32 {
+            status::OK
+        })?;
+    }
+    linker.func_wrap("env", "proxy_done", |_: Caller<'_, VmState>| -> i32 {
         status::OK
     })?;
-    for name in ["proxy_continue_stream", "proxy_close_stream"] {
-        linker.func_wrap("env", name, |_: Caller<'_, VmState>, _: i32| -> i32 { status::OK })?;
-    }
-    linker.func_wrap("env", "proxy_done", |_: Caller<'_, VmState>| -> i32 { status::OK })?;
     // WASI: what Rust's std needs to start and to seed RandomState.
     linker.func_wrap(
         "wasi_snapshot_preview1",
@@ -463,14 +562,22 @@ fn define_proxy_abi(linker: &mut Linker<VmState>) -> Result<()> {
         },
     )?;
     for name in ["environ_sizes_get", "args_sizes_get"] {
-        linker.func_wrap("wasi_snapshot_preview1", name, |mut c: Caller<'_, VmState>, a: i32, b: i32| -> Result<i32> {
-            write_u32(&mut c, a, 0)?;
-            write_u32(&mut c, b, 0)?;
-            Ok(0)
-        })?;
+        linker.func_wrap(
+            "wasi_snapshot_preview1",
+            name,
+            |mut c: Caller<'_, VmState>, a: i32, b: i32| -> Result<i32> {
+                write_u32(&mut c, a, 0)?;
+                write_u32(&mut c, b, 0)?;
+                Ok(0)
+            },
+        )?;
     }
     for name in ["environ_get", "args_get"] {
-        linker.func_wrap("wasi_snapshot_preview1", name, |_: Caller<'_, VmState>, _: i32, _: i32| -> i32 { 0 })?;
+        linker.func_wrap(
+            "wasi_snapshot_preview1",
+            name,
+            |_: Caller<'_, VmState>, _: i32, _: i32| -> i32 { 0 },
+        )?;
     }
     linker.func_wrap(
         "wasi_snapshot_preview1",
@@ -485,18 +592,26 @@ fn define_proxy_abi(linker: &mut Linker<VmState>) -> Result<()> {
             Ok(0)
         },
     )?;
-    linker.func_wrap("wasi_snapshot_preview1", "proc_exit", |_: Caller<'_, VmState>, code: i32| -> Result<()> {
-        bail!("proc_exit({code})")
-    })?;
+    linker.func_wrap(
+        "wasi_snapshot_preview1",
+        "proc_exit",
+        |_: Caller<'_, VmState>, code: i32| -> Result<()> { bail!("proc_exit({code})") },
+    )?;
     Ok(())
 }
 
-fn update_metric(c: &Caller<'_, VmState>, id: i32, f: impl FnOnce(MetricKind, i64) -> Option<i64>) -> i32 {
+fn update_metric(
+    c: &Caller<'_, VmState>,
+    id: i32,
+    f: impl FnOnce(MetricKind, i64) -> Option<i64>,
+) -> i32 {
     let Some(name) = c.data().metric_ids.get(id as usize) else {
         return status::NOT_FOUND;
     };
     let mut metrics = c.data().shared.metrics.lock().unwrap();
-    let Some(entry) = metrics.get_mut(name) else { return status::NOT_FOUND };
+    let Some(entry) = metrics.get_mut(name) else {
+        return status::NOT_FOUND;
+    };
     match f(entry.0, entry.1) {
         Some(v) => {
             entry.1 = v;
@@ -517,7 +632,8 @@ impl WasmHost {
     /// Loads a compiled `.wasm` (e.g. `target/wasm32-wasip1/release/shadowmesh_filter.wasm`).
     pub fn load(path: &Path) -> Result<WasmHost> {
         let engine = Engine::default();
-        let module = Module::from_file(&engine, path).map_err(|e| anyhow!("loading {}: {e}", path.display()))?;
+        let module = Module::from_file(&engine, path)
+            .map_err(|e| anyhow!("loading {}: {e}", path.display()))?;
         let mut linker = Linker::new(&engine);
         define_proxy_abi(&mut linker)?;
         // Any other import exists but fails, like an unimplemented hostcall would.
@@ -525,15 +641,24 @@ impl WasmHost {
         for import in module.imports() {
             if let wasmtime::ExternType::Func(ty) = import.ty() {
                 let results = ty.results().len();
-                let _ = linker.func_new(import.module(), import.name(), ty.clone(), move |_, _, out| {
-                    if results > 0 {
-                        out[0] = Val::I32(status::INTERNAL_FAILURE);
-                    }
-                    Ok(())
-                });
+                let _ = linker.func_new(
+                    import.module(),
+                    import.name(),
+                    ty.clone(),
+                    move |_, _, out| {
+                        if results > 0 {
+                            out[0] = Val::I32(status::INTERNAL_FAILURE);
+                        }
+                        Ok(())
+                    },
+                );
             }
         }
-        Ok(WasmHost { engine, module, linker })
+        Ok(WasmHost {
+            engine,
+            module,
+            linker,
+        })
     }
 
     /// Instantiates one VM (one Envoy worker) sharing `shared` with the others.
@@ -560,8 +685,11 @@ impl WasmHost {
             _ => bail!("module exports no memory"),
         };
         store.data_mut().memory = Some(memory);
-        store.data_mut().allocate = Some(instance.get_typed_func(&mut store, "proxy_on_memory_allocate")?);
-        instance.get_typed_func::<(), ()>(&mut store, "_initialize")?.call(&mut store, ())?;
+        store.data_mut().allocate =
+            Some(instance.get_typed_func(&mut store, "proxy_on_memory_allocate")?);
+        instance
+            .get_typed_func::<(), ()>(&mut store, "_initialize")?
+            .call(&mut store, ())?;
         Ok(WasmVm {
             store,
             instance,
@@ -572,14 +700,23 @@ impl WasmHost {
 }
 
 impl WasmVm {
-    fn call<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(&mut self, name: &str, params: P) -> Result<R> {
-        let f = self.instance.get_typed_func::<P, R>(&mut self.store, name)?;
+    fn call<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+        &mut self,
+        name: &str,
+        params: P,
+    ) -> Result<R> {
+        let f = self
+            .instance
+            .get_typed_func::<P, R>(&mut self.store, name)?;
         f.call(&mut self.store, params)
     }
 
     /// Sets a property (path joined with `.`), e.g. `node.id`.
     pub fn set_property(&mut self, path: &str, value: &[u8]) {
-        self.store.data_mut().properties.insert(path.to_string(), value.to_vec());
+        self.store
+            .data_mut()
+            .properties
+            .insert(path.to_string(), value.to_vec());
     }
 
     /// Creates the root context and configures it; returns what `on_configure` returned.
@@ -590,7 +727,10 @@ impl WasmVm {
         if started == 0 {
             return Ok(false);
         }
-        let ok: i32 = self.call("proxy_on_configure", (self.root_id, plugin_config.len() as i32))?;
+        let ok: i32 = self.call(
+            "proxy_on_configure",
+            (self.root_id, plugin_config.len() as i32),
+        )?;
         Ok(ok != 0)
     }
 
@@ -613,7 +753,10 @@ impl WasmVm {
         state.streams.insert(
             ctx,
             Stream {
-                request_headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                request_headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 response_headers: Vec::new(),
             },
         );
@@ -627,14 +770,24 @@ impl WasmVm {
 
     /// The request headers of a stream as the filter left them.
     pub fn request_header(&self, ctx: i32, name: &str) -> Option<String> {
-        self.store.data().streams.get(&ctx)?.request_headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        self.store
+            .data()
+            .streams
+            .get(&ctx)?
+            .request_headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
     }
 
     /// Delivers response headers.
     pub fn respond(&mut self, ctx: i32, headers: &[(&str, &str)]) -> Result<()> {
         let state = self.store.data_mut();
         if let Some(s) = state.streams.get_mut(&ctx) {
-            s.response_headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            s.response_headers = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
         }
         state.current = ctx;
         let _: i32 = self.call("proxy_on_response_headers", (ctx, headers.len() as i32, 1))?;

@@ -22,7 +22,11 @@ fn phases(p: &[(u64, f64, f64)]) -> RateProfile {
 }
 
 fn total_requests(reports: &[TelemetryReport]) -> u64 {
-    reports.iter().flat_map(|r| &r.services).map(|s| s.requests).sum()
+    reports
+        .iter()
+        .flat_map(|r| &r.services)
+        .map(|s| s.requests)
+        .sum()
 }
 
 /// Polls `f` with backoff until it returns `Some`, for state only observable by polling
@@ -34,7 +38,10 @@ async fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Opt
         if let Some(v) = f() {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_millis(200));
     }
@@ -46,7 +53,10 @@ fn transitions(stack: &Stack) -> Vec<String> {
         .envoy
         .log()
         .lines()
-        .filter_map(|l| l.split_once("shadowmesh: service checkout ").map(|(_, t)| t.to_string()))
+        .filter_map(|l| {
+            l.split_once("shadowmesh: service checkout ")
+                .map(|(_, t)| t.to_string())
+        })
         .collect()
 }
 
@@ -64,25 +74,51 @@ async fn surge_excess_goes_to_shadow_and_returns_without_flapping() {
     let sessionless = LoadSpec::new(stack.envoy.listener, profile.clone());
     let mut sessionful = LoadSpec::new(stack.envoy.listener, scale(&profile, 0.5));
     sessionful.sessions = Some(50);
-    let (a, b) = tokio::join!(loadgen::run(sessionless, |_| {}), loadgen::run(sessionful, |_| {}));
+    let (a, b) = tokio::join!(
+        loadgen::run(sessionless, |_| {}),
+        loadgen::run(sessionful, |_| {})
+    );
 
-    assert_eq!(a.errors + b.errors, 0, "client errors: {:?} {:?}", a.error_kinds, b.error_kinds);
+    assert_eq!(
+        a.errors + b.errors,
+        0,
+        "client errors: {:?} {:?}",
+        a.error_kinds,
+        b.error_kinds
+    );
     // Seconds 0-2: calm, nothing redirected.
     for s in a.seconds.iter().take(3) {
-        assert_eq!(s.by_server.get("shadow"), None, "calm second {} redirected", s.index);
+        assert_eq!(
+            s.by_server.get("shadow"),
+            None,
+            "calm second {} redirected",
+            s.index
+        );
     }
     // Surge seconds 6-10 (after the controller settled): the shadow takes the excess,
     // neither nothing nor everything.
-    let surge: Vec<_> = a.seconds.iter().filter(|s| (6..11).contains(&s.index)).collect();
+    let surge: Vec<_> = a
+        .seconds
+        .iter()
+        .filter(|s| (6..11).contains(&s.index))
+        .collect();
     let (to_shadow, all): (u64, u64) = surge
         .iter()
         .map(|s| (s.by_server.get("shadow").copied().unwrap_or(0), s.ok))
         .fold((0, 0), |(x, y), (a, b)| (x + a, y + b));
     let share = to_shadow as f64 / all as f64;
-    assert!((0.3..0.75).contains(&share), "shadow share during surge {share:.2}");
+    assert!(
+        (0.3..0.75).contains(&share),
+        "shadow share during surge {share:.2}"
+    );
     // Last calm seconds: everything back on the primary.
     for s in a.seconds.iter().filter(|s| s.index >= 15) {
-        assert_eq!(s.by_server.get("shadow"), None, "second {} still redirected", s.index);
+        assert_eq!(
+            s.by_server.get("shadow"),
+            None,
+            "second {} still redirected",
+            s.index
+        );
     }
     // The primary was held near its target rather than pushed to its limit.
     let reports = stack.hub.reports();
@@ -90,8 +126,16 @@ async fn surge_excess_goes_to_shadow_and_returns_without_flapping() {
         let s = &r.services[0];
         eprintln!(
             "{:?} share {:.2} req {} redir {} | primary load {:.2} inflight {} p50 {:.1} | shadow load {:.2} inflight {} p50 {:.1}",
-            s.state, s.redirect_share, s.requests, s.redirected, s.primary.load_score, s.primary.in_flight,
-            s.primary.latency_ms.p50, s.shadow.load_score, s.shadow.in_flight, s.shadow.latency_ms.p50
+            s.state,
+            s.redirect_share,
+            s.requests,
+            s.redirected,
+            s.primary.load_score,
+            s.primary.in_flight,
+            s.primary.latency_ms.p50,
+            s.shadow.load_score,
+            s.shadow.in_flight,
+            s.shadow.latency_ms.p50
         );
     }
     let surge_loads: Vec<f64> = reports[before..]
@@ -100,13 +144,23 @@ async fn surge_excess_goes_to_shadow_and_returns_without_flapping() {
         .filter(|s| s.state == RedirectState::Redirecting && s.redirected > 0)
         .map(|s| s.primary.load_score)
         .collect();
-    assert!(surge_loads.len() >= 4, "redirecting reports: {}", surge_loads.len());
+    assert!(
+        surge_loads.len() >= 4,
+        "redirecting reports: {}",
+        surge_loads.len()
+    );
     let mean = surge_loads.iter().sum::<f64>() / surge_loads.len() as f64;
-    assert!((0.55..=1.05).contains(&mean), "mean primary load while redirecting {mean:.2}: {surge_loads:?}");
+    assert!(
+        (0.55..=1.05).contains(&mean),
+        "mean primary load while redirecting {mean:.2}: {surge_loads:?}"
+    );
     // Exactly one entry and one exit: no flapping.
     let t = transitions(&stack);
     assert_eq!(t.len(), 2, "state transitions: {t:?}");
-    assert!(t[0].starts_with("Normal -> Redirecting") && t[1].starts_with("Redirecting -> Normal"), "{t:?}");
+    assert!(
+        t[0].starts_with("Normal -> Redirecting") && t[1].starts_with("Redirecting -> Normal"),
+        "{t:?}"
+    );
     // Sessions: once moved to the shadow, a session stays there until the surge ends
     // (its servers read primary*, shadow*, primary*).
     for (session, servers) in &b.session_servers {
@@ -120,8 +174,20 @@ async fn surge_excess_goes_to_shadow_and_returns_without_flapping() {
             };
         }
     }
-    assert!(b.session_servers.values().any(|s| s.iter().any(|x| x == "shadow")), "some sessions moved");
-    assert_eq!(stack.primary.stats.leaked_route_headers.load(Ordering::Relaxed), 0);
+    assert!(
+        b.session_servers
+            .values()
+            .any(|s| s.iter().any(|x| x == "shadow")),
+        "some sessions moved"
+    );
+    assert_eq!(
+        stack
+            .primary
+            .stats
+            .leaked_route_headers
+            .load(Ordering::Relaxed),
+        0
+    );
 }
 
 fn scale(p: &RateProfile, f: f64) -> RateProfile {
@@ -155,16 +221,21 @@ async fn shadow_gone_falls_back_to_primary_with_zero_errors() {
     config.service()["thresholds"] = serde_json::json!({"enter": 0.7, "target": 0.6, "exit": 0.4});
     let stack = Stack::start(config).await.unwrap();
     stack.wait_for_first_report().await.unwrap();
-    let spec = LoadSpec::new(stack.envoy.listener, RateProfile::Constant {
-        rps: 650.0,
-        duration: Duration::from_secs(10),
-    });
+    let spec = LoadSpec::new(
+        stack.envoy.listener,
+        RateProfile::Constant {
+            rps: 650.0,
+            duration: Duration::from_secs(10),
+        },
+    );
     let load = tokio::spawn(loadgen::run(spec, |_| {}));
 
     // Wait until redirection is under way.
     tokio::time::timeout(
         Duration::from_secs(8),
-        stack.hub.wait_for(|r| r.iter().flat_map(|r| &r.services).any(|s| s.redirected > 0)),
+        stack
+            .hub
+            .wait_for(|r| r.iter().flat_map(|r| &r.services).any(|s| s.redirected > 0)),
     )
     .await
     .expect("redirection started");
@@ -186,17 +257,42 @@ async fn shadow_gone_falls_back_to_primary_with_zero_errors() {
     let report = load.await.unwrap();
     if report.errors > 0 {
         let stats = stack.envoy.admin_get("/stats").unwrap();
-        for l in stats.lines().filter(|l| (l.contains("retry") || l.contains("5xx") || l.contains("outlier") || l.contains("cx_connect_fail") || l.contains("no_healthy") || l.contains("rq_error")) && !l.ends_with(": 0")) {
+        for l in stats.lines().filter(|l| {
+            (l.contains("retry")
+                || l.contains("5xx")
+                || l.contains("outlier")
+                || l.contains("cx_connect_fail")
+                || l.contains("no_healthy")
+                || l.contains("rq_error"))
+                && !l.ends_with(": 0")
+        }) {
             eprintln!("{l}");
         }
     }
-    assert_eq!(report.errors, 0, "client errors after the shadow went away: {:?}", report.error_kinds);
-    assert_eq!(stack.shadow.stats.served.load(Ordering::Relaxed), served_before);
+    assert_eq!(
+        report.errors, 0,
+        "client errors after the shadow went away: {:?}",
+        report.error_kinds
+    );
+    assert_eq!(
+        stack.shadow.stats.served.load(Ordering::Relaxed),
+        served_before
+    );
     let reports = stack.hub.reports();
-    let fallbacks: u64 = reports.iter().flat_map(|r| &r.services).map(|s| s.fallbacks).sum();
-    assert!(fallbacks > 0, "filter counted fallbacks once the shadow was marked not warm");
+    let fallbacks: u64 = reports
+        .iter()
+        .flat_map(|r| &r.services)
+        .map(|s| s.fallbacks)
+        .sum();
+    assert!(
+        fallbacks > 0,
+        "filter counted fallbacks once the shadow was marked not warm"
+    );
     let last = reports.last().unwrap();
-    assert_eq!(last.services[0].redirected, 0, "no redirects once the shadow is not ready");
+    assert_eq!(
+        last.services[0].redirected, 0,
+        "no redirects once the shadow is not ready"
+    );
 }
 
 /// A client cannot pick a cluster: the routing header it sends is overwritten or removed,
@@ -215,15 +311,35 @@ async fn spoofed_routing_header_is_ignored_and_counted() {
         }
         h
     };
-    for cluster in ["checkout_shadow", "checkout_shadow_pool", "shadowmesh_control", "nonexistent"] {
+    for cluster in [
+        "checkout_shadow",
+        "checkout_shadow_pool",
+        "shadowmesh_control",
+        "nonexistent",
+    ] {
         for internal in [false, true] {
-            let r = loadgen::get(&c, stack.envoy.listener, "checkout.local", "/", &spoof(cluster, internal)).await;
-            assert_eq!(r, Ok((200, Some("primary".into()))), "spoofed {cluster} (internal: {internal})");
+            let r = loadgen::get(
+                &c,
+                stack.envoy.listener,
+                "checkout.local",
+                "/",
+                &spoof(cluster, internal),
+            )
+            .await;
+            assert_eq!(
+                r,
+                Ok((200, Some("primary".into()))),
+                "spoofed {cluster} (internal: {internal})"
+            );
         }
     }
     // Only the 4 internal requests reached the filter with the header.
     eventually("spoofed counter = 4", Duration::from_secs(10), || {
-        (stack.prometheus_value("shadowmesh_spoofed_route_headers_total").ok()?? == 4.0).then_some(())
+        (stack
+            .prometheus_value("shadowmesh_spoofed_route_headers_total")
+            .ok()??
+            == 4.0)
+            .then_some(())
     })
     .await;
     // An authority no service answers: the header must be removed, not honoured.
@@ -233,12 +349,30 @@ async fn spoofed_routing_header_is_ignored_and_counted() {
     let mut config = StackConfig::atre(16);
     config.plugin = Some(plugin);
     let stack = Stack::start(config).await.unwrap();
-    let r = loadgen::get(&c, stack.envoy.listener, "other.local", "/", &spoof("checkout_shadow", true)).await;
+    let r = loadgen::get(
+        &c,
+        stack.envoy.listener,
+        "other.local",
+        "/",
+        &spoof("checkout_shadow", true),
+    )
+    .await;
     assert_eq!(r, Ok((200, Some("primary".into()))));
     assert_eq!(stack.shadow.stats.served.load(Ordering::Relaxed), 0);
-    assert_eq!(stack.primary.stats.leaked_route_headers.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        stack
+            .primary
+            .stats
+            .leaked_route_headers
+            .load(Ordering::Relaxed),
+        0
+    );
     eventually("spoofed counter", Duration::from_secs(10), || {
-        (stack.prometheus_value("shadowmesh_spoofed_route_headers_total").ok()?? == 1.0).then_some(())
+        (stack
+            .prometheus_value("shadowmesh_spoofed_route_headers_total")
+            .ok()??
+            == 1.0)
+            .then_some(())
     })
     .await;
 }
@@ -257,7 +391,9 @@ async fn orca_reports_are_used_and_malformed_ones_counted() {
     }
     eventually("orca_malformed_total = 20", Duration::from_secs(10), || {
         let v = stack
-            .prometheus_value("shadowmesh_service_orca_malformed_total{shadowmesh_service=\"checkout\"}")
+            .prometheus_value(
+                "shadowmesh_service_orca_malformed_total{shadowmesh_service=\"checkout\"}",
+            )
             .ok()??;
         (v == 20.0).then_some(())
     })
@@ -266,16 +402,25 @@ async fn orca_reports_are_used_and_malformed_ones_counted() {
         stack.primary.set_orca(mode);
         let seen = stack.hub.reports().len();
         for _ in 0..10 {
-            loadgen::get(&c, stack.envoy.listener, "checkout.local", "/", &[]).await.unwrap();
+            loadgen::get(&c, stack.envoy.listener, "checkout.local", "/", &[])
+                .await
+                .unwrap();
         }
         tokio::time::timeout(
             Duration::from_secs(10),
-            stack.hub.wait_for(|r| r[seen.min(r.len())..].iter().any(|r| r.services[0].primary.orca_reports > 0)),
+            stack.hub.wait_for(|r| {
+                r[seen.min(r.len())..]
+                    .iter()
+                    .any(|r| r.services[0].primary.orca_reports > 0)
+            }),
         )
         .await
         .unwrap_or_else(|_| panic!("{mode:?} ORCA reports reach telemetry"));
         let r = stack.hub.reports();
-        let s = r[seen..].iter().find(|r| r.services[0].primary.orca_reports > 0).unwrap();
+        let s = r[seen..]
+            .iter()
+            .find(|r| r.services[0].primary.orca_reports > 0)
+            .unwrap();
         let u = s.services[0].primary.orca_utilization.unwrap();
         // Sequential requests: one in the system out of 16 slots.
         assert!((u - 1.0 / 16.0).abs() < 0.01, "{mode:?} utilization {u}");
@@ -311,10 +456,13 @@ async fn telemetry_and_prometheus_match_the_traffic() {
     config.service()["primary"]["max_in_flight"] = 1000.into(); // never redirect here
     config.plugin.as_mut().unwrap()["proxy_id"] = "edge-7".into();
     let stack = Stack::start(config).await.unwrap();
-    let spec = LoadSpec::new(stack.envoy.listener, RateProfile::Constant {
-        rps: 200.0,
-        duration: Duration::from_secs(2),
-    });
+    let spec = LoadSpec::new(
+        stack.envoy.listener,
+        RateProfile::Constant {
+            rps: 200.0,
+            duration: Duration::from_secs(2),
+        },
+    );
     let sent = loadgen::run(spec, |_| {}).await;
     assert_eq!(sent.errors, 0);
     tokio::time::timeout(
@@ -327,11 +475,24 @@ async fn telemetry_and_prometheus_match_the_traffic() {
     assert_eq!(total_requests(&reports), sent.sent);
     assert!(reports.iter().all(|r| r.proxy == "edge-7"));
     let seqs: Vec<u64> = reports.iter().map(|r| r.seq).collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no lost reports");
-    let primary: u64 = reports.iter().map(|r| r.services[0].primary.latency_ms.count).sum();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "no lost reports"
+    );
+    let primary: u64 = reports
+        .iter()
+        .map(|r| r.services[0].primary.latency_ms.count)
+        .sum();
     assert_eq!(primary, sent.sent);
-    let max_p99 = reports.iter().map(|r| r.services[0].primary.latency_ms.p99).fold(0.0, f64::max);
-    assert!((19.0..200.0).contains(&max_p99), "p99 {max_p99} ms for a 20 ms service");
+    let max_p99 = reports
+        .iter()
+        .map(|r| r.services[0].primary.latency_ms.p99)
+        .fold(0.0, f64::max);
+    assert!(
+        (19.0..200.0).contains(&max_p99),
+        "p99 {max_p99} ms for a 20 ms service"
+    );
     let metric = "shadowmesh_service_requests_total{shadowmesh_service=\"checkout\"}";
     eventually("Prometheus requests_total", Duration::from_secs(10), || {
         (stack.prometheus_value(metric).ok()?? == sent.sent as f64).then_some(())
@@ -352,9 +513,12 @@ async fn in_flight_returns_to_zero_after_resets() {
         tasks.spawn(async move {
             let c = loadgen::client();
             // Abandon the request after 50 ms: the connection is dropped, Envoy resets the stream.
-            tokio::time::timeout(Duration::from_millis(50), loadgen::get(&c, target, "checkout.local", "/", &[]))
-                .await
-                .is_err()
+            tokio::time::timeout(
+                Duration::from_millis(50),
+                loadgen::get(&c, target, "checkout.local", "/", &[]),
+            )
+            .await
+            .is_err()
         });
     }
     let mut abandoned = 0;
@@ -363,11 +527,14 @@ async fn in_flight_returns_to_zero_after_resets() {
     }
     assert_eq!(abandoned, 40);
     // Requests were in flight, then every slot was released.
-    let reports_with_inflight = |r: &[TelemetryReport]| r.iter().any(|r| r.services[0].primary.in_flight > 0);
+    let reports_with_inflight =
+        |r: &[TelemetryReport]| r.iter().any(|r| r.services[0].primary.in_flight > 0);
     let _ = reports_with_inflight; // the count may drop before a report samples it
     eventually("in-flight gauge back to 0", Duration::from_secs(10), || {
         let v = stack
-            .prometheus_value("shadowmesh_service_in_flight_primary{shadowmesh_service=\"checkout\"}")
+            .prometheus_value(
+                "shadowmesh_service_in_flight_primary{shadowmesh_service=\"checkout\"}",
+            )
             .ok()??;
         let requests = stack
             .prometheus_value("shadowmesh_service_requests_total{shadowmesh_service=\"checkout\"}")

@@ -50,7 +50,13 @@ fn get(vm: &mut WasmVm, extra: &[(&str, &str)]) -> (i32, Option<String>) {
     let mut headers = vec![(":authority", "checkout.local"), (":path", "/")];
     headers.extend_from_slice(extra);
     let ctx = vm.request(&headers).unwrap();
-    (ctx, Some(vm.request_header(ctx, ROUTE).unwrap_or_else(|| "checkout_primary".into())))
+    (
+        ctx,
+        Some(
+            vm.request_header(ctx, ROUTE)
+                .unwrap_or_else(|| "checkout_primary".into()),
+        ),
+    )
 }
 
 fn in_flight(shared: &HostShared, side: &str) -> u64 {
@@ -70,10 +76,20 @@ fn tick_all(shared: &HostShared, vms: &mut [WasmVm]) {
 fn invalid_configuration_is_refused_with_the_field_in_the_log() {
     let shared = HostShared::new(0);
     let mut vm = host().vm(&shared).unwrap();
-    let bad = config(true).replace("\"max_in_flight\":16,\"latency", "x").replace("\"gain\":1.0", "\"gain\":7");
+    let bad = config(true)
+        .replace("\"max_in_flight\":16,\"latency", "x")
+        .replace("\"gain\":1.0", "\"gain\":7");
     assert!(!vm.configure(&bad).unwrap());
-    let errors: Vec<_> = vm.logs().iter().filter(|(level, _)| *level == 4).map(|(_, m)| m.as_str()).collect();
-    assert!(errors.iter().any(|m| m.contains("`services[0].gain`")), "{errors:?}");
+    let errors: Vec<_> = vm
+        .logs()
+        .iter()
+        .filter(|(level, _)| *level == 4)
+        .map(|(_, m)| m.as_str())
+        .collect();
+    assert!(
+        errors.iter().any(|m| m.contains("`services[0].gain`")),
+        "{errors:?}"
+    );
 }
 
 #[test]
@@ -82,7 +98,11 @@ fn requests_go_to_the_primary_and_release_their_in_flight_slot() {
     let vm = &mut vms[0];
     assert_eq!(vm.tick_period_ms(), 100);
     let ctx = vm.request(&[(":authority", "checkout.local")]).unwrap();
-    assert_eq!(vm.request_header(ctx, ROUTE), None, "primary: no header, the route's default");
+    assert_eq!(
+        vm.request_header(ctx, ROUTE),
+        None,
+        "primary: no header, the route's default"
+    );
     tick_all(&shared, &mut vms);
     assert_eq!(in_flight(&shared, "primary"), 1, "published at the tick");
     let vm = &mut vms[0];
@@ -99,12 +119,30 @@ fn requests_go_to_the_primary_and_release_their_in_flight_slot() {
 fn a_client_supplied_routing_header_never_picks_the_cluster() {
     let (shared, mut vms) = workers(1, true);
     let vm = &mut vms[0];
-    let ctx = vm.request(&[(":authority", "checkout.local"), (ROUTE, "shadowmesh_control")]).unwrap();
-    assert_eq!(vm.request_header(ctx, ROUTE), None, "removed: the request takes the default route");
-    let ctx = vm.request(&[(":authority", "other.local"), (ROUTE, "checkout_shadow")]).unwrap();
-    assert_eq!(vm.request_header(ctx, ROUTE), None, "removed for unmanaged authorities");
+    let ctx = vm
+        .request(&[
+            (":authority", "checkout.local"),
+            (ROUTE, "shadowmesh_control"),
+        ])
+        .unwrap();
+    assert_eq!(
+        vm.request_header(ctx, ROUTE),
+        None,
+        "removed: the request takes the default route"
+    );
+    let ctx = vm
+        .request(&[(":authority", "other.local"), (ROUTE, "checkout_shadow")])
+        .unwrap();
+    assert_eq!(
+        vm.request_header(ctx, ROUTE),
+        None,
+        "removed for unmanaged authorities"
+    );
     tick_all(&shared, &mut vms);
-    assert_eq!(shared.metric("shadowmesh.spoofed_route_headers_total"), Some(2));
+    assert_eq!(
+        shared.metric("shadowmesh.spoofed_route_headers_total"),
+        Some(2)
+    );
 }
 
 /// Load seen by both workers adds up; one controller computes the plan; both redirect the
@@ -125,7 +163,9 @@ fn two_workers_redirect_the_excess_share_of_their_combined_load() {
     tick_all(&shared, &mut vms);
     assert_eq!(in_flight(&shared, "primary"), 24);
     tick_all(&shared, &mut vms);
-    let plan: serde_json::Value = serde_json::from_slice(&shared.shared_data("shadowmesh.v1.plan.checkout").unwrap()).unwrap();
+    let plan: serde_json::Value =
+        serde_json::from_slice(&shared.shared_data("shadowmesh.v1.plan.checkout").unwrap())
+            .unwrap();
     assert_eq!(plan["state"], "redirecting");
     // Share = 1 - 0.8 / 1.5 = 0.467, applied with gain 1.
     let share = plan["share"].as_f64().unwrap();
@@ -163,11 +203,19 @@ fn one_report_per_interval_and_readiness_flows_back() {
     }
     let calls: Vec<_> = vms.iter_mut().map(|vm| vm.take_http_calls()).collect();
     let reporters: Vec<usize> = (0..2).filter(|i| !calls[*i].is_empty()).collect();
-    assert_eq!(reporters.len(), 1, "exactly one reporter: {:?}", calls.iter().map(Vec::len).collect::<Vec<_>>());
+    assert_eq!(
+        reporters.len(),
+        1,
+        "exactly one reporter: {:?}",
+        calls.iter().map(Vec::len).collect::<Vec<_>>()
+    );
     let leader = reporters[0];
     let call = &calls[leader][0];
     assert_eq!(call.upstream, "shadowmesh_control");
-    assert!(call.headers.contains(&(":path".into(), "/v1/telemetry".into())));
+    assert!(
+        call.headers
+            .contains(&(":path".into(), "/v1/telemetry".into()))
+    );
     assert!(call.headers.contains(&(":method".into(), "POST".into())));
     let report: TelemetryReport = serde_json::from_slice(&call.body).unwrap();
     assert_eq!(report.services[0].requests, 30);
@@ -186,7 +234,9 @@ fn one_report_per_interval_and_readiness_flows_back() {
             expires_at_ms: None,
         }],
     };
-    vms[leader].http_call_response(call.token, 200, &serde_json::to_vec(&ack).unwrap()).unwrap();
+    vms[leader]
+        .http_call_response(call.token, 200, &serde_json::to_vec(&ack).unwrap())
+        .unwrap();
     let _open: Vec<i32> = (0..24).map(|_| get(&mut vms[0], &[]).0).collect();
     tick_all(&shared, &mut vms);
     tick_all(&shared, &mut vms);
@@ -201,7 +251,9 @@ fn one_report_per_interval_and_readiness_flows_back() {
     // No entry into redirecting without a ready shadow, hence no fallbacks either: the
     // plan never wanted the shadow.
     assert_eq!(fallbacks, 0);
-    let plan: serde_json::Value = serde_json::from_slice(&shared.shared_data("shadowmesh.v1.plan.checkout").unwrap()).unwrap();
+    let plan: serde_json::Value =
+        serde_json::from_slice(&shared.shared_data("shadowmesh.v1.plan.checkout").unwrap())
+            .unwrap();
     assert_eq!(plan["state"], "normal");
 }
 
@@ -212,7 +264,9 @@ fn withdrawn_shadow_turns_redirects_into_fallbacks() {
     let _open: Vec<i32> = (0..24).map(|_| get(&mut vms[0], &[]).0).collect();
     tick_all(&shared, &mut vms);
     tick_all(&shared, &mut vms);
-    let redirected = (0..10).filter(|_| get(&mut vms[0], &[]).1.as_deref() == Some("checkout_shadow")).count();
+    let redirected = (0..10)
+        .filter(|_| get(&mut vms[0], &[]).1.as_deref() == Some("checkout_shadow"))
+        .count();
     assert!(redirected > 0);
     let record = ShadowRecord {
         service: "checkout".into(),
@@ -222,10 +276,17 @@ fn withdrawn_shadow_turns_redirects_into_fallbacks() {
         generation: 9,
         expires_at_ms: None,
     };
-    shared.set_shared_data("shadowmesh.v1.shadow.checkout", &serde_json::to_vec(&record).unwrap());
+    shared.set_shared_data(
+        "shadowmesh.v1.shadow.checkout",
+        &serde_json::to_vec(&record).unwrap(),
+    );
     tick_all(&shared, &mut vms);
     let sent: Vec<_> = (0..20).map(|_| get(&mut vms[0], &[]).1).collect();
-    assert!(sent.iter().all(|c| c.as_deref() == Some("checkout_primary")), "{sent:?}");
+    assert!(
+        sent.iter()
+            .all(|c| c.as_deref() == Some("checkout_primary")),
+        "{sent:?}"
+    );
     tick_all(&shared, &mut vms);
     assert!(shared.metric(&format!("{SVC}fallbacks_total")).unwrap() > 0);
 }
@@ -234,15 +295,37 @@ fn withdrawn_shadow_turns_redirects_into_fallbacks() {
 fn malformed_orca_headers_are_counted_and_ignored() {
     let (shared, mut vms) = workers(1, true);
     let (ctx, _) = get(&mut vms[0], &[]);
-    vms[0].respond(ctx, &[(":status", "200"), ("endpoint-load-metrics", "TEXT cpu_utilization=oops")]).unwrap();
+    vms[0]
+        .respond(
+            ctx,
+            &[
+                (":status", "200"),
+                ("endpoint-load-metrics", "TEXT cpu_utilization=oops"),
+            ],
+        )
+        .unwrap();
     vms[0].finish(ctx).unwrap();
     let (ctx, _) = get(&mut vms[0], &[]);
-    vms[0].respond(ctx, &[(":status", "200"), ("endpoint-load-metrics", "JSON {\"cpu_utilization\":0.95}")]).unwrap();
+    vms[0]
+        .respond(
+            ctx,
+            &[
+                (":status", "200"),
+                ("endpoint-load-metrics", "JSON {\"cpu_utilization\":0.95}"),
+            ],
+        )
+        .unwrap();
     vms[0].finish(ctx).unwrap();
     tick_all(&shared, &mut vms);
-    assert_eq!(shared.metric(&format!("{SVC}orca_malformed_total")), Some(1));
+    assert_eq!(
+        shared.metric(&format!("{SVC}orca_malformed_total")),
+        Some(1)
+    );
     // The well-formed report drives the load score on its own (two idle requests would not).
-    assert_eq!(shared.metric(&format!("{SVC}primary_load_permille")), Some(950));
+    assert_eq!(
+        shared.metric(&format!("{SVC}primary_load_permille")),
+        Some(950)
+    );
 }
 
 /// Every shared-data hostcall fails: the filter must neither trap nor stop routing, and
@@ -261,7 +344,10 @@ fn hostcall_failures_fail_open_to_the_primary() {
     tick_all(&shared, &mut vms);
     // The first tick's window flush failed and was counted (the in-flight delta netted to
     // zero: all five requests had finished, so there was nothing to publish)…
-    assert_eq!(shared.metric("shadowmesh.shared_data_errors_total"), Some(1));
+    assert_eq!(
+        shared.metric("shadowmesh.shared_data_errors_total"),
+        Some(1)
+    );
     // …and kept: the next tick published them, nothing was lost.
     assert_eq!(shared.metric(&format!("{SVC}requests_total")), Some(5));
     // Nothing was left owing: no decrement was applied to a counter never incremented.

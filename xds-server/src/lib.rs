@@ -17,6 +17,9 @@
 pub mod telemetry;
 
 /// Serves the control plane's HTTP API on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, hub: telemetry::TelemetryHub) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    hub: telemetry::TelemetryHub,
+) -> std::io::Result<()> {
     axum::serve(listener, hub.router()).await
 }

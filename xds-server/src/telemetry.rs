@@ -52,7 +52,11 @@ struct ApiError {
 }
 
 fn bad_request(msg: impl Into<String>) -> Response {
-    (StatusCode::BAD_REQUEST, Json(ApiError { error: msg.into() })).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        Json(ApiError { error: msg.into() }),
+    )
+        .into_response()
 }
 
 impl TelemetryHub {
@@ -135,7 +139,10 @@ impl TelemetryHub {
         Router::new()
             .route("/v1/telemetry", post(post_report).get(get_reports))
             .route("/v1/shadows", get(get_shadows))
-            .route("/v1/shadows/{service}", put(put_shadow).delete(delete_shadow))
+            .route(
+                "/v1/shadows/{service}",
+                put(put_shadow).delete(delete_shadow),
+            )
             .with_state(self.clone())
     }
 }
@@ -168,7 +175,11 @@ async fn get_shadows(State(hub): State<TelemetryHub>) -> Json<Vec<ShadowRecord>>
     Json(hub.shadows())
 }
 
-async fn put_shadow(State(hub): State<TelemetryHub>, Path(service): Path<String>, body: axum::body::Bytes) -> Response {
+async fn put_shadow(
+    State(hub): State<TelemetryHub>,
+    Path(service): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
     let record: ShadowRecord = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return bad_request(format!("malformed shadow record: {e}")),

@@ -11,7 +11,9 @@
 use anyhow::Result;
 use clap::Parser;
 use serde::Serialize;
-use shadowmesh_examples::envoy::{Bootstrap, EnvoyOptions, EnvoyProcess, FilterChoice, default_plugin_config, repo_root};
+use shadowmesh_examples::envoy::{
+    Bootstrap, EnvoyOptions, EnvoyProcess, FilterChoice, default_plugin_config, repo_root,
+};
 use shadowmesh_examples::loadgen;
 use shadowmesh_examples::upstream::{self, OrcaMode, UpstreamConfig};
 use shadowmesh_xds::telemetry::TelemetryHub;
@@ -82,7 +84,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-async fn measure(filter: FilterChoice, args: &Args, upstream_port: u16, control_port: u16) -> Result<Sample> {
+async fn measure(
+    filter: FilterChoice,
+    args: &Args,
+    upstream_port: u16,
+    control_port: u16,
+) -> Result<Sample> {
     let yaml = Bootstrap {
         node_id: "bench".into(),
         primary_port: upstream_port,
@@ -98,7 +105,13 @@ async fn measure(filter: FilterChoice, args: &Args, upstream_port: u16, control_
     };
     let envoy = tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &options)).await??;
     // Warm up connections and the VM.
-    loadgen::saturate(envoy.listener, "checkout.local", args.connections, Duration::from_millis(500)).await;
+    loadgen::saturate(
+        envoy.listener,
+        "checkout.local",
+        args.connections,
+        Duration::from_millis(500),
+    )
+    .await;
     let started = Instant::now();
     let (ok, errors) = loadgen::saturate(
         envoy.listener,
@@ -130,10 +143,19 @@ async fn main() -> Result<()> {
     if !args.client_cpus.is_empty() {
         // All threads of this process, including the runtime's workers already running.
         let pinned = std::process::Command::new("taskset")
-            .args(["-a", "-p", "-c", &args.client_cpus, &std::process::id().to_string()])
+            .args([
+                "-a",
+                "-p",
+                "-c",
+                &args.client_cpus,
+                &std::process::id().to_string(),
+            ])
             .output();
         if !matches!(pinned, Ok(ref o) if o.status.success()) {
-            eprintln!("warning: could not pin the load generator to CPUs {}", args.client_cpus);
+            eprintln!(
+                "warning: could not pin the load generator to CPUs {}",
+                args.client_cpus
+            );
         }
     }
     let up = upstream::start(
@@ -186,7 +208,11 @@ async fn main() -> Result<()> {
                 p99_us: median(rounds.iter().map(|s| s.p99_us).collect()),
                 errors: rounds.iter().map(|s| s.errors).sum(),
             };
-            VariantResult { variant: name, rounds, median: m }
+            VariantResult {
+                variant: name,
+                rounds,
+                median: m,
+            }
         })
         .collect();
     let [none, noop, atre] = [results[0].median, results[1].median, results[2].median];

@@ -6,7 +6,9 @@
 
 use anyhow::Result;
 use clap::Parser;
-use shadowmesh_examples::envoy::{Bootstrap, EnvoyOptions, EnvoyProcess, FilterChoice, default_plugin_config};
+use shadowmesh_examples::envoy::{
+    Bootstrap, EnvoyOptions, EnvoyProcess, FilterChoice, default_plugin_config,
+};
 use shadowmesh_examples::loadgen::{self, LoadSpec, Phase, RateProfile};
 use shadowmesh_examples::upstream::{self, OrcaMode, UpstreamConfig};
 use shadowmesh_wire::RedirectState;
@@ -72,9 +74,17 @@ async fn main() -> Result<()> {
         filter: FilterChoice::Atre(plugin.to_string()),
     }
     .render()?;
-    let envoy = tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &EnvoyOptions::default())).await??;
-    println!("Envoy 1.40 with the ATRE filter listening on http://{}", envoy.listener);
-    println!("  primary  127.0.0.1:{}  (capacity ≈ 380 req/s: 8 concurrent × 20 ms)", primary.addr.port());
+    let envoy =
+        tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &EnvoyOptions::default()))
+            .await??;
+    println!(
+        "Envoy 1.40 with the ATRE filter listening on http://{}",
+        envoy.listener
+    );
+    println!(
+        "  primary  127.0.0.1:{}  (capacity ≈ 380 req/s: 8 concurrent × 20 ms)",
+        primary.addr.port()
+    );
     println!("  shadow   127.0.0.1:{}  (warm spare)", shadow.addr.port());
     println!("  admin    http://{}/stats/prometheus", envoy.admin);
     println!();
@@ -85,11 +95,31 @@ async fn main() -> Result<()> {
 
     let ramp = Duration::from_secs(6);
     let profile = RateProfile::Phases(vec![
-        Phase { duration: Duration::from_secs(4), from: args.calm_rps, to: args.calm_rps },
-        Phase { duration: ramp, from: args.calm_rps, to: args.peak_rps },
-        Phase { duration: Duration::from_secs(args.hold_secs), from: args.peak_rps, to: args.peak_rps },
-        Phase { duration: ramp, from: args.peak_rps, to: args.calm_rps },
-        Phase { duration: Duration::from_secs(6), from: args.calm_rps, to: args.calm_rps },
+        Phase {
+            duration: Duration::from_secs(4),
+            from: args.calm_rps,
+            to: args.calm_rps,
+        },
+        Phase {
+            duration: ramp,
+            from: args.calm_rps,
+            to: args.peak_rps,
+        },
+        Phase {
+            duration: Duration::from_secs(args.hold_secs),
+            from: args.peak_rps,
+            to: args.peak_rps,
+        },
+        Phase {
+            duration: ramp,
+            from: args.peak_rps,
+            to: args.calm_rps,
+        },
+        Phase {
+            duration: Duration::from_secs(6),
+            from: args.calm_rps,
+            to: args.calm_rps,
+        },
     ]);
     let mut spec = LoadSpec::new(envoy.listener, profile);
     spec.sessions = args.sessions;
@@ -97,7 +127,11 @@ async fn main() -> Result<()> {
     let report = loadgen::run(spec, move |s| {
         let p = s.by_server.get("primary").copied().unwrap_or(0);
         let sh = s.by_server.get("shadow").copied().unwrap_or(0);
-        let share = if p + sh > 0 { sh as f64 / (p + sh) as f64 } else { 0.0 };
+        let share = if p + sh > 0 {
+            sh as f64 / (p + sh) as f64
+        } else {
+            0.0
+        };
         let (load, state) = view
             .reports()
             .last()
@@ -139,7 +173,10 @@ async fn main() -> Result<()> {
     let transitions: Vec<String> = envoy
         .log()
         .lines()
-        .filter_map(|l| l.split_once("shadowmesh: service ").map(|(_, t)| t.to_string()))
+        .filter_map(|l| {
+            l.split_once("shadowmesh: service ")
+                .map(|(_, t)| t.to_string())
+        })
         .collect();
     println!("controller transitions (from Envoy's log):");
     for t in &transitions {

@@ -61,13 +61,48 @@ unsafe extern "C" {
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
-    fn proxy_get_buffer_bytes(kind: u32, start: usize, max: usize, data: *mut *mut u8, size: *mut usize) -> u32;
-    fn proxy_get_header_map_value(map: u32, key: *const u8, key_size: usize, data: *mut *mut u8, size: *mut usize) -> u32;
-    fn proxy_replace_header_map_value(map: u32, key: *const u8, key_size: usize, value: *const u8, value_size: usize) -> u32;
+    fn proxy_get_buffer_bytes(
+        kind: u32,
+        start: usize,
+        max: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_value(
+        map: u32,
+        key: *const u8,
+        key_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
+    fn proxy_replace_header_map_value(
+        map: u32,
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
-    fn proxy_get_property(path: *const u8, path_size: usize, data: *mut *mut u8, size: *mut usize) -> u32;
-    fn proxy_get_shared_data(key: *const u8, key_size: usize, data: *mut *mut u8, size: *mut usize, cas: *mut u32) -> u32;
-    fn proxy_set_shared_data(key: *const u8, key_size: usize, value: *const u8, value_size: usize, cas: u32) -> u32;
+    fn proxy_get_property(
+        path: *const u8,
+        path_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
+    fn proxy_get_shared_data(
+        key: *const u8,
+        key_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+        cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
     fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
@@ -128,7 +163,8 @@ pub fn get_buffer(kind: u32, start: usize, max: usize) -> Result<Option<Vec<u8>>
 pub fn get_header(map: u32, key: &str) -> Result<Option<Vec<u8>>, Status> {
     let (mut data, mut size) = (null_mut(), 0);
     // SAFETY: key is a live &str; valid out-pointers; buffer adopted below.
-    match unsafe { proxy_get_header_map_value(map, key.as_ptr(), key.len(), &mut data, &mut size) } {
+    match unsafe { proxy_get_header_map_value(map, key.as_ptr(), key.len(), &mut data, &mut size) }
+    {
         0 => Ok(unsafe { adopt(data, size) }),
         1 => Ok(None),
         code => Err(Status(code)),
@@ -137,13 +173,18 @@ pub fn get_header(map: u32, key: &str) -> Result<Option<Vec<u8>>, Status> {
 
 /// One header value as UTF-8 (non-UTF-8 values read as absent).
 pub fn get_header_str(map: u32, key: &str) -> Option<String> {
-    get_header(map, key).ok().flatten().and_then(|v| String::from_utf8(v).ok())
+    get_header(map, key)
+        .ok()
+        .flatten()
+        .and_then(|v| String::from_utf8(v).ok())
 }
 
 /// Sets a header, replacing any existing values.
 pub fn replace_header(map: u32, key: &str, value: &str) -> Result<(), Status> {
     // SAFETY: live &str pointers.
-    check(unsafe { proxy_replace_header_map_value(map, key.as_ptr(), key.len(), value.as_ptr(), value.len()) })
+    check(unsafe {
+        proxy_replace_header_map_value(map, key.as_ptr(), key.len(), value.as_ptr(), value.len())
+    })
 }
 
 /// Removes a header.
@@ -171,7 +212,8 @@ pub fn get_property(path: &[&str]) -> Option<Vec<u8>> {
 pub fn get_shared_data(key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), Status> {
     let (mut data, mut size, mut cas) = (null_mut(), 0, 0u32);
     // SAFETY: valid pointers; buffer adopted below.
-    match unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) } {
+    match unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) }
+    {
         0 => Ok((unsafe { adopt(data, size) }, (cas != 0).then_some(cas))),
         1 => Ok((None, None)),
         code => Err(Status(code)),
@@ -181,7 +223,15 @@ pub fn get_shared_data(key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), Stat
 /// Writes shared data; with `Some(cas)`, only if nobody wrote it since that read.
 pub fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status> {
     // SAFETY: live slices.
-    check(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas.unwrap_or(0)) })
+    check(unsafe {
+        proxy_set_shared_data(
+            key.as_ptr(),
+            key.len(),
+            value.as_ptr(),
+            value.len(),
+            cas.unwrap_or(0),
+        )
+    })
 }
 
 /// Defines (or looks up) a metric.

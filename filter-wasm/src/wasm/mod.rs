@@ -18,7 +18,9 @@ mod abi;
 use abi::{buffer, level, map, metric};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
-use shadowmesh_wire::{RedirectState, ShadowRecord, TELEMETRY_SCHEMA, TelemetryAck, TelemetryReport};
+use shadowmesh_wire::{
+    RedirectState, ShadowRecord, TELEMETRY_SCHEMA, TelemetryAck, TelemetryReport,
+};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -158,17 +160,29 @@ struct AtreRoot {
 }
 
 impl Context for AtreRoot {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
         if self.pending_report.map(|(t, _)| t) != Some(token) {
             return;
         }
         self.pending_report = None;
-        let Some(worker) = self.worker.clone() else { return };
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
         let worker = worker.borrow();
-        let status = abi::get_header_str(map::HTTP_CALL_RESPONSE_HEADERS, ":status").unwrap_or_default();
+        let status =
+            abi::get_header_str(map::HTTP_CALL_RESPONSE_HEADERS, ":status").unwrap_or_default();
         if !status.starts_with('2') {
             worker.metrics.telemetry_failures.add(1);
-            log(level::WARN, &format!("shadowmesh: telemetry report rejected (status {status:?})"));
+            log(
+                level::WARN,
+                &format!("shadowmesh: telemetry report rejected (status {status:?})"),
+            );
             return;
         }
         worker.metrics.telemetry_reports.add(1);
@@ -181,7 +195,10 @@ impl Context for AtreRoot {
         }
         match serde_json::from_slice::<TelemetryAck>(&body) {
             Ok(ack) => store_shadow_records(&worker.config, ack.shadows),
-            Err(e) => log(level::WARN, &format!("shadowmesh: ignoring malformed telemetry answer: {e}")),
+            Err(e) => log(
+                level::WARN,
+                &format!("shadowmesh: ignoring malformed telemetry answer: {e}"),
+            ),
         }
     }
 }
@@ -193,11 +210,9 @@ fn store_shadow_records(config: &PluginConfig, records: Vec<ShadowRecord>) {
             continue;
         }
         let key = keys::shadow(&record.service);
-        let _ = shared::update_json::<ShadowRecord, _>(&HostStore, &key, |current| {
-            match current {
-                Some(c) if c.generation > record.generation => None,
-                _ => Some(record.clone()),
-            }
+        let _ = shared::update_json::<ShadowRecord, _>(&HostStore, &key, |current| match current {
+            Some(c) if c.generation > record.generation => None,
+            _ => Some(record.clone()),
         });
     }
 }
@@ -234,16 +249,31 @@ impl RootContext for AtreRoot {
                 window: ServiceWindow::default(),
                 started: 0,
                 in_flight_delta: [0, 0],
-                in_flight_keys: [keys::in_flight(&s.name, "primary"), keys::in_flight(&s.name, "shadow")],
+                in_flight_keys: [
+                    keys::in_flight(&s.name, "primary"),
+                    keys::in_flight(&s.name, "shadow"),
+                ],
                 metrics: ServiceMetrics::define(&s.name),
                 controller: ServiceController::default(),
             })
             .collect();
         let metrics = GlobalMetrics {
-            spoofed_route_headers: Metric::define(metric::COUNTER, "shadowmesh.spoofed_route_headers_total"),
-            telemetry_reports: Metric::define(metric::COUNTER, "shadowmesh.telemetry_reports_total"),
-            telemetry_failures: Metric::define(metric::COUNTER, "shadowmesh.telemetry_failures_total"),
-            shared_data_errors: Metric::define(metric::COUNTER, "shadowmesh.shared_data_errors_total"),
+            spoofed_route_headers: Metric::define(
+                metric::COUNTER,
+                "shadowmesh.spoofed_route_headers_total",
+            ),
+            telemetry_reports: Metric::define(
+                metric::COUNTER,
+                "shadowmesh.telemetry_reports_total",
+            ),
+            telemetry_failures: Metric::define(
+                metric::COUNTER,
+                "shadowmesh.telemetry_failures_total",
+            ),
+            shared_data_errors: Metric::define(
+                metric::COUNTER,
+                "shadowmesh.shared_data_errors_total",
+            ),
         };
         let tick_ms = config.tick_ms as u32;
         self.report_start_ms = now_ns() / 1_000_000;
@@ -262,7 +292,9 @@ impl RootContext for AtreRoot {
     }
 
     fn on_tick(&mut self) {
-        let Some(worker) = self.worker.clone() else { return };
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
         let mut guard = worker.borrow_mut();
         let worker = &mut *guard;
         let now_ms = now_ns() / 1_000_000;
@@ -271,16 +303,25 @@ impl RootContext for AtreRoot {
         if shared::acquire_lease(&HostStore, self.id, now_ms, ttl) {
             self.control(worker, now_ms);
         }
-        for (svc, rt) in worker.config.services.iter().zip(worker.services.iter_mut()) {
+        for (svc, rt) in worker
+            .config
+            .services
+            .iter()
+            .zip(worker.services.iter_mut())
+        {
             rt.plan = shared::read_json(&HostStore, &keys::plan(&svc.name)).unwrap_or_default();
-            let record: Option<ShadowRecord> = shared::read_json(&HostStore, &keys::shadow(&svc.name));
+            let record: Option<ShadowRecord> =
+                shared::read_json(&HostStore, &keys::shadow(&svc.name));
             rt.shadow = ShadowView::resolve(&svc.shadow, record.as_ref(), now_ms);
         }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let worker = self.worker.clone()?;
-        Some(Box::new(AtreHttp { worker, routed: None }))
+        Some(Box::new(AtreHttp {
+            worker,
+            routed: None,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -291,7 +332,12 @@ impl RootContext for AtreRoot {
 /// Moves this worker's counts into shared data and Envoy's stats.
 fn flush_local(worker: &mut Worker) {
     let mut errors = 0;
-    for (svc, rt) in worker.config.services.iter().zip(worker.services.iter_mut()) {
+    for (svc, rt) in worker
+        .config
+        .services
+        .iter()
+        .zip(worker.services.iter_mut())
+    {
         rt.metrics.requests.add(std::mem::take(&mut rt.started));
         for (delta, key) in rt.in_flight_delta.iter_mut().zip(rt.in_flight_keys.iter()) {
             if *delta != 0 {
@@ -311,11 +357,12 @@ fn flush_local(worker: &mut Worker) {
             .orca_malformed
             .add(rt.window.primary.orca_malformed + rt.window.shadow.orca_malformed);
         let local = std::mem::take(&mut rt.window);
-        let merged = shared::update_json::<ServiceWindow, _>(&HostStore, &keys::window(&svc.name), |cur| {
-            let mut next = cur.cloned().unwrap_or_default();
-            next.merge(&local);
-            Some(next)
-        });
+        let merged =
+            shared::update_json::<ServiceWindow, _>(&HostStore, &keys::window(&svc.name), |cur| {
+                let mut next = cur.cloned().unwrap_or_default();
+                next.merge(&local);
+                Some(next)
+            });
         if merged.is_err() {
             // Keep the counts for the next tick rather than lose them (metrics were
             // already incremented, so only the window is retried).
@@ -328,19 +375,29 @@ fn flush_local(worker: &mut Worker) {
             errors += 1;
         }
     }
-    worker.metrics.spoofed_route_headers.add(std::mem::take(&mut worker.spoofed));
+    worker
+        .metrics
+        .spoofed_route_headers
+        .add(std::mem::take(&mut worker.spoofed));
     worker.shared_errors += errors;
-    worker.metrics.shared_data_errors.add(std::mem::take(&mut worker.shared_errors));
+    worker
+        .metrics
+        .shared_data_errors
+        .add(std::mem::take(&mut worker.shared_errors));
 }
 
 impl AtreRoot {
     /// The lease holder's tick: consume windows, update plans, maybe report.
     fn control(&mut self, worker: &mut Worker, now_ms: u64) {
-        let Worker { config, services, .. } = worker;
+        let Worker {
+            config, services, ..
+        } = worker;
         for (svc, rt) in config.services.iter().zip(services.iter_mut()) {
-            let window = shared::update_json::<ServiceWindow, _>(&HostStore, &keys::window(&svc.name), |cur| {
-                cur.map(|_| ServiceWindow::default())
-            })
+            let window = shared::update_json::<ServiceWindow, _>(
+                &HostStore,
+                &keys::window(&svc.name),
+                |cur| cur.map(|_| ServiceWindow::default()),
+            )
             .ok()
             .flatten()
             .unwrap_or_default();
@@ -348,9 +405,11 @@ impl AtreRoot {
                 shared::read_counter(&HostStore, &rt.in_flight_keys[0]),
                 shared::read_counter(&HostStore, &rt.in_flight_keys[1]),
             ];
-            let record: Option<ShadowRecord> = shared::read_json(&HostStore, &keys::shadow(&svc.name));
+            let record: Option<ShadowRecord> =
+                shared::read_json(&HostStore, &keys::shadow(&svc.name));
             let shadow = ShadowView::resolve(&svc.shadow, record.as_ref(), now_ms);
-            let old: RedirectPlan = shared::read_json(&HostStore, &keys::plan(&svc.name)).unwrap_or_default();
+            let old: RedirectPlan =
+                shared::read_json(&HostStore, &keys::plan(&svc.name)).unwrap_or_default();
             let plan = rt.controller.tick(
                 config,
                 svc,
@@ -377,34 +436,47 @@ impl AtreRoot {
             let m = rt.metrics;
             m.in_flight_primary.set(in_flight[0]);
             m.in_flight_shadow.set(in_flight[1]);
-            m.redirect_share_permille.set((plan.share * 1000.0).round() as u64);
-            m.primary_load_permille.set((rt.controller.scores[0].0 * 1000.0).round() as u64);
-            m.shadow_load_permille.set((rt.controller.scores[1].0 * 1000.0).round() as u64);
-            m.redirecting.set(u64::from(plan.state == RedirectState::Redirecting));
+            m.redirect_share_permille
+                .set((plan.share * 1000.0).round() as u64);
+            m.primary_load_permille
+                .set((rt.controller.scores[0].0 * 1000.0).round() as u64);
+            m.shadow_load_permille
+                .set((rt.controller.scores[1].0 * 1000.0).round() as u64);
+            m.redirecting
+                .set(u64::from(plan.state == RedirectState::Redirecting));
         }
         let ticks_per_report = config.ticks_per_report();
         self.ticks += 1;
-        if self.ticks % ticks_per_report == 0 {
+        if self.ticks.is_multiple_of(ticks_per_report) {
             self.report(worker, now_ms);
         }
     }
 
     fn report(&mut self, worker: &mut Worker, now_ms: u64) {
-        let Some(t) = worker.config.telemetry.clone() else { return };
+        let Some(t) = worker.config.telemetry.clone() else {
+            return;
+        };
         if let Some((_, sent)) = self.pending_report {
             if now_ms < sent + 2 * t.timeout_ms {
                 return; // the previous report is still in flight; its data is not lost, just later
             }
             self.pending_report = None;
         }
-        let Worker { config, services, metrics, .. } = worker;
+        let Worker {
+            config,
+            services,
+            metrics,
+            ..
+        } = worker;
         let entries = config
             .services
             .iter()
             .zip(services.iter_mut())
             .map(|(svc, rt)| {
-                let plan: RedirectPlan = shared::read_json(&HostStore, &keys::plan(&svc.name)).unwrap_or_default();
-                let record: Option<ShadowRecord> = shared::read_json(&HostStore, &keys::shadow(&svc.name));
+                let plan: RedirectPlan =
+                    shared::read_json(&HostStore, &keys::plan(&svc.name)).unwrap_or_default();
+                let record: Option<ShadowRecord> =
+                    shared::read_json(&HostStore, &keys::shadow(&svc.name));
                 let shadow = ShadowView::resolve(&svc.shadow, record.as_ref(), now_ms);
                 rt.controller.take_report(svc, &shadow, &plan)
             })
@@ -425,7 +497,9 @@ impl AtreRoot {
             services: entries,
         };
         self.report_start_ms = now_ms;
-        let Ok(body) = serde_json::to_vec(&report) else { return };
+        let Ok(body) = serde_json::to_vec(&report) else {
+            return;
+        };
         let headers = vec![
             (":method", "POST"),
             (":path", t.path.as_str()),
@@ -436,11 +510,23 @@ impl AtreRoot {
         // dispatcher, which otherwise refuses the response. It maps the statuses Envoy
         // returns for calls (BadArgument, InternalFailure) to errors.
         let timeout = std::time::Duration::from_millis(t.timeout_ms);
-        match proxy_wasm::hostcalls::dispatch_http_call(&t.cluster, headers, Some(&body), vec![], timeout) {
+        match proxy_wasm::hostcalls::dispatch_http_call(
+            &t.cluster,
+            headers,
+            Some(&body),
+            vec![],
+            timeout,
+        ) {
             Ok(token) => self.pending_report = Some((token, now_ms)),
             Err(status) => {
                 metrics.telemetry_failures.add(1);
-                log(level::WARN, &format!("shadowmesh: cannot send telemetry to cluster {}: {status:?}", t.cluster));
+                log(
+                    level::WARN,
+                    &format!(
+                        "shadowmesh: cannot send telemetry to cluster {}: {status:?}",
+                        t.cluster
+                    ),
+                );
             }
         }
     }
@@ -477,7 +563,9 @@ impl AtreHttp {
     /// Stream end: record latency, release the in-flight slot. Idempotent.
     fn finish(&mut self) {
         let Some(r) = self.routed.take() else { return };
-        let Ok(mut worker) = self.worker.try_borrow_mut() else { return };
+        let Ok(mut worker) = self.worker.try_borrow_mut() else {
+            return;
+        };
         let us = now_ns().saturating_sub(r.start_ns) / 1_000;
         let rt = &mut worker.services[r.service];
         rt.in_flight_delta[r.side.index()] -= 1;
@@ -510,8 +598,11 @@ impl HttpContext for AtreHttp {
         let index = if services[0].hosts.iter().any(|h| h == "*") {
             Some(0)
         } else {
-            let authority = abi::get_header_str(map::REQUEST_HEADERS, ":authority").unwrap_or_default();
-            services.iter().position(|s| s.matches_authority(&authority))
+            let authority =
+                abi::get_header_str(map::REQUEST_HEADERS, ":authority").unwrap_or_default();
+            services
+                .iter()
+                .position(|s| s.matches_authority(&authority))
         };
         let Some(index) = index else {
             return Action::Continue;
@@ -523,8 +614,13 @@ impl HttpContext for AtreHttp {
                 .flatten()
                 .filter(|v| !v.is_empty())
                 .map(|v| session_point(&v)),
-            Some(SessionKeySource::Cookie(c)) => abi::get_header_str(map::REQUEST_HEADERS, "cookie")
-                .and_then(|v| cookie_value(&v, c).filter(|s| !s.is_empty()).map(|s| session_point(s.as_bytes()))),
+            Some(SessionKeySource::Cookie(c)) => {
+                abi::get_header_str(map::REQUEST_HEADERS, "cookie").and_then(|v| {
+                    cookie_value(&v, c)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| session_point(s.as_bytes()))
+                })
+            }
             None => None,
         };
         let rt = &mut worker.services[index];
@@ -560,7 +656,9 @@ impl HttpContext for AtreHttp {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        let Some(r) = &self.routed else { return Action::Continue };
+        let Some(r) = &self.routed else {
+            return Action::Continue;
+        };
         let Some(value) = abi::get_header_str(map::RESPONSE_HEADERS, ORCA_HEADER) else {
             return Action::Continue;
         };
