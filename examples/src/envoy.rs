@@ -64,6 +64,8 @@ pub enum FilterChoice {
     Noop,
     /// ATRE with this plugin configuration (JSON text).
     Atre(String),
+    /// The no-op module configured to panic on every request (a VM fault on demand).
+    Faulting,
 }
 
 /// Inputs of `envoy-configs/atre-front-proxy.yaml`.
@@ -132,6 +134,17 @@ impl Bootstrap {
                     wasm_module("shadowmesh_noop_filter")?.display().to_string(),
                 )],
             )?,
+            FilterChoice::Faulting => render(
+                &strip_comments(read("filter-noop.yaml")?),
+                &[(
+                    "WASM_PATH",
+                    wasm_module("shadowmesh_noop_filter")?.display().to_string(),
+                )],
+            )?
+            .replace(
+                "                vm_config:",
+                "                configuration: {\"@type\": type.googleapis.com/google.protobuf.StringValue, value: fault}\n                vm_config:",
+            ),
             FilterChoice::Atre(config) => render(
                 &strip_comments(read("filter-atre.yaml")?),
                 &[

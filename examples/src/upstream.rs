@@ -93,6 +93,24 @@ struct Shared {
     orca: Arc<AtomicU8>,
 }
 
+impl UpstreamConfig {
+    /// An upstream called `name` serving `concurrency` requests at a time, each taking
+    /// `service_time`.
+    pub fn new(
+        name: &str,
+        concurrency: usize,
+        service_time: Duration,
+        orca: OrcaMode,
+    ) -> UpstreamConfig {
+        UpstreamConfig {
+            name: name.to_string(),
+            concurrency,
+            service_time,
+            orca,
+        }
+    }
+}
+
 /// Starts an upstream on `127.0.0.1:port` (0 = ephemeral) inside the current runtime.
 pub async fn start(config: UpstreamConfig, port: u16) -> std::io::Result<UpstreamHandle> {
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;

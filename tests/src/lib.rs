@@ -16,6 +16,7 @@ use anyhow::Result;
 use shadowmesh_examples::envoy::{
     Bootstrap, EnvoyOptions, EnvoyProcess, FilterChoice, default_plugin_config,
 };
+use shadowmesh_examples::start_control_plane;
 use shadowmesh_examples::upstream::{self, OrcaMode, UpstreamConfig, UpstreamHandle};
 use shadowmesh_xds::telemetry::TelemetryHub;
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub struct StackConfig {
     pub plugin: Option<serde_json::Value>,
     /// Envoy workers.
     pub envoy_workers: u32,
+    /// Instead of ATRE, run a Wasm filter that faults on every request.
+    pub fault: bool,
 }
 
 impl StackConfig {
@@ -46,6 +49,7 @@ impl StackConfig {
             orca: OrcaMode::Off,
             plugin: Some(plugin),
             envoy_workers: 2,
+            fault: false,
         }
     }
 
@@ -81,43 +85,21 @@ impl Stack {
     /// Starts everything; must run inside a multi-threaded tokio runtime.
     pub async fn start(config: StackConfig) -> Result<Stack> {
         let exclusive = exclusive().lock_owned().await;
-        let primary = upstream::start(
-            UpstreamConfig {
-                name: "primary".into(),
-                concurrency: config.primary.0,
-                service_time: config.primary.1,
-                orca: config.orca,
-            },
-            0,
-        )
-        .await?;
-        let shadow = upstream::start(
-            UpstreamConfig {
-                name: "shadow".into(),
-                concurrency: config.shadow.0,
-                service_time: config.shadow.1,
-                orca: config.orca,
-            },
-            0,
-        )
-        .await?;
-        let hub = TelemetryHub::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let control_port = listener.local_addr()?.port();
-        let control = {
-            let hub = hub.clone();
-            tokio::spawn(async move {
-                let _ = shadowmesh_xds::serve(listener, hub).await;
-            })
-        };
+        let (p, s) = (config.primary, config.shadow);
+        let primary =
+            upstream::start(UpstreamConfig::new("primary", p.0, p.1, config.orca), 0).await?;
+        let shadow =
+            upstream::start(UpstreamConfig::new("shadow", s.0, s.1, config.orca), 0).await?;
+        let (hub, control_port, control) = start_control_plane().await?;
         let bootstrap = Bootstrap {
             node_id: "e2e-edge".into(),
             primary_port: primary.addr.port(),
             shadow_port: shadow.addr.port(),
             control_port,
-            filter: match &config.plugin {
-                Some(p) => FilterChoice::Atre(p.to_string()),
-                None => FilterChoice::None,
+            filter: match (&config.plugin, config.fault) {
+                (_, true) => FilterChoice::Faulting,
+                (Some(p), false) => FilterChoice::Atre(p.to_string()),
+                (None, false) => FilterChoice::None,
             },
         }
         .render()?;

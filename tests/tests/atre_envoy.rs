@@ -543,3 +543,38 @@ async fn in_flight_returns_to_zero_after_resets() {
     })
     .await;
 }
+
+/// A Wasm filter that faults must not take requests down with it: with
+/// `failure_policy: FAIL_OPEN` Envoy skips the broken VM, the request carries no routing
+/// header, and the route's default sends it to the primary. Envoy answers the one request
+/// that was inside the filter when its VM faulted with a 503; every later one is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faulting_filter_fails_open_to_the_primary() {
+    let mut config = StackConfig::atre(16);
+    config.plugin = None;
+    config.fault = true;
+    config.envoy_workers = 1; // one worker, one VM, whatever connections the client opens
+    let stack = Stack::start(config).await.unwrap();
+    let c = loadgen::client();
+    let mut served = Vec::new();
+    for _ in 0..20 {
+        served.push(loadgen::get(&c, stack.envoy.listener, "checkout.local", "/", &[]).await);
+    }
+    // One worker, so one VM: only the very first request can be inside it when it faults.
+    assert_eq!(
+        served[0],
+        Ok((503, None)),
+        "the request inside the faulting VM"
+    );
+    assert!(
+        served[1..]
+            .iter()
+            .all(|r| *r == Ok((200, Some("primary".to_string())))),
+        "{served:?}"
+    );
+    assert!(
+        stack.envoy.log().contains("deliberate fault"),
+        "the VM really faulted"
+    );
+    assert_eq!(stack.shadow.stats.served.load(Ordering::Relaxed), 0);
+}

@@ -203,3 +203,102 @@ async fn delete_shadow(State(hub): State<TelemetryHub>, Path(service): Path<Stri
         StatusCode::NOT_FOUND
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(generation: u64) -> ShadowRecord {
+        ShadowRecord {
+            service: "checkout".into(),
+            cluster: "checkout_shadow".into(),
+            warm: true,
+            max_in_flight: 8,
+            generation,
+            expires_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn shadow_records_never_go_back_in_generation() {
+        let hub = TelemetryHub::default();
+        hub.set_shadow(record(2)).unwrap();
+        let err = hub.set_shadow(record(1)).unwrap_err();
+        assert!(err.contains("field `generation`"), "{err}");
+        hub.set_shadow(record(2)).unwrap();
+        assert_eq!(hub.shadows(), vec![record(2)]);
+        let mut nameless = record(3);
+        nameless.cluster.clear();
+        assert!(
+            hub.set_shadow(nameless)
+                .unwrap_err()
+                .contains("field `cluster`")
+        );
+        assert!(hub.clear_shadow("checkout"));
+        assert!(!hub.clear_shadow("checkout"));
+    }
+
+    #[test]
+    fn ingest_answers_with_current_records_and_keeps_reports() {
+        let hub = TelemetryHub::default();
+        hub.set_shadow(record(1)).unwrap();
+        let report = TelemetryReport {
+            schema: TELEMETRY_SCHEMA.into(),
+            proxy: "p".into(),
+            seq: 1,
+            window_start_ms: 0,
+            window_end_ms: 1,
+            services: vec![],
+        };
+        let ack = hub.ingest(report.clone());
+        assert_eq!(ack.shadows, vec![record(1)]);
+        assert_eq!(hub.reports(), vec![report]);
+    }
+
+    #[tokio::test]
+    async fn http_api_rejects_bad_input_with_the_reason() {
+        use axum::body::Body;
+        use axum::http::Request;
+        use tower::ServiceExt;
+        let hub = TelemetryHub::default();
+        let call = |method: &str, uri: &str, body: &str| {
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::from(body.to_string()))
+                .unwrap()
+        };
+        let resp = hub
+            .router()
+            .oneshot(call("POST", "/v1/telemetry", "{oops"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(hub.rejected(), 1);
+        let wrong_schema = r#"{"schema":"v0","proxy":"p","seq":1,"window_start_ms":0,"window_end_ms":1,"services":[]}"#;
+        let resp = hub
+            .router()
+            .oneshot(call("POST", "/v1/telemetry", wrong_schema))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("field `schema`"));
+        let mismatched = serde_json::to_string(&record(1)).unwrap();
+        let resp = hub
+            .router()
+            .oneshot(call("PUT", "/v1/shadows/other", &mismatched))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let resp = hub
+            .router()
+            .oneshot(call("PUT", "/v1/shadows/checkout", &mismatched))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert_eq!(hub.shadows(), vec![record(1)]);
+    }
+}

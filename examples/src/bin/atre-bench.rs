@@ -14,9 +14,8 @@ use serde::Serialize;
 use shadowmesh_examples::envoy::{
     Bootstrap, EnvoyOptions, EnvoyProcess, FilterChoice, default_plugin_config, repo_root,
 };
-use shadowmesh_examples::loadgen;
 use shadowmesh_examples::upstream::{self, OrcaMode, UpstreamConfig};
-use shadowmesh_xds::telemetry::TelemetryHub;
+use shadowmesh_examples::{loadgen, start_control_plane};
 use std::time::{Duration, Instant};
 
 /// Measures what the ATRE filter costs Envoy.
@@ -159,19 +158,11 @@ async fn main() -> Result<()> {
         }
     }
     let up = upstream::start(
-        UpstreamConfig {
-            name: "primary".into(),
-            concurrency: 4096,
-            service_time: Duration::ZERO,
-            orca: OrcaMode::Off,
-        },
+        UpstreamConfig::new("primary", 4096, Duration::ZERO, OrcaMode::Off),
         0,
     )
     .await?;
-    let hub = TelemetryHub::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let control_port = listener.local_addr()?.port();
-    tokio::spawn(shadowmesh_xds::serve(listener, hub.clone()));
+    let (_hub, control_port, _control) = start_control_plane().await?;
 
     let mut atre = default_plugin_config()?;
     // Capacity far above the benchmark load: this measures the decision path itself

@@ -10,9 +10,9 @@ use shadowmesh_examples::envoy::{
     Bootstrap, EnvoyOptions, EnvoyProcess, FilterChoice, default_plugin_config,
 };
 use shadowmesh_examples::loadgen::{self, LoadSpec, Phase, RateProfile};
+use shadowmesh_examples::start_control_plane;
 use shadowmesh_examples::upstream::{self, OrcaMode, UpstreamConfig};
 use shadowmesh_wire::RedirectState;
-use shadowmesh_xds::telemetry::TelemetryHub;
 use std::time::Duration;
 
 /// Shadowmesh ATRE demo: watch a warm shadow take a hot primary's excess and hand it back.
@@ -38,30 +38,18 @@ struct Args {
 async fn main() -> Result<()> {
     let args = Args::parse();
     // The primary: 8 requests at a time, 20 ms each (≈ 380 rps). The shadow: a warm spare.
+    let service_time = Duration::from_millis(20);
     let primary = upstream::start(
-        UpstreamConfig {
-            name: "primary".into(),
-            concurrency: 8,
-            service_time: Duration::from_millis(20),
-            orca: OrcaMode::Text,
-        },
+        UpstreamConfig::new("primary", 8, service_time, OrcaMode::Text),
         0,
     )
     .await?;
     let shadow = upstream::start(
-        UpstreamConfig {
-            name: "shadow".into(),
-            concurrency: 32,
-            service_time: Duration::from_millis(20),
-            orca: OrcaMode::Text,
-        },
+        UpstreamConfig::new("shadow", 32, service_time, OrcaMode::Text),
         0,
     )
     .await?;
-    let hub = TelemetryHub::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let control_port = listener.local_addr()?.port();
-    tokio::spawn(shadowmesh_xds::serve(listener, hub.clone()));
+    let (hub, control_port, _control) = start_control_plane().await?;
 
     let mut plugin = default_plugin_config()?;
     plugin["services"][0]["primary"]["max_in_flight"] = 8.into();

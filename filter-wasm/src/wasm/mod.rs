@@ -4,7 +4,8 @@
 //! host status as a value, and every error is absorbed (counted or logged) — never
 //! unwrapped. The SDK's own wrappers (`proxy_wasm::hostcalls`, the `Context` helpers)
 //! panic on statuses they do not expect, and a panic in a Wasm filter is a VM fault: with
-//! `fail_open` the request survives, but the VM is gone for every request after it.
+//! `failure_policy: FAIL_OPEN` the request survives, but the VM is gone for every request
+//! after it.
 
 use crate::config::{PluginConfig, SessionKeySource};
 use crate::control::{ServiceController, ShadowView, TickInput};
