@@ -66,6 +66,7 @@ pub struct UpstreamHandle {
     pub stats: Arc<UpstreamStats>,
     orca: Arc<AtomicU8>,
     stop: watch::Sender<bool>,
+    stopped: watch::Receiver<bool>,
 }
 
 impl UpstreamHandle {
@@ -74,9 +75,18 @@ impl UpstreamHandle {
         self.orca.store(mode as u8, Ordering::Relaxed);
     }
 
-    /// Stops accepting and closes every connection now (a crash, as far as clients see).
+    /// Stops accepting and closes every connection now (a crash, as far as clients see),
+    /// without waiting.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// Like [`UpstreamHandle::stop`], and returns once every connection is closed: after
+    /// this, the upstream serves nothing more.
+    pub async fn shutdown(&self) {
+        self.stop();
+        let mut stopped = self.stopped.clone();
+        let _ = stopped.wait_for(|s| *s).await;
     }
 }
 
@@ -117,7 +127,8 @@ pub async fn start(config: UpstreamConfig, port: u16) -> std::io::Result<Upstrea
     let addr = listener.local_addr()?;
     let stats = Arc::new(UpstreamStats::default());
     let orca = Arc::new(AtomicU8::new(config.orca as u8));
-    let (stop, mut stopped) = watch::channel(false);
+    let (stop, mut stop_rx) = watch::channel(false);
+    let (stopped_tx, stopped) = watch::channel(false);
     let shared = Arc::new(Shared {
         permits: Semaphore::new(config.concurrency.max(1)),
         config,
@@ -128,7 +139,7 @@ pub async fn start(config: UpstreamConfig, port: u16) -> std::io::Result<Upstrea
         let mut connections = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
-                _ = stopped.changed() => break,
+                _ = stop_rx.changed() => break,
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
                     let _ = stream.set_nodelay(true);
@@ -142,14 +153,18 @@ pub async fn start(config: UpstreamConfig, port: u16) -> std::io::Result<Upstrea
                 }
             }
         }
-        // Dropping the set aborts every connection task: clients see resets.
+        // Abort every connection task (clients see resets) and reap them, so nothing is
+        // served after `stopped` is set.
         connections.abort_all();
+        while connections.join_next().await.is_some() {}
+        let _ = stopped_tx.send(true);
     });
     Ok(UpstreamHandle {
         addr,
         stats,
         orca,
         stop,
+        stopped,
     })
 }
 

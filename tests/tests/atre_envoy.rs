@@ -240,7 +240,7 @@ async fn shadow_gone_falls_back_to_primary_with_zero_errors() {
     .await
     .expect("redirection started");
     // Unannounced: the shadow process dies.
-    stack.shadow.stop();
+    stack.shadow.shutdown().await;
     let served_before = stack.shadow.stats.served.load(Ordering::Relaxed);
     // Announced: the control plane says the shadow is gone.
     stack
