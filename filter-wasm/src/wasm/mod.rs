@@ -7,7 +7,7 @@
 //! `failure_policy: FAIL_OPEN` the request survives, but the VM is gone for every request
 //! after it.
 
-use crate::config::{PluginConfig, SessionKeySource};
+use crate::config::{PluginConfig, ServiceConfig, SessionKeySource};
 use crate::control::{ServiceController, ShadowView, TickInput};
 use crate::decision::{RedirectDecision, Spreader, cookie_value, decide, session_point};
 use crate::orca::{ORCA_HEADER, OrcaReport};
@@ -310,10 +310,8 @@ impl RootContext for AtreRoot {
             .iter()
             .zip(worker.services.iter_mut())
         {
-            rt.plan = shared::read_json(&HostStore, &keys::plan(&svc.name)).unwrap_or_default();
-            let record: Option<ShadowRecord> =
-                shared::read_json(&HostStore, &keys::shadow(&svc.name));
-            rt.shadow = ShadowView::resolve(&svc.shadow, record.as_ref(), now_ms);
+            rt.plan = read_plan(svc);
+            rt.shadow = read_shadow(svc, now_ms);
         }
     }
 
@@ -328,6 +326,18 @@ impl RootContext for AtreRoot {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+/// The service's current plan (the default plan until the controller wrote one).
+fn read_plan(svc: &ServiceConfig) -> RedirectPlan {
+    shared::read_json(&HostStore, &keys::plan(&svc.name)).unwrap_or_default()
+}
+
+/// The service's shadow as the data path sees it now: configuration overlaid with the
+/// control plane's record, if any.
+fn read_shadow(svc: &ServiceConfig, now_ms: u64) -> ShadowView {
+    let record: Option<ShadowRecord> = shared::read_json(&HostStore, &keys::shadow(&svc.name));
+    ShadowView::resolve(&svc.shadow, record.as_ref(), now_ms)
 }
 
 /// Moves this worker's counts into shared data and Envoy's stats.
@@ -406,11 +416,8 @@ impl AtreRoot {
                 shared::read_counter(&HostStore, &rt.in_flight_keys[0]),
                 shared::read_counter(&HostStore, &rt.in_flight_keys[1]),
             ];
-            let record: Option<ShadowRecord> =
-                shared::read_json(&HostStore, &keys::shadow(&svc.name));
-            let shadow = ShadowView::resolve(&svc.shadow, record.as_ref(), now_ms);
-            let old: RedirectPlan =
-                shared::read_json(&HostStore, &keys::plan(&svc.name)).unwrap_or_default();
+            let shadow = read_shadow(svc, now_ms);
+            let old = read_plan(svc);
             let plan = rt.controller.tick(
                 config,
                 svc,
@@ -474,12 +481,8 @@ impl AtreRoot {
             .iter()
             .zip(services.iter_mut())
             .map(|(svc, rt)| {
-                let plan: RedirectPlan =
-                    shared::read_json(&HostStore, &keys::plan(&svc.name)).unwrap_or_default();
-                let record: Option<ShadowRecord> =
-                    shared::read_json(&HostStore, &keys::shadow(&svc.name));
-                let shadow = ShadowView::resolve(&svc.shadow, record.as_ref(), now_ms);
-                rt.controller.take_report(svc, &shadow, &plan)
+                rt.controller
+                    .take_report(svc, &read_shadow(svc, now_ms), &read_plan(svc))
             })
             .collect();
         if self.proxy.is_empty() {
