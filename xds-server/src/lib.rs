@@ -14,6 +14,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod protocol;
 pub mod telemetry;
 
 /// Serves the control plane's HTTP API on `listener` until the task is dropped.
