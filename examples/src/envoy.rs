@@ -111,60 +111,90 @@ pub fn render(template: &str, vars: &[(&str, String)]) -> Result<String> {
     Ok(out)
 }
 
-impl Bootstrap {
-    /// Renders the bootstrap YAML.
-    pub fn render(&self) -> Result<String> {
-        let configs = repo_root().join("envoy-configs");
-        let read = |f: &str| {
-            std::fs::read_to_string(configs.join(f)).with_context(|| format!("reading {f}"))
-        };
-        let strip_comments = |s: String| {
-            s.lines()
-                .filter(|l| !l.trim_start().starts_with('#'))
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
-        let filters = match &self.filter {
-            // An empty filter list entry would be invalid YAML; a comment line is not.
-            FilterChoice::None => "          # no Wasm filter".to_string(),
-            FilterChoice::Noop => render(
-                &strip_comments(read("filter-noop.yaml")?),
-                &[(
-                    "WASM_PATH",
-                    wasm_module("shadowmesh_noop_filter")?.display().to_string(),
-                )],
-            )?,
-            FilterChoice::Faulting => render(
-                &strip_comments(read("filter-noop.yaml")?),
-                &[(
-                    "WASM_PATH",
-                    wasm_module("shadowmesh_noop_filter")?.display().to_string(),
-                )],
-            )?
-            .replace(
-                "                vm_config:",
-                "                configuration: {\"@type\": type.googleapis.com/google.protobuf.StringValue, value: fault}\n                vm_config:",
-            ),
-            FilterChoice::Atre(config) => render(
-                &strip_comments(read("filter-atre.yaml")?),
-                &[
-                    (
-                        "WASM_PATH",
-                        wasm_module("shadowmesh_filter")?.display().to_string(),
-                    ),
-                    // A JSON string literal is a valid YAML double-quoted scalar.
-                    ("PLUGIN_CONFIG", serde_json::to_string(config)?),
-                ],
-            )?,
-        };
+fn config_file(name: &str) -> Result<String> {
+    let path = repo_root().join("envoy-configs").join(name);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    // Comments may mention ${NAME} placeholders; they are documentation, not input.
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// The `http_filters` entries for a filter choice (rendered snippet, or a comment).
+fn render_filters(filter: &FilterChoice) -> Result<String> {
+    let noop = || -> Result<String> {
         render(
-            &strip_comments(read("atre-front-proxy.yaml")?),
+            &config_file("filter-noop.yaml")?,
+            &[(
+                "WASM_PATH",
+                wasm_module("shadowmesh_noop_filter")?.display().to_string(),
+            )],
+        )
+    };
+    Ok(match filter {
+        // An empty filter list entry would be invalid YAML; a comment line is not.
+        FilterChoice::None => "          # no Wasm filter".to_string(),
+        FilterChoice::Noop => noop()?,
+        FilterChoice::Faulting => noop()?.replace(
+            "                vm_config:",
+            "                configuration: {\"@type\": type.googleapis.com/google.protobuf.StringValue, value: fault}\n                vm_config:",
+        ),
+        FilterChoice::Atre(config) => render(
+            &config_file("filter-atre.yaml")?,
+            &[
+                ("WASM_PATH", wasm_module("shadowmesh_filter")?.display().to_string()),
+                // A JSON string literal is a valid YAML double-quoted scalar.
+                ("PLUGIN_CONFIG", serde_json::to_string(config)?),
+            ],
+        )?,
+    })
+}
+
+impl Bootstrap {
+    /// Renders `envoy-configs/atre-front-proxy.yaml` (static clusters).
+    pub fn render(&self) -> Result<String> {
+        render(
+            &config_file("atre-front-proxy.yaml")?,
             &[
                 ("NODE_ID", self.node_id.clone()),
                 ("PRIMARY_PORT", self.primary_port.to_string()),
                 ("SHADOW_PORT", self.shadow_port.to_string()),
                 ("CONTROL_PORT", self.control_port.to_string()),
-                ("HTTP_FILTERS", filters),
+                ("HTTP_FILTERS", render_filters(&self.filter)?),
+            ],
+        )
+    }
+}
+
+/// Inputs of `envoy-configs/ads-front-proxy.yaml`: clusters and endpoints from ADS.
+#[derive(Debug, Clone)]
+pub struct AdsBootstrap {
+    /// Envoy `node.id`.
+    pub node_id: String,
+    /// Envoy `node.cluster`: the proxy group whose snapshot it receives.
+    pub node_cluster: String,
+    /// Port of the ADS (gRPC) server.
+    pub xds_port: u16,
+    /// Port of the control plane's HTTP API (telemetry).
+    pub control_port: u16,
+    /// The filter.
+    pub filter: FilterChoice,
+}
+
+impl AdsBootstrap {
+    /// Renders the bootstrap YAML.
+    pub fn render(&self) -> Result<String> {
+        render(
+            &config_file("ads-front-proxy.yaml")?,
+            &[
+                ("NODE_ID", self.node_id.clone()),
+                ("NODE_CLUSTER", self.node_cluster.clone()),
+                ("XDS_PORT", self.xds_port.to_string()),
+                ("CONTROL_PORT", self.control_port.to_string()),
+                ("HTTP_FILTERS", render_filters(&self.filter)?),
             ],
         )
     }

@@ -14,8 +14,23 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod ads;
+pub mod cache;
 pub mod protocol;
+pub mod resources;
 pub mod telemetry;
+
+/// Serves ADS (gRPC) for `cache` on `listener` until the task is dropped.
+pub async fn serve_ads(
+    listener: tokio::net::TcpListener,
+    cache: cache::SnapshotCache,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(ads::Ads::new(cache).into_service())
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await
+}
 
 /// Serves the control plane's HTTP API on `listener` until the task is dropped.
 pub async fn serve(
