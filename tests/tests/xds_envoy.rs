@@ -2,6 +2,9 @@
 //! and endpoints from Shadowmesh, and endpoint changes made through the controller API move
 //! where requests land.
 
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use shadowmesh_examples::envoy::{AdsBootstrap, EnvoyOptions, EnvoyProcess, FilterChoice};
 use shadowmesh_examples::loadgen;
 use shadowmesh_examples::upstream::{self, OrcaMode, UpstreamConfig};
@@ -106,4 +109,248 @@ async fn envoy_takes_clusters_and_endpoints_from_ads_and_follows_endpoint_change
     .await;
     assert!(cache.proxies()[0].rejected.is_empty());
     server.abort();
+}
+
+/// Envoy NACKs an invalid resource: the server records the error and does not send that
+/// version again, Envoy keeps serving the last good version without a failed request, and
+/// the next valid version is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_resource_is_nacked_and_the_last_good_version_keeps_serving() {
+    let a = upstream::start(
+        UpstreamConfig::new("a", 64, Duration::ZERO, OrcaMode::Off),
+        0,
+    )
+    .await
+    .unwrap();
+    let b = upstream::start(
+        UpstreamConfig::new("b", 64, Duration::ZERO, OrcaMode::Off),
+        0,
+    )
+    .await
+    .unwrap();
+    let cache = SnapshotCache::default();
+    let cluster = [eds_cluster("checkout_primary")];
+    cache.set_snapshot(
+        "edge",
+        Snapshot::new(
+            &cluster,
+            &[load_assignment(
+                "checkout_primary",
+                &[EndpointSpec::healthy(a.addr)],
+            )],
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let xds_port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(shadowmesh_xds::serve_ads(listener, cache.clone()));
+    let yaml = AdsBootstrap {
+        node_id: "edge-1".into(),
+        node_cluster: "edge".into(),
+        xds_port,
+        control_port: 9,
+        filter: FilterChoice::None,
+    }
+    .render()
+    .unwrap();
+    let envoy =
+        tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &EnvoyOptions::default()))
+            .await
+            .unwrap()
+            .unwrap();
+    let client = loadgen::client();
+    let get = || loadgen::get(&client, envoy.listener, "checkout.local", "/", &[]);
+    eventually("requests served by endpoint a", async || {
+        get().await == Ok((200, Some("a".into())))
+    })
+    .await;
+
+    // Port 70000 breaks Envoy's proto constraints for SocketAddress.port_value.
+    let mut bad = load_assignment("checkout_primary", &[EndpointSpec::healthy(b.addr)]);
+    if let Some(HostIdentifier::Endpoint(e)) = &mut bad.endpoints[0].lb_endpoints[0].host_identifier
+        && let Some(AddressKind::SocketAddress(sa)) =
+            e.address.as_mut().and_then(|a| a.address.as_mut())
+    {
+        sa.port_specifier = Some(PortSpecifier::PortValue(70_000));
+    }
+    let bad_snapshot = Snapshot::new(&cluster, &[bad]);
+    let bad_version = bad_snapshot.get(ENDPOINT_TYPE).unwrap().version.clone();
+    cache.set_snapshot("edge", bad_snapshot.clone());
+    eventually("the NACK", async || {
+        cache.proxies()[0]
+            .rejected
+            .get(ENDPOINT_TYPE)
+            .is_some_and(|r| r.version == bad_version)
+    })
+    .await;
+    let rejection = cache.proxies()[0].rejected[ENDPOINT_TYPE].clone();
+    assert!(
+        rejection.error.to_lowercase().contains("port"),
+        "error detail: {}",
+        rejection.error
+    );
+    let sent = cache.proxies()[0].responses[ENDPOINT_TYPE];
+    // The last good version keeps serving, request for request.
+    for _ in 0..50 {
+        assert_eq!(get().await, Ok((200, Some("a".into()))));
+    }
+    // Setting the same bad content again changes nothing, and nothing is re-sent.
+    cache.set_snapshot("edge", bad_snapshot);
+    let generation = cache.generation();
+    eventually("the stream processed the repeated snapshot", async || {
+        cache.proxies()[0].synced_generation >= generation
+    })
+    .await;
+    assert_eq!(
+        cache.proxies()[0].responses[ENDPOINT_TYPE],
+        sent,
+        "rejected version re-sent"
+    );
+
+    // The next valid version is accepted.
+    cache.set_snapshot(
+        "edge",
+        Snapshot::new(
+            &cluster,
+            &[load_assignment(
+                "checkout_primary",
+                &[EndpointSpec::healthy(b.addr)],
+            )],
+        ),
+    );
+    eventually("requests served by endpoint b", async || {
+        get().await == Ok((200, Some("b".into())))
+    })
+    .await;
+    eventually("rejection cleared by the ACK", async || {
+        cache.proxies()[0].rejected.is_empty()
+    })
+    .await;
+    server.abort();
+}
+
+/// An xDS server in its own runtime on its own thread, so a test can kill it outright: every
+/// connection dies with the runtime, as with a crashed process.
+struct KillableXds {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KillableXds {
+    fn start(port: u16, cache: SnapshotCache) -> KillableXds {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                ready_tx
+                    .send(listener.local_addr().unwrap().port())
+                    .unwrap();
+                tokio::select! {
+                    _ = shadowmesh_xds::serve_ads(listener, cache) => {}
+                    _ = stopped => {}
+                }
+            });
+            // Dropping the runtime cancels every connection task.
+        });
+        let _ = ready_rx.recv().unwrap();
+        KillableXds {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for KillableXds {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The control plane dies: Envoy keeps serving with what it has. It comes back (with the
+/// controller's current state, which changed meanwhile): Envoy reconnects and converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_survives_a_control_plane_restart_and_converges() {
+    let a = upstream::start(
+        UpstreamConfig::new("a", 64, Duration::ZERO, OrcaMode::Off),
+        0,
+    )
+    .await
+    .unwrap();
+    let b = upstream::start(
+        UpstreamConfig::new("b", 64, Duration::ZERO, OrcaMode::Off),
+        0,
+    )
+    .await
+    .unwrap();
+    let cluster = [eds_cluster("checkout_primary")];
+    let with = |addr| {
+        Snapshot::new(
+            &cluster,
+            &[load_assignment(
+                "checkout_primary",
+                &[EndpointSpec::healthy(addr)],
+            )],
+        )
+    };
+    let cache = SnapshotCache::default();
+    cache.set_snapshot("edge", with(a.addr));
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut xds = KillableXds::start(port, cache.clone());
+    let yaml = AdsBootstrap {
+        node_id: "edge-1".into(),
+        node_cluster: "edge".into(),
+        xds_port: port,
+        control_port: 9,
+        filter: FilterChoice::None,
+    }
+    .render()
+    .unwrap();
+    let envoy =
+        tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &EnvoyOptions::default()))
+            .await
+            .unwrap()
+            .unwrap();
+    let client = loadgen::client();
+    let get = || loadgen::get(&client, envoy.listener, "checkout.local", "/", &[]);
+    eventually("requests served by endpoint a", async || {
+        get().await == Ok((200, Some("a".into())))
+    })
+    .await;
+
+    xds.kill();
+    for _ in 0..50 {
+        assert_eq!(
+            get().await,
+            Ok((200, Some("a".into()))),
+            "Envoy serves on during the outage"
+        );
+    }
+    // The restarted control plane starts from the controller's current state.
+    let restarted = SnapshotCache::default();
+    restarted.set_snapshot("edge", with(b.addr));
+    let _xds = KillableXds::start(port, restarted.clone());
+    eventually(
+        "requests served by endpoint b after reconnecting",
+        async || get().await == Ok((200, Some("b".into()))),
+    )
+    .await;
+    assert_eq!(restarted.proxies().len(), 1, "Envoy reconnected");
 }

@@ -120,6 +120,7 @@ async fn serve_stream(
                 }
             }
         }
+        let generation = *changes.borrow_and_update();
         let Some(g) = &group else { continue };
         let Some(snapshot) = cache.snapshot_for(g) else {
             continue;
@@ -148,6 +149,9 @@ async fn serve_stream(
                 .map(|(_, any)| any.clone())
                 .collect();
             let nonce = state.sent(&resources.version);
+            cache.report(stream, |p| {
+                *p.responses.entry(type_url.to_string()).or_default() += 1
+            });
             let response = DiscoveryResponse {
                 version_info: resources.version.clone(),
                 resources: items,
@@ -160,6 +164,7 @@ async fn serve_stream(
                 return;
             }
         }
+        cache.report(stream, |p| p.synced_generation = generation);
     }
     cache.close_stream(stream);
 }

@@ -94,6 +94,11 @@ pub struct ProxyStatus {
     pub acked: BTreeMap<String, String>,
     /// Per type URL: last rejection, if the proxy NACKed a version.
     pub rejected: BTreeMap<String, Rejection>,
+    /// Per type URL: responses sent on this stream.
+    pub responses: BTreeMap<String, u64>,
+    /// The last cache generation ([`SnapshotCache::generation`]) this stream has fully
+    /// processed: everything it should send for it has been sent.
+    pub synced_generation: u64,
 }
 
 #[derive(Default)]
@@ -140,6 +145,11 @@ impl SnapshotCache {
             .get(group)
             .or_else(|| inner.desired.get(DEFAULT_GROUP))
             .cloned()
+    }
+
+    /// Counts snapshot changes.
+    pub fn generation(&self) -> u64 {
+        *self.changed.borrow()
     }
 
     /// Notifies on every snapshot change.
