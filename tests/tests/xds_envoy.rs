@@ -354,3 +354,80 @@ async fn envoy_survives_a_control_plane_restart_and_converges() {
     .await;
     assert_eq!(restarted.proxies().len(), 1, "Envoy reconnected");
 }
+
+/// A changed cluster is re-warmed by Envoy, which then waits for its endpoints. The
+/// endpoints did not change, yet they must be sent again — otherwise the cluster stays
+/// warming until Envoy's fetch timeout (the classic stuck-warming bug).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_changed_alone_still_gets_its_endpoints() {
+    let a = upstream::start(
+        UpstreamConfig::new("a", 64, Duration::ZERO, OrcaMode::Off),
+        0,
+    )
+    .await
+    .unwrap();
+    let endpoints = [load_assignment(
+        "checkout_primary",
+        &[EndpointSpec::healthy(a.addr)],
+    )];
+    let cache = SnapshotCache::default();
+    cache.set_snapshot(
+        "edge",
+        Snapshot::new(&[eds_cluster("checkout_primary")], &endpoints),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let xds_port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(shadowmesh_xds::serve_ads(listener, cache.clone()));
+    let yaml = AdsBootstrap {
+        node_id: "edge-1".into(),
+        node_cluster: "edge".into(),
+        xds_port,
+        control_port: 9,
+        filter: FilterChoice::None,
+    }
+    .render()
+    .unwrap();
+    let envoy =
+        tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &EnvoyOptions::default()))
+            .await
+            .unwrap()
+            .unwrap();
+    let client = loadgen::client();
+    let get = || loadgen::get(&client, envoy.listener, "checkout.local", "/", &[]);
+    eventually("requests served by endpoint a", async || {
+        get().await == Ok((200, Some("a".into())))
+    })
+    .await;
+
+    // Only the cluster changes (its connect timeout); the endpoints are identical.
+    let mut changed = eds_cluster("checkout_primary");
+    changed.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: 3,
+        nanos: 0,
+    });
+    cache.set_snapshot("edge", Snapshot::new(&[changed], &endpoints));
+    let started = std::time::Instant::now();
+    // Warm again in far less than Envoy's 15 s EDS fetch timeout.
+    eventually(
+        "the changed cluster active and no cluster warming",
+        async || {
+            let dump = envoy
+                .admin_get("/config_dump?resource=dynamic_active_clusters")
+                .unwrap_or_default();
+            dump.contains("\"connect_timeout\": \"3s\"")
+                && envoy
+                    .stat("cluster_manager.warming_clusters")
+                    .ok()
+                    .flatten()
+                    == Some(0)
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "warming took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(get().await, Ok((200, Some("a".into()))));
+    server.abort();
+}

@@ -4,8 +4,8 @@
 //! proxy's group snapshot has that the proxy lacks, clusters before endpoints, one response
 //! in flight per type. Incremental (delta) xDS is not served yet (issue #3).
 
-use crate::cache::{ENDPOINT_TYPE, SnapshotCache};
-use crate::protocol::{PUSH_ORDER, RequestOutcome, TypeState, must_wait};
+use crate::cache::{CLUSTER_TYPE, ENDPOINT_TYPE, SnapshotCache};
+use crate::protocol::{PUSH_ORDER, RequestOutcome, TypeState};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -94,6 +94,7 @@ async fn serve_stream(
                     group = Some(g);
                 }
                 let state = states.entry(request.type_url.clone()).or_default();
+
                 let error = request.error_detail.as_ref().map(|s| s.message.as_str());
                 match state.on_request(&request.version_info, &request.response_nonce, error, &request.resource_names) {
                     RequestOutcome::Ack { version } => {
@@ -126,11 +127,6 @@ async fn serve_stream(
             continue;
         };
         for type_url in PUSH_ORDER {
-            if must_wait(type_url, |t| {
-                states.get(t).is_some_and(|s| s.in_flight.is_some())
-            }) {
-                continue;
-            }
             let (Some(state), Some(resources)) = (states.get_mut(type_url), snapshot.get(type_url))
             else {
                 continue;
@@ -148,6 +144,10 @@ async fn serve_stream(
                 })
                 .map(|(_, any)| any.clone())
                 .collect();
+            // A cluster version the proxy does not run yet means changed clusters, which
+            // Envoy re-warms: they wait for their endpoints even if those did not change.
+            let clusters_changed =
+                type_url == CLUSTER_TYPE && state.acked.as_deref() != Some(&resources.version);
             let nonce = state.sent(&resources.version);
             cache.report(stream, |p| {
                 *p.responses.entry(type_url.to_string()).or_default() += 1
@@ -162,6 +162,9 @@ async fn serve_stream(
             if tx.send(Ok(response)).await.is_err() {
                 cache.close_stream(stream);
                 return;
+            }
+            if clusters_changed && let Some(eds) = states.get_mut(ENDPOINT_TYPE) {
+                eds.resend();
             }
         }
         cache.report(stream, |p| p.synced_generation = generation);

@@ -16,7 +16,8 @@
 //!   the previous one, so a fast-changing controller cannot pile up responses.
 //! * A change of subscribed resource names is answered even if the version did not change:
 //!   Envoy subscribes to a new cluster's endpoints only after it received the cluster, and a
-//!   server that answers "no change" leaves that cluster warming forever.
+//!   server that answers "no change" leaves that cluster warming forever. Likewise a changed
+//!   cluster is re-warmed and needs its endpoints again ([`TypeState::resend`]).
 
 use std::collections::BTreeSet;
 
@@ -79,6 +80,8 @@ pub struct TypeState {
     sent_subscription: Option<Option<BTreeSet<String>>>,
     /// Nonce of the latest response sent.
     last_nonce: Option<String>,
+    /// Answer once more even if nothing changed (see [`TypeState::resend`]).
+    force: bool,
     nonce_seq: u64,
 }
 
@@ -140,10 +143,19 @@ impl TypeState {
         }
     }
 
+    /// Asks for one more response at the current version: Envoy re-warms a changed
+    /// cluster and waits for its endpoints, which may not have changed at all.
+    pub fn resend(&mut self) {
+        self.force = true;
+    }
+
     /// Whether `desired` should be sent now.
     pub fn wants(&self, desired: &str) -> bool {
         if self.in_flight.is_some() {
             return false;
+        }
+        if self.force {
+            return true;
         }
         let subscription_changed = self.sent_subscription.as_ref() != Some(&self.subscribed);
         if subscription_changed {
@@ -166,26 +178,23 @@ impl TypeState {
             nonce: nonce.clone(),
         });
         self.last_nonce = Some(nonce.clone());
+        self.force = false;
         self.sent_subscription = Some(self.subscribed.clone());
         nonce
     }
 }
 
-/// Resource types in the order a change must reach a proxy: clusters before their
-/// endpoints (a new cluster only asks for endpoints once it exists).
+/// Resource types in the order a change is sent within one push: clusters before their
+/// endpoints. Responses on a stream are applied in order, so a new or changed cluster
+/// exists (and is warming) when its endpoints arrive.
+///
+/// A push never *waits* for the clusters' ACK before sending endpoints: Envoy holds that
+/// ACK until the changed clusters have warmed, that is, until it has their endpoints —
+/// waiting would deadlock until Envoy's fetch timeout (15 s by default).
 pub const PUSH_ORDER: [&str; 2] = [
     "type.googleapis.com/envoy.config.cluster.v3.Cluster",
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
 ];
-
-/// Whether a push of `type_url` must wait because a type earlier in [`PUSH_ORDER`] has a
-/// response in flight (its ACK decides what the later type must carry).
-pub fn must_wait(type_url: &str, in_flight: impl Fn(&str) -> bool) -> bool {
-    PUSH_ORDER
-        .iter()
-        .take_while(|t| **t != type_url)
-        .any(|earlier| in_flight(earlier))
-}
 
 #[cfg(test)]
 mod tests {
@@ -293,10 +302,16 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_wait_for_clusters() {
-        let [cds, eds] = PUSH_ORDER;
-        assert!(must_wait(eds, |t| t == cds));
-        assert!(!must_wait(cds, |t| t == eds));
-        assert!(!must_wait(eds, |_| false));
+    fn resend_answers_once_at_an_unchanged_version() {
+        let mut s = TypeState::default();
+        s.on_request("", "", None, &[]);
+        let n1 = s.sent("v1");
+        s.on_request("v1", &n1, None, &[]);
+        assert!(!s.wants("v1"));
+        s.resend();
+        assert!(s.wants("v1"));
+        let n2 = s.sent("v1");
+        s.on_request("v1", &n2, None, &[]);
+        assert!(!s.wants("v1"), "once");
     }
 }
