@@ -7,9 +7,10 @@ use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use shadowmesh_examples::envoy::{AdsBootstrap, EnvoyOptions, EnvoyProcess, FilterChoice};
 use shadowmesh_examples::loadgen;
-use shadowmesh_examples::upstream::{self, OrcaMode, UpstreamConfig};
+use shadowmesh_examples::upstream::{self, OrcaMode, UpstreamConfig, UpstreamHandle};
 use shadowmesh_xds::cache::{CLUSTER_TYPE, ENDPOINT_TYPE, Snapshot, SnapshotCache};
 use shadowmesh_xds::resources::{EndpointSpec, eds_cluster, load_assignment};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Polls until `f` holds (Envoy's admin API and data path have no change notifications).
@@ -26,31 +27,46 @@ async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn envoy_takes_clusters_and_endpoints_from_ads_and_follows_endpoint_changes() {
-    let a = upstream::start(
-        UpstreamConfig::new("a", 64, Duration::ZERO, OrcaMode::Off),
-        0,
-    )
-    .await
-    .unwrap();
-    let b = upstream::start(
-        UpstreamConfig::new("b", 64, Duration::ZERO, OrcaMode::Off),
-        0,
-    )
-    .await
-    .unwrap();
-    let cache = SnapshotCache::default();
-    let snapshot = |endpoints: &[EndpointSpec]| {
-        Snapshot::new(
-            &[eds_cluster("checkout_primary")],
-            &[load_assignment("checkout_primary", endpoints)],
+/// Two upstreams answering `x-served-by: a` and `b`.
+async fn upstreams() -> (UpstreamHandle, UpstreamHandle) {
+    let start = |name| {
+        upstream::start(
+            UpstreamConfig::new(name, 64, Duration::ZERO, OrcaMode::Off),
+            0,
         )
     };
-    cache.set_snapshot("edge", snapshot(&[EndpointSpec::healthy(a.addr)]));
+    (start("a").await.unwrap(), start("b").await.unwrap())
+}
+
+/// The `checkout_primary` EDS cluster with these endpoints.
+fn primary_snapshot(endpoints: &[SocketAddr]) -> Snapshot {
+    let endpoints: Vec<EndpointSpec> = endpoints
+        .iter()
+        .map(|a| EndpointSpec::healthy(*a))
+        .collect();
+    Snapshot::new(
+        &[eds_cluster("checkout_primary")],
+        &[load_assignment("checkout_primary", &endpoints)],
+    )
+}
+
+/// Serves ADS for `cache` on an ephemeral port; returns the port and the serving task.
+async fn spawn_ads(
+    cache: &SnapshotCache,
+) -> (
+    u16,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let xds_port = listener.local_addr().unwrap().port();
-    let server = tokio::spawn(shadowmesh_xds::serve_ads(listener, cache.clone()));
+    let port = listener.local_addr().unwrap().port();
+    (
+        port,
+        tokio::spawn(shadowmesh_xds::serve_ads(listener, cache.clone())),
+    )
+}
+
+/// Envoy of proxy group `edge`, taking clusters and endpoints from ADS on `xds_port`.
+async fn ads_envoy(xds_port: u16) -> EnvoyProcess {
     let yaml = AdsBootstrap {
         node_id: "edge-1".into(),
         node_cluster: "edge".into(),
@@ -60,11 +76,19 @@ async fn envoy_takes_clusters_and_endpoints_from_ads_and_follows_endpoint_change
     }
     .render()
     .unwrap();
-    let envoy =
-        tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &EnvoyOptions::default()))
-            .await
-            .unwrap()
-            .unwrap();
+    tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &EnvoyOptions::default()))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_takes_clusters_and_endpoints_from_ads_and_follows_endpoint_changes() {
+    let (a, b) = upstreams().await;
+    let cache = SnapshotCache::default();
+    cache.set_snapshot("edge", primary_snapshot(&[a.addr]));
+    let (xds_port, server) = spawn_ads(&cache).await;
+    let envoy = ads_envoy(xds_port).await;
     let client = loadgen::client();
     let lands_on = |server: &'static str| {
         let client = client.clone();
@@ -90,7 +114,7 @@ async fn envoy_takes_clusters_and_endpoints_from_ads_and_follows_endpoint_change
     );
 
     // The controller moves the cluster to endpoint b (and marks a gone).
-    cache.set_snapshot("edge", snapshot(&[EndpointSpec::healthy(b.addr)]));
+    cache.set_snapshot("edge", primary_snapshot(&[b.addr]));
     eventually("requests served by endpoint b", lands_on("b")).await;
     let clusters = envoy.admin_get("/clusters").unwrap();
     assert!(
@@ -116,47 +140,11 @@ async fn envoy_takes_clusters_and_endpoints_from_ads_and_follows_endpoint_change
 /// the next valid version is accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_resource_is_nacked_and_the_last_good_version_keeps_serving() {
-    let a = upstream::start(
-        UpstreamConfig::new("a", 64, Duration::ZERO, OrcaMode::Off),
-        0,
-    )
-    .await
-    .unwrap();
-    let b = upstream::start(
-        UpstreamConfig::new("b", 64, Duration::ZERO, OrcaMode::Off),
-        0,
-    )
-    .await
-    .unwrap();
+    let (a, b) = upstreams().await;
     let cache = SnapshotCache::default();
-    let cluster = [eds_cluster("checkout_primary")];
-    cache.set_snapshot(
-        "edge",
-        Snapshot::new(
-            &cluster,
-            &[load_assignment(
-                "checkout_primary",
-                &[EndpointSpec::healthy(a.addr)],
-            )],
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let xds_port = listener.local_addr().unwrap().port();
-    let server = tokio::spawn(shadowmesh_xds::serve_ads(listener, cache.clone()));
-    let yaml = AdsBootstrap {
-        node_id: "edge-1".into(),
-        node_cluster: "edge".into(),
-        xds_port,
-        control_port: 9,
-        filter: FilterChoice::None,
-    }
-    .render()
-    .unwrap();
-    let envoy =
-        tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &EnvoyOptions::default()))
-            .await
-            .unwrap()
-            .unwrap();
+    cache.set_snapshot("edge", primary_snapshot(&[a.addr]));
+    let (xds_port, server) = spawn_ads(&cache).await;
+    let envoy = ads_envoy(xds_port).await;
     let client = loadgen::client();
     let get = || loadgen::get(&client, envoy.listener, "checkout.local", "/", &[]);
     eventually("requests served by endpoint a", async || {
@@ -172,7 +160,7 @@ async fn an_invalid_resource_is_nacked_and_the_last_good_version_keeps_serving()
     {
         sa.port_specifier = Some(PortSpecifier::PortValue(70_000));
     }
-    let bad_snapshot = Snapshot::new(&cluster, &[bad]);
+    let bad_snapshot = Snapshot::new(&[eds_cluster("checkout_primary")], &[bad]);
     let bad_version = bad_snapshot.get(ENDPOINT_TYPE).unwrap().version.clone();
     cache.set_snapshot("edge", bad_snapshot.clone());
     eventually("the NACK", async || {
@@ -207,16 +195,7 @@ async fn an_invalid_resource_is_nacked_and_the_last_good_version_keeps_serving()
     );
 
     // The next valid version is accepted.
-    cache.set_snapshot(
-        "edge",
-        Snapshot::new(
-            &cluster,
-            &[load_assignment(
-                "checkout_primary",
-                &[EndpointSpec::healthy(b.addr)],
-            )],
-        ),
-    );
+    cache.set_snapshot("edge", primary_snapshot(&[b.addr]));
     eventually("requests served by endpoint b", async || {
         get().await == Ok((200, Some("b".into())))
     })
@@ -285,49 +264,15 @@ impl Drop for KillableXds {
 /// controller's current state, which changed meanwhile): Envoy reconnects and converges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_survives_a_control_plane_restart_and_converges() {
-    let a = upstream::start(
-        UpstreamConfig::new("a", 64, Duration::ZERO, OrcaMode::Off),
-        0,
-    )
-    .await
-    .unwrap();
-    let b = upstream::start(
-        UpstreamConfig::new("b", 64, Duration::ZERO, OrcaMode::Off),
-        0,
-    )
-    .await
-    .unwrap();
-    let cluster = [eds_cluster("checkout_primary")];
-    let with = |addr| {
-        Snapshot::new(
-            &cluster,
-            &[load_assignment(
-                "checkout_primary",
-                &[EndpointSpec::healthy(addr)],
-            )],
-        )
-    };
+    let (a, b) = upstreams().await;
     let cache = SnapshotCache::default();
-    cache.set_snapshot("edge", with(a.addr));
+    cache.set_snapshot("edge", primary_snapshot(&[a.addr]));
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
     let mut xds = KillableXds::start(port, cache.clone());
-    let yaml = AdsBootstrap {
-        node_id: "edge-1".into(),
-        node_cluster: "edge".into(),
-        xds_port: port,
-        control_port: 9,
-        filter: FilterChoice::None,
-    }
-    .render()
-    .unwrap();
-    let envoy =
-        tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &EnvoyOptions::default()))
-            .await
-            .unwrap()
-            .unwrap();
+    let envoy = ads_envoy(port).await;
     let client = loadgen::client();
     let get = || loadgen::get(&client, envoy.listener, "checkout.local", "/", &[]);
     eventually("requests served by endpoint a", async || {
@@ -345,7 +290,7 @@ async fn envoy_survives_a_control_plane_restart_and_converges() {
     }
     // The restarted control plane starts from the controller's current state.
     let restarted = SnapshotCache::default();
-    restarted.set_snapshot("edge", with(b.addr));
+    restarted.set_snapshot("edge", primary_snapshot(&[b.addr]));
     let _xds = KillableXds::start(port, restarted.clone());
     eventually(
         "requests served by endpoint b after reconnecting",
@@ -360,38 +305,15 @@ async fn envoy_survives_a_control_plane_restart_and_converges() {
 /// warming until Envoy's fetch timeout (the classic stuck-warming bug).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_changed_alone_still_gets_its_endpoints() {
-    let a = upstream::start(
-        UpstreamConfig::new("a", 64, Duration::ZERO, OrcaMode::Off),
-        0,
-    )
-    .await
-    .unwrap();
+    let (a, _b) = upstreams().await;
     let endpoints = [load_assignment(
         "checkout_primary",
         &[EndpointSpec::healthy(a.addr)],
     )];
     let cache = SnapshotCache::default();
-    cache.set_snapshot(
-        "edge",
-        Snapshot::new(&[eds_cluster("checkout_primary")], &endpoints),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let xds_port = listener.local_addr().unwrap().port();
-    let server = tokio::spawn(shadowmesh_xds::serve_ads(listener, cache.clone()));
-    let yaml = AdsBootstrap {
-        node_id: "edge-1".into(),
-        node_cluster: "edge".into(),
-        xds_port,
-        control_port: 9,
-        filter: FilterChoice::None,
-    }
-    .render()
-    .unwrap();
-    let envoy =
-        tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &EnvoyOptions::default()))
-            .await
-            .unwrap()
-            .unwrap();
+    cache.set_snapshot("edge", primary_snapshot(&[a.addr]));
+    let (xds_port, server) = spawn_ads(&cache).await;
+    let envoy = ads_envoy(xds_port).await;
     let client = loadgen::client();
     let get = || loadgen::get(&client, envoy.listener, "checkout.local", "/", &[]);
     eventually("requests served by endpoint a", async || {
