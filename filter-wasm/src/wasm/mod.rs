@@ -13,7 +13,7 @@ use crate::decision::{RedirectDecision, Spreader, cookie_value, decide, session_
 use crate::orca::{ORCA_HEADER, OrcaReport};
 use crate::plan::RedirectPlan;
 use crate::shared::{self, SetError, SharedStore, keys};
-use crate::window::ServiceWindow;
+use crate::window::{ClusterWindow, ServiceWindow};
 mod abi;
 
 use abi::{buffer, level, map, metric};
@@ -138,13 +138,22 @@ struct ServiceRuntime {
     controller: ServiceController,
 }
 
+impl ServiceRuntime {
+    /// This worker's not-yet-published counts for one side.
+    fn window_mut(&mut self, side: Side) -> &mut ClusterWindow {
+        match side {
+            Side::Primary => &mut self.window.primary,
+            Side::Shadow => &mut self.window.shadow,
+        }
+    }
+}
+
 /// State shared by a worker's root context and its HTTP contexts.
 struct Worker {
     config: PluginConfig,
     services: Vec<ServiceRuntime>,
     metrics: GlobalMetrics,
     spoofed: u64,
-    shared_errors: u64,
 }
 
 #[derive(Default)]
@@ -283,7 +292,6 @@ impl RootContext for AtreRoot {
             services,
             metrics,
             spoofed: 0,
-            shared_errors: 0,
         })));
         if abi::set_tick_period_ms(tick_ms).is_err() {
             log(level::ERROR, "shadowmesh: cannot set tick period");
@@ -390,11 +398,7 @@ fn flush_local(worker: &mut Worker) {
         .metrics
         .spoofed_route_headers
         .add(std::mem::take(&mut worker.spoofed));
-    worker.shared_errors += errors;
-    worker
-        .metrics
-        .shared_data_errors
-        .add(std::mem::take(&mut worker.shared_errors));
+    worker.metrics.shared_data_errors.add(errors);
 }
 
 impl AtreRoot {
@@ -573,11 +577,7 @@ impl AtreHttp {
         let us = now_ns().saturating_sub(r.start_ns) / 1_000;
         let rt = &mut worker.services[r.service];
         rt.in_flight_delta[r.side.index()] -= 1;
-        let w = match r.side {
-            Side::Primary => &mut rt.window.primary,
-            Side::Shadow => &mut rt.window.shadow,
-        };
-        w.latency.record(us);
+        rt.window_mut(r.side).latency.record(us);
         rt.metrics.latency_ms.set(us / 1_000);
     }
 }
@@ -669,11 +669,7 @@ impl HttpContext for AtreHttp {
         let Ok(mut worker) = self.worker.try_borrow_mut() else {
             return Action::Continue;
         };
-        let rt = &mut worker.services[r.service];
-        let w = match r.side {
-            Side::Primary => &mut rt.window.primary,
-            Side::Shadow => &mut rt.window.shadow,
-        };
+        let w = worker.services[r.service].window_mut(r.side);
         match OrcaReport::parse(&value) {
             Ok(report) => {
                 w.orca_sum += report.utilization();
