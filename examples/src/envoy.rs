@@ -182,13 +182,24 @@ pub struct AdsBootstrap {
     pub control_port: u16,
     /// The filter.
     pub filter: FilterChoice,
+    /// Incremental (delta) ADS instead of state of the world.
+    pub delta: bool,
 }
 
 impl AdsBootstrap {
+    /// The bootstrap file this renders.
+    pub fn file(&self) -> &'static str {
+        if self.delta {
+            "ads-delta-front-proxy.yaml"
+        } else {
+            "ads-front-proxy.yaml"
+        }
+    }
+
     /// Renders the bootstrap YAML.
     pub fn render(&self) -> Result<String> {
         render(
-            &config_file("ads-front-proxy.yaml")?,
+            &config_file(self.file())?,
             &[
                 ("NODE_ID", self.node_id.clone()),
                 ("NODE_CLUSTER", self.node_cluster.clone()),
@@ -522,4 +533,32 @@ fn dechunk(mut body: &str) -> String {
         body = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config_file;
+
+    /// The delta bootstrap is the state-of-the-world one with another `api_type`; this
+    /// keeps the two files from drifting apart.
+    #[test]
+    fn the_delta_bootstrap_differs_only_in_api_type() {
+        let significant = |name: &str| -> Vec<String> {
+            config_file(name)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#') && !l.contains("api_type:"))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(
+            significant("ads-front-proxy.yaml"),
+            significant("ads-delta-front-proxy.yaml")
+        );
+        assert!(
+            config_file("ads-delta-front-proxy.yaml")
+                .unwrap()
+                .contains("api_type: DELTA_GRPC")
+        );
+    }
 }

@@ -5,9 +5,11 @@
 //!
 //! * [`upstream`] — an HTTP service with a real capacity limit that reports ORCA load;
 //! * [`loadgen`] — an open-loop load generator with time-varying rate profiles;
-//! * [`envoy`] — starts a real Envoy from the bootstraps in `envoy-configs/`.
+//! * [`envoy`] — starts a real Envoy from the bootstraps in `envoy-configs/`;
+//! * [`ads_client`] — simulated Envoys on the ADS protocol, for the xDS fan-out benchmark.
 #![warn(missing_docs)]
 
+pub mod ads_client;
 pub mod envoy;
 pub mod loadgen;
 pub mod upstream;

@@ -209,6 +209,32 @@ pub async fn get(
     Ok((status, served_by))
 }
 
+/// One request with an optional JSON body (for the control plane's admin API); returns
+/// the status and the body.
+pub async fn request_json(
+    client: &HttpClient,
+    method: &str,
+    target: SocketAddr,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{target}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default().to_string())))
+        .map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 /// Runs the schedule; `on_second` sees each second once all its requests have finished
 /// (or timed out).
 pub async fn run(spec: LoadSpec, mut on_second: impl FnMut(&Second)) -> LoadReport {

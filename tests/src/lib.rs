@@ -75,7 +75,7 @@ pub struct Stack {
 
 /// One stack at a time per test binary: the tests measure behaviour under load, and two
 /// Envoys plus load generators sharing two cores would measure each other instead.
-fn exclusive() -> std::sync::Arc<tokio::sync::Mutex<()>> {
+pub fn exclusive() -> std::sync::Arc<tokio::sync::Mutex<()>> {
     static LOCK: std::sync::OnceLock<std::sync::Arc<tokio::sync::Mutex<()>>> =
         std::sync::OnceLock::new();
     LOCK.get_or_init(Default::default).clone()

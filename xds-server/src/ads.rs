@@ -1,19 +1,29 @@
-//! The Aggregated Discovery Service (state of the world) over [`SnapshotCache`].
+//! The Aggregated Discovery Service over [`SnapshotCache`], both variants of the protocol:
+//! state of the world (`StreamAggregatedResources`) and incremental
+//! (`DeltaAggregatedResources`).
 //!
-//! One task per stream: it interprets requests with [`TypeState`] and pushes whatever the
-//! proxy's group snapshot has that the proxy lacks, clusters before endpoints, one response
-//! in flight per type. Incremental (delta) xDS is not served yet (issue #3).
+//! One task per stream. It interprets requests with the per-type protocol state of
+//! [`crate::protocol`] and, after every request and every snapshot change, pushes whatever
+//! the proxy's group snapshot has that the proxy lacks: clusters before endpoints, one
+//! response in flight per type, removals only after their replacements are ACKed
+//! (make-before-break), and the endpoints of a changed cluster again (Envoy re-warms it).
 
-use crate::cache::{CLUSTER_TYPE, ENDPOINT_TYPE, SnapshotCache};
-use crate::protocol::{PUSH_ORDER, RequestOutcome, TypeState};
+use crate::cache::{CLUSTER_TYPE, ENDPOINT_TYPE, ResourceMap, SnapshotCache, XdsMode};
+use crate::metrics::{ModeLabels, TypeLabels, XdsMetrics};
+use crate::protocol::{DeltaTypeState, PUSH_ORDER, RequestOutcome, TypeState, sotw_response};
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    Resource as DeltaResource,
 };
+use prost::Message;
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,17 +33,25 @@ use tonic::{Request, Response, Status, Streaming};
 #[derive(Clone, Default)]
 pub struct Ads {
     cache: SnapshotCache,
+    metrics: Arc<XdsMetrics>,
 }
 
 impl Ads {
-    /// An ADS service serving `cache`.
+    /// An ADS service serving `cache`, with metrics of its own.
     pub fn new(cache: SnapshotCache) -> Ads {
-        Ads { cache }
+        Ads::with_metrics(cache, Arc::default())
+    }
+
+    /// An ADS service serving `cache` and recording into `metrics`.
+    pub fn with_metrics(cache: SnapshotCache, metrics: Arc<XdsMetrics>) -> Ads {
+        Ads { cache, metrics }
     }
 
     /// The tonic service, to add to a `tonic::transport::Server`.
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Ads> {
         AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(64 << 20)
     }
 }
 
@@ -48,126 +66,345 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(serve_stream(self.cache.clone(), inbound, tx));
+        let link = ProxyLink::open(&self.cache, &self.metrics, XdsMode::Sotw);
+        tokio::spawn(serve_sotw(link, request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented("delta xDS is not served yet"))
+        let (tx, rx) = mpsc::channel(16);
+        let link = ProxyLink::open(&self.cache, &self.metrics, XdsMode::Delta);
+        tokio::spawn(serve_delta(link, request.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
-async fn serve_stream(
+/// One proxy's stream as the cache and the metrics see it; closing it (drop) forgets the
+/// proxy and its gauge.
+struct ProxyLink {
     cache: SnapshotCache,
+    metrics: Arc<XdsMetrics>,
+    stream: u64,
+    mode: XdsMode,
+    group: Option<String>,
+}
+
+impl ProxyLink {
+    fn open(cache: &SnapshotCache, metrics: &Arc<XdsMetrics>, mode: XdsMode) -> ProxyLink {
+        metrics
+            .connected
+            .get_or_create(&ModeLabels {
+                mode: mode.as_str(),
+            })
+            .inc();
+        let stream = cache.open_stream();
+        cache.report(stream, |p| p.mode = mode);
+        ProxyLink {
+            cache: cache.clone(),
+            metrics: metrics.clone(),
+            stream,
+            mode,
+            group: None,
+        }
+    }
+
+    /// Learns the proxy's group from the first request (the node is sent at least there).
+    fn identify(&mut self, node: Option<&Node>) {
+        if self.group.is_some() {
+            return;
+        }
+        let node = node.cloned().unwrap_or_default();
+        let group = self.cache.group_of(&node);
+        tracing::info!(node = %node.id, %group, mode = self.mode.as_str(), "proxy connected");
+        self.cache.report(self.stream, |p| {
+            p.node_id = node.id.clone();
+            p.group = group.clone();
+        });
+        self.group = Some(group);
+    }
+
+    fn labels(&self, type_url: &str) -> TypeLabels {
+        TypeLabels::new(type_url, self.mode)
+    }
+
+    /// Records the proxy's answer to a response; `sent_at` is when that response went out.
+    fn answered(&self, type_url: &str, outcome: &RequestOutcome, sent_at: Option<Instant>) {
+        let ack = match outcome {
+            RequestOutcome::Ack { version } => {
+                self.cache.report(self.stream, |p| {
+                    p.acked.insert(type_url.to_string(), version.clone());
+                    p.rejected.remove(type_url);
+                });
+                true
+            }
+            RequestOutcome::Nack {
+                rejected,
+                kept_version,
+                error,
+            } => {
+                tracing::warn!(%type_url, %rejected, %kept_version, %error, "proxy rejected a version");
+                self.cache.report(self.stream, |p| {
+                    p.rejected.insert(
+                        type_url.to_string(),
+                        crate::protocol::Rejection {
+                            version: rejected.clone(),
+                            error: error.clone(),
+                        },
+                    );
+                });
+                false
+            }
+            _ => return,
+        };
+        let after = sent_at.map(|t| t.elapsed()).unwrap_or_default();
+        self.metrics.answered(&self.labels(type_url), ack, after);
+    }
+
+    fn pushed(&self, type_url: &str, bytes: usize) {
+        self.metrics.pushed(&self.labels(type_url), bytes);
+        self.cache.report(self.stream, |p| {
+            *p.responses.entry(type_url.to_string()).or_default() += 1
+        });
+    }
+}
+
+impl Drop for ProxyLink {
+    fn drop(&mut self) {
+        self.metrics
+            .connected
+            .get_or_create(&ModeLabels {
+                mode: self.mode.as_str(),
+            })
+            .dec();
+        self.cache.close_stream(self.stream);
+    }
+}
+
+/// What a stream waits for next.
+enum Event<R> {
+    Request(R),
+    SnapshotChanged,
+    Closed,
+}
+
+async fn next_event<R>(
+    inbound: &mut Streaming<R>,
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+) -> Event<R> {
+    tokio::select! {
+        message = inbound.message() => match message {
+            Ok(Some(r)) => Event::Request(r),
+            Ok(None) => Event::Closed,
+            Err(e) => {
+                tracing::debug!(error = %e, "ADS stream closed");
+                Event::Closed
+            }
+        },
+        changed = changes.changed() => match changed {
+            Ok(()) => Event::SnapshotChanged,
+            Err(_) => Event::Closed,
+        },
+    }
+}
+
+/// Per-type state of a state-of-the-world stream.
+#[derive(Default)]
+struct SotwType {
+    protocol: TypeState,
+    /// Resources of the last response the proxy ACKed (for make-before-break).
+    applied: Option<Arc<ResourceMap>>,
+    /// Resources of the response in flight, and when it was sent.
+    in_flight: Option<(Arc<ResourceMap>, Instant)>,
+}
+
+async fn serve_sotw(
+    mut link: ProxyLink,
     mut inbound: Streaming<DiscoveryRequest>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 ) {
-    let stream = cache.open_stream();
-    let mut changes = cache.subscribe();
-    let mut states: BTreeMap<String, TypeState> = BTreeMap::new();
-    let mut group: Option<String> = None;
+    let mut changes = link.cache.subscribe();
+    let mut types: BTreeMap<String, SotwType> = BTreeMap::new();
     loop {
-        tokio::select! {
-            message = inbound.message() => {
-                let request = match message {
-                    Ok(Some(r)) => r,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "ADS stream closed");
-                        break;
-                    }
-                };
-                if group.is_none() {
-                    // The node is sent at least on the first request of the stream.
-                    let node = request.node.clone().unwrap_or_default();
-                    let g = if node.cluster.is_empty() { crate::cache::DEFAULT_GROUP.to_string() } else { node.cluster.clone() };
-                    tracing::info!(node = %node.id, group = %g, "proxy connected");
-                    cache.report(stream, |p| {
-                        p.node_id = node.id.clone();
-                        p.group = g.clone();
-                    });
-                    group = Some(g);
-                }
-                let state = states.entry(request.type_url.clone()).or_default();
-
+        match next_event(&mut inbound, &mut changes).await {
+            Event::Closed => return,
+            Event::SnapshotChanged => {}
+            Event::Request(request) => {
+                link.identify(request.node.as_ref());
+                let t = types.entry(request.type_url.clone()).or_default();
                 let error = request.error_detail.as_ref().map(|s| s.message.as_str());
-                match state.on_request(&request.version_info, &request.response_nonce, error, &request.resource_names) {
-                    RequestOutcome::Ack { version } => {
-                        cache.report(stream, |p| {
-                            p.acked.insert(request.type_url.clone(), version);
-                            p.rejected.remove(&request.type_url);
-                        });
+                let outcome = t.protocol.on_request(
+                    &request.version_info,
+                    &request.response_nonce,
+                    error,
+                    &request.resource_names,
+                );
+                if matches!(
+                    outcome,
+                    RequestOutcome::Ack { .. } | RequestOutcome::Nack { .. }
+                ) {
+                    let (items, sent_at) = t.in_flight.take().unzip();
+                    if matches!(outcome, RequestOutcome::Ack { .. }) {
+                        t.applied = items;
                     }
-                    RequestOutcome::Nack { rejected, kept_version, error } => {
-                        tracing::warn!(type_url = %request.type_url, %rejected, %kept_version, %error, "proxy rejected a version");
-                        let rejection = state.rejected.clone();
-                        cache.report(stream, |p| {
-                            if let Some(r) = rejection {
-                                p.rejected.insert(request.type_url.clone(), r);
-                            }
-                        });
-                    }
-                    RequestOutcome::Subscribe | RequestOutcome::Resubscribe | RequestOutcome::Stale => {}
-                }
-            }
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    break;
+                    link.answered(&request.type_url, &outcome, sent_at);
                 }
             }
         }
         let generation = *changes.borrow_and_update();
-        let Some(g) = &group else { continue };
-        let Some(snapshot) = cache.snapshot_for(g) else {
+        let Some(snapshot) = link
+            .group
+            .as_deref()
+            .and_then(|g| link.cache.snapshot_for(g))
+        else {
             continue;
         };
         for type_url in PUSH_ORDER {
-            let (Some(state), Some(resources)) = (states.get_mut(type_url), snapshot.get(type_url))
-            else {
+            let (Some(t), Some(desired)) = (types.get_mut(type_url), snapshot.get(type_url)) else {
                 continue;
             };
-            if !state.wants(&resources.version) {
+            let (version, items) = sotw_response(t.applied.as_ref(), desired);
+            if !t.protocol.wants(&version) {
                 continue;
             }
-            let items = resources
-                .items
+            let resources = items
                 .iter()
                 .filter(|(name, _)| {
                     // Endpoints are requested by name; clusters are a wildcard subscription.
                     type_url != ENDPOINT_TYPE
-                        || state.subscribed.as_ref().is_none_or(|s| s.contains(*name))
+                        || t.protocol
+                            .subscribed
+                            .as_ref()
+                            .is_none_or(|s| s.contains(*name))
                 })
-                .map(|(_, any)| any.clone())
+                .map(|(_, r)| r.any.clone())
                 .collect();
             // A cluster version the proxy does not run yet means changed clusters, which
             // Envoy re-warms: they wait for their endpoints even if those did not change.
             let clusters_changed =
-                type_url == CLUSTER_TYPE && state.acked.as_deref() != Some(&resources.version);
-            let nonce = state.sent(&resources.version);
-            cache.report(stream, |p| {
-                *p.responses.entry(type_url.to_string()).or_default() += 1
-            });
+                type_url == CLUSTER_TYPE && t.protocol.acked.as_deref() != Some(&version);
+            let nonce = t.protocol.sent(&version);
+            t.in_flight = Some((items, Instant::now()));
             let response = DiscoveryResponse {
-                version_info: resources.version.clone(),
-                resources: items,
+                version_info: version,
+                resources,
                 type_url: type_url.to_string(),
                 nonce,
                 ..Default::default()
             };
+            link.pushed(type_url, response.encoded_len());
             if tx.send(Ok(response)).await.is_err() {
-                cache.close_stream(stream);
                 return;
             }
-            if clusters_changed && let Some(eds) = states.get_mut(ENDPOINT_TYPE) {
-                eds.resend();
+            if clusters_changed && let Some(eds) = types.get_mut(ENDPOINT_TYPE) {
+                eds.protocol.resend();
             }
         }
-        cache.report(stream, |p| p.synced_generation = generation);
+        link.cache
+            .report(link.stream, |p| p.synced_generation = generation);
     }
-    cache.close_stream(stream);
+}
+
+/// Per-type state of an incremental stream.
+#[derive(Default)]
+struct DeltaType {
+    protocol: DeltaTypeState,
+    sent_at: Option<Instant>,
+}
+
+async fn serve_delta(
+    mut link: ProxyLink,
+    mut inbound: Streaming<DeltaDiscoveryRequest>,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+) {
+    let mut changes = link.cache.subscribe();
+    let mut types: BTreeMap<String, DeltaType> = BTreeMap::new();
+    loop {
+        match next_event(&mut inbound, &mut changes).await {
+            Event::Closed => return,
+            Event::SnapshotChanged => {}
+            Event::Request(request) => {
+                link.identify(request.node.as_ref());
+                let t = types.entry(request.type_url.clone()).or_default();
+                let error = request.error_detail.as_ref().map(|s| s.message.as_str());
+                let outcome = t.protocol.on_request(
+                    &request.response_nonce,
+                    error,
+                    &request.resource_names_subscribe,
+                    &request.resource_names_unsubscribe,
+                    &request.initial_resource_versions,
+                );
+                if matches!(
+                    outcome,
+                    RequestOutcome::Ack { .. } | RequestOutcome::Nack { .. }
+                ) {
+                    link.answered(&request.type_url, &outcome, t.sent_at.take());
+                }
+            }
+        }
+        let generation = *changes.borrow_and_update();
+        let Some(snapshot) = link
+            .group
+            .as_deref()
+            .and_then(|g| link.cache.snapshot_for(g))
+        else {
+            continue;
+        };
+        for type_url in PUSH_ORDER {
+            let (Some(t), Some(desired)) = (types.get_mut(type_url), snapshot.get(type_url)) else {
+                continue;
+            };
+            let Some(plan) = t.protocol.plan(desired) else {
+                continue;
+            };
+            // Clusters the proxy already has in another version are re-warmed by Envoy,
+            // which then waits for their endpoints.
+            let changed_clusters: Vec<String> = if type_url == CLUSTER_TYPE {
+                plan.updated
+                    .iter()
+                    .filter(|(name, _)| t.protocol.known.contains_key(name))
+                    .map(|(name, _)| name.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let resources = plan
+                .updated
+                .iter()
+                .filter_map(|(name, version)| {
+                    let r = desired.items.get(name)?;
+                    Some(DeltaResource {
+                        name: name.clone(),
+                        version: version.clone(),
+                        resource: Some(r.any.clone()),
+                        ..Default::default()
+                    })
+                })
+                .collect();
+            let response = DeltaDiscoveryResponse {
+                system_version_info: plan.version.clone(),
+                resources,
+                type_url: type_url.to_string(),
+                removed_resources: plan.removed.clone(),
+                ..Default::default()
+            };
+            let nonce = t.protocol.sent(plan);
+            t.sent_at = Some(Instant::now());
+            let response = DeltaDiscoveryResponse { nonce, ..response };
+            link.pushed(type_url, response.encoded_len());
+            if tx.send(Ok(response)).await.is_err() {
+                return;
+            }
+            if !changed_clusters.is_empty()
+                && let Some(eds) = types.get_mut(ENDPOINT_TYPE)
+            {
+                eds.protocol.resend(&changed_clusters);
+            }
+        }
+        link.cache
+            .report(link.stream, |p| p.synced_generation = generation);
+    }
 }

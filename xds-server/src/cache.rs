@@ -2,16 +2,23 @@
 //! from what each connected proxy has acknowledged.
 //!
 //! * **Desired** — [`SnapshotCache::set_snapshot`] stores one immutable [`Snapshot`] per
-//!   proxy group (Envoy's `node.cluster`, or [`DEFAULT_GROUP`]). Versions are content
-//!   hashes per resource type, so setting identical content again pushes nothing.
+//!   proxy group. Which group a proxy belongs to is the cache's [`NodeGrouping`] applied to
+//!   its `Node` (by default `node.cluster`); a group without a snapshot of its own takes
+//!   [`DEFAULT_GROUP`]'s. Versions are content hashes, per resource and per resource type,
+//!   so setting identical content again pushes nothing, and delta streams send only the
+//!   resources whose hash changed.
 //! * **Acknowledged** — every ADS stream reports its per-type protocol state
-//!   ([`ProxyStatus`]); the admin API and tests read it with [`SnapshotCache::proxies`].
+//!   ([`ProxyStatus`]); the admin API and tests read it with [`SnapshotCache::proxies`] and
+//!   can await a condition on it with [`SnapshotCache::wait_for`].
 
 use crate::protocol::Rejection;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::protobuf::value::Kind;
 use prost::Message;
+use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,16 +29,29 @@ pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Clus
 /// Type URL of endpoints (EDS).
 pub const ENDPOINT_TYPE: &str =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-/// Group of proxies whose `node.cluster` has no snapshot of its own.
+/// Group of proxies whose own group has no snapshot.
 pub const DEFAULT_GROUP: &str = "*";
+
+/// One encoded resource and the hash of its content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    /// Content hash: the per-resource version of incremental (delta) xDS.
+    pub version: String,
+    /// The encoded resource.
+    pub any: Any,
+}
+
+/// Resources of one type by name. Shared between the snapshot and every stream that sent
+/// it, so a thousand proxies on the same snapshot hold one copy.
+pub type ResourceMap = BTreeMap<String, Arc<Resource>>;
 
 /// Resources of one type, by name, with their version.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Resources {
-    /// Content hash of all resources of the type.
+    /// Content hash of all resources of the type: the state-of-the-world version.
     pub version: String,
     /// Encoded resources by name.
-    pub items: BTreeMap<String, Any>,
+    pub items: Arc<ResourceMap>,
 }
 
 /// Everything one group of proxies should have. Immutable once built.
@@ -40,23 +60,35 @@ pub struct Snapshot {
     types: BTreeMap<&'static str, Resources>,
 }
 
-fn encode<M: Message>(type_url: &str, m: &M) -> Any {
-    Any {
-        type_url: type_url.to_string(),
-        value: m.encode_to_vec(),
-    }
+fn hex_hash(h: impl Hasher) -> String {
+    format!("{:016x}", h.finish())
 }
 
-fn resources(type_url: &str, items: BTreeMap<String, Any>) -> Resources {
+fn encode<M: Message>(type_url: &str, m: &M) -> Arc<Resource> {
+    let value = m.encode_to_vec();
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for (name, any) in &items {
-        name.hash(&mut h);
-        any.value.hash(&mut h);
-    }
-    let _ = type_url;
-    Resources {
-        version: format!("{:016x}", h.finish()),
-        items,
+    value.hash(&mut h);
+    Arc::new(Resource {
+        version: hex_hash(h),
+        any: Any {
+            type_url: type_url.to_string(),
+            value,
+        },
+    })
+}
+
+impl Resources {
+    /// Resources with a version computed from their names and content.
+    pub fn new(items: ResourceMap) -> Resources {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (name, r) in &items {
+            name.hash(&mut h);
+            r.version.hash(&mut h);
+        }
+        Resources {
+            version: hex_hash(h),
+            items: Arc::new(items),
+        }
     }
 }
 
@@ -72,8 +104,8 @@ impl Snapshot {
             .iter()
             .map(|e| (e.cluster_name.clone(), encode(ENDPOINT_TYPE, e)))
             .collect();
-        types.insert(CLUSTER_TYPE, resources(CLUSTER_TYPE, cds));
-        types.insert(ENDPOINT_TYPE, resources(ENDPOINT_TYPE, eds));
+        types.insert(CLUSTER_TYPE, Resources::new(cds));
+        types.insert(ENDPOINT_TYPE, Resources::new(eds));
         Snapshot { types }
     }
 
@@ -83,16 +115,77 @@ impl Snapshot {
     }
 }
 
+/// How a proxy's snapshot group is chosen from the `Node` it sends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum NodeGrouping {
+    /// `node.cluster` (Envoy's `--service-cluster`): one group per service.
+    #[default]
+    Cluster,
+    /// `node.id`: one group per proxy.
+    Id,
+    /// The string value of this key in `node.metadata` (e.g. Istio's `WORKLOAD_NAME`).
+    Metadata(String),
+}
+
+impl NodeGrouping {
+    /// The group of `node` ([`DEFAULT_GROUP`] when the chosen field is empty or absent).
+    pub fn group_of(&self, node: &Node) -> String {
+        let group = match self {
+            NodeGrouping::Cluster => node.cluster.clone(),
+            NodeGrouping::Id => node.id.clone(),
+            NodeGrouping::Metadata(key) => node
+                .metadata
+                .as_ref()
+                .and_then(|m| m.fields.get(key))
+                .and_then(|v| match &v.kind {
+                    Some(Kind::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default(),
+        };
+        if group.is_empty() {
+            DEFAULT_GROUP.to_string()
+        } else {
+            group
+        }
+    }
+}
+
+/// Which variant of the xDS protocol a stream speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XdsMode {
+    /// State of the world (`StreamAggregatedResources`).
+    #[default]
+    Sotw,
+    /// Incremental (`DeltaAggregatedResources`).
+    Delta,
+}
+
+impl XdsMode {
+    /// Label value for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdsMode::Sotw => "sotw",
+            XdsMode::Delta => "delta",
+        }
+    }
+}
+
 /// One connected proxy's state, as its stream last reported it.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ProxyStatus {
     /// Envoy `node.id`.
     pub node_id: String,
     /// The group it takes snapshots from.
     pub group: String,
-    /// Per type URL: last ACKed version.
+    /// Protocol variant of its stream.
+    pub mode: XdsMode,
+    /// Per type URL: the last version it confirmed applying. For delta streams, the
+    /// snapshot version its resources were brought to by the last ACKed response.
     pub acked: BTreeMap<String, String>,
-    /// Per type URL: last rejection, if the proxy NACKed a version.
+    /// Per type URL: last rejection, if the proxy NACKed a version (cleared by an ACK).
     pub rejected: BTreeMap<String, Rejection>,
     /// Per type URL: responses sent on this stream.
     pub responses: BTreeMap<String, u64>,
@@ -112,21 +205,35 @@ struct Inner {
 #[derive(Clone)]
 pub struct SnapshotCache {
     inner: Arc<Mutex<Inner>>,
+    grouping: Arc<NodeGrouping>,
     changed: Arc<watch::Sender<u64>>,
+    reported: Arc<watch::Sender<u64>>,
 }
 
 impl Default for SnapshotCache {
     fn default() -> Self {
-        SnapshotCache {
-            inner: Arc::default(),
-            changed: Arc::new(watch::channel(0).0),
-        }
+        SnapshotCache::new(NodeGrouping::default())
     }
 }
 
 impl SnapshotCache {
+    /// An empty cache grouping proxies by `grouping`.
+    pub fn new(grouping: NodeGrouping) -> SnapshotCache {
+        SnapshotCache {
+            inner: Arc::default(),
+            grouping: Arc::new(grouping),
+            changed: Arc::new(watch::channel(0).0),
+            reported: Arc::new(watch::channel(0).0),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The group a proxy with this `Node` belongs to.
+    pub fn group_of(&self, node: &Node) -> String {
+        self.grouping.group_of(node)
     }
 
     /// Sets what `group` should have; connected proxies of the group are updated.
@@ -171,16 +278,33 @@ impl SnapshotCache {
         if let Some(p) = self.lock().proxies.get_mut(&stream) {
             update(p);
         }
+        self.reported.send_modify(|n| *n += 1);
     }
 
     /// Forgets a closed stream.
     pub fn close_stream(&self, stream: u64) {
         self.lock().proxies.remove(&stream);
+        self.reported.send_modify(|n| *n += 1);
     }
 
     /// State of every connected proxy.
     pub fn proxies(&self) -> Vec<ProxyStatus> {
         self.lock().proxies.values().cloned().collect()
+    }
+
+    /// Waits until `done` holds for the connected proxies' state (checked after every
+    /// report of every stream, so no change is missed).
+    pub async fn wait_for(&self, mut done: impl FnMut(&[ProxyStatus]) -> bool) {
+        let mut reports = self.reported.subscribe();
+        loop {
+            reports.mark_unchanged();
+            if done(&self.proxies()) {
+                return;
+            }
+            if reports.changed().await.is_err() {
+                return;
+            }
+        }
     }
 }
 

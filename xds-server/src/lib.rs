@@ -1,38 +1,125 @@
 //! # shadowmesh-xds — the Shadowmesh control plane
 //!
-//! Today it is the endpoint the ATRE filters report their traffic to
-//! ([`telemetry::TelemetryHub`]) and the source of each service's shadow readiness record,
-//! handed back to the filters in the report's answer. The ADS server (issue #3) and the
-//! Shadow Node Provisioner build on it.
+//! * [`ads`] — an Aggregated Discovery Service, state of the world and incremental
+//!   (delta), that pushes the primary and shadow clusters and endpoints to every Envoy.
+//! * [`cache`] — the snapshot cache between what the controller wants ([`cache::Snapshot`]
+//!   per proxy group) and what each Envoy has acknowledged ([`cache::ProxyStatus`]);
+//!   [`protocol`] holds the per-stream xDS rules (versions, nonces, ACK/NACK).
+//! * [`controller`] — the in-process controller API (primary and shadow endpoints per
+//!   service), [`admin`] its HTTP/JSON face for operators, [`metrics`] `/metrics`.
+//! * [`telemetry`] — the endpoint the ATRE filters report their traffic to, and the shadow
+//!   readiness records handed back to them.
+//!
+//! Shadows are warm-spare nodes that serve real traffic, not Envoy's request mirroring.
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
-//! let hub = shadowmesh_xds::telemetry::TelemetryHub::default();
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! shadowmesh_xds::serve(listener, hub).await?;
+//! use shadowmesh_xds::ControlPlane;
+//! use shadowmesh_xds::resources::EndpointSpec;
+//! let plane = ControlPlane::default();
+//! plane.controller.set_primary("checkout", &[EndpointSpec::healthy("10.0.0.1:8080".parse()?)])?;
+//! let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let ads = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let serving = plane.clone();
+//! tokio::spawn(async move { serving.serve_ads(ads).await });
+//! plane.serve_http(http).await?;
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod ads;
 pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod controller;
+pub mod metrics;
 pub mod protocol;
 pub mod resources;
 pub mod telemetry;
 
-/// Serves ADS (gRPC) for `cache` on `listener` until the task is dropped.
+use std::sync::Arc;
+
+/// Every piece of the control plane, wired together. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct ControlPlane {
+    /// Desired snapshots and acknowledged state.
+    pub cache: cache::SnapshotCache,
+    /// The controller API publishing into `cache`.
+    pub controller: controller::Controller,
+    /// Telemetry from the filters and shadow readiness records.
+    pub hub: telemetry::TelemetryHub,
+    /// ADS and controller metrics.
+    pub metrics: Arc<metrics::XdsMetrics>,
+}
+
+impl Default for ControlPlane {
+    fn default() -> Self {
+        ControlPlane::new(cache::NodeGrouping::default())
+    }
+}
+
+impl ControlPlane {
+    /// A control plane grouping proxies by `grouping`, with no services yet.
+    pub fn new(grouping: cache::NodeGrouping) -> ControlPlane {
+        let cache = cache::SnapshotCache::new(grouping);
+        let metrics = Arc::new(metrics::XdsMetrics::default());
+        ControlPlane {
+            controller: controller::Controller::with_metrics(cache.clone(), metrics.clone()),
+            cache,
+            hub: telemetry::TelemetryHub::default(),
+            metrics,
+        }
+    }
+
+    /// All HTTP routes: telemetry, admin API and `/metrics`.
+    pub fn router(&self) -> axum::Router {
+        let admin = admin::Admin {
+            controller: self.controller.clone(),
+            cache: self.cache.clone(),
+            metrics: self.metrics.clone(),
+        };
+        self.hub.router().merge(admin.router())
+    }
+
+    /// Serves the HTTP routes on `listener` until the task is dropped.
+    pub async fn serve_http(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        axum::serve(listener, self.router()).await
+    }
+
+    /// Serves ADS on `listener` until the task is dropped.
+    pub async fn serve_ads(
+        &self,
+        listener: tokio::net::TcpListener,
+    ) -> Result<(), tonic::transport::Error> {
+        serve_ads(
+            listener,
+            ads::Ads::with_metrics(self.cache.clone(), self.metrics.clone()),
+        )
+        .await
+    }
+}
+
+/// Serves an ADS service (gRPC) on `listener` until the task is dropped.
 pub async fn serve_ads(
     listener: tokio::net::TcpListener,
-    cache: cache::SnapshotCache,
+    ads: ads::Ads,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
+        // Envoy pings every 10 s (envoy-configs); these notice a dead proxy from this side.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .add_service(ads::Ads::new(cache).into_service())
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .add_service(ads.into_service())
+        // Large responses end in a partial segment: without TCP_NODELAY it waits for the
+        // proxy's delayed ACK (40 ms). The builder's own nodelay setting does not reach
+        // connections from an external listener, hence here.
+        .serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        )
         .await
 }
 
-/// Serves the control plane's HTTP API on `listener` until the task is dropped.
+/// Serves only the telemetry routes of `hub` on `listener` until the task is dropped.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     hub: telemetry::TelemetryHub,

@@ -1,27 +1,32 @@
-//! `shadowmesh-xds`: runs the Shadowmesh control plane.
+//! `shadowmesh-xds`: runs the Shadowmesh control plane (see `--help`).
 
 use clap::Parser;
-
-/// The Shadowmesh control plane: telemetry ingest and shadow readiness API for the ATRE
-/// filters (the ADS server arrives with issue #3).
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {
-    /// Address for the HTTP API (`POST /v1/telemetry`, `/v1/shadows/{service}`).
-    #[arg(long, default_value = "127.0.0.1:18080")]
-    listen: std::net::SocketAddr,
-}
+use shadowmesh_xds::cli::{Args, start};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, "shadowmesh control plane listening");
-    shadowmesh_xds::serve(listener, shadowmesh_xds::telemetry::TelemetryHub::default()).await?;
+    let settings = args.resolve()?;
+    if args.check {
+        println!(
+            "configuration OK: http {}, ads {}, grouping {:?}, {} service(s)",
+            settings.http_listen,
+            settings.ads_listen,
+            settings.config.grouping,
+            settings.config.services.len()
+        );
+        return Ok(());
+    }
+    let running = start(settings).await?;
+    tokio::select! {
+        r = running.task => r??,
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; exiting"),
+    }
     Ok(())
 }

@@ -19,7 +19,9 @@
 //!   server that answers "no change" leaves that cluster warming forever. Likewise a changed
 //!   cluster is re-warmed and needs its endpoints again ([`TypeState::resend`]).
 
-use std::collections::BTreeSet;
+use crate::cache::{ResourceMap, Resources};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// A response sent and not yet answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +33,7 @@ pub struct InFlight {
 }
 
 /// A NACK: the proxy rejected `version` with `error`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Rejection {
     /// The rejected version.
     pub version: String,
@@ -196,6 +198,255 @@ pub const PUSH_ORDER: [&str; 2] = [
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
 ];
 
+/// Suffix of the version of a response that still carries resources due for removal.
+pub const RETAINED_SUFFIX: &str = "+retained";
+
+/// What a state-of-the-world response for one type should carry: the desired resources,
+/// unless that would remove resources while adding or changing others.
+///
+/// Make-before-break: a change that replaces resources (say, cluster `a` by cluster `b`)
+/// is sent in two steps: first the new and changed resources *beside* the ones to be
+/// removed (version `<desired>+retained`), and once the proxy ACKs that, the desired set.
+/// A change that only removes, or only adds, goes in one step.
+///
+/// ```
+/// use shadowmesh_xds::cache::{Resources, ResourceMap};
+/// use shadowmesh_xds::protocol::sotw_response;
+/// let applied = Resources::default();
+/// let desired = Resources::default();
+/// let (version, _items) = sotw_response(Some(&applied.items), &desired);
+/// assert_eq!(version, desired.version);
+/// ```
+pub fn sotw_response(
+    applied: Option<&Arc<ResourceMap>>,
+    desired: &Resources,
+) -> (String, Arc<ResourceMap>) {
+    let Some(applied) = applied else {
+        return (desired.version.clone(), desired.items.clone());
+    };
+    let removes = applied.keys().any(|k| !desired.items.contains_key(k));
+    let makes = desired
+        .items
+        .iter()
+        .any(|(k, r)| applied.get(k).is_none_or(|a| a.version != r.version));
+    if !(removes && makes) {
+        return (desired.version.clone(), desired.items.clone());
+    }
+    let mut union = (*desired.items).clone();
+    for (k, r) in applied.iter() {
+        union.entry(k.clone()).or_insert_with(|| r.clone());
+    }
+    (
+        format!("{}{RETAINED_SUFFIX}", desired.version),
+        Arc::new(union),
+    )
+}
+
+/// The names an incremental (delta) stream subscribes to, for one type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeltaSubscription {
+    /// All resources of the type (legacy wildcard: an empty first subscription, or `*`).
+    pub wildcard: bool,
+    /// Names subscribed explicitly.
+    pub names: BTreeSet<String>,
+}
+
+impl DeltaSubscription {
+    /// Whether resource `name` is subscribed.
+    pub fn covers(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+/// One incremental response to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaResponsePlan {
+    /// Snapshot version this response brings the proxy to (with [`RETAINED_SUFFIX`] when
+    /// removals wait for a later response).
+    pub version: String,
+    /// Names of resources to send (added or changed), with their versions.
+    pub updated: Vec<(String, String)>,
+    /// Names of resources to remove.
+    pub removed: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct DeltaInFlight {
+    nonce: String,
+    plan: DeltaResponsePlan,
+}
+
+/// Protocol state of one type URL on one incremental (delta) stream.
+///
+/// Delta xDS has no `version_info` per type: the proxy's state is the set of resources it
+/// holds and each one's version. The server tracks that set from ACKs ([`Self::known`]),
+/// so it sends only what differs from the desired snapshot — and after a reconnect, thanks
+/// to `initial_resource_versions`, nothing that is already in place. The same rules as
+/// [`TypeState`] hold: one response in flight per type, stale nonces ignored, a rejected
+/// resource version never re-sent, make-before-break removals.
+#[derive(Debug, Clone, Default)]
+pub struct DeltaTypeState {
+    /// What the proxy subscribes to.
+    pub subscription: DeltaSubscription,
+    /// Resources the proxy holds: name → version.
+    pub known: BTreeMap<String, String>,
+    /// Snapshot version the last ACKed response brought the proxy to.
+    pub acked: Option<String>,
+    /// Last rejection (cleared by a later ACK).
+    pub rejected: Option<Rejection>,
+    /// Resource versions the proxy rejected: name → version.
+    rejected_versions: BTreeMap<String, String>,
+    in_flight: Option<DeltaInFlight>,
+    /// Names to send again even at an unchanged version.
+    resend: BTreeSet<String>,
+    started: bool,
+    answered: bool,
+    nonce_seq: u64,
+}
+
+impl DeltaTypeState {
+    /// Interprets one request for this type.
+    pub fn on_request(
+        &mut self,
+        response_nonce: &str,
+        error_detail: Option<&str>,
+        subscribe: &[String],
+        unsubscribe: &[String],
+        initial_versions: &HashMap<String, String>,
+    ) -> RequestOutcome {
+        if !self.started {
+            self.started = true;
+            // An empty first subscription is the legacy wildcard.
+            self.subscription.wildcard = subscribe.is_empty();
+            self.known = initial_versions
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+        }
+        for name in subscribe {
+            if name == "*" {
+                self.subscription.wildcard = true;
+            } else {
+                self.subscription.names.insert(name.clone());
+            }
+        }
+        for name in unsubscribe {
+            if name == "*" {
+                self.subscription.wildcard = false;
+            } else {
+                self.subscription.names.remove(name);
+                // The proxy dropped it; if it subscribes again it must get it again.
+                self.known.remove(name);
+            }
+        }
+        if response_nonce.is_empty() {
+            return RequestOutcome::Subscribe;
+        }
+        let Some(in_flight) = self.in_flight.take_if(|f| f.nonce == response_nonce) else {
+            return RequestOutcome::Stale;
+        };
+        let plan = in_flight.plan;
+        match error_detail {
+            Some(error) => {
+                for (name, version) in plan.updated {
+                    self.rejected_versions.insert(name, version);
+                }
+                self.rejected = Some(Rejection {
+                    version: plan.version.clone(),
+                    error: error.to_string(),
+                });
+                RequestOutcome::Nack {
+                    rejected: plan.version,
+                    kept_version: self.acked.clone().unwrap_or_default(),
+                    error: error.to_string(),
+                }
+            }
+            None => {
+                for (name, version) in plan.updated {
+                    if self.subscription.covers(&name) {
+                        self.known.insert(name, version);
+                    }
+                }
+                for name in &plan.removed {
+                    self.known.remove(name);
+                }
+                self.rejected = None;
+                self.acked = Some(plan.version.clone());
+                RequestOutcome::Ack {
+                    version: plan.version,
+                }
+            }
+        }
+    }
+
+    /// Sends these resources again even if the proxy holds their version: Envoy re-warms
+    /// a changed cluster and waits for its endpoints.
+    pub fn resend<'a>(&mut self, names: impl IntoIterator<Item = &'a String>) {
+        self.resend.extend(names.into_iter().cloned());
+    }
+
+    /// The response that brings the proxy towards `desired`, if one is due now.
+    pub fn plan(&self, desired: &Resources) -> Option<DeltaResponsePlan> {
+        if self.in_flight.is_some() || !self.started {
+            return None;
+        }
+        let mut blocked = false;
+        let updated: Vec<(String, String)> = desired
+            .items
+            .iter()
+            .filter(|(name, _)| self.subscription.covers(name))
+            .filter(|(name, r)| {
+                self.resend.contains(*name) || self.known.get(*name) != Some(&r.version)
+            })
+            .filter(|(name, r)| {
+                let rejected = self.rejected_versions.get(*name) == Some(&r.version);
+                blocked |= rejected;
+                !rejected
+            })
+            .map(|(name, r)| (name.clone(), r.version.clone()))
+            .collect();
+        let mut removed: Vec<String> = self
+            .known
+            .keys()
+            .filter(|name| !desired.items.contains_key(*name))
+            .cloned()
+            .collect();
+        let mut version = desired.version.clone();
+        if !updated.is_empty() && !removed.is_empty() {
+            // Make before break: removals follow once the replacements are in place.
+            removed.clear();
+            version.push_str(RETAINED_SUFFIX);
+        }
+        if updated.is_empty() && removed.is_empty() {
+            // The first answer goes out even when empty: the proxy waits for it to finish
+            // initialising (until its `initial_fetch_timeout` otherwise).
+            if self.answered || blocked {
+                return None;
+            }
+        }
+        Some(DeltaResponsePlan {
+            version,
+            updated,
+            removed,
+        })
+    }
+
+    /// Records that `plan` was sent; returns the response's nonce.
+    pub fn sent(&mut self, plan: DeltaResponsePlan) -> String {
+        self.nonce_seq += 1;
+        let nonce = self.nonce_seq.to_string();
+        for (name, _) in &plan.updated {
+            self.resend.remove(name);
+        }
+        self.answered = true;
+        self.in_flight = Some(DeltaInFlight {
+            nonce: nonce.clone(),
+            plan,
+        });
+        nonce
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,5 +564,118 @@ mod tests {
         let n2 = s.sent("v1");
         s.on_request("v1", &n2, None, &[]);
         assert!(!s.wants("v1"), "once");
+    }
+
+    use crate::cache::{Resource, ResourceMap, Resources};
+    use envoy_types::pb::google::protobuf::Any;
+
+    fn map(items: &[(&str, &str)]) -> ResourceMap {
+        items
+            .iter()
+            .map(|(name, version)| {
+                (
+                    name.to_string(),
+                    Arc::new(Resource {
+                        version: version.to_string(),
+                        any: Any::default(),
+                    }),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sotw_replacement_keeps_the_old_resource_until_the_new_one_is_acked() {
+        let applied = Arc::new(map(&[("a", "1"), ("keep", "1")]));
+        let desired = Resources::new(map(&[("b", "1"), ("keep", "1")]));
+        let (version, items) = sotw_response(Some(&applied), &desired);
+        assert_eq!(version, format!("{}{RETAINED_SUFFIX}", desired.version));
+        assert_eq!(items.keys().collect::<Vec<_>>(), ["a", "b", "keep"]);
+        // Once that is applied, the removal goes out.
+        let (version, items) = sotw_response(Some(&items), &desired);
+        assert_eq!(version, desired.version);
+        assert_eq!(items.keys().collect::<Vec<_>>(), ["b", "keep"]);
+        // A pure removal goes at once.
+        let only_keep = Resources::new(map(&[("keep", "1")]));
+        assert_eq!(
+            sotw_response(Some(&applied), &only_keep).0,
+            only_keep.version
+        );
+    }
+
+    fn delta_ack(s: &mut DeltaTypeState, nonce: &str) -> RequestOutcome {
+        s.on_request(nonce, None, &[], &[], &HashMap::new())
+    }
+
+    #[test]
+    fn delta_sends_only_differences_and_removes_after_replacing() {
+        let mut s = DeltaTypeState::default();
+        s.on_request("", None, &[], &[], &HashMap::new());
+        assert!(s.subscription.wildcard, "empty first subscription");
+        let v1 = Resources::new(map(&[("a", "1"), ("b", "1")]));
+        let p = s.plan(&v1).unwrap();
+        assert_eq!(p.updated.len(), 2);
+        let n = s.sent(p);
+        assert_eq!(s.plan(&v1), None, "one in flight");
+        assert!(matches!(delta_ack(&mut s, &n), RequestOutcome::Ack { .. }));
+        assert_eq!(s.plan(&v1), None, "nothing differs");
+        // b changes, a is replaced by c: first b and c, then a's removal.
+        let v2 = Resources::new(map(&[("b", "2"), ("c", "1")]));
+        let p = s.plan(&v2).unwrap();
+        assert_eq!(
+            p.updated,
+            [("b".to_string(), "2".to_string()), ("c".into(), "1".into())]
+        );
+        assert!(p.removed.is_empty());
+        assert!(p.version.ends_with(RETAINED_SUFFIX));
+        let n = s.sent(p);
+        delta_ack(&mut s, &n);
+        let p = s.plan(&v2).unwrap();
+        assert!(p.updated.is_empty());
+        assert_eq!(p.removed, ["a"]);
+        assert_eq!(p.version, v2.version);
+        let n = s.sent(p);
+        delta_ack(&mut s, &n);
+        assert_eq!(s.acked.as_deref(), Some(v2.version.as_str()));
+        assert_eq!(s.known.keys().collect::<Vec<_>>(), ["b", "c"]);
+    }
+
+    #[test]
+    fn delta_nack_blocks_that_resource_version_only() {
+        let mut s = DeltaTypeState::default();
+        s.on_request("", None, &names(&["a", "b"]), &[], &HashMap::new());
+        assert!(!s.subscription.wildcard);
+        let v1 = Resources::new(map(&[("a", "1"), ("b", "1"), ("other", "1")]));
+        let p = s.plan(&v1).unwrap();
+        assert_eq!(p.updated.len(), 2, "only subscribed names");
+        let n = s.sent(p);
+        let outcome = s.on_request(&n, Some("bad"), &[], &[], &HashMap::new());
+        assert!(matches!(outcome, RequestOutcome::Nack { .. }));
+        assert_eq!(s.plan(&v1), None, "the rejected versions are not re-sent");
+        let v2 = Resources::new(map(&[("a", "2"), ("b", "1")]));
+        let p = s.plan(&v2).unwrap();
+        assert_eq!(p.updated, [("a".to_string(), "2".to_string())]);
+    }
+
+    #[test]
+    fn delta_reconnect_sends_nothing_the_proxy_already_has() {
+        let mut s = DeltaTypeState::default();
+        let initial: HashMap<String, String> = [("a".to_string(), "1".to_string())].into();
+        s.on_request("", None, &[], &[], &initial);
+        let v = Resources::new(map(&[("a", "1"), ("b", "1")]));
+        let p = s.plan(&v).unwrap();
+        assert_eq!(p.updated, [("b".to_string(), "1".to_string())]);
+        let n = s.sent(p);
+        assert_eq!(
+            s.on_request("999", None, &[], &[], &HashMap::new()),
+            RequestOutcome::Stale
+        );
+        delta_ack(&mut s, &n);
+        s.resend([&"a".to_string()]);
+        assert_eq!(
+            s.plan(&v).unwrap().updated,
+            [("a".to_string(), "1".to_string())],
+            "a changed cluster's endpoints go again"
+        );
     }
 }

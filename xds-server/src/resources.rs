@@ -1,9 +1,10 @@
 //! Building the Envoy resources the control plane serves.
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
+    ClusterDiscoveryType, CustomClusterType, DiscoveryType, EdsClusterConfig, LbPolicy,
 };
+use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, OutlierDetection};
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
@@ -14,18 +15,37 @@ use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
-use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
+use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig as AggregateConfig;
+use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use prost::Message;
 use std::net::SocketAddr;
 
-/// One endpoint of a cluster, as the controller sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Largest load-balancing weight the controller accepts for one endpoint.
+pub const MAX_WEIGHT: u32 = 10_000;
+
+/// One endpoint of a cluster, as the controller sees it. In JSON:
+/// `{"address": "10.0.0.7:8080", "healthy": true, "weight": 1}` (`healthy` and `weight`
+/// are optional, with these defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
-    /// Address.
+    /// Address (`ip:port`).
+    #[serde(rename = "address")]
     pub addr: SocketAddr,
     /// Whether Envoy may send traffic to it.
+    #[serde(default = "default_healthy")]
     pub healthy: bool,
-    /// Load-balancing weight (≥ 1).
+    /// Load-balancing weight, 1 ..= [`MAX_WEIGHT`].
+    #[serde(default = "default_weight")]
     pub weight: u32,
+}
+
+fn default_healthy() -> bool {
+    true
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 impl EndpointSpec {
@@ -43,10 +63,7 @@ impl EndpointSpec {
 pub fn eds_cluster(name: &str) -> Cluster {
     Cluster {
         name: name.to_string(),
-        connect_timeout: Some(Duration {
-            seconds: 1,
-            nanos: 0,
-        }),
+        connect_timeout: seconds(1),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(EdsClusterConfig {
             eds_config: Some(ConfigSource {
@@ -58,6 +75,59 @@ pub fn eds_cluster(name: &str) -> Cluster {
             }),
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+fn seconds(seconds: i64) -> Option<Duration> {
+    Some(Duration { seconds, nanos: 0 })
+}
+
+/// The EDS cluster of a shadow pool: like [`eds_cluster`], plus outlier detection that
+/// ejects a shadow after two local-origin failures (connect failures, resets), so a shadow
+/// that dies unannounced stops receiving traffic within a second.
+pub fn shadow_pool_cluster(name: &str) -> Cluster {
+    Cluster {
+        outlier_detection: Some(OutlierDetection {
+            consecutive_local_origin_failure: Some(UInt32Value { value: 2 }),
+            split_external_local_origin_errors: true,
+            interval: seconds(1),
+            base_ejection_time: seconds(5),
+            max_ejection_percent: Some(UInt32Value { value: 100 }),
+            ..Default::default()
+        }),
+        ..eds_cluster(name)
+    }
+}
+
+/// An aggregate cluster: `members` in priority order (the first with healthy hosts takes
+/// the traffic). Shadowmesh routes redirected requests to `[shadow pool, primary]`, so a
+/// request retried after its shadow failed goes to the primary.
+pub fn aggregate_cluster(name: &str, members: &[&str]) -> Cluster {
+    let config = AggregateConfig {
+        clusters: members.iter().map(|m| m.to_string()).collect(),
+    };
+    Cluster {
+        name: name.to_string(),
+        connect_timeout: seconds(1),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        // When a shadow dies under load every in-flight request is retried at once.
+        circuit_breakers: Some(CircuitBreakers {
+            thresholds: vec![Thresholds {
+                max_retries: Some(UInt32Value { value: 256 }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        cluster_discovery_type: Some(ClusterDiscoveryType::ClusterType(CustomClusterType {
+            name: "envoy.clusters.aggregate".to_string(),
+            typed_config: Some(Any {
+                type_url:
+                    "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig"
+                        .to_string(),
+                value: config.encode_to_vec(),
+            }),
+        })),
         ..Default::default()
     }
 }

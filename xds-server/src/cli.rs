@@ -1,0 +1,139 @@
+//! The `shadowmesh-xds` command line: arguments, configuration file, and start-up.
+//!
+//! `main` is a thin wrapper around [`Args::resolve`] and [`start`], so tests run exactly
+//! what the binary runs.
+
+use crate::ControlPlane;
+use crate::cache::NodeGrouping;
+use crate::config::{DEFAULT_ADS_LISTEN, DEFAULT_HTTP_LISTEN, ServerConfig};
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The Shadowmesh control plane.
+///
+/// Serves two listeners:
+///
+/// * ADS (gRPC, HTTP/2): Envoys open a state-of-the-world or incremental (delta)
+///   aggregated stream and receive each service's clusters `{service}_primary`,
+///   `{service}_shadow_pool` and `{service}_shadow` (aggregate [pool, primary]) with
+///   their endpoints. See envoy-configs/ads-front-proxy.yaml and ads-delta-front-proxy.yaml.
+///
+/// * HTTP/JSON: `POST /v1/telemetry` (ATRE filter reports), `/v1/shadows/{service}` (shadow
+///   readiness records), the admin API `/v1/services[/{service}[/shadows]]` and
+///   `/v1/proxies`, and Prometheus `/metrics`.
+///
+/// Shadows are warm-spare nodes that serve real traffic redirected by the ATRE filter,
+/// not Envoy's request mirroring. Logs go to stderr; set RUST_LOG (e.g. `debug`) for more.
+#[derive(Parser, Debug)]
+#[command(name = "shadowmesh-xds", version, about, long_about)]
+pub struct Args {
+    /// TOML configuration file: listeners, proxy grouping and start-up services (see
+    /// xds-server/README.md). Flags given on the command line override it.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+
+    /// Address of the HTTP API (telemetry, admin API, /metrics) [default: 127.0.0.1:18080].
+    #[arg(long)]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Address of the ADS gRPC server [default: 127.0.0.1:18000].
+    #[arg(long)]
+    pub ads_listen: Option<SocketAddr>,
+
+    /// How a proxy's snapshot group is chosen: `cluster` (node.cluster), `id` (node.id) or
+    /// `metadata:KEY` (a string field of node.metadata) [default: cluster].
+    #[arg(long, value_parser = parse_grouping)]
+    pub group_by: Option<NodeGrouping>,
+
+    /// Validate the configuration, print it and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+fn parse_grouping(s: &str) -> Result<NodeGrouping, String> {
+    match s {
+        "cluster" => Ok(NodeGrouping::Cluster),
+        "id" => Ok(NodeGrouping::Id),
+        _ => match s.strip_prefix("metadata:") {
+            Some(key) if !key.is_empty() => Ok(NodeGrouping::Metadata(key.to_string())),
+            _ => Err(format!("{s:?}: expected `cluster`, `id` or `metadata:KEY`")),
+        },
+    }
+}
+
+/// What the command line and the configuration file resolve to.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The configuration (file, with `--group-by` applied).
+    pub config: ServerConfig,
+    /// HTTP API address.
+    pub http_listen: SocketAddr,
+    /// ADS address.
+    pub ads_listen: SocketAddr,
+}
+
+impl Args {
+    /// Loads the configuration file (if any) and applies the flags over it.
+    pub fn resolve(&self) -> anyhow::Result<Settings> {
+        let mut config = match &self.config {
+            Some(path) => ServerConfig::load(path)?,
+            None => ServerConfig::default(),
+        };
+        if let Some(g) = &self.group_by {
+            config.grouping = g.clone();
+        }
+        let http_listen = match self.http_listen.or(config.http_listen) {
+            Some(a) => a,
+            None => DEFAULT_HTTP_LISTEN.parse()?,
+        };
+        let ads_listen = match self.ads_listen.or(config.ads_listen) {
+            Some(a) => a,
+            None => DEFAULT_ADS_LISTEN.parse()?,
+        };
+        Ok(Settings {
+            config,
+            http_listen,
+            ads_listen,
+        })
+    }
+}
+
+/// A started control plane.
+pub struct Running {
+    /// Its pieces.
+    pub plane: ControlPlane,
+    /// Bound HTTP API address.
+    pub http_addr: SocketAddr,
+    /// Bound ADS address.
+    pub ads_addr: SocketAddr,
+    /// Serves both listeners; ends only on an error.
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Publishes the configured services, binds both listeners and starts serving.
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    let plane = ControlPlane::new(settings.config.grouping.clone());
+    for s in &settings.config.services {
+        plane.controller.set_primary(&s.name, &s.primary)?;
+        plane.controller.set_shadows(&s.name, &s.shadows)?;
+    }
+    let http = tokio::net::TcpListener::bind(settings.http_listen).await?;
+    let ads = tokio::net::TcpListener::bind(settings.ads_listen).await?;
+    let (http_addr, ads_addr) = (http.local_addr()?, ads.local_addr()?);
+    tracing::info!(http = %http_addr, ads = %ads_addr, services = settings.config.services.len(), "shadowmesh control plane listening");
+    let serving = plane.clone();
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            r = serving.serve_http(http) => r?,
+            r = serving.serve_ads(ads) => r?,
+        }
+        Ok(())
+    });
+    Ok(Running {
+        plane,
+        http_addr,
+        ads_addr,
+        task,
+    })
+}

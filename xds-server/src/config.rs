@@ -1,0 +1,192 @@
+//! The server's configuration file (TOML). Every field is optional; command-line flags
+//! override the file.
+//!
+//! ```toml
+//! # Where the ATRE filters report telemetry, operators call the admin API, and
+//! # Prometheus scrapes /metrics.
+//! http_listen = "127.0.0.1:18080"
+//! # Where Envoys open their ADS stream (gRPC, HTTP/2).
+//! ads_listen = "127.0.0.1:18000"
+//! # How a proxy's snapshot group is chosen: "cluster" (node.cluster), "id" (node.id) or
+//! # { metadata = "KEY" } (a string in node.metadata).
+//! grouping = "cluster"
+//!
+//! # Services published at start-up (the admin API and the SNP change them later).
+//! [[services]]
+//! name = "checkout"
+//! primary = [{ address = "10.0.0.1:8080" }, { address = "10.0.0.2:8080", weight = 2 }]
+//! shadows = []
+//! ```
+
+use crate::cache::NodeGrouping;
+use crate::controller::{SpecError, validate_endpoints, validate_service};
+use crate::resources::EndpointSpec;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Default address of the HTTP API.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:18080";
+/// Default address of the ADS server.
+pub const DEFAULT_ADS_LISTEN: &str = "127.0.0.1:18000";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the HTTP API (telemetry, admin, `/metrics`).
+    pub http_listen: Option<SocketAddr>,
+    /// Address of the ADS gRPC server.
+    pub ads_listen: Option<SocketAddr>,
+    /// How proxies are grouped.
+    #[serde(default)]
+    pub grouping: NodeGrouping,
+    /// Services to publish at start-up.
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One service in the configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Service name (clusters `{name}_primary`, `{name}_shadow_pool`, `{name}_shadow`).
+    pub name: String,
+    /// Primary endpoints.
+    pub primary: Vec<EndpointSpec>,
+    /// Shadow nodes active from the start (usually none).
+    #[serde(default)]
+    pub shadows: Vec<EndpointSpec>,
+}
+
+/// A configuration file that could not be used, with the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not readable.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for this schema.
+    #[error("{path}: field `{field}`: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Path of the offending field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Well-formed but invalid.
+    #[error("{path}: {error}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The field and what is wrong with it.
+        error: SpecError,
+    },
+}
+
+impl ServerConfig {
+    /// Parses and validates a configuration; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<ServerConfig, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            field: ".".into(),
+            message: e.to_string(),
+        })?;
+        let config: ServerConfig =
+            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+                path: origin.to_string(),
+                field: e.path().to_string(),
+                message: e.into_inner().message().to_string(),
+            })?;
+        config.validate().map_err(|error| ConfigError::Invalid {
+            path: origin.to_string(),
+            error,
+        })?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: origin.clone(),
+            source,
+        })?;
+        ServerConfig::parse(&text, &origin)
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let at = |e: SpecError| {
+                let field = if e.field == "service" {
+                    format!("services[{i}].name")
+                } else {
+                    format!("services[{i}].{}", e.field)
+                };
+                SpecError { field, ..e }
+            };
+            validate_service(&s.name).map_err(at)?;
+            if !names.insert(&s.name) {
+                return Err(at(SpecError::new(
+                    "service",
+                    format!("{:?} is defined twice", s.name),
+                )));
+            }
+            validate_endpoints("primary", &s.primary).map_err(at)?;
+            validate_endpoints("shadows", &s.shadows).map_err(at)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("config.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! "))
+            .skip_while(|l| !l.starts_with("```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("```"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = ServerConfig::parse(&doc, "doc").unwrap();
+        assert_eq!(c.services[0].primary[1].weight, 2);
+        assert_eq!(c.grouping, NodeGrouping::Cluster);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = ServerConfig::parse("ads_listen = \"nowhere\"", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("field `ads_listen`"), "{e}");
+        let e = ServerConfig::parse(
+            "[[services]]\nname = \"a\"\nprimary = [{ address = \"10.0.0.1:80\", wieght = 2 }]",
+            "f.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("services[0].primary[0]"), "{e}");
+        assert!(e.to_string().contains("wieght"), "{e}");
+        let e = ServerConfig::parse(
+            "[[services]]\nname = \"a\"\nprimary = [{ address = \"10.0.0.1:80\", weight = 0 }]",
+            "f.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("field `services[0].primary[0].weight`"),
+            "{e}"
+        );
+        let e = ServerConfig::parse("grouping = { metadata = 3 }", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("grouping"), "{e}");
+    }
+}

@@ -1,0 +1,150 @@
+//! Prometheus metrics of the ADS server, served at `GET /metrics`.
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `shadowmesh_xds_connected_proxies` | gauge | `mode` | open ADS streams |
+//! | `shadowmesh_xds_responses_total` | counter | `type`, `mode` | responses pushed |
+//! | `shadowmesh_xds_response_bytes_total` | counter | `type`, `mode` | encoded bytes of them |
+//! | `shadowmesh_xds_acks_total` | counter | `type`, `mode` | responses ACKed |
+//! | `shadowmesh_xds_nacks_total` | counter | `type`, `mode` | responses NACKed |
+//! | `shadowmesh_xds_push_latency_seconds` | histogram | `type`, `mode` | response sent → its ACK/NACK |
+//! | `shadowmesh_xds_snapshot_updates_total` | counter | | controller changes published |
+//!
+//! `type` is `cluster` or `endpoint`; `mode` is `sotw` or `delta`.
+
+use crate::cache::{CLUSTER_TYPE, ENDPOINT_TYPE, XdsMode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+/// Labels of per-mode metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    /// `sotw` or `delta`.
+    pub mode: &'static str,
+}
+
+/// Labels of per-type metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    /// `cluster`, `endpoint` or `other`.
+    pub r#type: &'static str,
+    /// `sotw` or `delta`.
+    pub mode: &'static str,
+}
+
+impl TypeLabels {
+    /// Labels for a type URL on a stream of `mode`.
+    pub fn new(type_url: &str, mode: XdsMode) -> TypeLabels {
+        let r#type = match type_url {
+            CLUSTER_TYPE => "cluster",
+            ENDPOINT_TYPE => "endpoint",
+            _ => "other",
+        };
+        TypeLabels {
+            r#type,
+            mode: mode.as_str(),
+        }
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs … ~52 s.
+    Histogram::new(exponential_buckets(1e-4, 2.0, 20))
+}
+
+/// The server's metrics. Shared by every stream (`Arc`).
+pub struct XdsMetrics {
+    registry: Registry,
+    /// Open ADS streams.
+    pub connected: Family<ModeLabels, Gauge>,
+    /// Responses pushed.
+    pub responses: Family<TypeLabels, Counter>,
+    /// Encoded bytes pushed.
+    pub response_bytes: Family<TypeLabels, Counter>,
+    /// ACKs received.
+    pub acks: Family<TypeLabels, Counter>,
+    /// NACKs received.
+    pub nacks: Family<TypeLabels, Counter>,
+    /// Time from a response to its ACK or NACK.
+    pub push_latency: Family<TypeLabels, Histogram>,
+    /// Snapshot changes published by the controller.
+    pub snapshot_updates: Counter,
+}
+
+impl Default for XdsMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("shadowmesh_xds");
+        let connected = Family::<ModeLabels, Gauge>::default();
+        let responses = Family::<TypeLabels, Counter>::default();
+        let response_bytes = Family::<TypeLabels, Counter>::default();
+        let acks = Family::<TypeLabels, Counter>::default();
+        let nacks = Family::<TypeLabels, Counter>::default();
+        let push_latency =
+            Family::<TypeLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
+        let snapshot_updates = Counter::default();
+        registry.register("connected_proxies", "Open ADS streams", connected.clone());
+        registry.register("responses", "Discovery responses pushed", responses.clone());
+        registry.register(
+            "response_bytes",
+            "Encoded bytes of discovery responses pushed",
+            response_bytes.clone(),
+        );
+        registry.register("acks", "Responses the proxy applied", acks.clone());
+        registry.register("nacks", "Responses the proxy rejected", nacks.clone());
+        registry.register(
+            "push_latency_seconds",
+            "Time from a discovery response to its ACK or NACK",
+            push_latency.clone(),
+        );
+        registry.register(
+            "snapshot_updates",
+            "Snapshot changes published by the controller",
+            snapshot_updates.clone(),
+        );
+        XdsMetrics {
+            registry,
+            connected,
+            responses,
+            response_bytes,
+            acks,
+            nacks,
+            push_latency,
+            snapshot_updates,
+        }
+    }
+}
+
+impl XdsMetrics {
+    /// Records a response of `bytes` encoded bytes.
+    pub fn pushed(&self, labels: &TypeLabels, bytes: usize) {
+        self.responses.get_or_create(labels).inc();
+        self.response_bytes
+            .get_or_create(labels)
+            .inc_by(bytes as u64);
+    }
+
+    /// Records the proxy's answer to a response sent `after` ago.
+    pub fn answered(&self, labels: &TypeLabels, ack: bool, after: Duration) {
+        if ack {
+            self.acks.get_or_create(labels).inc();
+        } else {
+            self.nacks.get_or_create(labels).inc();
+        }
+        self.push_latency
+            .get_or_create(labels)
+            .observe(after.as_secs_f64());
+    }
+
+    /// The metrics in the Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
