@@ -8,7 +8,7 @@
 //! response in flight per type, removals only after their replacements are ACKed
 //! (make-before-break), and the endpoints of a changed cluster again (Envoy re-warms it).
 
-use crate::cache::{CLUSTER_TYPE, ENDPOINT_TYPE, ResourceMap, SnapshotCache, XdsMode};
+use crate::cache::{CLUSTER_TYPE, ENDPOINT_TYPE, ResourceMap, Resources, SnapshotCache, XdsMode};
 use crate::metrics::{ModeLabels, TypeLabels, XdsMetrics};
 use crate::protocol::{DeltaTypeState, PUSH_ORDER, RequestOutcome, TypeState, sotw_response};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -68,7 +68,7 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
         let link = ProxyLink::open(&self.cache, &self.metrics, XdsMode::Sotw);
-        tokio::spawn(serve_sotw(link, request.into_inner(), tx));
+        tokio::spawn(serve::<Sotw>(link, request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -78,7 +78,7 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
         let link = ProxyLink::open(&self.cache, &self.metrics, XdsMode::Delta);
-        tokio::spawn(serve_delta(link, request.into_inner(), tx));
+        tokio::spawn(serve::<Delta>(link, request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -211,6 +211,94 @@ async fn next_event<R>(
     }
 }
 
+/// What differs between the two protocol variants; [`serve`] is the rest.
+trait Variant {
+    type Request: Send + 'static;
+    type Response: Message + Send + 'static;
+    /// Per-type protocol state of one stream.
+    type State: Default + Send;
+
+    fn node(request: &Self::Request) -> Option<&Node>;
+    fn type_url(request: &Self::Request) -> &str;
+    /// Interprets a request; for an ACK/NACK also returns when its response was sent.
+    fn on_request(
+        state: &mut Self::State,
+        request: &Self::Request,
+    ) -> (RequestOutcome, Option<Instant>);
+    /// The response bringing the proxy towards `desired`, if one is due, and the clusters
+    /// it changes (whose endpoints must then be sent again).
+    fn next_response(
+        state: &mut Self::State,
+        type_url: &str,
+        desired: &Resources,
+    ) -> Option<(Self::Response, Vec<String>)>;
+    /// Endpoints of these changed clusters must be sent again.
+    fn rewarm(state: &mut Self::State, clusters: &[String]);
+}
+
+/// Serves one stream of variant `V` until it ends.
+async fn serve<V: Variant>(
+    mut link: ProxyLink,
+    mut inbound: Streaming<V::Request>,
+    tx: mpsc::Sender<Result<V::Response, Status>>,
+) {
+    let mut changes = link.cache.subscribe();
+    let mut types: BTreeMap<String, V::State> = BTreeMap::new();
+    loop {
+        match next_event(&mut inbound, &mut changes).await {
+            Event::Closed => return,
+            Event::SnapshotChanged => {}
+            Event::Request(request) => {
+                link.identify(V::node(&request));
+                let type_url = V::type_url(&request).to_string();
+                let state = types.entry(type_url.clone()).or_default();
+                let (outcome, sent_at) = V::on_request(state, &request);
+                link.answered(&type_url, &outcome, sent_at);
+            }
+        }
+        let generation = *changes.borrow_and_update();
+        let Some(snapshot) = link
+            .group
+            .as_deref()
+            .and_then(|g| link.cache.snapshot_for(g))
+        else {
+            continue;
+        };
+        for type_url in PUSH_ORDER {
+            let (Some(state), Some(desired)) = (types.get_mut(type_url), snapshot.get(type_url))
+            else {
+                continue;
+            };
+            let Some((response, changed_clusters)) = V::next_response(state, type_url, desired)
+            else {
+                continue;
+            };
+            link.pushed(type_url, response.encoded_len());
+            if tx.send(Ok(response)).await.is_err() {
+                return;
+            }
+            // Envoy re-warms a changed cluster and waits for its endpoints, even unchanged.
+            if !changed_clusters.is_empty()
+                && let Some(eds) = types.get_mut(ENDPOINT_TYPE)
+            {
+                V::rewarm(eds, &changed_clusters);
+            }
+        }
+        link.cache
+            .report(link.stream, |p| p.synced_generation = generation);
+    }
+}
+
+fn is_answer(outcome: &RequestOutcome) -> bool {
+    matches!(
+        outcome,
+        RequestOutcome::Ack { .. } | RequestOutcome::Nack { .. }
+    )
+}
+
+/// State of the world.
+struct Sotw;
+
 /// Per-type state of a state-of-the-world stream.
 #[derive(Default)]
 struct SotwType {
@@ -221,92 +309,95 @@ struct SotwType {
     in_flight: Option<(Arc<ResourceMap>, Instant)>,
 }
 
-async fn serve_sotw(
-    mut link: ProxyLink,
-    mut inbound: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-) {
-    let mut changes = link.cache.subscribe();
-    let mut types: BTreeMap<String, SotwType> = BTreeMap::new();
-    loop {
-        match next_event(&mut inbound, &mut changes).await {
-            Event::Closed => return,
-            Event::SnapshotChanged => {}
-            Event::Request(request) => {
-                link.identify(request.node.as_ref());
-                let t = types.entry(request.type_url.clone()).or_default();
-                let error = request.error_detail.as_ref().map(|s| s.message.as_str());
-                let outcome = t.protocol.on_request(
-                    &request.version_info,
-                    &request.response_nonce,
-                    error,
-                    &request.resource_names,
-                );
-                if matches!(
-                    outcome,
-                    RequestOutcome::Ack { .. } | RequestOutcome::Nack { .. }
-                ) {
-                    let (items, sent_at) = t.in_flight.take().unzip();
-                    if matches!(outcome, RequestOutcome::Ack { .. }) {
-                        t.applied = items;
-                    }
-                    link.answered(&request.type_url, &outcome, sent_at);
-                }
-            }
+impl Variant for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    type State = SotwType;
+
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn type_url(request: &DiscoveryRequest) -> &str {
+        &request.type_url
+    }
+
+    fn on_request(
+        t: &mut SotwType,
+        request: &DiscoveryRequest,
+    ) -> (RequestOutcome, Option<Instant>) {
+        let error = request.error_detail.as_ref().map(|s| s.message.as_str());
+        let outcome = t.protocol.on_request(
+            &request.version_info,
+            &request.response_nonce,
+            error,
+            &request.resource_names,
+        );
+        if !is_answer(&outcome) {
+            return (outcome, None);
         }
-        let generation = *changes.borrow_and_update();
-        let Some(snapshot) = link
-            .group
-            .as_deref()
-            .and_then(|g| link.cache.snapshot_for(g))
-        else {
-            continue;
-        };
-        for type_url in PUSH_ORDER {
-            let (Some(t), Some(desired)) = (types.get_mut(type_url), snapshot.get(type_url)) else {
-                continue;
-            };
-            let (version, items) = sotw_response(t.applied.as_ref(), desired);
-            if !t.protocol.wants(&version) {
-                continue;
-            }
-            let resources = items
+        let (items, sent_at) = t.in_flight.take().unzip();
+        if matches!(outcome, RequestOutcome::Ack { .. }) {
+            t.applied = items;
+        }
+        (outcome, sent_at)
+    }
+
+    fn next_response(
+        t: &mut SotwType,
+        type_url: &str,
+        desired: &Resources,
+    ) -> Option<(DiscoveryResponse, Vec<String>)> {
+        let (version, items) = sotw_response(t.applied.as_ref(), desired);
+        if !t.protocol.wants(&version) {
+            return None;
+        }
+        let resources = items
+            .iter()
+            .filter(|(name, _)| {
+                // Endpoints are requested by name; clusters are a wildcard subscription.
+                type_url != ENDPOINT_TYPE
+                    || t.protocol
+                        .subscribed
+                        .as_ref()
+                        .is_none_or(|s| s.contains(*name))
+            })
+            .map(|(_, r)| r.any.clone())
+            .collect();
+        let changed_clusters = if type_url == CLUSTER_TYPE {
+            items
                 .iter()
-                .filter(|(name, _)| {
-                    // Endpoints are requested by name; clusters are a wildcard subscription.
-                    type_url != ENDPOINT_TYPE
-                        || t.protocol
-                            .subscribed
-                            .as_ref()
-                            .is_none_or(|s| s.contains(*name))
+                .filter(|(name, r)| {
+                    t.applied
+                        .as_ref()
+                        .and_then(|a| a.get(*name))
+                        .is_none_or(|old| old.version != r.version)
                 })
-                .map(|(_, r)| r.any.clone())
-                .collect();
-            // A cluster version the proxy does not run yet means changed clusters, which
-            // Envoy re-warms: they wait for their endpoints even if those did not change.
-            let clusters_changed =
-                type_url == CLUSTER_TYPE && t.protocol.acked.as_deref() != Some(&version);
-            let nonce = t.protocol.sent(&version);
-            t.in_flight = Some((items, Instant::now()));
-            let response = DiscoveryResponse {
-                version_info: version,
-                resources,
-                type_url: type_url.to_string(),
-                nonce,
-                ..Default::default()
-            };
-            link.pushed(type_url, response.encoded_len());
-            if tx.send(Ok(response)).await.is_err() {
-                return;
-            }
-            if clusters_changed && let Some(eds) = types.get_mut(ENDPOINT_TYPE) {
-                eds.protocol.resend();
-            }
-        }
-        link.cache
-            .report(link.stream, |p| p.synced_generation = generation);
+                .map(|(name, _)| name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let nonce = t.protocol.sent(&version);
+        t.in_flight = Some((items, Instant::now()));
+        let response = DiscoveryResponse {
+            version_info: version,
+            resources,
+            type_url: type_url.to_string(),
+            nonce,
+            ..Default::default()
+        };
+        Some((response, changed_clusters))
+    }
+
+    fn rewarm(t: &mut SotwType, _clusters: &[String]) {
+        // A state-of-the-world response carries every subscribed assignment anyway.
+        t.protocol.resend();
     }
 }
+
+/// Incremental (delta).
+struct Delta;
 
 /// Per-type state of an incremental stream.
 #[derive(Default)]
@@ -315,96 +406,84 @@ struct DeltaType {
     sent_at: Option<Instant>,
 }
 
-async fn serve_delta(
-    mut link: ProxyLink,
-    mut inbound: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-) {
-    let mut changes = link.cache.subscribe();
-    let mut types: BTreeMap<String, DeltaType> = BTreeMap::new();
-    loop {
-        match next_event(&mut inbound, &mut changes).await {
-            Event::Closed => return,
-            Event::SnapshotChanged => {}
-            Event::Request(request) => {
-                link.identify(request.node.as_ref());
-                let t = types.entry(request.type_url.clone()).or_default();
-                let error = request.error_detail.as_ref().map(|s| s.message.as_str());
-                let outcome = t.protocol.on_request(
-                    &request.response_nonce,
-                    error,
-                    &request.resource_names_subscribe,
-                    &request.resource_names_unsubscribe,
-                    &request.initial_resource_versions,
-                );
-                if matches!(
-                    outcome,
-                    RequestOutcome::Ack { .. } | RequestOutcome::Nack { .. }
-                ) {
-                    link.answered(&request.type_url, &outcome, t.sent_at.take());
-                }
-            }
-        }
-        let generation = *changes.borrow_and_update();
-        let Some(snapshot) = link
-            .group
-            .as_deref()
-            .and_then(|g| link.cache.snapshot_for(g))
-        else {
-            continue;
+impl Variant for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    type State = DeltaType;
+
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn type_url(request: &DeltaDiscoveryRequest) -> &str {
+        &request.type_url
+    }
+
+    fn on_request(
+        t: &mut DeltaType,
+        request: &DeltaDiscoveryRequest,
+    ) -> (RequestOutcome, Option<Instant>) {
+        let error = request.error_detail.as_ref().map(|s| s.message.as_str());
+        let outcome = t.protocol.on_request(
+            &request.response_nonce,
+            error,
+            &request.resource_names_subscribe,
+            &request.resource_names_unsubscribe,
+            &request.initial_resource_versions,
+        );
+        let sent_at = if is_answer(&outcome) {
+            t.sent_at.take()
+        } else {
+            None
         };
-        for type_url in PUSH_ORDER {
-            let (Some(t), Some(desired)) = (types.get_mut(type_url), snapshot.get(type_url)) else {
-                continue;
-            };
-            let Some(plan) = t.protocol.plan(desired) else {
-                continue;
-            };
-            // Clusters the proxy already has in another version are re-warmed by Envoy,
-            // which then waits for their endpoints.
-            let changed_clusters: Vec<String> = if type_url == CLUSTER_TYPE {
-                plan.updated
-                    .iter()
-                    .filter(|(name, _)| t.protocol.known.contains_key(name))
-                    .map(|(name, _)| name.clone())
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let resources = plan
-                .updated
+        (outcome, sent_at)
+    }
+
+    fn next_response(
+        t: &mut DeltaType,
+        type_url: &str,
+        desired: &Resources,
+    ) -> Option<(DeltaDiscoveryResponse, Vec<String>)> {
+        let plan = t.protocol.plan(desired)?;
+        // Clusters the proxy already holds in another version: changed, re-warmed.
+        let changed_clusters: Vec<String> = if type_url == CLUSTER_TYPE {
+            plan.updated
                 .iter()
-                .filter_map(|(name, version)| {
-                    let r = desired.items.get(name)?;
-                    Some(DeltaResource {
-                        name: name.clone(),
-                        version: version.clone(),
-                        resource: Some(r.any.clone()),
-                        ..Default::default()
-                    })
+                .filter(|(name, _)| t.protocol.known.contains_key(name))
+                .map(|(name, _)| name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let resources = plan
+            .updated
+            .iter()
+            .filter_map(|(name, version)| {
+                let r = desired.items.get(name)?;
+                Some(DeltaResource {
+                    name: name.clone(),
+                    version: version.clone(),
+                    resource: Some(r.any.clone()),
+                    ..Default::default()
                 })
-                .collect();
-            let response = DeltaDiscoveryResponse {
-                system_version_info: plan.version.clone(),
-                resources,
-                type_url: type_url.to_string(),
-                removed_resources: plan.removed.clone(),
-                ..Default::default()
-            };
-            let nonce = t.protocol.sent(plan);
-            t.sent_at = Some(Instant::now());
-            let response = DeltaDiscoveryResponse { nonce, ..response };
-            link.pushed(type_url, response.encoded_len());
-            if tx.send(Ok(response)).await.is_err() {
-                return;
-            }
-            if !changed_clusters.is_empty()
-                && let Some(eds) = types.get_mut(ENDPOINT_TYPE)
-            {
-                eds.protocol.resend(&changed_clusters);
-            }
-        }
-        link.cache
-            .report(link.stream, |p| p.synced_generation = generation);
+            })
+            .collect();
+        let response = DeltaDiscoveryResponse {
+            system_version_info: plan.version.clone(),
+            resources,
+            type_url: type_url.to_string(),
+            removed_resources: plan.removed.clone(),
+            ..Default::default()
+        };
+        let nonce = t.protocol.sent(plan);
+        t.sent_at = Some(Instant::now());
+        Some((
+            DeltaDiscoveryResponse { nonce, ..response },
+            changed_clusters,
+        ))
+    }
+
+    fn rewarm(t: &mut DeltaType, clusters: &[String]) {
+        t.protocol.resend(clusters);
     }
 }
