@@ -1,8 +1,37 @@
 //! # shadowmesh-predictor — the Predictive Traffic Analyzer (PTA)
 //!
-//! PTA will turn the per-service telemetry that the ATRE filter reports
-//! ([`shadowmesh_wire`-style reports](https://docs.rs/shadowmesh-wire)) into a prioritized
-//! list of services expected to overload. Its model (seasonality, scheduled events,
-//! anomaly detection) is tracked in issue #4; the crate exists now so the workspace layout
-//! is the final one.
-#![forbid(unsafe_code)]
+//! Learns each service's and each link's demand online — daily and weekly seasonality,
+//! scheduled events, live anomalies — and turns it into what the Shadow Node Provisioner
+//! acts on: a prioritized list of series expected to exceed their capacity within the
+//! horizon, with the predicted peak, the expected increase and its uncertainty, the
+//! probability of overload, the onset time and the reason ([`analyzer::OverloadRisk`]).
+//!
+//! * [`model`] — the per-series model (multi-seasonal, AR-corrected, calibrated intervals);
+//! * [`anomaly`] — CUSUM on forecast innovations;
+//! * [`events`] — the events calendar, declared and learned uplifts;
+//! * [`analyzer`] — all series, capacities, the overload list;
+//! * [`telemetry`] — turning ATRE telemetry reports into per-step demand;
+//! * [`baselines`], [`backtest`], [`data`] — the offline evaluation behind `predictor backtest`.
+//!
+//! ```
+//! use shadowmesh_predictor::analyzer::{Analyzer, AnalyzerConfig};
+//! let mut pta = Analyzer::new(AnalyzerConfig::for_step(3600, 24))?;
+//! pta.set_capacity("checkout", 120.0)?;
+//! for hour in 0..24 * 14 {
+//!     let daily = 60.0 + 50.0 * ((hour % 24) as f64 / 24.0 * std::f64::consts::TAU).sin();
+//!     pta.observe("checkout", hour * 3600, daily)?;
+//! }
+//! let risks = pta.overload_risks();
+//! assert!(risks.iter().all(|r| r.series == "checkout"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod analyzer;
+pub mod anomaly;
+pub mod backtest;
+pub mod baselines;
+pub mod data;
+pub mod events;
+pub mod model;
+pub mod telemetry;

@@ -1,0 +1,358 @@
+//! The analyzer: one [`SeasonalModel`] per service and per link, the events calendar, the
+//! capacities, and the product — a prioritized list of who is expected to overload.
+
+use crate::anomaly::{AnomalyState, Direction};
+use crate::events::{EventMemory, ScheduledEvent};
+use crate::model::{
+    Confidence, ConfigError, ModelConfig, ObserveError, SeasonalModel, normal_quantile,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Settings of an analyzer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyzerConfig {
+    /// The model of every series.
+    pub model: ModelConfig,
+    /// Quantile the controller provisions for (e.g. 0.9).
+    pub quantile: f64,
+    /// Series whose overload probability within the horizon is below this are not listed.
+    pub min_probability: f64,
+    /// Probability at which overload counts as begun (the onset time).
+    pub onset_probability: f64,
+}
+
+impl AnalyzerConfig {
+    /// Defaults for series sampled every `step_secs`, looking `horizon` steps ahead.
+    pub fn for_step(step_secs: i64, horizon: usize) -> AnalyzerConfig {
+        AnalyzerConfig {
+            model: ModelConfig::for_step(step_secs, horizon),
+            quantile: 0.9,
+            min_probability: 0.05,
+            onset_probability: 0.5,
+        }
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.model.validate().map_err(|e| ConfigError {
+            field: format!("model.{}", e.field),
+            ..e
+        })?;
+        for (field, v) in [
+            ("quantile", self.quantile),
+            ("min_probability", self.min_probability),
+            ("onset_probability", self.onset_probability),
+        ] {
+            if !(v > 0.0 && v < 1.0) {
+                return Err(ConfigError {
+                    field: field.into(),
+                    message: format!("{v} is not in (0, 1)"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a series is a service's total demand or one link's (caller → service).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeriesKind {
+    /// All demand of a service.
+    Service,
+    /// Demand on one link, named `from->to`.
+    Link,
+}
+
+impl SeriesKind {
+    /// The kind of a series by its name.
+    pub fn of(name: &str) -> SeriesKind {
+        if name.contains("->") {
+            SeriesKind::Link
+        } else {
+            SeriesKind::Service
+        }
+    }
+}
+
+/// Why a series is expected to overload.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "cause")]
+pub enum Reason {
+    /// Its usual daily/weekly pattern peaks above capacity.
+    Seasonal,
+    /// A scheduled event raises demand.
+    Event {
+        /// Event kinds active at the peak.
+        kinds: Vec<String>,
+    },
+    /// An unforecast change in progress.
+    Anomaly {
+        /// When it began.
+        since: i64,
+        /// Up or down.
+        direction: Direction,
+    },
+}
+
+/// One entry of the overload list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OverloadRisk {
+    /// Series name (service, or `from->to` for a link).
+    pub series: String,
+    /// Service or link.
+    pub kind: SeriesKind,
+    /// Capacity it is compared with (same units as the series).
+    pub capacity: f64,
+    /// Last observed demand.
+    pub current: f64,
+    /// Highest median forecast within the horizon.
+    pub predicted_peak: f64,
+    /// When that peak is expected (unix seconds).
+    pub peak_ts: i64,
+    /// The peak at the configured quantile (what to provision for).
+    pub peak_at_quantile: f64,
+    /// Expected increase over current demand (median peak − current).
+    pub expected_increase: f64,
+    /// Its uncertainty: the increase at the configured quantile and at its complement.
+    pub increase_range: (f64, f64),
+    /// Probability that demand exceeds capacity at some step within the horizon (the
+    /// highest per-step probability).
+    pub probability: f64,
+    /// First time the per-step probability reaches the onset probability, if it does.
+    pub onset_ts: Option<i64>,
+    /// Why.
+    pub reason: Reason,
+    /// How much the model behind it has learned.
+    pub confidence: Confidence,
+}
+
+/// One forecast point of a series, in its own units, events included.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SeriesForecast {
+    /// Target time.
+    pub ts: i64,
+    /// Median.
+    pub median: f64,
+    /// Lower and upper bounds of the central interval at the configured quantile.
+    pub low: f64,
+    /// Upper bound.
+    pub high: f64,
+    /// Event multiplier applied (1 = none).
+    pub event_factor: f64,
+}
+
+#[derive(Debug, Clone)]
+struct Tracked {
+    model: SeasonalModel,
+    events: EventMemory,
+    capacity: Option<f64>,
+    current: f64,
+}
+
+/// Forecasts for every series, events and capacities. Not thread-safe by itself; the
+/// control plane wraps it in a mutex.
+#[derive(Debug, Clone)]
+pub struct Analyzer {
+    config: AnalyzerConfig,
+    events: Vec<ScheduledEvent>,
+    series: BTreeMap<String, Tracked>,
+}
+
+impl Analyzer {
+    /// An analyzer with no series yet.
+    pub fn new(config: AnalyzerConfig) -> Result<Analyzer, ConfigError> {
+        config.validate()?;
+        Ok(Analyzer {
+            config,
+            events: Vec::new(),
+            series: BTreeMap::new(),
+        })
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &AnalyzerConfig {
+        &self.config
+    }
+
+    /// Adds an event to the calendar.
+    pub fn add_event(&mut self, event: ScheduledEvent) -> Result<(), ConfigError> {
+        event.validate()?;
+        self.events.push(event);
+        Ok(())
+    }
+
+    /// The calendar.
+    pub fn events(&self) -> &[ScheduledEvent] {
+        &self.events
+    }
+
+    fn tracked(&mut self, series: &str) -> &mut Tracked {
+        let model = &self.config.model;
+        self.series
+            .entry(series.to_string())
+            .or_insert_with(|| Tracked {
+                model: SeasonalModel::new(model),
+                events: EventMemory::default(),
+                capacity: None,
+                current: 0.0,
+            })
+    }
+
+    /// Sets the demand a series can take before it is overloaded (its units).
+    pub fn set_capacity(&mut self, series: &str, capacity: f64) -> Result<(), ConfigError> {
+        if !(capacity.is_finite() && capacity > 0.0) {
+            return Err(ConfigError {
+                field: "capacity".into(),
+                message: format!("{capacity} is not a positive number"),
+            });
+        }
+        self.tracked(series).capacity = Some(capacity);
+        Ok(())
+    }
+
+    /// Learns one observation of `series`. Refused input changes nothing; a returned
+    /// anomaly was flagged by this observation.
+    pub fn observe(
+        &mut self,
+        series: &str,
+        ts: i64,
+        value: f64,
+    ) -> Result<Option<AnomalyState>, ObserveError> {
+        if let Some(t) = self.series.get(series) {
+            t.model.check(ts, value)?;
+        } else {
+            SeasonalModel::new(&self.config.model).check(ts, value)?;
+        }
+        let events = std::mem::take(&mut self.events);
+        let config = self.config.model.clone();
+        let t = self.tracked(series);
+        let factor = t.events.effect(&events, series, ts).factor;
+        let baseline = t.model.baseline_at(&config, ts).unwrap_or(value);
+        t.events.record(&events, series, ts, value, baseline);
+        let result = t.model.observe(&config, ts, value / factor);
+        t.current = value;
+        self.events = events;
+        result
+    }
+
+    /// Names of the series known.
+    pub fn series(&self) -> impl Iterator<Item = &str> {
+        self.series.keys().map(String::as_str)
+    }
+
+    /// Forecast of `series` for the next `steps` steps (events included).
+    pub fn forecast(&self, series: &str, steps: usize) -> Vec<SeriesForecast> {
+        let Some(t) = self.series.get(series) else {
+            return Vec::new();
+        };
+        let tr = self.config.model.transform;
+        let z = normal_quantile(self.config.quantile);
+        t.model
+            .forecast(&self.config.model, steps)
+            .into_iter()
+            .map(|p| {
+                let f = t.events.effect(&self.events, series, p.ts).factor;
+                SeriesForecast {
+                    ts: p.ts,
+                    median: f * p.median,
+                    low: f * p.quantile_at(tr, -z),
+                    high: f * p.quantile_at(tr, z),
+                    event_factor: f,
+                }
+            })
+            .collect()
+    }
+
+    /// The anomaly in progress on `series`, if any.
+    pub fn anomaly(&self, series: &str) -> Option<&AnomalyState> {
+        self.series.get(series)?.model.anomaly()
+    }
+
+    /// What past occurrences of event `kind` showed on `series`.
+    pub fn learned_uplift(&self, series: &str, kind: &str) -> Option<f64> {
+        Some(self.series.get(series)?.events.learned(kind)?.uplift)
+    }
+
+    /// Series with a capacity that are expected to exceed it within the horizon, most
+    /// likely first (then soonest, then largest increase).
+    pub fn overload_risks(&self) -> Vec<OverloadRisk> {
+        let c = &self.config;
+        let tr = c.model.transform;
+        let zq = normal_quantile(c.quantile);
+        let mut out = Vec::new();
+        for (name, t) in &self.series {
+            let Some(capacity) = t.capacity else { continue };
+            let points = t.model.forecast(&c.model, c.model.horizon);
+            let mut best: Option<(usize, f64)> = None; // (index, median) of the peak
+            let mut probability: f64 = 0.0;
+            let mut onset = None;
+            let mut peak_hi: f64 = 0.0;
+            let mut effects = Vec::with_capacity(points.len());
+            for (i, p) in points.iter().enumerate() {
+                let effect = t.events.effect(&self.events, name, p.ts);
+                let f = effect.factor;
+                let median = f * p.median;
+                let prob = p.prob_above(tr, capacity / f);
+                if best.is_none_or(|(_, m)| median > m) {
+                    best = Some((i, median));
+                }
+                peak_hi = peak_hi.max(f * p.quantile_at(tr, zq));
+                probability = probability.max(prob);
+                if onset.is_none() && prob >= c.onset_probability {
+                    onset = Some(p.ts);
+                }
+                effects.push(effect);
+            }
+            let Some((peak_i, peak)) = best else { continue };
+            if probability < c.min_probability {
+                continue;
+            }
+            let p = &points[peak_i];
+            let f = effects[peak_i].factor;
+            let reason = if let Some(a) = t.model.anomaly() {
+                Reason::Anomaly {
+                    since: a.since,
+                    direction: a.direction,
+                }
+            } else if !effects[peak_i].kinds.is_empty() {
+                Reason::Event {
+                    kinds: effects[peak_i].kinds.clone(),
+                }
+            } else {
+                Reason::Seasonal
+            };
+            out.push(OverloadRisk {
+                series: name.clone(),
+                kind: SeriesKind::of(name),
+                capacity,
+                current: t.current,
+                predicted_peak: peak,
+                peak_ts: p.ts,
+                peak_at_quantile: peak_hi,
+                expected_increase: peak - t.current,
+                increase_range: (
+                    f * p.quantile_at(tr, -zq) - t.current,
+                    f * p.quantile_at(tr, zq) - t.current,
+                ),
+                probability,
+                onset_ts: onset,
+                reason,
+                confidence: t.model.confidence(),
+            });
+        }
+        out.sort_by(|a, b| {
+            b.probability
+                .total_cmp(&a.probability)
+                .then(
+                    a.onset_ts
+                        .unwrap_or(i64::MAX)
+                        .cmp(&b.onset_ts.unwrap_or(i64::MAX)),
+                )
+                .then(b.expected_increase.total_cmp(&a.expected_increase))
+        });
+        out
+    }
+}

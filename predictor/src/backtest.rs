@@ -1,0 +1,308 @@
+//! Rolling-origin backtests: every model learns the series online, and from every origin
+//! (each step after the training part, or every `origin_every` steps) forecasts the next
+//! `horizon` steps, scored against what happened.
+//!
+//! * **MASE** — mean absolute error divided by the in-sample one-step error of the
+//!   seasonal naive forecast (first season) over the training part: < 1 beats it.
+//! * **sMAPE** — mean of 200·|y − ŷ| / (|y| + |ŷ|) (0 when both are 0).
+//! * **Coverage** — share of actuals inside the model's central interval.
+//!
+//! Parameters of the Shadowmesh model and of Holt-Winters are chosen on the training part
+//! only (grid search on the same rolling-origin MAE), then both run on unchanged.
+
+use crate::baselines::{Forecaster, HoltWinters, Naive, SeasonalNaive, Shadowmesh};
+use crate::data::GridSeries;
+use crate::model::{ModelConfig, Transform};
+use serde::Serialize;
+
+/// What to evaluate.
+#[derive(Debug, Clone, Serialize)]
+pub struct BacktestConfig {
+    /// Steps ahead (1..=horizon are all scored).
+    pub horizon: usize,
+    /// Coverage of the evaluated interval (e.g. 0.8).
+    pub coverage: f64,
+    /// Leading share of the series used to fit parameters and the MASE scale.
+    pub train_fraction: f64,
+    /// Score an origin every this many steps.
+    pub origin_every: usize,
+    /// Season lengths in steps (first = the MASE scale's and Holt-Winters' season).
+    pub seasons: Vec<usize>,
+    /// Fit parameters on the training part (else defaults / fixed baselines).
+    pub fit: bool,
+}
+
+/// Scores of one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelScore {
+    /// Model.
+    pub model: String,
+    /// Mean absolute scaled error over all horizons.
+    pub mase: f64,
+    /// Per horizon h = 1..=H.
+    pub mase_by_horizon: Vec<f64>,
+    /// Symmetric MAPE, percent.
+    pub smape: f64,
+    /// Empirical coverage of the central interval, if the model has intervals.
+    pub coverage: Option<f64>,
+    /// Forecasts scored.
+    pub forecasts: u64,
+}
+
+/// A whole backtest.
+#[derive(Debug, Clone, Serialize)]
+pub struct BacktestReport {
+    /// Grid steps in the series.
+    pub steps: usize,
+    /// Steps used for training.
+    pub train_steps: usize,
+    /// The MASE scale.
+    pub scale: f64,
+    /// Settings.
+    pub config: BacktestConfig,
+    /// The Shadowmesh model's configuration as fitted.
+    pub shadowmesh: ModelConfig,
+    /// Scores, Shadowmesh first.
+    pub scores: Vec<ModelScore>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Accum {
+    abs: Vec<f64>,
+    n: Vec<u64>,
+    smape: f64,
+    covered: u64,
+    interval_n: u64,
+}
+
+impl Accum {
+    fn new(h: usize) -> Accum {
+        Accum {
+            abs: vec![0.0; h],
+            n: vec![0; h],
+            ..Accum::default()
+        }
+    }
+
+    fn mae(&self) -> f64 {
+        self.abs.iter().sum::<f64>() / self.n.iter().sum::<u64>().max(1) as f64
+    }
+}
+
+/// Runs `models` over `values[..end]`, scoring origins in `[from, end)`.
+fn evaluate(
+    models: &mut [Box<dyn Forecaster + Send>],
+    values: &[Option<f64>],
+    from: usize,
+    end: usize,
+    horizon: usize,
+    every: usize,
+    coverage: Option<f64>,
+) -> Vec<Accum> {
+    let mut acc: Vec<Accum> = models.iter().map(|_| Accum::new(horizon)).collect();
+    for t in 0..end {
+        for m in models.iter_mut() {
+            m.observe(t, values[t]);
+        }
+        if t < from || values[t].is_none() || !(t - from).is_multiple_of(every) || t + 1 >= end {
+            continue;
+        }
+        for (m, a) in models.iter().zip(acc.iter_mut()) {
+            let fc = m.forecast(horizon);
+            let intervals = coverage.and_then(|c| m.interval(horizon, c));
+            for (h, f) in fc.iter().enumerate() {
+                let Some(Some(y)) = values.get(t + h + 1).filter(|_| t + h + 1 < end) else {
+                    continue;
+                };
+                let err = (y - f).abs();
+                a.abs[h] += err;
+                a.n[h] += 1;
+                let denom = y.abs() + f.abs();
+                if denom > 0.0 {
+                    a.smape += 200.0 * err / denom;
+                }
+                if let Some((lo, hi)) = intervals.as_ref().and_then(|iv| iv.get(h)) {
+                    a.interval_n += 1;
+                    if *y >= *lo && *y <= *hi {
+                        a.covered += 1;
+                    }
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// Mean |y_t − y_{t−m}| over `values[..end]`.
+fn seasonal_scale(values: &[Option<f64>], m: usize, end: usize) -> f64 {
+    let (sum, n) = (m..end).fold((0.0, 0u64), |(s, n), t| match (values[t], values[t - m]) {
+        (Some(a), Some(b)) => (s + (a - b).abs(), n + 1),
+        _ => (s, n),
+    });
+    if n == 0 || sum == 0.0 {
+        1.0
+    } else {
+        sum / n as f64
+    }
+}
+
+/// Picks the candidate with the lowest training MAE, two threads at a time.
+fn best_of<C: Clone + Send + Sync>(
+    candidates: &[C],
+    build: impl Fn(&C) -> Box<dyn Forecaster + Send> + Sync,
+    values: &[Option<f64>],
+    from: usize,
+    end: usize,
+    horizon: usize,
+) -> C {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
+    let chunk = candidates.len().div_ceil(threads).max(1);
+    let scores: Vec<(usize, f64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = candidates
+            .chunks(chunk)
+            .enumerate()
+            .map(|(ci, part)| {
+                let build = &build;
+                s.spawn(move || {
+                    part.iter()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            let mut m = vec![build(c)];
+                            let a = evaluate(&mut m, values, from, end, horizon, 3, None);
+                            (ci * chunk + i, a[0].mae())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let best = scores
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(0, |b| b.0);
+    candidates[best].clone()
+}
+
+/// The Shadowmesh parameter grid around `base`.
+fn shadowmesh_grid(base: &ModelConfig) -> Vec<ModelConfig> {
+    let mut out = Vec::new();
+    for transform in [Transform::Log1p, Transform::Sqrt, Transform::None] {
+        for level in [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4] {
+            for season in [0.02, 0.05, 0.1, 0.2, 0.3, 0.5] {
+                for ar in [0.4, 0.6, 0.8, 0.9, 0.95] {
+                    let mut c = base.clone();
+                    c.transform = transform;
+                    c.level_rate = level;
+                    c.ar = ar;
+                    for s in &mut c.seasons {
+                        s.rate = season;
+                    }
+                    out.push(c);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Runs the backtest of the Shadowmesh model (configured like `model`) and the baselines.
+pub fn run(series: &GridSeries, cfg: &BacktestConfig, model: ModelConfig) -> BacktestReport {
+    let values = &series.values;
+    let n = values.len();
+    let train = ((n as f64 * cfg.train_fraction) as usize).clamp(cfg.horizon + 1, n);
+    let m = cfg.seasons.first().copied().unwrap_or(1).max(1);
+    // Fitting scores origins after one longest season of warm-up.
+    let warm = cfg
+        .seasons
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(m)
+        .min(train / 2);
+
+    let shadowmesh = if cfg.fit {
+        best_of(
+            &shadowmesh_grid(&model),
+            |c| Box::new(Shadowmesh::new(c.clone(), series.t0)),
+            values,
+            warm,
+            train,
+            cfg.horizon,
+        )
+    } else {
+        model
+    };
+    let hw = if cfg.fit {
+        let mut grid = Vec::new();
+        for a in [0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6] {
+            for b in [0.0, 0.01, 0.05] {
+                for g in [0.02, 0.05, 0.1, 0.2, 0.4] {
+                    grid.push((a, b, g));
+                }
+            }
+        }
+        best_of(
+            &grid,
+            |&(a, b, g)| Box::new(HoltWinters::new(a, b, g, m)),
+            values,
+            warm,
+            train,
+            cfg.horizon,
+        )
+    } else {
+        (0.2, 0.01, 0.1)
+    };
+
+    let mut models: Vec<Box<dyn Forecaster + Send>> = vec![
+        Box::new(Shadowmesh::new(shadowmesh.clone(), series.t0)),
+        Box::new(HoltWinters::new(hw.0, hw.1, hw.2, m)),
+        Box::new(Naive::default()),
+    ];
+    for s in &cfg.seasons {
+        models.push(Box::new(SeasonalNaive::new(*s, &format!("m={s}"))));
+    }
+    let scale = seasonal_scale(values, m, train);
+    let acc = evaluate(
+        &mut models,
+        values,
+        train,
+        n,
+        cfg.horizon,
+        cfg.origin_every.max(1),
+        Some(cfg.coverage),
+    );
+    let scores = models
+        .iter()
+        .zip(acc)
+        .map(|(model, a)| {
+            let total = a.n.iter().sum::<u64>();
+            ModelScore {
+                model: model.name(),
+                mase: a.mae() / scale,
+                mase_by_horizon: a
+                    .abs
+                    .iter()
+                    .zip(&a.n)
+                    .map(|(s, n)| s / (*n).max(1) as f64 / scale)
+                    .collect(),
+                smape: a.smape / total.max(1) as f64,
+                coverage: (a.interval_n > 0).then(|| a.covered as f64 / a.interval_n as f64),
+                forecasts: total,
+            }
+        })
+        .collect();
+    BacktestReport {
+        steps: n,
+        train_steps: train,
+        scale,
+        config: cfg.clone(),
+        shadowmesh,
+        scores,
+    }
+}

@@ -1,0 +1,673 @@
+//! The forecasting model of one series: multiple seasonality, a level, a short-term
+//! autoregressive correction, per-horizon error variance, and an anomaly detector — all
+//! updated online in O(horizon) per observation, in bounded memory.
+//!
+//! In the transformed space `z = T(y)` (see [`Transform`]) the model is a double seasonal
+//! Holt-Winters in error-correction form with an AR(1) adjustment (Taylor, 2003):
+//!
+//! ```text
+//! one-step forecast   ẑ_t     = ℓ_{t-1} + S[t] + φ·r_{t-1}
+//! innovation          ε_t     = z_t − ẑ_t
+//! updates             ℓ ← ℓ + α·ε,   S_i[t] ← S_i[t] + γ_i·((z_t − ℓ_{t-1}) − S_i[t])
+//! residual            r_t     = z_t − (ℓ_t + S[t])     (what the updated state misses)
+//! h-step forecast     ẑ_{t+h} = ℓ_t + S[t+h] + φ^h·r_t
+//! ```
+//!
+//! `S[t]` is the longest season's bucket (the hour of the week), blended with the shorter
+//! seasons' (the hour of the day) while it has been seen fewer than three times, so a
+//! week-old series already has a daily shape. Every season learns the same target — the
+//! observation less the level — at its own rate; none has to explain another's residue.
+//!
+//! ```text
+//! ```
+//!
+//! * **Seasons** are profiles of buckets (e.g. 24 hourly buckets for the day, 168 for the
+//!   week); a bucket seen few times learns fast (`γ ≥ 1/visits`), so forecasts are useful
+//!   after the first period and sharpen over the next ones.
+//! * **Robustness**: innovations beyond `clip`·σ are clipped before they update the state,
+//!   so a lone outlier cannot drag the level or a season; a *sustained* shift is caught by
+//!   the CUSUM detector ([`crate::anomaly`]), which re-levels the model at once.
+//! * **Intervals**: for every horizon h the model keeps an EWMA of squared h-step errors
+//!   (computed from the last H levels and residuals, O(H) memory), so intervals widen with
+//!   the horizon as the data says, not as a formula assumes. Quantiles are normal in `z`
+//!   ([`statrs`]); an adaptive scale keeps the configured interval's empirical coverage on
+//!   target. Quantiles map through the inverse transform unchanged.
+//! * **Gaps** advance time without learning: the AR correction decays over missing steps.
+
+use crate::anomaly::{AnomalyState, Cusum, CusumConfig};
+use serde::{Deserialize, Serialize};
+use statrs::distribution::{ContinuousCDF, Normal};
+
+/// Variance-stabilising transform applied before modelling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transform {
+    /// `z = y`.
+    None,
+    /// `z = ln(1 + y)`: multiplicative seasonality becomes additive; fits request rates.
+    #[default]
+    Log1p,
+    /// `z = √y`: between the two, for counts.
+    Sqrt,
+}
+
+impl Transform {
+    /// `T(y)`.
+    pub fn forward(self, y: f64) -> f64 {
+        match self {
+            Transform::None => y,
+            Transform::Log1p => y.ln_1p(),
+            Transform::Sqrt => y.sqrt(),
+        }
+    }
+
+    /// `T⁻¹(z)`, clamped to non-negative demand.
+    pub fn inverse(self, z: f64) -> f64 {
+        match self {
+            Transform::None => z,
+            Transform::Log1p => z.exp_m1(),
+            Transform::Sqrt => z.max(0.0).powi(2),
+        }
+        .max(0.0)
+    }
+}
+
+/// One seasonal cycle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeasonSpec {
+    /// Period in seconds (86,400 for daily, 604,800 for weekly).
+    pub period_secs: i64,
+    /// Buckets per period (24 = hourly over a day). A bucket is `period / buckets` long;
+    /// at second resolution, use coarse buckets: the level and AR terms follow the rest.
+    pub buckets: usize,
+    /// Smoothing rate of the profile (γ), in (0, 1).
+    pub rate: f64,
+}
+
+/// How one series is modelled. Shared by all series of an analyzer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Sampling step in seconds; observations are expected on this grid (gaps allowed).
+    pub step_secs: i64,
+    /// Seasonal cycles, e.g. daily and weekly.
+    pub seasons: Vec<SeasonSpec>,
+    /// Transform before modelling.
+    pub transform: Transform,
+    /// Level smoothing rate (α), in (0, 1).
+    pub level_rate: f64,
+    /// AR(1) coefficient of the residual (φ), in [0, 1).
+    pub ar: f64,
+    /// Horizons (in steps) whose error variance is tracked; forecasts reach this far.
+    pub horizon: usize,
+    /// Innovations are clipped to ±`clip`·σ before updating the state.
+    pub clip: f64,
+    /// Coverage of the interval the adaptive scale calibrates (e.g. 0.8).
+    pub calibrate_coverage: f64,
+    /// Anomaly detector.
+    pub anomaly: CusumConfig,
+}
+
+/// An invalid [`ModelConfig`] field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("field `{field}`: {message}")]
+pub struct ConfigError {
+    /// The field's path, e.g. `seasons[1].buckets`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn bad(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn rate(field: &str, v: f64) -> Result<(), ConfigError> {
+    if v > 0.0 && v < 1.0 {
+        Ok(())
+    } else {
+        Err(bad(field, format!("{v} is not in (0, 1)")))
+    }
+}
+
+/// Seconds in a day.
+pub const DAY: i64 = 86_400;
+/// Seconds in a week.
+pub const WEEK: i64 = 7 * DAY;
+
+impl ModelConfig {
+    /// Defaults for a series sampled every `step_secs`: daily and weekly seasons with at most
+    /// 24 / 168 buckets (hourly), log transform, horizon `horizon` steps.
+    pub fn for_step(step_secs: i64, horizon: usize) -> ModelConfig {
+        let buckets = |period: i64, max: i64| (period / step_secs.max(1)).clamp(1, max) as usize;
+        ModelConfig {
+            step_secs,
+            seasons: vec![
+                SeasonSpec {
+                    period_secs: DAY,
+                    buckets: buckets(DAY, 24),
+                    rate: 0.1,
+                },
+                SeasonSpec {
+                    period_secs: WEEK,
+                    buckets: buckets(WEEK, 168),
+                    rate: 0.1,
+                },
+            ],
+            transform: Transform::Log1p,
+            level_rate: 0.01,
+            ar: 0.8,
+            horizon,
+            clip: 3.0,
+            calibrate_coverage: 0.8,
+            anomaly: CusumConfig::default(),
+        }
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.step_secs <= 0 {
+            return Err(bad("step_secs", "must be positive"));
+        }
+        for (i, s) in self.seasons.iter().enumerate() {
+            if s.period_secs < 2 * self.step_secs {
+                return Err(bad(
+                    format!("seasons[{i}].period_secs"),
+                    format!("{} is shorter than two steps", s.period_secs),
+                ));
+            }
+            if s.buckets == 0 || s.buckets > 100_000 {
+                return Err(bad(format!("seasons[{i}].buckets"), "must be 1..=100000"));
+            }
+            if s.period_secs % s.buckets as i64 != 0 {
+                return Err(bad(
+                    format!("seasons[{i}].buckets"),
+                    format!("{} does not divide the period {}", s.buckets, s.period_secs),
+                ));
+            }
+            rate(&format!("seasons[{i}].rate"), s.rate)?;
+        }
+        rate("level_rate", self.level_rate)?;
+        if !(0.0..1.0).contains(&self.ar) {
+            return Err(bad("ar", format!("{} is not in [0, 1)", self.ar)));
+        }
+        if self.horizon == 0 || self.horizon > 10_000 {
+            return Err(bad("horizon", "must be 1..=10000 steps"));
+        }
+        if self.clip.is_nan() || self.clip < 1.0 {
+            return Err(bad("clip", "must be at least 1"));
+        }
+        rate("calibrate_coverage", self.calibrate_coverage)?;
+        self.anomaly.validate()
+    }
+}
+
+/// Why an observation was refused. The model is unchanged by a refused observation.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ObserveError {
+    /// NaN or infinite.
+    #[error("value {0} is not a finite number")]
+    NotFinite(f64),
+    /// Demand cannot be negative.
+    #[error("value {0} is negative")]
+    Negative(f64),
+    /// At or before the last accepted observation.
+    #[error("timestamp {got} is not after the last observation at {last}")]
+    OutOfOrder {
+        /// The last accepted timestamp.
+        last: i64,
+        /// The refused one.
+        got: i64,
+    },
+}
+
+/// Learned profile of one season.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SeasonState {
+    values: Vec<f32>,
+    visits: Vec<u8>,
+}
+
+/// A fixed ring of the last `n` values, newest last.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Ring {
+    values: Vec<f32>,
+    next: usize,
+    len: usize,
+}
+
+impl Ring {
+    fn new(n: usize) -> Ring {
+        Ring {
+            values: vec![0.0; n],
+            next: 0,
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, v: f64) {
+        let n = self.values.len();
+        self.values[self.next] = v as f32;
+        self.next = (self.next + 1) % n;
+        self.len = (self.len + 1).min(n);
+    }
+
+    /// The value pushed `ago` pushes before the newest (0 = newest).
+    fn get(&self, ago: usize) -> Option<f64> {
+        let n = self.values.len();
+        (ago < self.len).then(|| f64::from(self.values[(self.next + n - 1 - ago) % n]))
+    }
+}
+
+/// One point of a forecast, in the series' own units.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ForecastPoint {
+    /// Target time (unix seconds).
+    pub ts: i64,
+    /// Steps ahead.
+    pub h: usize,
+    /// Median.
+    pub median: f64,
+    /// In the transformed space: centre and standard deviation (for probabilities).
+    pub z_mean: f64,
+    /// Standard deviation in the transformed space (already calibrated).
+    pub z_sd: f64,
+}
+
+/// How much to trust a series' forecasts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Confidence {
+    /// Observations learned from.
+    pub samples: u64,
+    /// Fraction of every season's buckets seen at least twice (1 = all seasons learned).
+    pub seasons_learned: f64,
+    /// Current scale of the intervals relative to the raw error estimate.
+    pub interval_scale: f64,
+}
+
+/// The model of one series.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeasonalModel {
+    last_ts: Option<i64>,
+    samples: u64,
+    level: f64,
+    residual: f64,
+    seasons: Vec<SeasonState>,
+    /// ℓ and r at each of the last H steps (for h-step errors).
+    past_levels: Ring,
+    past_residuals: Ring,
+    /// EWMA of squared h-step errors, h = 1..=H.
+    var: Vec<f32>,
+    var_samples: u32,
+    scale: f64,
+    cusum: Cusum,
+}
+
+/// Innovations whose variance is not known yet are trusted as they come for this many
+/// samples, then clipping and anomaly detection start.
+const WARMUP: u32 = 24;
+/// Visits after which a season's bucket is trusted on its own.
+const TRUSTED_VISITS: f64 = 3.0;
+/// Smallest σ, relative to the forecast's magnitude in the transformed space.
+const SD_FLOOR: f64 = 0.005;
+/// Slowest rate of the variance EWMAs.
+const VAR_RATE: f64 = 0.02;
+/// Step of the adaptive interval scale.
+const SCALE_RATE: f64 = 0.02;
+
+impl SeasonalModel {
+    /// An empty model for `config` (assumed valid).
+    pub fn new(config: &ModelConfig) -> SeasonalModel {
+        SeasonalModel {
+            last_ts: None,
+            samples: 0,
+            level: 0.0,
+            residual: 0.0,
+            seasons: config
+                .seasons
+                .iter()
+                .map(|s| SeasonState {
+                    values: vec![0.0; s.buckets],
+                    visits: vec![0; s.buckets],
+                })
+                .collect(),
+            past_levels: Ring::new(config.horizon),
+            past_residuals: Ring::new(config.horizon),
+            var: vec![0.0; config.horizon],
+            var_samples: 0,
+            scale: 1.0,
+            cusum: Cusum::default(),
+        }
+    }
+
+    /// Bytes this model holds (state and heap), for capacity planning.
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self
+                .seasons
+                .iter()
+                .map(|s| s.values.capacity() * 4 + s.visits.capacity())
+                .sum::<usize>()
+            + (self.past_levels.values.capacity()
+                + self.past_residuals.values.capacity()
+                + self.var.capacity())
+                * 4
+    }
+
+    /// Timestamp of the last accepted observation.
+    pub fn last_ts(&self) -> Option<i64> {
+        self.last_ts
+    }
+
+    /// Observations learned from.
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    fn bucket(spec: &SeasonSpec, ts: i64) -> usize {
+        let width = spec.period_secs / spec.buckets as i64;
+        (ts.rem_euclid(spec.period_secs) / width) as usize
+    }
+
+    /// The seasonal component at `ts`: the longest season's bucket, blended with the
+    /// shorter seasons' while that bucket has been seen fewer than [`TRUSTED_VISITS`] times
+    /// (a new week borrows the average day).
+    fn seasonal(&self, config: &ModelConfig, ts: i64) -> f64 {
+        let mut value = 0.0;
+        for (spec, s) in config.seasons.iter().zip(&self.seasons) {
+            let b = Self::bucket(spec, ts);
+            let trust = (f64::from(s.visits[b]) / TRUSTED_VISITS).min(1.0);
+            value += trust * (f64::from(s.values[b]) - value);
+        }
+        value
+    }
+
+    /// Checks an observation without learning from it.
+    pub fn check(&self, ts: i64, y: f64) -> Result<(), ObserveError> {
+        if !y.is_finite() {
+            return Err(ObserveError::NotFinite(y));
+        }
+        if y < 0.0 {
+            return Err(ObserveError::Negative(y));
+        }
+        if let Some(last) = self.last_ts
+            && ts <= last
+        {
+            return Err(ObserveError::OutOfOrder { last, got: ts });
+        }
+        Ok(())
+    }
+
+    /// The one-step median forecast for `ts` (before observing it), in the series' units.
+    pub fn baseline_at(&self, config: &ModelConfig, ts: i64) -> Option<f64> {
+        let last = self.last_ts?;
+        let h = ((ts - last) / config.step_secs).max(1);
+        let z = self.level
+            + self.seasonal(config, ts)
+            + config.ar.powi(h.min(i32::MAX as i64) as i32) * self.residual;
+        Some(config.transform.inverse(z))
+    }
+
+    /// Learns from `y` observed at `ts`. Refused input changes nothing.
+    pub fn observe(
+        &mut self,
+        config: &ModelConfig,
+        ts: i64,
+        y: f64,
+    ) -> Result<Option<AnomalyState>, ObserveError> {
+        self.check(ts, y)?;
+        let z = config.transform.forward(y);
+        let Some(last) = self.last_ts else {
+            self.last_ts = Some(ts);
+            self.samples = 1;
+            self.level = z;
+            self.past_levels.push(self.level);
+            self.past_residuals.push(0.0);
+            return Ok(None);
+        };
+        // Missing steps: time passes, nothing is learned, the AR correction decays.
+        let steps = ((ts - last) / config.step_secs).max(1) as usize;
+        for _ in 1..steps.min(config.horizon + 1) {
+            self.residual *= config.ar;
+            self.past_levels.push(self.level);
+            self.past_residuals.push(self.residual);
+        }
+        if steps > config.horizon {
+            self.residual *= config.ar.powi((steps - config.horizon - 1) as i32);
+        }
+
+        let seasonal = self.seasonal(config, ts);
+        let base = self.level + seasonal;
+        let innovation = z - (base + config.ar * self.residual);
+        self.learn_variance(config, z, seasonal);
+        // A floor on σ: a perfectly regular series must not turn rounding into anomalies.
+        let sd = (f64::from(self.var[0]).max(0.0).sqrt()).max(SD_FLOOR * base.abs().max(1.0));
+        let warmed = self.var_samples > WARMUP;
+
+        // Detect only where the model knows what to expect: before the season's bucket is
+        // learned, every first weekend would look like an anomaly.
+        let knows_season = config
+            .seasons
+            .iter()
+            .zip(&self.seasons)
+            .all(|(spec, s)| f64::from(s.visits[Self::bucket(spec, ts)]) >= TRUSTED_VISITS);
+        let mut anomaly = None;
+        if warmed
+            && knows_season
+            && let Some(shift) = self
+                .cusum
+                .update(&config.anomaly, ts, innovation / sd, innovation)
+        {
+            // A sustained change: re-level at once instead of learning it slowly; the
+            // short-term correction restarts from there.
+            self.level += shift.mean_innovation;
+            anomaly = Some(shift.state);
+        }
+        let bound = config.clip * sd;
+        let clipped = if warmed {
+            innovation.clamp(-bound, bound)
+        } else {
+            innovation
+        };
+        if anomaly.is_none() {
+            let previous = self.level;
+            self.level += config.level_rate * clipped;
+            // Seasons learn what the AR term cannot: their deviations are bounded by the
+            // longest horizon's error, not the (AR-corrected) one-step error.
+            let season_bound = config.clip
+                * self
+                    .var
+                    .iter()
+                    .map(|v| f64::from(*v).max(0.0).sqrt())
+                    .fold(sd, f64::max);
+            self.touch_seasons(config, ts, z - previous, season_bound);
+            self.renormalize();
+        }
+        // What the updated state still does not explain carries into the next steps
+        // (decaying by φ per step); an outlier's excess is not carried.
+        let left = z - (self.level + self.seasonal(config, ts));
+        self.residual = if warmed && anomaly.is_none() {
+            left.clamp(-bound, bound)
+        } else {
+            left
+        };
+        self.samples += 1;
+        self.last_ts = Some(ts);
+        self.past_levels.push(self.level);
+        self.past_residuals.push(self.residual);
+        Ok(anomaly)
+    }
+
+    /// Moves every season's bucket at `ts` towards `target` (the observation less the
+    /// level, clipped), each at its own rate — faster while a bucket has few visits.
+    fn touch_seasons(&mut self, config: &ModelConfig, ts: i64, target: f64, bound: f64) {
+        for (spec, s) in config.seasons.iter().zip(&mut self.seasons) {
+            let b = Self::bucket(spec, ts);
+            let visits = s.visits[b];
+            let current = f64::from(s.values[b]);
+            let gamma = spec.rate.max(1.0 / (f64::from(visits) + 1.0));
+            let step = if visits == 0 {
+                target - current
+            } else {
+                (target - current).clamp(-bound, bound)
+            };
+            s.values[b] = (current + gamma * step) as f32;
+            s.visits[b] = visits.saturating_add(1);
+        }
+    }
+
+    /// Keeps the shortest season's mean (over the buckets seen) at zero by moving it into
+    /// the level, shifting every season alike so forecasts are unchanged. The level then
+    /// *is* the mean demand, and profiles learned while the level was still settling stay
+    /// consistent with it.
+    fn renormalize(&mut self) {
+        let Some(shortest) = self.seasons.first() else {
+            return;
+        };
+        let (sum, n) = shortest
+            .values
+            .iter()
+            .zip(&shortest.visits)
+            .filter(|(_, v)| **v > 0)
+            .fold((0.0, 0u32), |(s, n), (x, _)| (s + f64::from(*x), n + 1));
+        if n == 0 {
+            return;
+        }
+        let mean = sum / f64::from(n);
+        self.level += mean;
+        for s in &mut self.seasons {
+            for (x, v) in s.values.iter_mut().zip(&s.visits) {
+                if *v > 0 {
+                    *x -= mean as f32;
+                }
+            }
+        }
+    }
+
+    /// Updates the per-horizon error variance and the adaptive interval scale with `z`
+    /// observed now, from the forecasts the model made 1..=H steps ago.
+    fn learn_variance(&mut self, config: &ModelConfig, z: f64, seasonal: f64) {
+        let rate = (1.0 / (f64::from(self.var_samples) + 1.0)).max(VAR_RATE);
+        let q = normal_quantile(0.5 + config.calibrate_coverage / 2.0);
+        let (mut misses, mut checked) = (0u32, 0u32);
+        let mut phi_h = 1.0;
+        for h in 1..=config.horizon {
+            phi_h *= config.ar;
+            let (Some(l), Some(r)) = (self.past_levels.get(h - 1), self.past_residuals.get(h - 1))
+            else {
+                break;
+            };
+            let err = z - (l + seasonal + phi_h * r);
+            let v = f64::from(self.var[h - 1]);
+            if self.var_samples > WARMUP && v > 0.0 {
+                checked += 1;
+                if err.abs() > q * self.scale * v.sqrt() {
+                    misses += 1;
+                }
+                // Robust: one wild error moves the variance by a bounded amount.
+                let cap = 25.0 * v;
+                self.var[h - 1] = (v + rate * ((err * err).min(cap) - v)) as f32;
+            } else {
+                self.var[h - 1] = (v + rate * (err * err - v)) as f32;
+            }
+        }
+        if checked > 0 {
+            // Adaptive calibration: widen when the interval misses more often than it
+            // should, narrow when less.
+            let miss_rate = f64::from(misses) / f64::from(checked);
+            let target = 1.0 - config.calibrate_coverage;
+            self.scale = (self.scale
+                * (SCALE_RATE * (miss_rate - target) / target.max(0.01)).exp())
+            .clamp(0.25, 8.0);
+        }
+        self.var_samples = self.var_samples.saturating_add(1);
+    }
+
+    /// Forecasts `h` = 1..=`steps` steps after the last observation (`steps` at most the
+    /// configured horizon). Empty before the first observation.
+    pub fn forecast(&self, config: &ModelConfig, steps: usize) -> Vec<ForecastPoint> {
+        let Some(last) = self.last_ts else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(steps.min(config.horizon));
+        let mut phi_h = 1.0;
+        for h in 1..=steps.min(config.horizon) {
+            phi_h *= config.ar;
+            let ts = last + h as i64 * config.step_secs;
+            let z_mean = self.level + self.seasonal(config, ts) + phi_h * self.residual;
+            let var = f64::from(self.var[h - 1]);
+            // Until errors at this horizon have been seen, borrow the widest known one.
+            let var = if var > 0.0 {
+                var
+            } else {
+                self.var.iter().map(|v| f64::from(*v)).fold(0.0, f64::max)
+            };
+            out.push(ForecastPoint {
+                ts,
+                h,
+                median: config.transform.inverse(z_mean),
+                z_mean,
+                z_sd: var.sqrt() * self.scale,
+            });
+        }
+        out
+    }
+
+    /// How much to trust the forecasts.
+    pub fn confidence(&self) -> Confidence {
+        let (learned, total) = self.seasons.iter().fold((0usize, 0usize), |(l, t), s| {
+            (
+                l + s.visits.iter().filter(|v| **v >= 2).count(),
+                t + s.visits.len(),
+            )
+        });
+        Confidence {
+            samples: self.samples,
+            seasons_learned: if total == 0 {
+                1.0
+            } else {
+                learned as f64 / total as f64
+            },
+            interval_scale: self.scale,
+        }
+    }
+
+    /// The anomaly currently flagged, if any.
+    pub fn anomaly(&self) -> Option<&AnomalyState> {
+        self.cusum.active()
+    }
+}
+
+/// Standard normal quantile.
+pub fn normal_quantile(p: f64) -> f64 {
+    Normal::standard().inverse_cdf(p.clamp(1e-9, 1.0 - 1e-9))
+}
+
+/// Standard normal CDF.
+pub fn normal_cdf(x: f64) -> f64 {
+    Normal::standard().cdf(x)
+}
+
+impl ForecastPoint {
+    /// The `p`-quantile in the series' units (`z` = the standard normal `p`-quantile).
+    pub fn quantile_at(&self, transform: Transform, z: f64) -> f64 {
+        transform.inverse(self.z_mean + z * self.z_sd)
+    }
+
+    /// The `p`-quantile in the series' units.
+    pub fn quantile(&self, transform: Transform, p: f64) -> f64 {
+        self.quantile_at(transform, normal_quantile(p))
+    }
+
+    /// Probability that demand exceeds `threshold` (series' units).
+    pub fn prob_above(&self, transform: Transform, threshold: f64) -> f64 {
+        if self.z_sd <= 0.0 {
+            return if self.median > threshold { 1.0 } else { 0.0 };
+        }
+        1.0 - normal_cdf((transform.forward(threshold.max(0.0)) - self.z_mean) / self.z_sd)
+    }
+}
