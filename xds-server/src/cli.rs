@@ -113,7 +113,13 @@ pub struct Running {
 
 /// Publishes the configured services, binds both listeners and starts serving.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
-    let plane = ControlPlane::new(settings.config.grouping.clone());
+    let plane = ControlPlane::with_predictor(
+        settings.config.grouping.clone(),
+        settings.config.predictor.analyzer(),
+    )?;
+    for (series, capacity) in &settings.config.predictor.capacities {
+        plane.forecaster.set_capacity(series, *capacity)?;
+    }
     for s in &settings.config.services {
         plane.controller.set_primary(&s.name, &s.primary)?;
         plane.controller.set_shadows(&s.name, &s.shadows)?;

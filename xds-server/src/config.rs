@@ -11,6 +11,14 @@
 //! # { metadata = "KEY" } (a string in node.metadata).
 //! grouping = "cluster"
 //!
+//! # The Predictive Traffic Analyzer: demand per `step_secs`, `horizon` steps ahead,
+//! # provisioning for the `quantile`; capacities in requests per second.
+//! [predictor]
+//! step_secs = 60
+//! horizon = 60
+//! quantile = 0.9
+//! capacities = { checkout = 300.0 }
+//!
 //! # Services published at start-up (the admin API and the SNP change them later).
 //! [[services]]
 //! name = "checkout"
@@ -41,9 +49,47 @@ pub struct ServerConfig {
     /// How proxies are grouped.
     #[serde(default)]
     pub grouping: NodeGrouping,
+    /// The Predictive Traffic Analyzer.
+    #[serde(default)]
+    pub predictor: PredictorConfig,
     /// Services to publish at start-up.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+}
+
+/// The `[predictor]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PredictorConfig {
+    /// Seconds per demand sample.
+    pub step_secs: i64,
+    /// Steps forecast ahead.
+    pub horizon: usize,
+    /// Quantile provisioned for.
+    pub quantile: f64,
+    /// Capacity (req/s) per series (service, or `proxy->service` link).
+    pub capacities: std::collections::BTreeMap<String, f64>,
+}
+
+impl Default for PredictorConfig {
+    fn default() -> Self {
+        PredictorConfig {
+            step_secs: 60,
+            horizon: 60,
+            quantile: 0.9,
+            capacities: Default::default(),
+        }
+    }
+}
+
+impl PredictorConfig {
+    /// The analyzer configuration it describes.
+    pub fn analyzer(&self) -> shadowmesh_predictor::analyzer::AnalyzerConfig {
+        let mut c =
+            shadowmesh_predictor::analyzer::AnalyzerConfig::for_step(self.step_secs, self.horizon);
+        c.quantile = self.quantile;
+        c
+    }
 }
 
 /// One service in the configuration file.
@@ -122,6 +168,22 @@ impl ServerConfig {
     }
 
     fn validate(&self) -> Result<(), SpecError> {
+        self.predictor.analyzer().validate().map_err(|e| {
+            let field = match e.field.as_str() {
+                "model.step_secs" => "step_secs".to_string(),
+                "model.horizon" => "horizon".to_string(),
+                other => other.to_string(),
+            };
+            SpecError::new(format!("predictor.{field}"), e.message)
+        })?;
+        for (series, c) in &self.predictor.capacities {
+            if !(c.is_finite() && *c > 0.0) {
+                return Err(SpecError::new(
+                    format!("predictor.capacities.{series}"),
+                    format!("{c} is not a positive number"),
+                ));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let at = |e: SpecError| {
@@ -186,6 +248,11 @@ mod tests {
                 .contains("field `services[0].primary[0].weight`"),
             "{e}"
         );
+        let e = ServerConfig::parse("[predictor]\nstep_secs = 0", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("field `predictor.step_secs`"), "{e}");
+        let e =
+            ServerConfig::parse("[predictor]\ncapacities = { a = -1.0 }", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("predictor.capacities.a"), "{e}");
         let e = ServerConfig::parse("grouping = { metadata = 3 }", "f.toml").unwrap_err();
         assert!(e.to_string().contains("grouping"), "{e}");
     }

@@ -33,6 +33,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod forecast;
 pub mod metrics;
 pub mod protocol;
 pub mod resources;
@@ -49,6 +50,8 @@ pub struct ControlPlane {
     pub controller: controller::Controller,
     /// Telemetry from the filters and shadow readiness records.
     pub hub: telemetry::TelemetryHub,
+    /// The Predictive Traffic Analyzer, fed by `hub`.
+    pub forecaster: forecast::Forecaster,
     /// ADS and controller metrics.
     pub metrics: Arc<metrics::XdsMetrics>,
 }
@@ -60,16 +63,29 @@ impl Default for ControlPlane {
 }
 
 impl ControlPlane {
-    /// A control plane grouping proxies by `grouping`, with no services yet.
+    /// A control plane grouping proxies by `grouping`, with no services yet, forecasting
+    /// demand per minute an hour ahead.
     pub fn new(grouping: cache::NodeGrouping) -> ControlPlane {
+        let predictor = shadowmesh_predictor::analyzer::AnalyzerConfig::for_step(60, 60);
+        ControlPlane::with_predictor(grouping, predictor)
+            .expect("the default predictor configuration is valid")
+    }
+
+    /// Like [`ControlPlane::new`], with this predictor configuration.
+    pub fn with_predictor(
+        grouping: cache::NodeGrouping,
+        predictor: shadowmesh_predictor::analyzer::AnalyzerConfig,
+    ) -> Result<ControlPlane, shadowmesh_predictor::model::ConfigError> {
         let cache = cache::SnapshotCache::new(grouping);
         let metrics = Arc::new(metrics::XdsMetrics::default());
-        ControlPlane {
+        let forecaster = forecast::Forecaster::new(predictor)?;
+        Ok(ControlPlane {
             controller: controller::Controller::with_metrics(cache.clone(), metrics.clone()),
             cache,
-            hub: telemetry::TelemetryHub::default(),
+            hub: telemetry::TelemetryHub::with_forecaster(forecaster.clone()),
+            forecaster,
             metrics,
-        }
+        })
     }
 
     /// All HTTP routes: telemetry, admin API and `/metrics`.
@@ -79,7 +95,10 @@ impl ControlPlane {
             cache: self.cache.clone(),
             metrics: self.metrics.clone(),
         };
-        self.hub.router().merge(admin.router())
+        self.hub
+            .router()
+            .merge(admin.router())
+            .merge(self.forecaster.router())
     }
 
     /// Serves the HTTP routes on `listener` until the task is dropped.

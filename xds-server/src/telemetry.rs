@@ -34,6 +34,8 @@ pub struct TelemetryHub {
 #[derive(Default)]
 struct Inner {
     state: Mutex<HubState>,
+    /// Learns demand from every accepted report.
+    forecaster: Option<crate::forecast::Forecaster>,
     /// Bumped on every accepted report, so callers can await new reports.
     received: watch::Sender<u64>,
 }
@@ -60,6 +62,16 @@ fn bad_request(msg: impl Into<String>) -> Response {
 }
 
 impl TelemetryHub {
+    /// A hub whose accepted reports also feed `forecaster`.
+    pub fn with_forecaster(forecaster: crate::forecast::Forecaster) -> TelemetryHub {
+        TelemetryHub {
+            inner: Arc::new(Inner {
+                forecaster: Some(forecaster),
+                ..Inner::default()
+            }),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HubState> {
         // A poisoned lock only means a panic elsewhere mid-update of plain data; keep serving.
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -67,6 +79,9 @@ impl TelemetryHub {
 
     /// Accepts one report and returns the answer for the filter.
     pub fn ingest(&self, report: TelemetryReport) -> TelemetryAck {
+        if let Some(f) = &self.inner.forecaster {
+            f.ingest(&report);
+        }
         let mut s = self.lock();
         if s.reports.len() == KEPT_REPORTS {
             s.reports.pop_front();
