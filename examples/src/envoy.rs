@@ -323,6 +323,12 @@ fn scratch_dir() -> Result<PathBuf> {
 }
 
 impl EnvoyProcess {
+    /// [`EnvoyProcess::start`] from async code (on the blocking pool; Envoy itself is
+    /// owned by its own supervisor thread).
+    pub async fn launch(yaml: String, options: EnvoyOptions) -> Result<EnvoyProcess> {
+        tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &options)).await?
+    }
+
     /// Starts Envoy with `yaml` and waits until its admin reports LIVE and the ingress
     /// listener is bound. Fails (with the end of Envoy's log) if Envoy exits instead.
     pub fn start(yaml: &str, options: &EnvoyOptions) -> Result<EnvoyProcess> {

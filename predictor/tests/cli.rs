@@ -19,7 +19,9 @@ fn backtest_prints_every_model_and_the_shadowmesh_model_wins_on_seasonal_data() 
     let mut noise = 0.0f64;
     let mut x = 12345u64;
     for h in 0..24 * 7 * 10 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let u = (x >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
         // Persistent noise (weather-like) on a daily and weekly cycle.
         noise = 0.9 * noise + 10.0 * u;
@@ -29,8 +31,18 @@ fn backtest_prints_every_model_and_the_shadowmesh_model_wins_on_seasonal_data() 
         writeln!(csv, "{},{v:.2}", 1_700_000_000 + h * 3600).unwrap();
     }
     std::fs::write(&path, csv).unwrap();
-    let out = predictor(&["backtest", "--csv", path.to_str().unwrap(), "--origin-every", "3"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = predictor(&[
+        "backtest",
+        "--csv",
+        path.to_str().unwrap(),
+        "--origin-every",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let mase = |model: &str| -> f64 {
         let line = text
@@ -46,7 +58,11 @@ fn backtest_prints_every_model_and_the_shadowmesh_model_wins_on_seasonal_data() 
     assert!(ours < mase("naive"), "{text}");
     assert!(text.contains("80% coverage"));
 
-    std::fs::write(&path, "timestamp,value\n2020-01-01 00:00:00,1\nyesterday,2\n").unwrap();
+    std::fs::write(
+        &path,
+        "timestamp,value\n2020-01-01 00:00:00,1\nyesterday,2\n",
+    )
+    .unwrap();
     let out = predictor(&["backtest", "--csv", path.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();

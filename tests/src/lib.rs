@@ -107,8 +107,7 @@ impl Stack {
             concurrency: config.envoy_workers,
             ..Default::default()
         };
-        let envoy = tokio::task::spawn_blocking(move || EnvoyProcess::start(&bootstrap, &options))
-            .await??;
+        let envoy = EnvoyProcess::launch(bootstrap, options).await?;
         Ok(Stack {
             envoy,
             primary,

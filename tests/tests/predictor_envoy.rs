@@ -68,11 +68,9 @@ async fn a_recurring_surge_seen_through_envoy_is_predicted_before_it_arrives() {
     }
     .render()
     .unwrap();
-    let envoy =
-        tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &EnvoyOptions::default()))
-            .await
-            .unwrap()
-            .unwrap();
+    let envoy = EnvoyProcess::launch(yaml, EnvoyOptions::default())
+        .await
+        .unwrap();
     // The data path and telemetry are live before the traffic pattern starts.
     let client = loadgen::client();
     let started = tokio::time::Instant::now();

@@ -82,9 +82,8 @@ async fn ads_envoy(xds_port: u16, delta: bool) -> EnvoyProcess {
     }
     .render()
     .unwrap();
-    tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &EnvoyOptions::default()))
+    EnvoyProcess::launch(yaml, EnvoyOptions::default())
         .await
-        .unwrap()
         .unwrap()
 }
 
@@ -683,11 +682,9 @@ async fn atre_redirects_to_a_shadow_delivered_over_ads(delta: bool) {
     }
     .render()
     .unwrap();
-    let envoy =
-        tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &EnvoyOptions::default()))
-            .await
-            .unwrap()
-            .unwrap();
+    let envoy = EnvoyProcess::launch(yaml, EnvoyOptions::default())
+        .await
+        .unwrap();
     eventually("requests served by the primary", async || {
         served_by(&envoy, 1).await == ["primary".to_string()].into()
     })

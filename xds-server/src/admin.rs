@@ -205,9 +205,6 @@ async fn metrics(State(a): State<Admin>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
 
     fn admin() -> Admin {
         let cache = SnapshotCache::default();
@@ -220,17 +217,7 @@ mod tests {
     }
 
     async fn call(a: &Admin, method: &str, path: &str, body: &str) -> (StatusCode, String) {
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        let response = a.router().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (status, String::from_utf8(bytes.to_vec()).unwrap())
+        crate::test_util::call(a.router(), method, path, body).await
     }
 
     #[tokio::test]

@@ -168,22 +168,9 @@ async fn post_event(State(f): State<Forecaster>, body: axum::body::Bytes) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
 
     async fn call(f: &Forecaster, method: &str, path: &str, body: &str) -> (StatusCode, String) {
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        let response = f.router().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (status, String::from_utf8(bytes.to_vec()).unwrap())
+        crate::test_util::call(f.router(), method, path, body).await
     }
 
     #[tokio::test]

@@ -41,6 +41,34 @@ pub mod telemetry;
 
 use std::sync::Arc;
 
+/// Helpers shared by the unit tests of the HTTP routes.
+#[cfg(test)]
+mod test_util {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    /// One request through `router`: status and body.
+    pub async fn call(
+        router: axum::Router,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> (StatusCode, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+}
+
 /// Every piece of the control plane, wired together. Cheap to clone (shared).
 #[derive(Clone)]
 pub struct ControlPlane {

@@ -102,7 +102,7 @@ async fn measure(
         log_level: "warn".into(),
         cpus: (!args.envoy_cpus.is_empty()).then(|| args.envoy_cpus.clone()),
     };
-    let envoy = tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &options)).await??;
+    let envoy = EnvoyProcess::launch(yaml, options).await?;
     // Warm up connections and the VM.
     loadgen::saturate(
         envoy.listener,

@@ -62,9 +62,7 @@ async fn main() -> Result<()> {
         filter: FilterChoice::Atre(plugin.to_string()),
     }
     .render()?;
-    let envoy =
-        tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &EnvoyOptions::default()))
-            .await??;
+    let envoy = EnvoyProcess::launch(yaml, EnvoyOptions::default()).await?;
     println!(
         "Envoy 1.40 with the ATRE filter listening on http://{}",
         envoy.listener

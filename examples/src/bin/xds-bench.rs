@@ -179,9 +179,7 @@ async fn decision_to_ack(args: &Args, delta: bool) -> Result<AckLatency> {
         delta,
     }
     .render()?;
-    let envoy =
-        tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, &EnvoyOptions::default()))
-            .await??;
+    let envoy = EnvoyProcess::launch(yaml, EnvoyOptions::default()).await?;
     let acked = |version: String| {
         let cache = plane.cache.clone();
         async move {
