@@ -124,8 +124,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         plane.controller.set_primary(&s.name, &s.primary)?;
         plane.controller.set_shadows(&s.name, &s.shadows)?;
     }
-    let http = tokio::net::TcpListener::bind(settings.http_listen).await?;
-    let ads = tokio::net::TcpListener::bind(settings.ads_listen).await?;
+    let http = crate::bind(settings.http_listen)?;
+    let ads = crate::bind(settings.ads_listen)?;
     let (http_addr, ads_addr) = (http.local_addr()?, ads.local_addr()?);
     tracing::info!(http = %http_addr, ads = %ads_addr, services = settings.config.services.len(), "shadowmesh control plane listening");
     let serving = plane.clone();

@@ -128,9 +128,9 @@ async fn run(args: Args) -> Result<()> {
         args.changes
     );
     println!(
-        "| mode | proxies | initial sync ms | all ACKed ms (median) | max | server KiB/proxy | bytes/proxy/push |"
+        "| mode | proxies | connect ms | initial sync ms | all ACKed ms (median) | max | server KiB/proxy | bytes/proxy/push |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &report.fan_out {
         println!(
             "| {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} |",
@@ -270,7 +270,7 @@ async fn serve_fanout(args: &Args) -> Result<()> {
         v
     };
     let version = publish(&bumps);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = shadowmesh_xds::bind(([127, 0, 0, 1], 0).into())?;
     println!("PORT {} {version}", listener.local_addr()?.port());
     std::io::stdout().flush()?;
     let ads = shadowmesh_xds::ads::Ads::new(cache.clone());
