@@ -14,6 +14,7 @@ use shadowmesh_xds::ControlPlane;
 use shadowmesh_xds::ads::Ads;
 use shadowmesh_xds::cache::{CLUSTER_TYPE, ENDPOINT_TYPE, Snapshot, SnapshotCache, XdsMode};
 use shadowmesh_xds::resources::{EndpointSpec, eds_cluster, load_assignment};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -87,23 +88,64 @@ async fn ads_envoy(xds_port: u16, delta: bool) -> EnvoyProcess {
         .unwrap()
 }
 
-async fn envoy_takes_clusters_and_endpoints_from_ads_and_follows_endpoint_changes(delta: bool) {
+/// Which upstreams answered `n` requests through Envoy's default route; an error if any
+/// request failed.
+async fn served_by(envoy: &EnvoyProcess, n: usize) -> Result<BTreeSet<String>, String> {
+    let client = loadgen::client();
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        match loadgen::get(&client, envoy.listener, "checkout.local", "/", &[]).await {
+            Ok((200, Some(s))) => {
+                seen.insert(s);
+            }
+            other => return Err(format!("request failed: {other:?}")),
+        }
+    }
+    Ok(seen)
+}
+
+/// `served_by`'s answer when every request landed on `name`.
+fn only(name: &str) -> Result<BTreeSet<String>, String> {
+    Ok([name.to_string()].into())
+}
+
+/// Two upstreams, a cache pointing group `edge`'s `checkout_primary` at `a`, ADS serving
+/// it, and an Envoy (delta if `delta`) whose requests already land on `a`.
+struct OnA {
+    a: UpstreamHandle,
+    b: UpstreamHandle,
+    cache: SnapshotCache,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    envoy: EnvoyProcess,
+}
+
+async fn envoy_on_a(delta: bool) -> OnA {
     let (a, b) = upstreams().await;
     let cache = SnapshotCache::default();
     cache.set_snapshot("edge", primary_snapshot(&[a.addr]));
     let (xds_port, server) = spawn_ads(&cache).await;
     let envoy = ads_envoy(xds_port, delta).await;
-    let client = loadgen::client();
-    let lands_on = |server: &'static str| {
-        let client = client.clone();
-        let target = envoy.listener;
-        async move || {
-            loadgen::get(&client, target, "checkout.local", "/", &[]).await
-                == Ok((200, Some(server.into())))
-        }
-    };
+    eventually("requests served by endpoint a", async || {
+        served_by(&envoy, 1).await == only("a")
+    })
+    .await;
+    OnA {
+        a,
+        b,
+        cache,
+        server,
+        envoy,
+    }
+}
 
-    eventually("requests served by endpoint a", lands_on("a")).await;
+async fn envoy_takes_clusters_and_endpoints_from_ads_and_follows_endpoint_changes(delta: bool) {
+    let OnA {
+        a,
+        b,
+        cache,
+        server,
+        envoy,
+    } = envoy_on_a(delta).await;
     let first = cache.snapshot_for("edge").unwrap();
     let proxies = cache.proxies();
     assert_eq!(proxies.len(), 1);
@@ -119,7 +161,10 @@ async fn envoy_takes_clusters_and_endpoints_from_ads_and_follows_endpoint_change
 
     // The controller moves the cluster to endpoint b (and marks a gone).
     cache.set_snapshot("edge", primary_snapshot(&[b.addr]));
-    eventually("requests served by endpoint b", lands_on("b")).await;
+    eventually("requests served by endpoint b", async || {
+        served_by(&envoy, 1).await == only("b")
+    })
+    .await;
     let clusters = envoy.admin_get("/clusters").unwrap();
     assert!(
         clusters.contains(&format!("checkout_primary::{}", b.addr)),
@@ -143,17 +188,14 @@ async fn envoy_takes_clusters_and_endpoints_from_ads_and_follows_endpoint_change
 /// version again, Envoy keeps serving the last good version without a failed request, and
 /// the next valid version is accepted.
 async fn an_invalid_resource_is_nacked_and_the_last_good_version_keeps_serving(delta: bool) {
-    let (a, b) = upstreams().await;
-    let cache = SnapshotCache::default();
-    cache.set_snapshot("edge", primary_snapshot(&[a.addr]));
-    let (xds_port, server) = spawn_ads(&cache).await;
-    let envoy = ads_envoy(xds_port, delta).await;
-    let client = loadgen::client();
-    let get = || loadgen::get(&client, envoy.listener, "checkout.local", "/", &[]);
-    eventually("requests served by endpoint a", async || {
-        get().await == Ok((200, Some("a".into())))
-    })
-    .await;
+    // Both upstreams live to the end of the test (a dropped handle stops its server).
+    let OnA {
+        a: _a,
+        b,
+        cache,
+        server,
+        envoy,
+    } = envoy_on_a(delta).await;
 
     // Port 70000 breaks Envoy's proto constraints for SocketAddress.port_value.
     let mut bad = load_assignment("checkout_primary", &[EndpointSpec::healthy(b.addr)]);
@@ -181,9 +223,7 @@ async fn an_invalid_resource_is_nacked_and_the_last_good_version_keeps_serving(d
     );
     let sent = cache.proxies()[0].responses[ENDPOINT_TYPE];
     // The last good version keeps serving, request for request.
-    for _ in 0..50 {
-        assert_eq!(get().await, Ok((200, Some("a".into()))));
-    }
+    assert_eq!(served_by(&envoy, 50).await, only("a"));
     // Setting the same bad content again changes nothing, and nothing is re-sent.
     cache.set_snapshot("edge", bad_snapshot);
     let generation = cache.generation();
@@ -200,7 +240,7 @@ async fn an_invalid_resource_is_nacked_and_the_last_good_version_keeps_serving(d
     // The next valid version is accepted.
     cache.set_snapshot("edge", primary_snapshot(&[b.addr]));
     eventually("requests served by endpoint b", async || {
-        get().await == Ok((200, Some("b".into())))
+        served_by(&envoy, 1).await == only("b")
     })
     .await;
     eventually("rejection cleared by the ACK", async || {
@@ -275,28 +315,24 @@ async fn envoy_survives_a_control_plane_restart_and_converges(delta: bool) {
     };
     let mut xds = KillableXds::start(port, cache.clone());
     let envoy = ads_envoy(port, delta).await;
-    let client = loadgen::client();
-    let get = || loadgen::get(&client, envoy.listener, "checkout.local", "/", &[]);
     eventually("requests served by endpoint a", async || {
-        get().await == Ok((200, Some("a".into())))
+        served_by(&envoy, 1).await == only("a")
     })
     .await;
 
     xds.kill();
-    for _ in 0..50 {
-        assert_eq!(
-            get().await,
-            Ok((200, Some("a".into()))),
-            "Envoy serves on during the outage"
-        );
-    }
+    assert_eq!(
+        served_by(&envoy, 50).await,
+        only("a"),
+        "Envoy serves on during the outage"
+    );
     // The restarted control plane starts from the controller's current state.
     let restarted = SnapshotCache::default();
     restarted.set_snapshot("edge", primary_snapshot(&[b.addr]));
     let _xds = KillableXds::start(port, restarted.clone());
     eventually(
         "requests served by endpoint b after reconnecting",
-        async || get().await == Ok((200, Some("b".into()))),
+        async || served_by(&envoy, 1).await == only("b"),
     )
     .await;
     assert_eq!(restarted.proxies().len(), 1, "Envoy reconnected");
@@ -306,21 +342,17 @@ async fn envoy_survives_a_control_plane_restart_and_converges(delta: bool) {
 /// endpoints did not change, yet they must be sent again — otherwise the cluster stays
 /// warming until Envoy's fetch timeout (the classic stuck-warming bug).
 async fn a_cluster_changed_alone_still_gets_its_endpoints(delta: bool) {
-    let (a, _b) = upstreams().await;
+    let OnA {
+        a,
+        b: _b,
+        cache,
+        server,
+        envoy,
+    } = envoy_on_a(delta).await;
     let endpoints = [load_assignment(
         "checkout_primary",
         &[EndpointSpec::healthy(a.addr)],
     )];
-    let cache = SnapshotCache::default();
-    cache.set_snapshot("edge", primary_snapshot(&[a.addr]));
-    let (xds_port, server) = spawn_ads(&cache).await;
-    let envoy = ads_envoy(xds_port, delta).await;
-    let client = loadgen::client();
-    let get = || loadgen::get(&client, envoy.listener, "checkout.local", "/", &[]);
-    eventually("requests served by endpoint a", async || {
-        get().await == Ok((200, Some("a".into())))
-    })
-    .await;
 
     // Only the cluster changes (its connect timeout); the endpoints are identical.
     let mut changed = eds_cluster("checkout_primary");
@@ -351,7 +383,7 @@ async fn a_cluster_changed_alone_still_gets_its_endpoints(delta: bool) {
         "warming took {:?}",
         started.elapsed()
     );
-    assert_eq!(get().await, Ok((200, Some("a".into()))));
+    assert_eq!(served_by(&envoy, 1).await, only("a"));
     server.abort();
 }
 
@@ -375,21 +407,6 @@ async fn spawn_plane(plane: &ControlPlane) -> (SocketAddr, u16, tokio::task::Joi
     (http_addr, ads_port, task)
 }
 
-/// Which of `upstreams` answer `n` requests through Envoy's default route.
-async fn served_by(envoy: &EnvoyProcess, n: usize) -> std::collections::BTreeSet<String> {
-    let client = loadgen::client();
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..n {
-        match loadgen::get(&client, envoy.listener, "checkout.local", "/", &[]).await {
-            Ok((200, Some(s))) => {
-                seen.insert(s);
-            }
-            other => panic!("request failed: {other:?}"),
-        }
-    }
-    seen
-}
-
 /// A service created over the admin HTTP API reaches Envoy as its three clusters; primary
 /// endpoints added and removed move where requests land; shadow nodes set with a weight
 /// and health show up in Envoy's shadow pool and leave it when released; `/v1/proxies`
@@ -411,7 +428,7 @@ async fn controller_changes_reach_envoy(delta: bool) {
     );
     let envoy = ads_envoy(ads_port, delta).await;
     eventually("requests served by a", async || {
-        served_by(&envoy, 1).await == ["a".to_string()].into()
+        served_by(&envoy, 1).await == only("a")
     })
     .await;
     let clusters = envoy.admin_get("/clusters").unwrap();
@@ -435,7 +452,7 @@ async fn controller_changes_reach_envoy(delta: bool) {
         )
         .unwrap();
     eventually("requests served by a and b", async || {
-        served_by(&envoy, 20).await.len() == 2
+        served_by(&envoy, 20).await.is_ok_and(|s| s.len() == 2)
     })
     .await;
     plane
@@ -443,7 +460,7 @@ async fn controller_changes_reach_envoy(delta: bool) {
         .set_primary("checkout", &[EndpointSpec::healthy(b.addr)])
         .unwrap();
     eventually("requests served by b only", async || {
-        served_by(&envoy, 20).await == ["b".to_string()].into()
+        served_by(&envoy, 20).await == only("b")
     })
     .await;
 
@@ -546,7 +563,7 @@ async fn removed_services_leave_envoy_after_their_replacement(delta: bool) {
         !clusters.is_empty() && !clusters.contains("payments_")
     })
     .await;
-    assert_eq!(served_by(&envoy, 10).await, ["a".to_string()].into());
+    assert_eq!(served_by(&envoy, 10).await, only("a"));
 
     // Replace checkout's sibling "orders" by "billing" in one snapshot change.
     c.set_primary("orders", &[EndpointSpec::healthy(b.addr)])
@@ -587,7 +604,7 @@ async fn removed_services_leave_envoy_after_their_replacement(delta: bool) {
         clusters.contains("billing_primary::") && !clusters.contains("orders_")
     })
     .await;
-    assert_eq!(served_by(&envoy, 10).await, ["a".to_string()].into());
+    assert_eq!(served_by(&envoy, 10).await, only("a"));
     task.abort();
 }
 
@@ -623,7 +640,7 @@ async fn the_configured_command_line_serves_envoy(delta: bool) {
         .unwrap();
     let envoy = ads_envoy(running.ads_addr.port(), delta).await;
     eventually("requests served by the configured primary", async || {
-        served_by(&envoy, 1).await == ["a".to_string()].into()
+        served_by(&envoy, 1).await == only("a")
     })
     .await;
     let proxies = running.plane.cache.proxies();
@@ -686,7 +703,7 @@ async fn atre_redirects_to_a_shadow_delivered_over_ads(delta: bool) {
         .await
         .unwrap();
     eventually("requests served by the primary", async || {
-        served_by(&envoy, 1).await == ["primary".to_string()].into()
+        served_by(&envoy, 1).await == only("primary")
     })
     .await;
     // The filter's telemetry reached this control plane: the data path is live.
