@@ -4,7 +4,7 @@
 use crate::anomaly::{AnomalyState, Direction};
 use crate::events::{EventMemory, ScheduledEvent};
 use crate::model::{
-    Confidence, ConfigError, ModelConfig, ObserveError, SeasonalModel, normal_quantile,
+    Confidence, ConfigError, ModelConfig, ObserveError, SeasonalModel, check_value, normal_quantile,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -152,6 +152,20 @@ struct Tracked {
     current: f64,
 }
 
+/// The entry of `series`, created empty if new.
+fn tracked<'a>(
+    all: &'a mut BTreeMap<String, Tracked>,
+    model: &ModelConfig,
+    series: &str,
+) -> &'a mut Tracked {
+    all.entry(series.to_string()).or_insert_with(|| Tracked {
+        model: SeasonalModel::new(model),
+        events: EventMemory::default(),
+        capacity: None,
+        current: 0.0,
+    })
+}
+
 /// Forecasts for every series, events and capacities. Not thread-safe by itself; the
 /// control plane wraps it in a mutex.
 #[derive(Debug, Clone)]
@@ -190,15 +204,7 @@ impl Analyzer {
     }
 
     fn tracked(&mut self, series: &str) -> &mut Tracked {
-        let model = &self.config.model;
-        self.series
-            .entry(series.to_string())
-            .or_insert_with(|| Tracked {
-                model: SeasonalModel::new(model),
-                events: EventMemory::default(),
-                capacity: None,
-                current: 0.0,
-            })
+        tracked(&mut self.series, &self.config.model, series)
     }
 
     /// Sets the demand a series can take before it is overloaded (its units).
@@ -221,20 +227,21 @@ impl Analyzer {
         ts: i64,
         value: f64,
     ) -> Result<Option<AnomalyState>, ObserveError> {
-        if let Some(t) = self.series.get(series) {
-            t.model.check(ts, value)?;
-        } else {
-            SeasonalModel::new(&self.config.model).check(ts, value)?;
+        match self.series.get(series) {
+            Some(t) => t.model.check(ts, value)?,
+            // A refused first value must not create the series.
+            None => check_value(value)?,
         }
-        let events = std::mem::take(&mut self.events);
-        let config = self.config.model.clone();
-        let t = self.tracked(series);
-        let factor = t.events.effect(&events, series, ts).factor;
-        let baseline = t.model.baseline_at(&config, ts).unwrap_or(value);
-        t.events.record(&events, series, ts, value, baseline);
-        let result = t.model.observe(&config, ts, value / factor);
+        let config = &self.config.model;
+        let events = &self.events;
+        let t = tracked(&mut self.series, config, series);
+        let factor = t.events.effect(events, series, ts).factor;
+        let model = &t.model;
+        t.events.record(events, series, ts, value, || {
+            model.baseline_at(config, ts).unwrap_or(value)
+        });
+        let result = t.model.observe(config, ts, value / factor);
         t.current = value;
-        self.events = events;
         result
     }
 

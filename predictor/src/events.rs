@@ -141,16 +141,18 @@ impl EventMemory {
         effect
     }
 
-    /// Records `actual` demand against the model's `baseline` at `ts`, and closes the
-    /// occurrences that have ended into the learned uplifts.
+    /// Records `actual` demand against the model's baseline at `ts` (computed only if an
+    /// event covers `ts`), and closes the occurrences that have ended into the learned
+    /// uplifts.
     pub fn record(
         &mut self,
         events: &[ScheduledEvent],
         series: &str,
         ts: i64,
         actual: f64,
-        baseline: f64,
+        baseline: impl FnOnce() -> f64,
     ) {
+        let baseline = std::cell::LazyCell::new(baseline);
         let ended: Vec<String> = self
             .running
             .iter()
@@ -177,7 +179,7 @@ impl EventMemory {
             let ev = self.running.entry(e.kind.clone()).or_default();
             ev.end = e.start + e.duration_secs;
             ev.actual += actual;
-            ev.baseline += baseline;
+            ev.baseline += *baseline;
         }
     }
 }

@@ -388,12 +388,7 @@ impl SeasonalModel {
 
     /// Checks an observation without learning from it.
     pub fn check(&self, ts: i64, y: f64) -> Result<(), ObserveError> {
-        if !y.is_finite() {
-            return Err(ObserveError::NotFinite(y));
-        }
-        if y < 0.0 {
-            return Err(ObserveError::Negative(y));
-        }
+        check_value(y)?;
         if let Some(last) = self.last_ts
             && ts <= last
         {
@@ -640,6 +635,17 @@ impl SeasonalModel {
     pub fn anomaly(&self) -> Option<&AnomalyState> {
         self.cusum.active()
     }
+}
+
+/// Checks a value any series would accept: finite and not negative.
+pub fn check_value(y: f64) -> Result<(), ObserveError> {
+    if !y.is_finite() {
+        return Err(ObserveError::NotFinite(y));
+    }
+    if y < 0.0 {
+        return Err(ObserveError::Negative(y));
+    }
+    Ok(())
 }
 
 /// Standard normal quantile.
