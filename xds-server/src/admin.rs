@@ -81,7 +81,7 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, SpecError> {
 
 /// `404` for an unknown service, `400` for anything else wrong.
 fn rejected(e: SpecError) -> Response {
-    let status = if e.field == "service" && e.message.starts_with("no service") {
+    let status = if e.unknown_service {
         StatusCode::NOT_FOUND
     } else {
         StatusCode::BAD_REQUEST

@@ -48,6 +48,9 @@ pub struct SpecError {
     pub field: String,
     /// What is wrong with it.
     pub message: String,
+    /// The input named a service that does not exist (the admin API answers `404`).
+    #[serde(skip)]
+    pub unknown_service: bool,
 }
 
 impl SpecError {
@@ -56,6 +59,7 @@ impl SpecError {
         SpecError {
             field: field.into(),
             message: message.into(),
+            unknown_service: false,
         }
     }
 }
@@ -230,10 +234,13 @@ impl Controller {
 }
 
 fn unknown(service: &str) -> SpecError {
-    SpecError::new(
-        "service",
-        format!("no service {service:?}; create it with its primary endpoints first"),
-    )
+    SpecError {
+        unknown_service: true,
+        ..SpecError::new(
+            "service",
+            format!("no service {service:?}; create it with its primary endpoints first"),
+        )
+    }
 }
 
 /// The snapshot of these services.

@@ -292,9 +292,8 @@ pub struct DeltaTypeState {
     pub known: BTreeMap<String, String>,
     /// Snapshot version the last ACKed response brought the proxy to.
     pub acked: Option<String>,
-    /// Last rejection (cleared by a later ACK).
-    pub rejected: Option<Rejection>,
-    /// Resource versions the proxy rejected: name → version.
+    /// Resource versions the proxy rejected: name → version. (The rejection itself is
+    /// reported by the NACK outcome and kept in the proxy's status.)
     rejected_versions: BTreeMap<String, String>,
     in_flight: Option<DeltaInFlight>,
     /// Names to send again even at an unchanged version.
@@ -351,10 +350,6 @@ impl DeltaTypeState {
                 for (name, version) in plan.updated {
                     self.rejected_versions.insert(name, version);
                 }
-                self.rejected = Some(Rejection {
-                    version: plan.version.clone(),
-                    error: error.to_string(),
-                });
                 RequestOutcome::Nack {
                     rejected: plan.version,
                     kept_version: self.acked.clone().unwrap_or_default(),
@@ -370,7 +365,6 @@ impl DeltaTypeState {
                 for name in &plan.removed {
                     self.known.remove(name);
                 }
-                self.rejected = None;
                 self.acked = Some(plan.version.clone());
                 RequestOutcome::Ack {
                     version: plan.version,
