@@ -150,3 +150,16 @@ impl Drop for Stack {
         self.control.abort();
     }
 }
+
+/// Serves `plane` (HTTP API and ADS) on ephemeral loopback ports: the HTTP address, the
+/// ADS port, and the serving task (abort it to stop; it panics if serving fails).
+pub async fn spawn_plane(
+    plane: &shadowmesh_xds::ControlPlane,
+) -> (std::net::SocketAddr, u16, tokio::task::JoinHandle<()>) {
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ads = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (http_addr, ads_port) = (http.local_addr().unwrap(), ads.local_addr().unwrap().port());
+    let plane = plane.clone();
+    let task = tokio::spawn(async move { plane.serve(http, ads).await.unwrap() });
+    (http_addr, ads_port, task)
+}

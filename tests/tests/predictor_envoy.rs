@@ -42,19 +42,7 @@ async fn a_recurring_surge_seen_through_envoy_is_predicted_before_it_arrives() {
         .set_primary("checkout", &[EndpointSpec::healthy(primary.addr)])
         .unwrap();
     plane.forecaster.set_capacity("checkout", CAPACITY).unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ads = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (http_port, ads_port) = (
-        http.local_addr().unwrap().port(),
-        ads.local_addr().unwrap().port(),
-    );
-    let serving = plane.clone();
-    let server = tokio::spawn(async move {
-        tokio::select! {
-            _ = serving.serve_http(http) => {}
-            _ = serving.serve_ads(ads) => {}
-        }
-    });
+    let (http, ads_port, server) = shadowmesh_e2e::spawn_plane(&plane).await;
     let mut plugin = default_plugin_config().unwrap();
     // Never redirect: this test is about what the control plane learns.
     plugin["services"][0]["primary"]["max_in_flight"] = 10_000.into();
@@ -62,7 +50,7 @@ async fn a_recurring_surge_seen_through_envoy_is_predicted_before_it_arrives() {
         node_id: "edge-1".into(),
         node_cluster: "edge".into(),
         xds_port: ads_port,
-        control_port: http_port,
+        control_port: http.port(),
         filter: FilterChoice::Atre(plugin.to_string()),
         delta: false,
     }

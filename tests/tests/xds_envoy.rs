@@ -7,6 +7,7 @@
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use shadowmesh_e2e::spawn_plane;
 use shadowmesh_examples::envoy::{AdsBootstrap, EnvoyOptions, EnvoyProcess, FilterChoice};
 use shadowmesh_examples::loadgen;
 use shadowmesh_examples::upstream::{self, OrcaMode, UpstreamConfig, UpstreamHandle};
@@ -390,21 +391,6 @@ async fn a_cluster_changed_alone_still_gets_its_endpoints(delta: bool) {
 /// The mode a test's Envoy should report.
 fn mode(delta: bool) -> XdsMode {
     if delta { XdsMode::Delta } else { XdsMode::Sotw }
-}
-
-/// The control plane with its HTTP API (admin, metrics) and ADS on ephemeral ports.
-async fn spawn_plane(plane: &ControlPlane) -> (SocketAddr, u16, tokio::task::JoinHandle<()>) {
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ads = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (http_addr, ads_port) = (http.local_addr().unwrap(), ads.local_addr().unwrap().port());
-    let plane = plane.clone();
-    let task = tokio::spawn(async move {
-        tokio::select! {
-            r = plane.serve_http(http) => r.unwrap(),
-            r = plane.serve_ads(ads) => r.unwrap(),
-        }
-    });
-    (http_addr, ads_port, task)
 }
 
 /// A service created over the admin HTTP API reaches Envoy as its three clusters; primary

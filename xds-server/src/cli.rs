@@ -129,13 +129,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let (http_addr, ads_addr) = (http.local_addr()?, ads.local_addr()?);
     tracing::info!(http = %http_addr, ads = %ads_addr, services = settings.config.services.len(), "shadowmesh control plane listening");
     let serving = plane.clone();
-    let task = tokio::spawn(async move {
-        tokio::select! {
-            r = serving.serve_http(http) => r?,
-            r = serving.serve_ads(ads) => r?,
-        }
-        Ok(())
-    });
+    let task = tokio::spawn(async move { serving.serve(http, ads).await });
     Ok(Running {
         plane,
         http_addr,

@@ -134,6 +134,20 @@ impl ControlPlane {
         axum::serve(listener, self.router()).await
     }
 
+    /// Serves the HTTP routes on `http` and ADS on `ads` until either fails (or the task
+    /// is dropped).
+    pub async fn serve(
+        &self,
+        http: tokio::net::TcpListener,
+        ads: tokio::net::TcpListener,
+    ) -> anyhow::Result<()> {
+        tokio::select! {
+            r = self.serve_http(http) => r?,
+            r = self.serve_ads(ads) => r?,
+        }
+        Ok(())
+    }
+
     /// Serves ADS on `listener` until the task is dropped.
     pub async fn serve_ads(
         &self,
