@@ -38,11 +38,41 @@ pub struct StackConfig {
     pub fault: bool,
 }
 
+/// The shipped ATRE plugin configuration with the primary's capacity set to `primary_max`.
+pub fn atre_plugin(primary_max: u32) -> serde_json::Value {
+    let mut plugin = default_plugin_config().expect("envoy-configs/atre-plugin.json");
+    plugin["services"][0]["primary"]["max_in_flight"] = primary_max.into();
+    plugin
+}
+
+/// Envoy `edge-1` of proxy group `edge` on the ADS bootstrap (delta mode if `delta`):
+/// clusters and endpoints from ADS on `xds_port`, telemetry to `control_port`, running
+/// `filter`.
+pub async fn ads_envoy(
+    xds_port: u16,
+    control_port: u16,
+    filter: FilterChoice,
+    delta: bool,
+) -> EnvoyProcess {
+    let yaml = shadowmesh_examples::envoy::AdsBootstrap {
+        node_id: "edge-1".into(),
+        node_cluster: "edge".into(),
+        xds_port,
+        control_port,
+        filter,
+        delta,
+    }
+    .render()
+    .unwrap();
+    EnvoyProcess::launch(yaml, EnvoyOptions::default())
+        .await
+        .unwrap()
+}
+
 impl StackConfig {
     /// The shipped plugin configuration with the primary's capacity set to `primary_max`.
     pub fn atre(primary_max: u32) -> StackConfig {
-        let mut plugin = default_plugin_config().expect("envoy-configs/atre-plugin.json");
-        plugin["services"][0]["primary"]["max_in_flight"] = primary_max.into();
+        let plugin = atre_plugin(primary_max);
         StackConfig {
             primary: (primary_max as usize, Duration::from_millis(20)),
             shadow: (64, Duration::from_millis(20)),

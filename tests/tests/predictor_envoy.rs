@@ -5,9 +5,7 @@
 //! Time is compressed: one sample per second (the filter's report interval) and a
 //! 6-second "day" (3 s quiet, 3 s busy), so a season is learned in under a minute.
 
-use shadowmesh_examples::envoy::{
-    AdsBootstrap, EnvoyOptions, EnvoyProcess, FilterChoice, default_plugin_config,
-};
+use shadowmesh_examples::envoy::FilterChoice;
 use shadowmesh_examples::loadgen::{self, LoadSpec, Phase, RateProfile};
 use shadowmesh_examples::upstream::{self, OrcaMode, UpstreamConfig};
 use shadowmesh_predictor::analyzer::{AnalyzerConfig, Reason};
@@ -43,22 +41,15 @@ async fn a_recurring_surge_seen_through_envoy_is_predicted_before_it_arrives() {
         .unwrap();
     plane.forecaster.set_capacity("checkout", CAPACITY).unwrap();
     let (http, ads_port, server) = shadowmesh_e2e::spawn_plane(&plane).await;
-    let mut plugin = default_plugin_config().unwrap();
     // Never redirect: this test is about what the control plane learns.
-    plugin["services"][0]["primary"]["max_in_flight"] = 10_000.into();
-    let yaml = AdsBootstrap {
-        node_id: "edge-1".into(),
-        node_cluster: "edge".into(),
-        xds_port: ads_port,
-        control_port: http.port(),
-        filter: FilterChoice::Atre(plugin.to_string()),
-        delta: false,
-    }
-    .render()
-    .unwrap();
-    let envoy = EnvoyProcess::launch(yaml, EnvoyOptions::default())
-        .await
-        .unwrap();
+    let plugin = shadowmesh_e2e::atre_plugin(10_000);
+    let envoy = shadowmesh_e2e::ads_envoy(
+        ads_port,
+        http.port(),
+        FilterChoice::Atre(plugin.to_string()),
+        false,
+    )
+    .await;
     // The data path and telemetry are live before the traffic pattern starts.
     let client = loadgen::client();
     let started = tokio::time::Instant::now();

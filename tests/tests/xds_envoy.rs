@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use shadowmesh_e2e::spawn_plane;
-use shadowmesh_examples::envoy::{AdsBootstrap, EnvoyOptions, EnvoyProcess, FilterChoice};
+use shadowmesh_examples::envoy::{EnvoyProcess, FilterChoice};
 use shadowmesh_examples::loadgen;
 use shadowmesh_examples::upstream::{self, OrcaMode, UpstreamConfig, UpstreamHandle};
 use shadowmesh_xds::ControlPlane;
@@ -72,21 +72,9 @@ async fn spawn_ads(
 }
 
 /// Envoy of proxy group `edge`, taking clusters and endpoints from ADS on `xds_port`, in
-/// delta mode if `delta`.
+/// delta mode if `delta`, without a filter.
 async fn ads_envoy(xds_port: u16, delta: bool) -> EnvoyProcess {
-    let yaml = AdsBootstrap {
-        node_id: "edge-1".into(),
-        node_cluster: "edge".into(),
-        xds_port,
-        control_port: 9,
-        filter: FilterChoice::None,
-        delta,
-    }
-    .render()
-    .unwrap();
-    EnvoyProcess::launch(yaml, EnvoyOptions::default())
-        .await
-        .unwrap()
+    shadowmesh_e2e::ads_envoy(xds_port, 9, FilterChoice::None, delta).await
 }
 
 /// Which upstreams answered `n` requests through Envoy's default route; an error if any
@@ -673,21 +661,14 @@ async fn atre_redirects_to_a_shadow_delivered_over_ads(delta: bool) {
         .controller
         .set_shadows("checkout", &[EndpointSpec::healthy(shadow.addr)])
         .unwrap();
-    let mut plugin = shadowmesh_examples::envoy::default_plugin_config().unwrap();
-    plugin["services"][0]["primary"]["max_in_flight"] = 8.into();
-    let yaml = AdsBootstrap {
-        node_id: "edge-1".into(),
-        node_cluster: "edge".into(),
-        xds_port: ads_port,
-        control_port: http.port(),
-        filter: FilterChoice::Atre(plugin.to_string()),
+    let plugin = shadowmesh_e2e::atre_plugin(8);
+    let envoy = shadowmesh_e2e::ads_envoy(
+        ads_port,
+        http.port(),
+        FilterChoice::Atre(plugin.to_string()),
         delta,
-    }
-    .render()
-    .unwrap();
-    let envoy = EnvoyProcess::launch(yaml, EnvoyOptions::default())
-        .await
-        .unwrap();
+    )
+    .await;
     eventually("requests served by the primary", async || {
         served_by(&envoy, 1).await == only("primary")
     })
