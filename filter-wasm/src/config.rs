@@ -143,6 +143,35 @@ pub struct Thresholds {
     pub shadow_max: f64,
 }
 
+impl Thresholds {
+    /// Checks the thresholds and their order (`exit < target ≤ enter`).
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        for (name, v) in [
+            ("enter", self.enter),
+            ("target", self.target),
+            ("exit", self.exit),
+            ("shadow_max", self.shadow_max),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 10.0) {
+                return Err(err(format!("{at}.{name}"), "must be a number in (0, 10]"));
+            }
+        }
+        if self.exit >= self.target {
+            return Err(err(
+                format!("{at}.exit"),
+                format!("must be below thresholds.target ({})", self.target),
+            ));
+        }
+        if self.target > self.enter {
+            return Err(err(
+                format!("{at}.target"),
+                format!("must not exceed thresholds.enter ({})", self.enter),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
@@ -165,6 +194,21 @@ pub enum SessionKeySource {
     Cookie(String),
 }
 
+impl SessionKeySource {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        match self {
+            SessionKeySource::Header(h) if !is_header_name(h) => Err(err(
+                format!("{at}.header"),
+                "must be a lower-case HTTP header name",
+            )),
+            SessionKeySource::Cookie(c) if c.is_empty() || c.contains([';', '=', ' ']) => {
+                Err(err(format!("{at}.cookie"), "must be a cookie name"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Telemetry destination.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -183,6 +227,28 @@ pub struct TelemetryConfig {
     /// Timeout of the report request (default 500 ms).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+}
+
+impl TelemetryConfig {
+    /// Checks the destination; reports cannot come more often than ticks.
+    fn validate(&self, tick_ms: u64) -> Result<(), ConfigError> {
+        if self.cluster.is_empty() {
+            return Err(err("telemetry.cluster", "must not be empty"));
+        }
+        if !self.path.starts_with('/') {
+            return Err(err("telemetry.path", "must start with '/'"));
+        }
+        if self.interval_ms < tick_ms {
+            return Err(err(
+                "telemetry.interval_ms",
+                format!("must be at least tick_ms ({tick_ms})"),
+            ));
+        }
+        if self.timeout_ms == 0 {
+            return Err(err("telemetry.timeout_ms", "must be positive"));
+        }
+        Ok(())
+    }
 }
 
 fn default_route_header() -> String {
@@ -240,6 +306,7 @@ impl PluginConfig {
         Ok(config)
     }
 
+    /// Checks the document section by section; the error names the first bad field.
     fn validate(&self) -> Result<(), ConfigError> {
         if !is_header_name(&self.route_header) {
             return Err(err(
@@ -254,107 +321,21 @@ impl PluginConfig {
         if self.services.is_empty() {
             return Err(err("services", "at least one service is required"));
         }
-        let mut names = Vec::new();
         for (i, s) in self.services.iter().enumerate() {
-            let at = |f: &str| format!("services[{i}].{f}");
-            if s.name.is_empty()
-                || !s
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            let at = format!("services[{i}]");
+            if self.services[..i]
+                .iter()
+                .any(|earlier| earlier.name == s.name)
             {
                 return Err(err(
-                    at("name"),
-                    "must be non-empty ASCII letters, digits, '-' or '_'",
-                ));
-            }
-            if names.contains(&&s.name) {
-                return Err(err(
-                    at("name"),
+                    format!("{at}.name"),
                     format!("duplicate service name `{}`", s.name),
                 ));
             }
-            names.push(&s.name);
-            if s.hosts.is_empty() {
-                return Err(err(at("hosts"), "at least one host (or \"*\") is required"));
-            }
-            cluster_fields(
-                &at("primary"),
-                &s.primary.cluster,
-                s.primary.max_in_flight,
-                s.primary.latency_slo_ms,
-            )?;
-            cluster_fields(
-                &at("shadow"),
-                &s.shadow.cluster,
-                s.shadow.max_in_flight,
-                s.shadow.latency_slo_ms,
-            )?;
-            if s.shadow.cluster == s.primary.cluster {
-                return Err(err(
-                    at("shadow.cluster"),
-                    "must differ from primary.cluster",
-                ));
-            }
-            let t = &s.thresholds;
-            for (name, v) in [
-                ("enter", t.enter),
-                ("target", t.target),
-                ("exit", t.exit),
-                ("shadow_max", t.shadow_max),
-            ] {
-                if !(v.is_finite() && v > 0.0 && v <= 10.0) {
-                    return Err(err(
-                        at(&format!("thresholds.{name}")),
-                        "must be a number in (0, 10]",
-                    ));
-                }
-            }
-            if t.exit >= t.target {
-                return Err(err(
-                    at("thresholds.exit"),
-                    format!("must be below thresholds.target ({})", t.target),
-                ));
-            }
-            if t.target > t.enter {
-                return Err(err(
-                    at("thresholds.target"),
-                    format!("must not exceed thresholds.enter ({})", t.enter),
-                ));
-            }
-            match &s.session {
-                Some(SessionKeySource::Header(h)) if !is_header_name(h) => {
-                    return Err(err(
-                        at("session.header"),
-                        "must be a lower-case HTTP header name",
-                    ));
-                }
-                Some(SessionKeySource::Cookie(c))
-                    if c.is_empty() || c.contains([';', '=', ' ']) =>
-                {
-                    return Err(err(at("session.cookie"), "must be a cookie name"));
-                }
-                _ => {}
-            }
-            unit_interval(&at("max_share"), s.max_share)?;
-            unit_interval(&at("gain"), s.gain)?;
+            s.validate(&at)?;
         }
         if let Some(t) = &self.telemetry {
-            if t.cluster.is_empty() {
-                return Err(err("telemetry.cluster", "must not be empty"));
-            }
-            if !t.path.starts_with('/') {
-                return Err(err("telemetry.path", "must start with '/'"));
-            }
-            if t.interval_ms < self.tick_ms {
-                return Err(err(
-                    "telemetry.interval_ms",
-                    format!("must be at least tick_ms ({})", self.tick_ms),
-                ));
-            }
-            if t.timeout_ms == 0 {
-                return Err(err("telemetry.timeout_ms", "must be positive"));
-            }
+            t.validate(self.tick_ms)?;
         }
         Ok(())
     }
@@ -368,6 +349,52 @@ impl PluginConfig {
 }
 
 impl ServiceConfig {
+    /// Checks one service; `at` is its path (`services[2]`).
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let field = |f: &str| format!("{at}.{f}");
+        if self.name.is_empty()
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(err(
+                field("name"),
+                "must be non-empty ASCII letters, digits, '-' or '_'",
+            ));
+        }
+        if self.hosts.is_empty() {
+            return Err(err(
+                field("hosts"),
+                "at least one host (or \"*\") is required",
+            ));
+        }
+        cluster_fields(
+            &field("primary"),
+            &self.primary.cluster,
+            self.primary.max_in_flight,
+            self.primary.latency_slo_ms,
+        )?;
+        cluster_fields(
+            &field("shadow"),
+            &self.shadow.cluster,
+            self.shadow.max_in_flight,
+            self.shadow.latency_slo_ms,
+        )?;
+        if self.shadow.cluster == self.primary.cluster {
+            return Err(err(
+                field("shadow.cluster"),
+                "must differ from primary.cluster",
+            ));
+        }
+        self.thresholds.validate(&field("thresholds"))?;
+        if let Some(session) = &self.session {
+            session.validate(&field("session"))?;
+        }
+        unit_interval(&field("max_share"), self.max_share)?;
+        unit_interval(&field("gain"), self.gain)
+    }
+
     /// Whether this service answers requests for `authority` (`host[:port]`).
     pub fn matches_authority(&self, authority: &str) -> bool {
         let host = strip_port(authority);

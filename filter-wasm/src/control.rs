@@ -46,7 +46,7 @@ impl ShadowView {
 
 /// Controller-side memory of one service (lives in the lease holder only).
 #[derive(Debug, Clone, Default)]
-pub struct ServiceController {
+pub struct RedirectController {
     latency: [Ewma; 2],
     orca: [Option<(f64, u64)>; 2],
     last_tick_ms: Option<u64>,
@@ -71,7 +71,7 @@ pub struct TickInput<'a> {
     pub shadow: &'a ShadowView,
 }
 
-impl ServiceController {
+impl RedirectController {
     /// One controller tick; returns the new plan.
     pub fn tick(
         &mut self,
@@ -184,7 +184,7 @@ mod tests {
         let c = config();
         let svc = &c.services[0];
         let shadow = ShadowView::resolve(&svc.shadow, None, 0);
-        let mut ctl = ServiceController::default();
+        let mut ctl = RedirectController::default();
         // 100 requests of 12 ms in 100 ms = 12 concurrent on a capacity of 10.
         let plan = ctl.tick(
             &c,
@@ -210,7 +210,7 @@ mod tests {
         let c = config();
         let svc = &c.services[0];
         let shadow = ShadowView::resolve(&svc.shadow, None, 0);
-        let mut ctl = ServiceController::default();
+        let mut ctl = RedirectController::default();
         let mut w = ServiceWindow::default();
         w.primary.orca_sum = 0.95;
         w.primary.orca_reports = 1;

@@ -14,7 +14,7 @@
 //! 3. Per response / stream end: latency and [`orca`] load reports go into a per-worker
 //!    [`window::ServiceWindow`]; in-flight counters live in [`shared`] data (CAS).
 //! 4. Per tick: workers merge their windows into shared data; the worker holding the
-//!    [`shared::Lease`] runs [`control::ServiceController::tick`], which scores both
+//!    [`shared::Lease`] runs [`control::RedirectController::tick`], which scores both
 //!    clusters ([`load::LoadScore`]) and computes the next plan, and sends telemetry.
 //!
 //! Everything above is plain Rust, unit-tested natively; the `wasm` module is the thin

@@ -205,6 +205,62 @@ mod tests {
         assert_eq!(plan.session_share, 0.0);
     }
 
+    /// Drives `plan` into redirection at demand 1.2 for a few ticks.
+    fn redirecting(svc: &ServiceConfig, mut plan: RedirectPlan) -> RedirectPlan {
+        for _ in 0..5 {
+            plan = step(&plan, 1.2, svc);
+        }
+        assert_eq!(plan.state, RedirectState::Redirecting);
+        plan
+    }
+
+    #[test]
+    fn exit_waits_exactly_exit_hold_ticks() {
+        let svc = svc();
+        assert_eq!(svc.thresholds.exit_hold_ticks, 3);
+        for surge in 1..=2 {
+            let mut plan = redirecting(&svc, RedirectPlan::default());
+            if surge == 2 {
+                // A second surge holds just as long: nothing carried over from the first.
+                plan = redirecting(&svc, plan_after_exit(&svc, plan));
+            }
+            for tick in 1..3 {
+                plan = step(&plan, 0.5, &svc);
+                assert_eq!(
+                    plan.state,
+                    RedirectState::Redirecting,
+                    "surge {surge}: left after {tick} of 3 ticks below exit"
+                );
+            }
+            plan = step(&plan, 0.5, &svc);
+            assert_eq!(plan.state, RedirectState::Normal, "surge {surge}");
+        }
+    }
+
+    fn plan_after_exit(svc: &ServiceConfig, mut plan: RedirectPlan) -> RedirectPlan {
+        for _ in 0..svc.thresholds.exit_hold_ticks {
+            plan = step(&plan, 0.5, svc);
+        }
+        assert_eq!(plan.state, RedirectState::Normal);
+        plan
+    }
+
+    #[test]
+    fn demand_back_above_exit_restarts_the_hold() {
+        let svc = svc();
+        let mut plan = redirecting(&svc, RedirectPlan::default());
+        for demand in [0.5, 0.5, 0.7, 0.5, 0.5] {
+            plan = step(&plan, demand, &svc);
+            assert_eq!(
+                plan.state,
+                RedirectState::Redirecting,
+                "the blip at 0.7 must restart the count of ticks below exit"
+            );
+        }
+        plan = step(&plan, 0.5, &svc);
+        assert_eq!(plan.state, RedirectState::Normal);
+    }
+
     #[test]
     fn shadow_headroom_caps_the_share() {
         let svc = svc();

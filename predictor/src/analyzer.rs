@@ -2,9 +2,10 @@
 //! capacities, and the product — a prioritized list of who is expected to overload.
 
 use crate::anomaly::{AnomalyState, Direction};
+use crate::error::FieldError;
 use crate::events::{EventMemory, ScheduledEvent};
 use crate::model::{
-    Confidence, ConfigError, ModelConfig, ObserveError, SeasonalModel, check_value, normal_quantile,
+    Confidence, ModelConfig, ObserveError, SeasonalModel, check_value, normal_quantile,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -35,21 +36,15 @@ impl AnalyzerConfig {
     }
 
     /// Checks every field; the error names the first bad one.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.model.validate().map_err(|e| ConfigError {
-            field: format!("model.{}", e.field),
-            ..e
-        })?;
+    pub fn validate(&self) -> Result<(), FieldError> {
+        self.model.validate().map_err(|e| e.within("model"))?;
         for (field, v) in [
             ("quantile", self.quantile),
             ("min_probability", self.min_probability),
             ("onset_probability", self.onset_probability),
         ] {
             if !(v > 0.0 && v < 1.0) {
-                return Err(ConfigError {
-                    field: field.into(),
-                    message: format!("{v} is not in (0, 1)"),
-                });
+                return Err(FieldError::new(field, format!("{v} is not in (0, 1)")));
             }
         }
         Ok(())
@@ -177,7 +172,7 @@ pub struct Analyzer {
 
 impl Analyzer {
     /// An analyzer with no series yet.
-    pub fn new(config: AnalyzerConfig) -> Result<Analyzer, ConfigError> {
+    pub fn new(config: AnalyzerConfig) -> Result<Analyzer, FieldError> {
         config.validate()?;
         Ok(Analyzer {
             config,
@@ -192,7 +187,7 @@ impl Analyzer {
     }
 
     /// Adds an event to the calendar.
-    pub fn add_event(&mut self, event: ScheduledEvent) -> Result<(), ConfigError> {
+    pub fn add_event(&mut self, event: ScheduledEvent) -> Result<(), FieldError> {
         event.validate()?;
         self.events.push(event);
         Ok(())
@@ -208,12 +203,12 @@ impl Analyzer {
     }
 
     /// Sets the demand a series can take before it is overloaded (its units).
-    pub fn set_capacity(&mut self, series: &str, capacity: f64) -> Result<(), ConfigError> {
+    pub fn set_capacity(&mut self, series: &str, capacity: f64) -> Result<(), FieldError> {
         if !(capacity.is_finite() && capacity > 0.0) {
-            return Err(ConfigError {
-                field: "capacity".into(),
-                message: format!("{capacity} is not a positive number"),
-            });
+            return Err(FieldError::new(
+                "capacity",
+                format!("{capacity} is not a positive number"),
+            ));
         }
         self.tracked(series).capacity = Some(capacity);
         Ok(())

@@ -12,6 +12,7 @@
 //! the model re-levels by the mean innovation since the run began, so the short-term
 //! forecast follows the surge instead of learning it over hours.
 
+use crate::error::FieldError;
 use serde::{Deserialize, Serialize};
 
 /// Detector settings.
@@ -41,19 +42,15 @@ impl Default for CusumConfig {
 
 impl CusumConfig {
     /// Checks the fields.
-    pub fn validate(&self) -> Result<(), crate::model::ConfigError> {
-        let bad = |field: &str, message: &str| crate::model::ConfigError {
-            field: format!("anomaly.{field}"),
-            message: message.to_string(),
-        };
+    pub fn validate(&self) -> Result<(), FieldError> {
         if self.k.is_nan() || self.k < 0.0 {
-            return Err(bad("k", "must be non-negative"));
+            return Err(FieldError::new("k", "must be non-negative"));
         }
         if self.h.is_nan() || self.h <= 0.0 {
-            return Err(bad("h", "must be positive"));
+            return Err(FieldError::new("h", "must be positive"));
         }
         if self.clip.is_nan() || self.clip <= self.k {
-            return Err(bad("clip", "must exceed k"));
+            return Err(FieldError::new("clip", "must exceed k"));
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 //! every Tuesday is a sale; what was actually seen against the model's baseline becomes
 //! the kind's learned uplift (an average over occurrences) when the event ends.
 
+use crate::error::FieldError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -43,16 +44,12 @@ impl ScheduledEvent {
     }
 
     /// Checks the fields; the error names the field.
-    pub fn validate(&self) -> Result<(), crate::model::ConfigError> {
-        let bad = |field: &str, message: String| crate::model::ConfigError {
-            field: field.to_string(),
-            message,
-        };
+    pub fn validate(&self) -> Result<(), FieldError> {
         if self.kind.is_empty() {
-            return Err(bad("kind", "must not be empty".into()));
+            return Err(FieldError::new("kind", "must not be empty"));
         }
         if self.duration_secs <= 0 {
-            return Err(bad(
+            return Err(FieldError::new(
                 "duration_secs",
                 format!("{} is not positive", self.duration_secs),
             ));
@@ -60,7 +57,10 @@ impl ScheduledEvent {
         if let Some(u) = self.uplift
             && !(u.is_finite() && u > 0.0)
         {
-            return Err(bad("uplift", format!("{u} is not a positive number")));
+            return Err(FieldError::new(
+                "uplift",
+                format!("{u} is not a positive number"),
+            ));
         }
         Ok(())
     }

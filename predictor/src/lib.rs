@@ -6,12 +6,16 @@
 //! horizon, with the predicted peak, the expected increase and its uncertainty, the
 //! probability of overload, the onset time and the reason ([`analyzer::OverloadRisk`]).
 //!
-//! * [`model`] — the per-series model (multi-seasonal, AR-corrected, calibrated intervals);
-//! * [`anomaly`] — CUSUM on forecast innovations;
-//! * [`events`] — the events calendar, declared and learned uplifts;
-//! * [`analyzer`] — all series, capacities, the overload list;
-//! * [`telemetry`] — turning ATRE telemetry reports into per-step demand;
-//! * [`baselines`], [`backtest`], [`data`] — the offline evaluation behind `predictor backtest`.
+//! Modules follow the data flow:
+//!
+//! * [`demand`] — ATRE telemetry reports → per-step demand per service and per link;
+//! * [`analyzer`] — all series, capacities, the events calendar, the overload list;
+//! * [`model`] — the per-series model (multi-seasonal, AR-corrected, calibrated intervals),
+//!   with [`anomaly`] (CUSUM on its innovations) and [`events`] (declared and learned
+//!   uplifts) beside it;
+//! * [`error`] — the one error shape of every input: [`error::FieldError`];
+//! * with the `cli` feature (on by default; the control plane turns it off):
+//!   `baselines`, `backtest`, `data` — the offline evaluation behind `predictor backtest`.
 //!
 //! ```
 //! use shadowmesh_predictor::analyzer::{Analyzer, AnalyzerConfig};
@@ -29,9 +33,14 @@
 
 pub mod analyzer;
 pub mod anomaly;
-pub mod backtest;
-pub mod baselines;
-pub mod data;
+pub mod demand;
+pub mod error;
 pub mod events;
 pub mod model;
-pub mod telemetry;
+
+#[cfg(feature = "cli")]
+pub mod backtest;
+#[cfg(feature = "cli")]
+pub mod baselines;
+#[cfg(feature = "cli")]
+pub mod data;

@@ -35,6 +35,7 @@
 //! * **Gaps** advance time without learning: the AR correction decays over missing steps.
 
 use crate::anomaly::{AnomalyState, Cusum, CusumConfig};
+use crate::error::FieldError;
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
 
@@ -109,24 +110,11 @@ pub struct ModelConfig {
     pub anomaly: CusumConfig,
 }
 
-/// An invalid [`ModelConfig`] field.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("field `{field}`: {message}")]
-pub struct ConfigError {
-    /// The field's path, e.g. `seasons[1].buckets`.
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
+fn bad(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError::new(field, message)
 }
 
-fn bad(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
-fn rate(field: &str, v: f64) -> Result<(), ConfigError> {
+fn rate(field: &str, v: f64) -> Result<(), FieldError> {
     if v > 0.0 && v < 1.0 {
         Ok(())
     } else {
@@ -169,7 +157,7 @@ impl ModelConfig {
     }
 
     /// Checks every field; the error names the first bad one.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         if self.step_secs <= 0 {
             return Err(bad("step_secs", "must be positive"));
         }
@@ -202,7 +190,7 @@ impl ModelConfig {
             return Err(bad("clip", "must be at least 1"));
         }
         rate("calibrate_coverage", self.calibrate_coverage)?;
-        self.anomaly.validate()
+        self.anomaly.validate().map_err(|e| e.within("anomaly"))
     }
 }
 

@@ -1,11 +1,13 @@
 //! ATRE in real Envoy 1.40: every test starts its own upstreams, control plane and Envoy on
 //! loopback with ephemeral ports, drives real traffic, and stops everything at the end.
 
-use shadowmesh_e2e::{Stack, StackConfig};
-use shadowmesh_examples::envoy::{Bootstrap, EnvoyProcess, FilterChoice, default_plugin_config};
-use shadowmesh_examples::loadgen::{self, LoadSpec, Phase, RateProfile};
-use shadowmesh_examples::upstream::OrcaMode;
-use shadowmesh_wire::{RedirectState, ShadowRecord, TelemetryReport};
+use shadowmesh_testkit::envoy::{Bootstrap, EnvoyProcess, FilterChoice, default_plugin_config};
+use shadowmesh_testkit::loadgen::{self, LoadSpec, Phase, RateProfile};
+use shadowmesh_testkit::upstream::OrcaMode;
+use shadowmesh_testkit::{Stack, StackConfig};
+use shadowmesh_wire::{RedirectState, TelemetryReport};
+use shadowmesh_xds::registry::ShadowSet;
+use shadowmesh_xds::xds::builders::EndpointSpec;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -138,21 +140,24 @@ async fn surge_excess_goes_to_shadow_and_returns_without_flapping() {
             s.shadow.latency_ms.p50
         );
     }
-    let surge_loads: Vec<f64> = reports[before..]
+    // Held: every redirecting report after the one that entered redirection (whose window
+    // straddles the switch).
+    let mut held: Vec<f64> = reports[before..]
         .iter()
         .flat_map(|r| &r.services)
         .filter(|s| s.state == RedirectState::Redirecting && s.redirected > 0)
+        .skip(1)
         .map(|s| s.primary.load_score)
         .collect();
+    assert!(held.len() >= 4, "redirecting reports: {}", held.len());
+    held.sort_by(f64::total_cmp);
+    let median = held[held.len() / 2];
+    // The plugin's target is 0.8: near it means a median within 0.1 of it. (Each report
+    // carries the load at one instant — in-flight requests are whole numbers of 8 slots —
+    // so single reports scatter; the median is what the controller holds.)
     assert!(
-        surge_loads.len() >= 4,
-        "redirecting reports: {}",
-        surge_loads.len()
-    );
-    let mean = surge_loads.iter().sum::<f64>() / surge_loads.len() as f64;
-    assert!(
-        (0.55..=1.05).contains(&mean),
-        "mean primary load while redirecting {mean:.2}: {surge_loads:?}"
+        (0.7..=0.9).contains(&median),
+        "primary load while redirecting: median {median:.2} of {held:?}"
     );
     // Exactly one entry and one exit: no flapping.
     let t = transitions(&stack);
@@ -239,20 +244,37 @@ async fn shadow_gone_falls_back_to_primary_with_zero_errors() {
     )
     .await
     .expect("redirection started");
-    // Unannounced: the shadow process dies.
+    // Unannounced: the shadow process dies. Redirected requests keep going to it until
+    // Envoy's outlier detection ejects it; each of those is retried on the primary.
     stack.shadow.shutdown().await;
     let served_before = stack.shadow.stats.served.load(Ordering::Relaxed);
-    // Announced: the control plane says the shadow is gone.
+    // Proof that redirected requests reached the dead shadow: Envoy retried them on the
+    // primary through the aggregate cluster, and ejected the shadow.
+    let retried = "cluster.checkout_shadow.upstream_rq_retry_success";
+    let ejected = "cluster.checkout_shadow_pool.outlier_detection.ejections_enforced_total";
+    eventually(
+        "a redirected request reaching the dead shadow, retried on the primary",
+        Duration::from_secs(5),
+        || {
+            (stack.envoy.stat(retried).ok()?? > 0 && stack.envoy.stat(ejected).ok()?? > 0)
+                .then_some(())
+        },
+    )
+    .await;
+    // Announced: the control plane says the shadow is gone (endpoints kept, not warm).
     stack
-        .hub
-        .set_shadow(ShadowRecord {
-            service: "checkout".into(),
-            cluster: "checkout_shadow".into(),
-            warm: false,
-            max_in_flight: 16,
-            generation: 1,
-            expires_at_ms: None,
-        })
+        .plane
+        .registry
+        .set_service(
+            "checkout",
+            &[EndpointSpec::healthy(stack.primary.addr)],
+            Some(ShadowSet {
+                endpoints: vec![EndpointSpec::healthy(stack.shadow.addr)],
+                warm: false,
+                max_in_flight: 16,
+                expires_at_ms: None,
+            }),
+        )
         .unwrap();
     let report = load.await.unwrap();
     if report.errors > 0 {

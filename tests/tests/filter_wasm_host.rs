@@ -3,7 +3,7 @@
 //! moves only when the test moves it.
 
 use shadowmesh_e2e::wasm_host::{HostShared, WasmHost, WasmVm};
-use shadowmesh_examples::envoy::wasm_module;
+use shadowmesh_testkit::envoy::wasm_module;
 use shadowmesh_wire::{RedirectState, ShadowRecord, TelemetryAck, TelemetryReport};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};

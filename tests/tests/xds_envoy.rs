@@ -1,20 +1,21 @@
 //! The xds-server's ADS with real Envoy 1.40, every scenario in both protocol variants
 //! (`sotw::…` and `delta::…`): Envoy takes its clusters and endpoints from Shadowmesh,
-//! changes made through the controller API (Rust and HTTP) show up in Envoy and in where
+//! changes made through the shadow registry (Rust and HTTP) show up in Envoy and in where
 //! requests land, invalid resources are NACKed without harm, removals are applied, and
 //! Envoy rides out a control-plane restart.
 
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-use shadowmesh_e2e::spawn_plane;
-use shadowmesh_examples::envoy::{EnvoyProcess, FilterChoice};
-use shadowmesh_examples::loadgen;
-use shadowmesh_examples::upstream::{self, OrcaMode, UpstreamConfig, UpstreamHandle};
+use shadowmesh_testkit::envoy::{EnvoyProcess, FilterChoice};
+use shadowmesh_testkit::loadgen;
+use shadowmesh_testkit::upstream::{self, OrcaMode, UpstreamConfig, UpstreamHandle};
+use shadowmesh_testkit::{spawn_plane, within};
 use shadowmesh_xds::ControlPlane;
-use shadowmesh_xds::ads::Ads;
-use shadowmesh_xds::cache::{CLUSTER_TYPE, ENDPOINT_TYPE, Snapshot, SnapshotCache, XdsMode};
-use shadowmesh_xds::resources::{EndpointSpec, eds_cluster, load_assignment};
+use shadowmesh_xds::registry::{ServiceChange, ServiceSpec, ShadowSet};
+use shadowmesh_xds::xds::Ads;
+use shadowmesh_xds::xds::builders::{EndpointSpec, eds_cluster, load_assignment};
+use shadowmesh_xds::xds::{CLUSTER_TYPE, ENDPOINT_TYPE, Snapshot, SnapshotCache, XdsMode};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -67,14 +68,17 @@ async fn spawn_ads(
     let port = listener.local_addr().unwrap().port();
     (
         port,
-        tokio::spawn(shadowmesh_xds::serve_ads(listener, Ads::new(cache.clone()))),
+        tokio::spawn(shadowmesh_xds::xds::serve_ads(
+            listener,
+            Ads::new(cache.clone()),
+        )),
     )
 }
 
 /// Envoy of proxy group `edge`, taking clusters and endpoints from ADS on `xds_port`, in
 /// delta mode if `delta`, without a filter.
 async fn ads_envoy(xds_port: u16, delta: bool) -> EnvoyProcess {
-    shadowmesh_e2e::ads_envoy(xds_port, 9, FilterChoice::None, delta).await
+    shadowmesh_testkit::ads_envoy(xds_port, 9, FilterChoice::None, delta).await
 }
 
 /// Which upstreams answered `n` requests through Envoy's default route; an error if any
@@ -148,7 +152,7 @@ async fn envoy_takes_clusters_and_endpoints_from_ads_and_follows_endpoint_change
         Some(&first.get(ENDPOINT_TYPE).unwrap().version)
     );
 
-    // The controller moves the cluster to endpoint b (and marks a gone).
+    // The cache moves the cluster to endpoint b (and a is gone).
     cache.set_snapshot("edge", primary_snapshot(&[b.addr]));
     eventually("requests served by endpoint b", async || {
         served_by(&envoy, 1).await == only("b")
@@ -263,7 +267,7 @@ impl KillableXds {
                     .send(listener.local_addr().unwrap().port())
                     .unwrap();
                 tokio::select! {
-                    _ = shadowmesh_xds::serve_ads(listener, Ads::new(cache)) => {}
+                    _ = shadowmesh_xds::xds::serve_ads(listener, Ads::new(cache)) => {}
                     _ = stopped => {}
                 }
             });
@@ -293,7 +297,7 @@ impl Drop for KillableXds {
 }
 
 /// The control plane dies: Envoy keeps serving with what it has. It comes back (with the
-/// controller's current state, which changed meanwhile): Envoy reconnects and converges.
+/// registry's current state, which changed meanwhile): Envoy reconnects and converges.
 async fn envoy_survives_a_control_plane_restart_and_converges(delta: bool) {
     let (a, b) = upstreams().await;
     let cache = SnapshotCache::default();
@@ -315,7 +319,7 @@ async fn envoy_survives_a_control_plane_restart_and_converges(delta: bool) {
         only("a"),
         "Envoy serves on during the outage"
     );
-    // The restarted control plane starts from the controller's current state.
+    // The restarted control plane starts from the current state.
     let restarted = SnapshotCache::default();
     restarted.set_snapshot("edge", primary_snapshot(&[b.addr]));
     let _xds = KillableXds::start(port, restarted.clone());
@@ -385,7 +389,7 @@ fn mode(delta: bool) -> XdsMode {
 /// endpoints added and removed move where requests land; shadow nodes set with a weight
 /// and health show up in Envoy's shadow pool and leave it when released; `/v1/proxies`
 /// and `/metrics` show the Envoy and its ACKs.
-async fn controller_changes_reach_envoy(delta: bool) {
+async fn registry_changes_reach_envoy(delta: bool) {
     let (a, b) = upstreams().await;
     let plane = ControlPlane::default();
     let (http, ads_port, task) = spawn_plane(&plane).await;
@@ -398,7 +402,7 @@ async fn controller_changes_reach_envoy(delta: bool) {
     let body = format!(r#"{{"primary": [{{"address": "{}"}}]}}"#, a.addr);
     assert_eq!(
         call("PUT", "/v1/services/checkout", Some(&body)).await.0,
-        204
+        200
     );
     let envoy = ads_envoy(ads_port, delta).await;
     eventually("requests served by a", async || {
@@ -419,7 +423,7 @@ async fn controller_changes_reach_envoy(delta: bool) {
 
     // Primary endpoint added (Rust API): requests land on both; a removed: only b.
     plane
-        .controller
+        .registry
         .set_primary(
             "checkout",
             &[EndpointSpec::healthy(a.addr), EndpointSpec::healthy(b.addr)],
@@ -430,7 +434,7 @@ async fn controller_changes_reach_envoy(delta: bool) {
     })
     .await;
     plane
-        .controller
+        .registry
         .set_primary("checkout", &[EndpointSpec::healthy(b.addr)])
         .unwrap();
     eventually("requests served by b only", async || {
@@ -447,7 +451,7 @@ async fn controller_changes_reach_envoy(delta: bool) {
         call("PUT", "/v1/services/checkout/shadows", Some(&shadows))
             .await
             .0,
-        204
+        200
     );
     let pool_a = format!("checkout_shadow_pool::{}", a.addr);
     eventually("the shadows in Envoy's pool", async || {
@@ -471,7 +475,7 @@ async fn controller_changes_reach_envoy(delta: bool) {
         call("DELETE", "/v1/services/checkout/shadows", None)
             .await
             .0,
-        204
+        200
     );
     eventually("the pool emptied", async || {
         !envoy
@@ -482,10 +486,14 @@ async fn controller_changes_reach_envoy(delta: bool) {
     .await;
     let desired = plane.cache.snapshot_for("edge").unwrap();
     let eds_version = desired.get(ENDPOINT_TYPE).unwrap().version.clone();
-    plane
-        .cache
-        .wait_for(|p| p.len() == 1 && p[0].acked.get(ENDPOINT_TYPE) == Some(&eds_version))
-        .await;
+    within(
+        "Envoy's ACK of the emptied pool",
+        Duration::from_secs(20),
+        plane
+            .cache
+            .wait_for(|p| p.len() == 1 && p[0].acked.get(ENDPOINT_TYPE) == Some(&eds_version)),
+    )
+    .await;
 
     let (_, proxies) = call("GET", "/v1/proxies", None).await;
     let proxies: serde_json::Value = serde_json::from_str(&proxies).unwrap();
@@ -517,7 +525,7 @@ async fn removed_services_leave_envoy_after_their_replacement(delta: bool) {
     let (a, b) = upstreams().await;
     let plane = ControlPlane::default();
     let (_http, ads_port, task) = spawn_plane(&plane).await;
-    let c = &plane.controller;
+    let c = &plane.registry;
     c.set_primary("checkout", &[EndpointSpec::healthy(a.addr)])
         .unwrap();
     c.set_primary("payments", &[EndpointSpec::healthy(b.addr)])
@@ -552,22 +560,33 @@ async fn removed_services_leave_envoy_after_their_replacement(delta: bool) {
             .clone()
     };
     let before = cds(&plane);
-    plane
-        .cache
-        .wait_for(|p| p.len() == 1 && p[0].acked.get(CLUSTER_TYPE) == Some(&before))
-        .await;
+    within(
+        "Envoy's ACK of orders' clusters",
+        Duration::from_secs(20),
+        plane
+            .cache
+            .wait_for(|p| p.len() == 1 && p[0].acked.get(CLUSTER_TYPE) == Some(&before)),
+    )
+    .await;
     let responses_before = plane.cache.proxies()[0].responses[CLUSTER_TYPE];
-    let mut services = c.services();
-    services.remove("orders");
-    services.insert("billing".into(), services["checkout"].clone());
-    plane
-        .cache
-        .set_snapshot("*", shadowmesh_xds::controller::build_snapshot(&services));
+    c.apply([
+        ServiceChange::Remove("orders".into()),
+        ServiceChange::Set(ServiceSpec {
+            name: "billing".into(),
+            primary: c.services()["checkout"].primary.clone(),
+            shadows: None,
+        }),
+    ])
+    .unwrap();
     let after = cds(&plane);
-    plane
-        .cache
-        .wait_for(|p| p[0].acked.get(CLUSTER_TYPE) == Some(&after))
-        .await;
+    within(
+        "Envoy's ACK of the replacement",
+        Duration::from_secs(20),
+        plane
+            .cache
+            .wait_for(|p| p[0].acked.get(CLUSTER_TYPE) == Some(&after)),
+    )
+    .await;
     assert_eq!(
         plane.cache.proxies()[0].responses[CLUSTER_TYPE] - responses_before,
         2,
@@ -635,11 +654,10 @@ async fn the_configured_command_line_serves_envoy(delta: bool) {
 }
 
 /// The whole path with real pieces: the ADS bootstrap running the ATRE filter, the
-/// primary, shadow pool and aggregate clusters all delivered by the controller, and a
+/// primary, shadow pool and aggregate clusters all delivered by the registry, and a
 /// surge beyond the primary's capacity redirected to the shadow node without errors.
 async fn atre_redirects_to_a_shadow_delivered_over_ads(delta: bool) {
-    use shadowmesh_examples::loadgen::{LoadSpec, RateProfile};
-    let _one_surge_at_a_time = shadowmesh_e2e::exclusive().lock_owned().await;
+    use shadowmesh_testkit::loadgen::{LoadSpec, RateProfile};
     let start = |name, max| {
         upstream::start(
             UpstreamConfig::new(name, max, Duration::from_millis(20), OrcaMode::Off),
@@ -654,15 +672,18 @@ async fn atre_redirects_to_a_shadow_delivered_over_ads(delta: bool) {
     let plane = ControlPlane::default();
     let (http, ads_port, task) = spawn_plane(&plane).await;
     plane
-        .controller
+        .registry
         .set_primary("checkout", &[EndpointSpec::healthy(primary.addr)])
         .unwrap();
     plane
-        .controller
-        .set_shadows("checkout", &[EndpointSpec::healthy(shadow.addr)])
+        .registry
+        .set_shadows(
+            "checkout",
+            &ShadowSet::warm(vec![EndpointSpec::healthy(shadow.addr)], 16),
+        )
         .unwrap();
-    let plugin = shadowmesh_e2e::atre_plugin(8);
-    let envoy = shadowmesh_e2e::ads_envoy(
+    let plugin = shadowmesh_testkit::atre_plugin(8);
+    let envoy = shadowmesh_testkit::ads_envoy(
         ads_port,
         http.port(),
         FilterChoice::Atre(plugin.to_string()),
@@ -674,12 +695,12 @@ async fn atre_redirects_to_a_shadow_delivered_over_ads(delta: bool) {
     })
     .await;
     // The filter's telemetry reached this control plane: the data path is live.
-    tokio::time::timeout(
+    within(
+        "the first telemetry report",
         Duration::from_secs(20),
         plane.hub.wait_for(|r| !r.is_empty()),
     )
-    .await
-    .unwrap();
+    .await;
 
     let report = loadgen::run(
         LoadSpec::new(
@@ -702,13 +723,25 @@ async fn atre_redirects_to_a_shadow_delivered_over_ads(delta: bool) {
     task.abort();
 }
 
-/// Every scenario, once per protocol variant.
+/// Scenarios that only check configuration flowing through share the machine.
+async fn shared() -> tokio::sync::OwnedRwLockReadGuard<()> {
+    shadowmesh_testkit::load_test_lock().read_owned().await
+}
+
+/// A scenario that asserts behaviour under load (zero errors during a surge) runs alone:
+/// on 2 cores, Envoys of other scenarios would take the time it measures.
+async fn alone() -> tokio::sync::OwnedRwLockWriteGuard<()> {
+    shadowmesh_testkit::load_test_lock().write_owned().await
+}
+
+/// Every scenario, once per protocol variant, holding the load-test lock as given.
 macro_rules! in_both_modes {
-    ($($scenario:ident),* $(,)?) => {
+    ($($lock:ident $scenario:ident),* $(,)?) => {
         mod sotw {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
+                    let _slot = super::$lock().await;
                     super::$scenario(false).await
                 }
             )*
@@ -717,6 +750,7 @@ macro_rules! in_both_modes {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
+                    let _slot = super::$lock().await;
                     super::$scenario(true).await
                 }
             )*
@@ -725,12 +759,12 @@ macro_rules! in_both_modes {
 }
 
 in_both_modes!(
-    envoy_takes_clusters_and_endpoints_from_ads_and_follows_endpoint_changes,
-    an_invalid_resource_is_nacked_and_the_last_good_version_keeps_serving,
-    envoy_survives_a_control_plane_restart_and_converges,
-    a_cluster_changed_alone_still_gets_its_endpoints,
-    controller_changes_reach_envoy,
-    removed_services_leave_envoy_after_their_replacement,
-    the_configured_command_line_serves_envoy,
-    atre_redirects_to_a_shadow_delivered_over_ads,
+    shared envoy_takes_clusters_and_endpoints_from_ads_and_follows_endpoint_changes,
+    shared an_invalid_resource_is_nacked_and_the_last_good_version_keeps_serving,
+    shared envoy_survives_a_control_plane_restart_and_converges,
+    shared a_cluster_changed_alone_still_gets_its_endpoints,
+    shared registry_changes_reach_envoy,
+    shared removed_services_leave_envoy_after_their_replacement,
+    shared the_configured_command_line_serves_envoy,
+    alone atre_redirects_to_a_shadow_delivered_over_ads,
 );

@@ -4,8 +4,8 @@
 //! what the binary runs.
 
 use crate::ControlPlane;
-use crate::cache::NodeGrouping;
 use crate::config::{DEFAULT_ADS_LISTEN, DEFAULT_HTTP_LISTEN, ServerConfig};
+use crate::xds::NodeGrouping;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,9 +19,10 @@ use std::path::PathBuf;
 ///   `{service}_shadow_pool` and `{service}_shadow` (aggregate [pool, primary]) with
 ///   their endpoints. See envoy-configs/ads-front-proxy.yaml and ads-delta-front-proxy.yaml.
 ///
-/// * HTTP/JSON: `POST /v1/telemetry` (ATRE filter reports), `/v1/shadows/{service}` (shadow
-///   readiness records), the admin API `/v1/services[/{service}[/shadows]]` and
-///   `/v1/proxies`, and Prometheus `/metrics`.
+/// * HTTP/JSON: `POST /v1/telemetry` (ATRE filter reports, answered with each service's
+///   shadow readiness), `/v1/services[/{service}[/shadows]]` (services, their shadow
+///   endpoints and readiness — one resource), `/v1/proxies`, `/v1/forecast`,
+///   `/v1/capacity/{series}`, `/v1/events` and Prometheus `/metrics`.
 ///
 /// Shadows are warm-spare nodes that serve real traffic redirected by the ATRE filter,
 /// not Envoy's request mirroring. Logs go to stderr; set RUST_LOG (e.g. `debug`) for more.
@@ -113,17 +114,20 @@ pub struct Running {
 
 /// Publishes the configured services, binds both listeners and starts serving.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
-    let plane = ControlPlane::with_predictor(
-        settings.config.grouping.clone(),
-        settings.config.predictor.analyzer(),
+    let config = &settings.config;
+    let plane = ControlPlane::with_settings(
+        config.grouping.clone(),
+        config.predictor.analyzer(),
+        config.registry.settings(),
     )?;
-    for (series, capacity) in &settings.config.predictor.capacities {
+    for (series, capacity) in &config.predictor.capacities {
         plane.forecaster.set_capacity(series, *capacity)?;
     }
-    for s in &settings.config.services {
-        plane.controller.set_primary(&s.name, &s.primary)?;
-        plane.controller.set_shadows(&s.name, &s.shadows)?;
-    }
+    // One batch, one snapshot: start-up costs the same as building the snapshot once,
+    // however many services the file holds.
+    plane
+        .registry
+        .apply(config.services.iter().map(|s| s.change()))?;
     let http = crate::bind(settings.http_listen)?;
     let ads = crate::bind(settings.ads_listen)?;
     let (http_addr, ads_addr) = (http.local_addr()?, ads.local_addr()?);

@@ -19,16 +19,25 @@
 //! quantile = 0.9
 //! capacities = { checkout = 300.0 }
 //!
-//! # Services published at start-up (the admin API and the SNP change them later).
+//! # The shadow registry: how long a readiness record stays valid in a filter after the
+//! # telemetry answer that carried it (each answer renews it).
+//! [registry]
+//! readiness_ttl_secs = 30
+//!
+//! # Services published at start-up (the HTTP API and the SNP change them later).
 //! [[services]]
 //! name = "checkout"
 //! primary = [{ address = "10.0.0.1:8080" }, { address = "10.0.0.2:8080", weight = 2 }]
-//! shadows = []
+//! # Shadows active from the start (usually none): endpoints and readiness.
+//! shadows = { endpoints = [{ address = "10.0.0.9:8080" }], warm = true, max_in_flight = 32 }
 //! ```
 
-use crate::cache::NodeGrouping;
-use crate::controller::{SpecError, validate_endpoints, validate_service};
-use crate::resources::EndpointSpec;
+use crate::registry::{
+    RegistryError, RegistrySettings, ServiceChange, ServiceSpec, ShadowSet, validate_endpoints,
+    validate_service,
+};
+use crate::xds::NodeGrouping;
+use crate::xds::builders::EndpointSpec;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -52,6 +61,9 @@ pub struct ServerConfig {
     /// The Predictive Traffic Analyzer.
     #[serde(default)]
     pub predictor: PredictorConfig,
+    /// The shadow registry.
+    #[serde(default)]
+    pub registry: RegistryConfig,
     /// Services to publish at start-up.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
@@ -92,6 +104,32 @@ impl PredictorConfig {
     }
 }
 
+/// The `[registry]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Seconds a readiness record stays valid in a filter after the answer carrying it.
+    pub readiness_ttl_secs: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            readiness_ttl_secs: crate::registry::DEFAULT_READINESS_TTL.as_secs(),
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// The registry settings it describes.
+    pub fn settings(&self) -> RegistrySettings {
+        RegistrySettings {
+            readiness_ttl: std::time::Duration::from_secs(self.readiness_ttl_secs),
+            ..RegistrySettings::default()
+        }
+    }
+}
+
 /// One service in the configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,9 +138,20 @@ pub struct ServiceConfig {
     pub name: String,
     /// Primary endpoints.
     pub primary: Vec<EndpointSpec>,
-    /// Shadow nodes active from the start (usually none).
+    /// Shadows active from the start (usually none).
     #[serde(default)]
-    pub shadows: Vec<EndpointSpec>,
+    pub shadows: ShadowSet,
+}
+
+impl ServiceConfig {
+    /// The registry change that creates this service.
+    pub fn change(&self) -> ServiceChange {
+        ServiceChange::Set(ServiceSpec {
+            name: self.name.clone(),
+            primary: self.primary.clone(),
+            shadows: Some(self.shadows.clone()),
+        })
+    }
 }
 
 /// A configuration file that could not be used, with the field at fault.
@@ -116,44 +165,30 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// Not valid TOML for this schema.
+    /// Not valid TOML for this schema, or a field with an invalid value.
     #[error("{path}: field `{field}`: {message}")]
-    Parse {
+    Field {
         /// The file.
         path: String,
-        /// Path of the offending field.
+        /// Path of the offending field, e.g. `services[0].primary[1].weight`.
         field: String,
         /// What is wrong.
         message: String,
-    },
-    /// Well-formed but invalid.
-    #[error("{path}: {error}")]
-    Invalid {
-        /// The file.
-        path: String,
-        /// The field and what is wrong with it.
-        error: SpecError,
     },
 }
 
 impl ServerConfig {
     /// Parses and validates a configuration; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<ServerConfig, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+        let at = |field: String, message: String| ConfigError::Field {
             path: origin.to_string(),
-            field: ".".into(),
-            message: e.to_string(),
-        })?;
-        let config: ServerConfig =
-            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
-                path: origin.to_string(),
-                field: e.path().to_string(),
-                message: e.into_inner().message().to_string(),
-            })?;
-        config.validate().map_err(|error| ConfigError::Invalid {
-            path: origin.to_string(),
-            error,
-        })?;
+            field,
+            message,
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| at(".".into(), e.to_string()))?;
+        let config: ServerConfig = serde_path_to_error::deserialize(de)
+            .map_err(|e| at(e.path().to_string(), e.into_inner().message().to_string()))?;
+        config.validate().map_err(|e| at(e.field, e.message))?;
         Ok(config)
     }
 
@@ -167,42 +202,46 @@ impl ServerConfig {
         ServerConfig::parse(&text, &origin)
     }
 
-    fn validate(&self) -> Result<(), SpecError> {
+    fn validate(&self) -> Result<(), RegistryError> {
         self.predictor.analyzer().validate().map_err(|e| {
             let field = match e.field.as_str() {
                 "model.step_secs" => "step_secs".to_string(),
                 "model.horizon" => "horizon".to_string(),
                 other => other.to_string(),
             };
-            SpecError::new(format!("predictor.{field}"), e.message)
+            RegistryError::invalid(format!("predictor.{field}"), e.message)
         })?;
         for (series, c) in &self.predictor.capacities {
             if !(c.is_finite() && *c > 0.0) {
-                return Err(SpecError::new(
+                return Err(RegistryError::invalid(
                     format!("predictor.capacities.{series}"),
                     format!("{c} is not a positive number"),
                 ));
             }
         }
+        if self.registry.readiness_ttl_secs == 0 {
+            return Err(RegistryError::invalid(
+                "registry.readiness_ttl_secs",
+                "must be at least 1",
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, s) in self.services.iter().enumerate() {
-            let at = |e: SpecError| {
-                let field = if e.field == "service" {
-                    format!("services[{i}].name")
-                } else {
-                    format!("services[{i}].{}", e.field)
-                };
-                SpecError { field, ..e }
-            };
-            validate_service(&s.name).map_err(at)?;
+            let at = format!("services[{i}]");
+            validate_service(&s.name).map_err(|e| RegistryError {
+                field: format!("{at}.name"),
+                ..e
+            })?;
             if !names.insert(&s.name) {
-                return Err(at(SpecError::new(
-                    "service",
+                return Err(RegistryError::invalid(
+                    format!("{at}.name"),
                     format!("{:?} is defined twice", s.name),
-                )));
+                ));
             }
-            validate_endpoints("primary", &s.primary).map_err(at)?;
-            validate_endpoints("shadows", &s.shadows).map_err(at)?;
+            validate_endpoints("primary", &s.primary).map_err(|e| e.within(&at))?;
+            s.shadows
+                .validate()
+                .map_err(|e| e.within(&format!("{at}.shadows")))?;
         }
         Ok(())
     }
@@ -224,6 +263,8 @@ mod tests {
             .join("\n");
         let c = ServerConfig::parse(&doc, "doc").unwrap();
         assert_eq!(c.services[0].primary[1].weight, 2);
+        assert!(c.services[0].shadows.warm);
+        assert_eq!(c.registry.readiness_ttl_secs, 30);
         assert_eq!(c.grouping, NodeGrouping::Cluster);
     }
 
@@ -253,6 +294,15 @@ mod tests {
         let e =
             ServerConfig::parse("[predictor]\ncapacities = { a = -1.0 }", "f.toml").unwrap_err();
         assert!(e.to_string().contains("predictor.capacities.a"), "{e}");
+        let e = ServerConfig::parse(
+            "[[services]]\nname = \"a\"\nprimary = []\nshadows = { warm = true, max_in_flight = 3 }",
+            "f.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("field `services[0].shadows.warm`"),
+            "{e}"
+        );
         let e = ServerConfig::parse("grouping = { metadata = 3 }", "f.toml").unwrap_err();
         assert!(e.to_string().contains("grouping"), "{e}");
     }

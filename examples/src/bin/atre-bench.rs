@@ -11,11 +11,11 @@
 use anyhow::Result;
 use clap::Parser;
 use serde::Serialize;
-use shadowmesh_examples::envoy::{
-    Bootstrap, EnvoyOptions, EnvoyProcess, FilterChoice, default_plugin_config, repo_root,
+use shadowmesh_testkit::envoy::{
+    Bootstrap, EnvoyOptions, EnvoyProcess, FilterChoice, default_plugin_config,
 };
-use shadowmesh_examples::upstream::{self, OrcaMode, UpstreamConfig};
-use shadowmesh_examples::{loadgen, start_control_plane};
+use shadowmesh_testkit::loadgen;
+use shadowmesh_testkit::upstream::{self, OrcaMode, UpstreamConfig};
 use std::time::{Duration, Instant};
 
 /// Measures what the ATRE filter costs Envoy.
@@ -162,7 +162,9 @@ async fn main() -> Result<()> {
         0,
     )
     .await?;
-    let (_hub, control_port, _control) = start_control_plane().await?;
+    let plane = shadowmesh_xds::ControlPlane::default();
+    let (control, _, _control) = shadowmesh_testkit::spawn_plane(&plane).await;
+    let control_port = control.port();
 
     let mut atre = default_plugin_config()?;
     // Capacity far above the benchmark load: this measures the decision path itself
@@ -251,7 +253,7 @@ async fn main() -> Result<()> {
         "ATRE throughput loss vs no filter: {:.1}%   (target ≤ 15%)",
         100.0 * report.throughput_loss_vs_none
     );
-    let dir = repo_root().join("target/bench");
+    let dir = shadowmesh_testkit::bench_dir()?;
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("atre.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;

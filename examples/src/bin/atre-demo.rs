@@ -6,12 +6,11 @@
 
 use anyhow::Result;
 use clap::Parser;
-use shadowmesh_examples::envoy::{
+use shadowmesh_testkit::envoy::{
     Bootstrap, EnvoyOptions, EnvoyProcess, FilterChoice, default_plugin_config,
 };
-use shadowmesh_examples::loadgen::{self, LoadSpec, Phase, RateProfile};
-use shadowmesh_examples::start_control_plane;
-use shadowmesh_examples::upstream::{self, OrcaMode, UpstreamConfig};
+use shadowmesh_testkit::loadgen::{self, LoadSpec, Phase, RateProfile};
+use shadowmesh_testkit::upstream::{self, OrcaMode, UpstreamConfig};
 use shadowmesh_wire::RedirectState;
 use std::time::Duration;
 
@@ -49,7 +48,9 @@ async fn main() -> Result<()> {
         0,
     )
     .await?;
-    let (hub, control_port, _control) = start_control_plane().await?;
+    let plane = shadowmesh_xds::ControlPlane::default();
+    let (control, _, _control) = shadowmesh_testkit::spawn_plane(&plane).await;
+    let (hub, control_port) = (plane.hub.clone(), control.port());
 
     let mut plugin = default_plugin_config()?;
     plugin["services"][0]["primary"]["max_in_flight"] = 8.into();

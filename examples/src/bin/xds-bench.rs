@@ -3,7 +3,7 @@
 //! * **decision → ACK** with one real Envoy 1.40: the controller changes a service's
 //!   shadow nodes; time until Envoy's ACK of that exact endpoint version is recorded by
 //!   the server (p50/p99 over many pushes);
-//! * **fan-out**: N simulated proxies ([`shadowmesh_examples::ads_client`]), each watching
+//! * **fan-out**: N simulated proxies ([`shadowmesh_testkit::ads_client`]), each watching
 //!   100 clusters / 1,000 endpoints, against the server running as a child process:
 //!   time from a one-endpoint change until every proxy has ACKed it, server memory per
 //!   connected proxy (RSS growth / N), and bytes per proxy per push.
@@ -14,14 +14,13 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use shadowmesh_examples::ads_client::{self, Received, SimProxy};
-use shadowmesh_examples::envoy::{
-    AdsBootstrap, EnvoyOptions, EnvoyProcess, FilterChoice, repo_root,
-};
-use shadowmesh_examples::upstream::{self, OrcaMode, UpstreamConfig};
+use shadowmesh_testkit::ads_client::{self, Received, SimProxy};
+use shadowmesh_testkit::envoy::{AdsBootstrap, EnvoyOptions, EnvoyProcess, FilterChoice};
+use shadowmesh_testkit::upstream::{self, OrcaMode, UpstreamConfig};
 use shadowmesh_xds::ControlPlane;
-use shadowmesh_xds::cache::{ENDPOINT_TYPE, Snapshot, SnapshotCache};
-use shadowmesh_xds::resources::{EndpointSpec, eds_cluster, load_assignment};
+use shadowmesh_xds::registry::ShadowSet;
+use shadowmesh_xds::xds::builders::{EndpointSpec, eds_cluster, load_assignment};
+use shadowmesh_xds::xds::{ENDPOINT_TYPE, Snapshot, SnapshotCache};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -144,7 +143,7 @@ async fn run(args: Args) -> Result<()> {
             r.bytes_per_proxy_per_push
         );
     }
-    let dir = repo_root().join("target/bench");
+    let dir = shadowmesh_testkit::bench_dir()?;
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("xds.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
@@ -164,7 +163,7 @@ async fn decision_to_ack(args: &Args, delta: bool) -> Result<AckLatency> {
     .await?;
     let plane = ControlPlane::default();
     plane
-        .controller
+        .registry
         .set_primary("checkout", &[EndpointSpec::healthy(primary.addr)])?;
     let ads = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let xds_port = ads.local_addr()?.port();
@@ -202,9 +201,11 @@ async fn decision_to_ack(args: &Args, delta: bool) -> Result<AckLatency> {
         // A different shadow node each time, so every push is a real endpoint change.
         let shadow: SocketAddr = format!("127.0.0.{}:{}", 2 + i % 200, 20_000 + i).parse()?;
         let started = Instant::now();
-        plane
-            .controller
-            .set_shadows("checkout", &[EndpointSpec::healthy(shadow)])?;
+        let shadows = ShadowSet {
+            endpoints: vec![EndpointSpec::healthy(shadow)],
+            ..ShadowSet::none()
+        };
+        plane.registry.set_shadows("checkout", &shadows)?;
         tokio::time::timeout(Duration::from_secs(10), acked(eds_version(&plane.cache)))
             .await
             .with_context(|| format!("push {i} not ACKed"))?;
@@ -273,8 +274,8 @@ async fn serve_fanout(args: &Args) -> Result<()> {
     let listener = shadowmesh_xds::bind(([127, 0, 0, 1], 0).into())?;
     println!("PORT {} {version}", listener.local_addr()?.port());
     std::io::stdout().flush()?;
-    let ads = shadowmesh_xds::ads::Ads::new(cache.clone());
-    tokio::spawn(shadowmesh_xds::serve_ads(listener, ads));
+    let ads = shadowmesh_xds::xds::Ads::new(cache.clone());
+    tokio::spawn(shadowmesh_xds::xds::serve_ads(listener, ads));
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines().map_while(Result::ok) {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 /// Accumulates reports into steps and feeds completed steps to an [`Analyzer`].
 #[derive(Debug, Default)]
-pub struct TelemetryIngest {
+pub struct DemandIngest {
     /// step index → series → requests.
     open: BTreeMap<i64, BTreeMap<String, f64>>,
     /// Highest step seen.
@@ -27,7 +27,7 @@ pub struct Ingested {
     pub anomalies: Vec<(String, AnomalyState)>,
 }
 
-impl TelemetryIngest {
+impl DemandIngest {
     /// Adds one report; steps closed by it (one step of grace for late reports) are
     /// learned by `analyzer`.
     pub fn add(&mut self, analyzer: &mut Analyzer, report: &TelemetryReport) -> Ingested {

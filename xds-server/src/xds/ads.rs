@@ -3,14 +3,18 @@
 //! (`DeltaAggregatedResources`).
 //!
 //! One task per stream. It interprets requests with the per-type protocol state of
-//! [`crate::protocol`] and, after every request and every snapshot change, pushes whatever
+//! [`super::protocol`] and, after every request and every snapshot change, pushes whatever
 //! the proxy's group snapshot has that the proxy lacks: clusters before endpoints, one
 //! response in flight per type, removals only after their replacements are ACKed
 //! (make-before-break), and the endpoints of a changed cluster again (Envoy re-warms it).
 
-use crate::cache::{CLUSTER_TYPE, ENDPOINT_TYPE, ResourceMap, Resources, SnapshotCache, XdsMode};
-use crate::metrics::{ModeLabels, TypeLabels, XdsMetrics};
-use crate::protocol::{DeltaTypeState, PUSH_ORDER, RequestOutcome, TypeState, sotw_response};
+use super::cache::SnapshotCache;
+use super::metrics::{ModeLabels, TypeLabels, XdsMetrics};
+use super::protocol::{
+    DeltaTypeState, PUSH_ORDER, Rejection, RequestOutcome, TypeState, sotw_response,
+};
+use super::resource::{CLUSTER_TYPE, ENDPOINT_TYPE, ResourceMap, Resources};
+use super::status::XdsMode;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -150,7 +154,7 @@ impl ProxyLink {
                 self.cache.report(self.stream, |p| {
                     p.rejected.insert(
                         type_url.to_string(),
-                        crate::protocol::Rejection {
+                        Rejection {
                             version: rejected.clone(),
                             error: error.clone(),
                         },
@@ -304,9 +308,9 @@ struct Sotw;
 struct SotwType {
     protocol: TypeState,
     /// Resources of the last response the proxy ACKed (for make-before-break).
-    applied: Option<Arc<ResourceMap>>,
+    applied: Option<ResourceMap>,
     /// Resources of the response in flight, and when it was sent.
-    in_flight: Option<(Arc<ResourceMap>, Instant)>,
+    in_flight: Option<(ResourceMap, Instant)>,
 }
 
 impl Variant for Sotw {

@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use prost::Message;
-use shadowmesh_xds::cache::{CLUSTER_TYPE, ENDPOINT_TYPE};
+use shadowmesh_xds::xds::{CLUSTER_TYPE, ENDPOINT_TYPE};
 use std::collections::BTreeSet;
 use std::time::Instant;
 use tokio::sync::mpsc;

@@ -11,109 +11,17 @@
 //!   ([`ProxyStatus`]); the admin API and tests read it with [`SnapshotCache::proxies`] and
 //!   can await a condition on it with [`SnapshotCache::wait_for`].
 
-use crate::protocol::Rejection;
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use super::snapshot::Snapshot;
+use super::status::ProxyStatus;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::protobuf::value::Kind;
-use prost::Message;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
-/// Type URL of clusters (CDS).
-pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-/// Type URL of endpoints (EDS).
-pub const ENDPOINT_TYPE: &str =
-    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 /// Group of proxies whose own group has no snapshot.
 pub const DEFAULT_GROUP: &str = "*";
-
-/// One encoded resource and the hash of its content.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Resource {
-    /// Content hash: the per-resource version of incremental (delta) xDS.
-    pub version: String,
-    /// The encoded resource.
-    pub any: Any,
-}
-
-/// Resources of one type by name. Shared between the snapshot and every stream that sent
-/// it, so a thousand proxies on the same snapshot hold one copy.
-pub type ResourceMap = BTreeMap<String, Arc<Resource>>;
-
-/// Resources of one type, by name, with their version.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Resources {
-    /// Content hash of all resources of the type: the state-of-the-world version.
-    pub version: String,
-    /// Encoded resources by name.
-    pub items: Arc<ResourceMap>,
-}
-
-/// Everything one group of proxies should have. Immutable once built.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Snapshot {
-    types: BTreeMap<&'static str, Resources>,
-}
-
-fn hex_hash(h: impl Hasher) -> String {
-    format!("{:016x}", h.finish())
-}
-
-fn encode<M: Message>(type_url: &str, m: &M) -> Arc<Resource> {
-    let value = m.encode_to_vec();
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    value.hash(&mut h);
-    Arc::new(Resource {
-        version: hex_hash(h),
-        any: Any {
-            type_url: type_url.to_string(),
-            value,
-        },
-    })
-}
-
-impl Resources {
-    /// Resources with a version computed from their names and content.
-    pub fn new(items: ResourceMap) -> Resources {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        for (name, r) in &items {
-            name.hash(&mut h);
-            r.version.hash(&mut h);
-        }
-        Resources {
-            version: hex_hash(h),
-            items: Arc::new(items),
-        }
-    }
-}
-
-impl Snapshot {
-    /// A snapshot of these clusters and endpoint assignments.
-    pub fn new(clusters: &[Cluster], endpoints: &[ClusterLoadAssignment]) -> Snapshot {
-        let mut types = BTreeMap::new();
-        let cds = clusters
-            .iter()
-            .map(|c| (c.name.clone(), encode(CLUSTER_TYPE, c)))
-            .collect();
-        let eds = endpoints
-            .iter()
-            .map(|e| (e.cluster_name.clone(), encode(ENDPOINT_TYPE, e)))
-            .collect();
-        types.insert(CLUSTER_TYPE, Resources::new(cds));
-        types.insert(ENDPOINT_TYPE, Resources::new(eds));
-        Snapshot { types }
-    }
-
-    /// Resources of a type URL (`None` for types this server does not serve).
-    pub fn get(&self, type_url: &str) -> Option<&Resources> {
-        self.types.get(type_url)
-    }
-}
 
 /// How a proxy's snapshot group is chosen from the `Node` it sends.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
@@ -150,48 +58,6 @@ impl NodeGrouping {
             group
         }
     }
-}
-
-/// Which variant of the xDS protocol a stream speaks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum XdsMode {
-    /// State of the world (`StreamAggregatedResources`).
-    #[default]
-    Sotw,
-    /// Incremental (`DeltaAggregatedResources`).
-    Delta,
-}
-
-impl XdsMode {
-    /// Label value for metrics and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            XdsMode::Sotw => "sotw",
-            XdsMode::Delta => "delta",
-        }
-    }
-}
-
-/// One connected proxy's state, as its stream last reported it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct ProxyStatus {
-    /// Envoy `node.id`.
-    pub node_id: String,
-    /// The group it takes snapshots from.
-    pub group: String,
-    /// Protocol variant of its stream.
-    pub mode: XdsMode,
-    /// Per type URL: the last version it confirmed applying. For delta streams, the
-    /// snapshot version its resources were brought to by the last ACKed response.
-    pub acked: BTreeMap<String, String>,
-    /// Per type URL: last rejection, if the proxy NACKed a version (cleared by an ACK).
-    pub rejected: BTreeMap<String, Rejection>,
-    /// Per type URL: responses sent on this stream.
-    pub responses: BTreeMap<String, u64>,
-    /// The last cache generation ([`SnapshotCache::generation`]) this stream has fully
-    /// processed: everything it should send for it has been sent.
-    pub synced_generation: u64,
 }
 
 #[derive(Default)]
@@ -311,32 +177,8 @@ impl SnapshotCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cluster(name: &str) -> Cluster {
-        Cluster {
-            name: name.into(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn versions_are_content_hashes() {
-        let a = Snapshot::new(&[cluster("a")], &[]);
-        let b = Snapshot::new(&[cluster("a")], &[]);
-        let c = Snapshot::new(&[cluster("a"), cluster("b")], &[]);
-        assert_eq!(
-            a.get(CLUSTER_TYPE).unwrap().version,
-            b.get(CLUSTER_TYPE).unwrap().version
-        );
-        assert_ne!(
-            a.get(CLUSTER_TYPE).unwrap().version,
-            c.get(CLUSTER_TYPE).unwrap().version
-        );
-        assert_eq!(
-            a.get(ENDPOINT_TYPE).unwrap().version,
-            c.get(ENDPOINT_TYPE).unwrap().version
-        );
-    }
+    use crate::xds::resource::CLUSTER_TYPE;
+    use crate::xds::snapshot::tests::cluster;
 
     #[test]
     fn groups_fall_back_to_the_default() {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("examples/ has a parent")
+        .expect("testkit/ has a parent")
         .to_path_buf()
 }
 
@@ -40,11 +40,13 @@ pub fn envoy_binary() -> Result<PathBuf> {
     )
 }
 
-/// A compiled Wasm module of this workspace (`shadowmesh_filter`, `shadowmesh_noop_filter`).
+/// A compiled Wasm module of this workspace (`shadowmesh_filter`, `shadowmesh_noop_filter`):
+/// in `$SHADOWMESH_WASM_DIR`, else where `scripts/setup` builds it (under
+/// `$CARGO_TARGET_DIR` when set).
 pub fn wasm_module(crate_name: &str) -> Result<PathBuf> {
     let dir = std::env::var_os("SHADOWMESH_WASM_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/wasm32-wasip1/release"));
+        .unwrap_or_else(|| crate::target_dir().join("wasm32-wasip1/release"));
     let path = dir.join(format!("{crate_name}.wasm"));
     if !path.is_file() {
         bail!(

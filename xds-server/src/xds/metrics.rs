@@ -8,11 +8,12 @@
 //! | `shadowmesh_xds_acks_total` | counter | `type`, `mode` | responses ACKed |
 //! | `shadowmesh_xds_nacks_total` | counter | `type`, `mode` | responses NACKed |
 //! | `shadowmesh_xds_push_latency_seconds` | histogram | `type`, `mode` | response sent → its ACK/NACK |
-//! | `shadowmesh_xds_snapshot_updates_total` | counter | | controller changes published |
+//! | `shadowmesh_xds_snapshot_updates_total` | counter | | snapshot changes published |
 //!
 //! `type` is `cluster` or `endpoint`; `mode` is `sotw` or `delta`.
 
-use crate::cache::{CLUSTER_TYPE, ENDPOINT_TYPE, XdsMode};
+use super::resource::{CLUSTER_TYPE, ENDPOINT_TYPE};
+use super::status::XdsMode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -59,7 +60,6 @@ fn latency_histogram() -> Histogram {
 
 /// The server's metrics. Shared by every stream (`Arc`).
 pub struct XdsMetrics {
-    registry: Registry,
     /// Open ADS streams.
     pub connected: Family<ModeLabels, Gauge>,
     /// Responses pushed.
@@ -72,13 +72,21 @@ pub struct XdsMetrics {
     pub nacks: Family<TypeLabels, Counter>,
     /// Time from a response to its ACK or NACK.
     pub push_latency: Family<TypeLabels, Histogram>,
-    /// Snapshot changes published by the controller.
+    /// Snapshot changes published.
     pub snapshot_updates: Counter,
 }
 
 impl Default for XdsMetrics {
+    /// Metrics registered nowhere (for a server that exposes none).
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("shadowmesh_xds");
+        XdsMetrics::register(&mut Registry::default())
+    }
+}
+
+impl XdsMetrics {
+    /// Creates the metrics and registers them in `registry` under `shadowmesh_xds_`.
+    pub fn register(registry: &mut Registry) -> XdsMetrics {
+        let registry = registry.sub_registry_with_prefix("shadowmesh_xds");
         let connected = Family::<ModeLabels, Gauge>::default();
         let responses = Family::<TypeLabels, Counter>::default();
         let response_bytes = Family::<TypeLabels, Counter>::default();
@@ -103,11 +111,10 @@ impl Default for XdsMetrics {
         );
         registry.register(
             "snapshot_updates",
-            "Snapshot changes published by the controller",
+            "Snapshot changes published",
             snapshot_updates.clone(),
         );
         XdsMetrics {
-            registry,
             connected,
             responses,
             response_bytes,
@@ -117,9 +124,7 @@ impl Default for XdsMetrics {
             snapshot_updates,
         }
     }
-}
 
-impl XdsMetrics {
     /// Records a response of `bytes` encoded bytes.
     pub fn pushed(&self, labels: &TypeLabels, bytes: usize) {
         self.responses.get_or_create(labels).inc();
@@ -138,13 +143,5 @@ impl XdsMetrics {
         self.push_latency
             .get_or_create(labels)
             .observe(after.as_secs_f64());
-    }
-
-    /// The metrics in the Prometheus text exposition format.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
     }
 }

@@ -1,0 +1,254 @@
+//! The root context of one worker: configuration, and once per tick the flush of this
+//! worker's counts into shared data and — on the worker holding the lease — the plan
+//! update of every service.
+
+use super::abi::{self, buffer, level, log, now_ns};
+use super::http::AtreHttp;
+use super::metrics::{GlobalMetrics, ServiceMetrics};
+use super::report::Reporter;
+use super::{HostStore, ServiceRuntime, Worker, read_plan, read_shadow};
+use crate::config::PluginConfig;
+use crate::control::{RedirectController, ShadowView, TickInput};
+use crate::decision::Spreader;
+use crate::plan::RedirectPlan;
+use crate::shared::{self, SharedStore, keys};
+use crate::window::ServiceWindow;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+use shadowmesh_wire::RedirectState;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+#[derive(Default)]
+pub(super) struct AtreRoot {
+    worker: Option<Rc<RefCell<Worker>>>,
+    /// Random identity for the controller lease.
+    id: u64,
+    ticks: u64,
+    /// Telemetry, used while this worker holds the lease.
+    reporter: Option<Reporter>,
+}
+
+impl Context for AtreRoot {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if let (Some(reporter), Some(worker)) = (&mut self.reporter, &self.worker) {
+            reporter.on_answer(token, body_size, &worker.borrow());
+        }
+    }
+}
+
+impl RootContext for AtreRoot {
+    fn on_configure(&mut self, size: usize) -> bool {
+        let bytes = abi::get_buffer(buffer::PLUGIN_CONFIGURATION, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let config = match PluginConfig::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                // Envoy rejects the configuration when on_configure returns false; this
+                // line is the operator's only clue, so it names the field.
+                log(level::ERROR, &e.to_string());
+                return false;
+            }
+        };
+        // `node.id` is resolved at the first report: not every host exposes it this early.
+        self.reporter = Some(Reporter::new(
+            config.proxy_id.clone().unwrap_or_default(),
+            now_ns() / 1_000_000,
+        ));
+        // Identity for the lease: wasi's random_get seeds std's RandomState.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(now_ns());
+        self.id = h.finish();
+        let services = config
+            .services
+            .iter()
+            .map(|s| ServiceRuntime {
+                plan: RedirectPlan::default(),
+                shadow: ShadowView::resolve(&s.shadow, None, 0),
+                spreader: Spreader::default(),
+                window: ServiceWindow::default(),
+                started: 0,
+                in_flight_delta: [0, 0],
+                in_flight_keys: [
+                    keys::in_flight(&s.name, "primary"),
+                    keys::in_flight(&s.name, "shadow"),
+                ],
+                metrics: ServiceMetrics::define(&s.name),
+                controller: RedirectController::default(),
+            })
+            .collect();
+        let metrics = GlobalMetrics::define();
+        let tick_ms = config.tick_ms as u32;
+        self.worker = Some(Rc::new(RefCell::new(Worker {
+            config,
+            services,
+            metrics,
+            spoofed: 0,
+        })));
+        if abi::set_tick_period_ms(tick_ms).is_err() {
+            log(level::ERROR, "shadowmesh: cannot set tick period");
+            return false;
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let mut guard = worker.borrow_mut();
+        let worker = &mut *guard;
+        let now_ms = now_ns() / 1_000_000;
+        flush_local(worker);
+        let ttl = worker.config.tick_ms * 3;
+        if shared::acquire_lease(&HostStore, self.id, now_ms, ttl) {
+            self.control(worker, now_ms);
+        }
+        for (svc, rt) in worker
+            .config
+            .services
+            .iter()
+            .zip(worker.services.iter_mut())
+        {
+            rt.plan = read_plan(svc);
+            rt.shadow = read_shadow(svc, now_ms);
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let worker = self.worker.clone()?;
+        Some(Box::new(AtreHttp::new(worker)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Moves this worker's counts into shared data and Envoy's stats.
+fn flush_local(worker: &mut Worker) {
+    let mut errors = 0;
+    for (svc, rt) in worker
+        .config
+        .services
+        .iter()
+        .zip(worker.services.iter_mut())
+    {
+        rt.metrics.requests.add(std::mem::take(&mut rt.started));
+        for (delta, key) in rt.in_flight_delta.iter_mut().zip(rt.in_flight_keys.iter()) {
+            if *delta != 0 {
+                match shared::add_counter(&HostStore, key, *delta) {
+                    Ok(_) => *delta = 0,
+                    // Kept and retried next tick: an increment is never lost.
+                    Err(_) => errors += 1,
+                }
+            }
+        }
+        if rt.window.is_empty() {
+            continue;
+        }
+        rt.metrics.redirected.add(rt.window.redirected);
+        rt.metrics.fallbacks.add(rt.window.fallbacks);
+        rt.metrics
+            .orca_malformed
+            .add(rt.window.primary.orca_malformed + rt.window.shadow.orca_malformed);
+        let local = std::mem::take(&mut rt.window);
+        let merged =
+            shared::update_json::<ServiceWindow, _>(&HostStore, &keys::window(&svc.name), |cur| {
+                let mut next = cur.cloned().unwrap_or_default();
+                next.merge(&local);
+                Some(next)
+            });
+        if merged.is_err() {
+            // Keep the counts for the next tick rather than lose them (metrics were
+            // already incremented, so only the window is retried).
+            let mut keep = local;
+            keep.redirected = 0;
+            keep.fallbacks = 0;
+            keep.primary.orca_malformed = 0;
+            keep.shadow.orca_malformed = 0;
+            rt.window = keep;
+            errors += 1;
+        }
+    }
+    worker
+        .metrics
+        .spoofed_route_headers
+        .add(std::mem::take(&mut worker.spoofed));
+    worker.metrics.shared_data_errors.add(errors);
+}
+
+impl AtreRoot {
+    /// The lease holder's tick: consume windows, update plans, maybe report.
+    fn control(&mut self, worker: &mut Worker, now_ms: u64) {
+        let Worker {
+            config, services, ..
+        } = worker;
+        for (svc, rt) in config.services.iter().zip(services.iter_mut()) {
+            let window = shared::update_json::<ServiceWindow, _>(
+                &HostStore,
+                &keys::window(&svc.name),
+                |cur| cur.map(|_| ServiceWindow::default()),
+            )
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+            let in_flight = [
+                shared::read_counter(&HostStore, &rt.in_flight_keys[0]),
+                shared::read_counter(&HostStore, &rt.in_flight_keys[1]),
+            ];
+            let shadow = read_shadow(svc, now_ms);
+            let old = read_plan(svc);
+            let plan = rt.controller.tick(
+                config,
+                svc,
+                &old,
+                TickInput {
+                    now_ms,
+                    window,
+                    in_flight,
+                    shadow: &shadow,
+                },
+            );
+            if plan.state != old.state {
+                log(
+                    level::INFO,
+                    &format!(
+                        "shadowmesh: service {} {:?} -> {:?} (primary load {:.2}, demand {:.2}, share {:.2})",
+                        svc.name, old.state, plan.state, plan.primary_load, plan.demand, plan.share
+                    ),
+                );
+            }
+            if let Ok(bytes) = serde_json::to_vec(&plan) {
+                let _ = HostStore.set(&keys::plan(&svc.name), &bytes, None);
+            }
+            let m = rt.metrics;
+            m.in_flight_primary.set(in_flight[0]);
+            m.in_flight_shadow.set(in_flight[1]);
+            m.redirect_share_permille
+                .set((plan.share * 1000.0).round() as u64);
+            m.primary_load_permille
+                .set((rt.controller.scores[0].0 * 1000.0).round() as u64);
+            m.shadow_load_permille
+                .set((rt.controller.scores[1].0 * 1000.0).round() as u64);
+            m.redirecting
+                .set(u64::from(plan.state == RedirectState::Redirecting));
+        }
+        let ticks_per_report = config.ticks_per_report();
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(ticks_per_report)
+            && let Some(reporter) = &mut self.reporter
+        {
+            reporter.send(worker, now_ms);
+        }
+    }
+}

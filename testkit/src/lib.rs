@@ -1,0 +1,37 @@
+//! # shadowmesh-testkit
+//!
+//! Test infrastructure for Shadowmesh on loopback, with ephemeral ports and every process
+//! owned by the caller. The end-to-end tests in `tests/` and the demos and benchmarks in
+//! `examples/` start their deployments from here:
+//!
+//! * [`envoy`] — locates and starts a real Envoy 1.40 from the bootstraps in
+//!   `envoy-configs/`, talks to its admin API;
+//! * [`upstream`] — an HTTP service with a real capacity limit that reports ORCA load;
+//! * [`loadgen`] — an open-loop load generator with time-varying rate profiles;
+//! * [`ads_client`] — simulated Envoys on the ADS protocol, for the xDS fan-out benchmark;
+//! * [`stack`] — a whole deployment (upstreams, control plane, Envoy with ATRE), the
+//!   control plane served on ephemeral ports, and the lock that keeps load tests apart.
+
+pub mod ads_client;
+pub mod envoy;
+pub mod loadgen;
+pub mod stack;
+pub mod upstream;
+
+pub use stack::{
+    LoadTestLock, Stack, StackConfig, ads_envoy, atre_plugin, load_test_lock, spawn_plane, within,
+};
+
+/// Where cargo puts build output: `$CARGO_TARGET_DIR`, else `target/` in the repository.
+pub fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| envoy::repo_root().join("target"))
+}
+
+/// `target/bench/`, created if needed: where benchmarks write their JSON.
+pub fn bench_dir() -> std::io::Result<std::path::PathBuf> {
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

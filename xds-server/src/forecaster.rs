@@ -1,0 +1,95 @@
+//! The Predictive Traffic Analyzer hosted in the control plane: a subscriber of the
+//! [`crate::hub::TelemetryHub`] that folds every report into per-service and per-link
+//! demand series ([`DemandIngest`]) and serves the overload list to operators
+//! (`/v1/forecast`, see [`crate::http`]) and to the Shadow Node Provisioner.
+
+use crate::hub::ReportSubscriber;
+use shadowmesh_predictor::analyzer::{Analyzer, AnalyzerConfig, OverloadRisk, SeriesForecast};
+use shadowmesh_predictor::demand::DemandIngest;
+use shadowmesh_predictor::error::FieldError;
+use shadowmesh_predictor::events::ScheduledEvent;
+use shadowmesh_wire::TelemetryReport;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+struct ForecastState {
+    analyzer: Analyzer,
+    ingest: DemandIngest,
+    refused: u64,
+    anomalies: u64,
+}
+
+/// The analyzer and its telemetry intake, shared. Cheap to clone.
+#[derive(Clone)]
+pub struct Forecaster {
+    inner: Arc<Mutex<ForecastState>>,
+}
+
+impl Forecaster {
+    /// A forecaster with no series yet.
+    pub fn new(config: AnalyzerConfig) -> Result<Forecaster, FieldError> {
+        Ok(Forecaster {
+            inner: Arc::new(Mutex::new(ForecastState {
+                analyzer: Analyzer::new(config)?,
+                ingest: DemandIngest::default(),
+                refused: 0,
+                anomalies: 0,
+            })),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ForecastState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Folds one telemetry report in; completed steps are learned.
+    pub fn ingest(&self, report: &TelemetryReport) {
+        let mut s = self.lock();
+        let ForecastState {
+            analyzer, ingest, ..
+        } = &mut *s;
+        let out = ingest.add(analyzer, report);
+        s.refused += out.refused;
+        s.anomalies += out.anomalies.len() as u64;
+        for (series, a) in out.anomalies {
+            tracing::warn!(%series, since = a.since, direction = ?a.direction, samples = a.samples_to_flag, "demand anomaly");
+        }
+    }
+
+    /// The overload list.
+    pub fn overload_risks(&self) -> Vec<OverloadRisk> {
+        self.lock().analyzer.overload_risks()
+    }
+
+    /// A series' forecast over the configured horizon.
+    pub fn forecast(&self, series: &str) -> Vec<SeriesForecast> {
+        let s = self.lock();
+        let steps = s.analyzer.config().model.horizon;
+        s.analyzer.forecast(series, steps)
+    }
+
+    /// Sets a series' capacity.
+    pub fn set_capacity(&self, series: &str, capacity: f64) -> Result<(), FieldError> {
+        self.lock().analyzer.set_capacity(series, capacity)
+    }
+
+    /// Adds an event to the calendar.
+    pub fn add_event(&self, event: ScheduledEvent) -> Result<(), FieldError> {
+        self.lock().analyzer.add_event(event)
+    }
+
+    /// The events calendar.
+    pub fn events(&self) -> Vec<ScheduledEvent> {
+        self.lock().analyzer.events().to_vec()
+    }
+
+    /// Series known.
+    pub fn series(&self) -> Vec<String> {
+        self.lock().analyzer.series().map(str::to_string).collect()
+    }
+}
+
+impl ReportSubscriber for Forecaster {
+    fn on_report(&self, report: &TelemetryReport) {
+        self.ingest(report);
+    }
+}

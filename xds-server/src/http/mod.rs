@@ -1,0 +1,151 @@
+//! The control plane's HTTP/JSON surface, in one table. Every error is an [`ApiError`]
+//! answered as `{"field", "message"}`, whatever the status.
+//!
+//! | method | path | body | answer |
+//! |---|---|---|---|
+//! | `GET` | `/v1/services` | | every service ([`ServiceView`]) by name |
+//! | `GET` | `/v1/services/{service}` | | one service |
+//! | `PUT` | `/v1/services/{service}` | `{"primary": [E…], "shadows": S}` (`shadows` optional) | create or replace, one generation; the new [`ServiceView`] |
+//! | `DELETE` | `/v1/services/{service}` | | remove it and its clusters (`204`) |
+//! | `GET` | `/v1/services/{service}/shadows` | | its shadow set S, generation and readiness record |
+//! | `PUT` | `/v1/services/{service}/shadows` | S | set its shadows and their readiness, one generation |
+//! | `DELETE` | `/v1/services/{service}/shadows` | | release them |
+//! | `POST` | `/v1/telemetry` | a filter's `TelemetryReport` | the `TelemetryAck`: every service's readiness |
+//! | `GET` | `/v1/telemetry` | | the last reports kept, oldest first |
+//! | `GET` | `/v1/proxies` | | every connected Envoy: group, mode, ACKed versions, NACKs |
+//! | `GET` | `/v1/forecast` | | the overload list, most likely first |
+//! | `GET` | `/v1/forecast/{series}` | | the series' forecast over the horizon, with its interval |
+//! | `PUT` | `/v1/capacity/{series}` | `{"capacity": 300.0}` | demand (req/s) the series takes before overload (`204`) |
+//! | `GET`, `POST` | `/v1/events` | a scheduled event | the events calendar (`POST`: `201`) |
+//! | `GET` | `/metrics` | | Prometheus text format |
+//!
+//! `E` is an endpoint `{"address": "10.0.0.7:8080", "healthy": true, "weight": 1}`; `S` a
+//! shadow set `{"endpoints": [E…], "warm": true, "max_in_flight": 32, "expires_at_ms":
+//! null}` ([`crate::registry::ShadowSet`]). A rejected request changes nothing.
+
+mod error;
+mod forecast;
+mod observe;
+mod reports;
+mod services;
+
+pub use error::{ApiError, JsonBody, MAX_BODY_BYTES, Name, parse_json};
+pub use services::ServiceView;
+
+use crate::forecaster::Forecaster;
+use crate::hub::TelemetryHub;
+use crate::registry::ShadowRegistry;
+use crate::xds::SnapshotCache;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use std::sync::Arc;
+
+/// What the HTTP routes work on. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Api {
+    /// Services, shadows and their readiness.
+    pub registry: ShadowRegistry,
+    /// Where telemetry reports go.
+    pub hub: TelemetryHub,
+    /// The Predictive Traffic Analyzer.
+    pub forecaster: Forecaster,
+    /// Connected proxies' state.
+    pub cache: SnapshotCache,
+    /// Every metric of the control plane, for `/metrics`.
+    pub metrics: Arc<prometheus_client::registry::Registry>,
+}
+
+/// Every route of the table above, with JSON answers for unknown paths and methods.
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .merge(services::routes())
+        .merge(reports::routes())
+        .merge(forecast::routes())
+        .merge(observe::routes())
+        .fallback(unknown_path)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(api)
+}
+
+async fn unknown_path() -> ApiError {
+    ApiError::not_found(
+        "",
+        "no such path (see the route table in xds-server/README.md)",
+    )
+}
+
+async fn wrong_method() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "",
+        "method not allowed on this path",
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    /// One request through `router`: status and body.
+    pub async fn call(
+        router: axum::Router,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> (StatusCode, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::call;
+    use crate::ControlPlane;
+    use axum::http::StatusCode;
+
+    #[tokio::test]
+    async fn every_error_is_the_same_json_shape() {
+        let router = ControlPlane::default().router();
+        let huge = "x".repeat(super::MAX_BODY_BYTES + 1);
+        for (method, path, body, status) in [
+            ("GET", "/v1/nothing", "", StatusCode::NOT_FOUND),
+            ("PATCH", "/v1/services", "", StatusCode::METHOD_NOT_ALLOWED),
+            (
+                "PUT",
+                "/v1/services/checkout",
+                huge.as_str(),
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            ("PUT", "/v1/services/checkout", "{", StatusCode::BAD_REQUEST),
+            ("POST", "/v1/telemetry", "[]", StatusCode::BAD_REQUEST),
+            (
+                "PUT",
+                "/v1/capacity/x",
+                r#"{"capacity": -1}"#,
+                StatusCode::BAD_REQUEST,
+            ),
+            ("GET", "/v1/services/nope", "", StatusCode::NOT_FOUND),
+        ] {
+            let (s, body) = call(router.clone(), method, path, body).await;
+            assert_eq!(s, status, "{method} {path}: {body}");
+            let v: serde_json::Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body}"));
+            let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+            assert_eq!(keys, ["field", "message"], "{method} {path}: {body}");
+        }
+    }
+}

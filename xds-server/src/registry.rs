@@ -1,0 +1,789 @@
+//! The shadow registry: the one owner of shadow state in the control plane.
+//!
+//! Per service it holds the primary endpoints and the [`ShadowSet`] — the shadow
+//! endpoints Envoy routes to (address, health, weight) *and* the readiness the ATRE
+//! filters act on (warm, max in-flight, expiry). Both change together, under one
+//! generation, through one API; every change produces the xDS [`Snapshot`] (pushed to
+//! every Envoy by the [`SnapshotCache`]) and the readiness [`ShadowRecord`] (handed to the
+//! filters in the answer to their telemetry) from the same state, so the two cannot
+//! disagree. Operators reach it over HTTP (`/v1/services/{service}[/shadows]`), the Shadow
+//! Node Provisioner through this Rust API.
+//!
+//! Shadows here are **warm-spare nodes that serve real traffic** redirected to them by the
+//! ATRE filter — not Envoy's request mirroring (`request_mirror_policies`), which Envoy's
+//! docs also call "shadowing".
+//!
+//! Each service `S` becomes three clusters, matching `envoy-configs/`:
+//!
+//! | cluster | kind | endpoints |
+//! |---|---|---|
+//! | `S_primary` | EDS | the primary instances |
+//! | `S_shadow_pool` | EDS, outlier detection | the shadow nodes (may be empty) |
+//! | `S_shadow` | aggregate `[S_shadow_pool, S_primary]` | what redirected requests are routed to |
+//!
+//! Setting or clearing shadows changes endpoints only, so Envoy never re-warms a cluster
+//! for it; removing a service removes its clusters. A change to one service costs work
+//! proportional to that service: the snapshot is updated in place of being rebuilt.
+//!
+//! ```
+//! use shadowmesh_xds::registry::{ShadowRegistry, ShadowSet};
+//! use shadowmesh_xds::xds::builders::EndpointSpec;
+//! use shadowmesh_xds::xds::SnapshotCache;
+//! let registry = ShadowRegistry::new(SnapshotCache::default());
+//! registry.set_primary("checkout", &[EndpointSpec::healthy("10.0.0.1:8080".parse().unwrap())])?;
+//! let spare = EndpointSpec::healthy("10.0.0.9:8080".parse().unwrap());
+//! registry.set_shadows("checkout", &ShadowSet::warm(vec![spare], 32))?;
+//! let record = &registry.readiness(0)[0];
+//! assert!(record.warm);
+//! assert_eq!(record.cluster, "checkout_shadow");
+//! # Ok::<(), shadowmesh_xds::registry::RegistryError>(())
+//! ```
+
+use crate::xds::builders::{
+    EndpointSpec, MAX_WEIGHT, aggregate_cluster, eds_cluster, load_assignment, shadow_pool_cluster,
+};
+use crate::xds::{DEFAULT_GROUP, Snapshot, SnapshotCache, XdsMetrics};
+use serde::{Deserialize, Serialize};
+use shadowmesh_wire::ShadowRecord;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Longest service name accepted (cluster names derive from it).
+pub const MAX_SERVICE_NAME: usize = 100;
+/// Largest `max_in_flight` a shadow set may declare.
+pub const MAX_SHADOW_IN_FLIGHT: u32 = 1_000_000;
+/// How long a readiness record stays valid in a filter after the answer that carried it,
+/// unless its shadow set expires earlier. Every telemetry answer renews it, so it only
+/// lapses when the control plane goes silent — and then filters stop redirecting to a
+/// shadow nobody vouches for any more.
+pub const DEFAULT_READINESS_TTL: Duration = Duration::from_secs(30);
+
+/// What went wrong with a registry change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistryErrorKind {
+    /// A field is invalid.
+    Invalid,
+    /// The change names a service that does not exist.
+    UnknownService,
+}
+
+/// A refused registry change: which field, and why. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {message}")]
+pub struct RegistryError {
+    /// Path of the offending field, e.g. `shadows.endpoints[2].weight`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+    /// Invalid input, or an unknown service.
+    pub kind: RegistryErrorKind,
+}
+
+impl RegistryError {
+    /// An invalid `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> RegistryError {
+        RegistryError {
+            field: field.into(),
+            message: message.into(),
+            kind: RegistryErrorKind::Invalid,
+        }
+    }
+
+    fn unknown(service: &str) -> RegistryError {
+        RegistryError {
+            field: "service".into(),
+            message: format!("no service {service:?}; create it with its primary endpoints first"),
+            kind: RegistryErrorKind::UnknownService,
+        }
+    }
+
+    /// The same error with its field nested under `parent` (`shadows` + `warm` →
+    /// `shadows.warm`).
+    pub fn within(self, parent: &str) -> RegistryError {
+        RegistryError {
+            field: format!("{parent}.{}", self.field),
+            ..self
+        }
+    }
+}
+
+/// The cluster names of one service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterNames {
+    /// EDS cluster of the primary instances.
+    pub primary: String,
+    /// EDS cluster of the shadow nodes.
+    pub shadow_pool: String,
+    /// Aggregate `[shadow_pool, primary]`: where redirected requests go.
+    pub shadow: String,
+}
+
+impl ClusterNames {
+    /// The names for `service`.
+    pub fn of(service: &str) -> ClusterNames {
+        ClusterNames {
+            primary: format!("{service}_primary"),
+            shadow_pool: format!("{service}_shadow_pool"),
+            shadow: format!("{service}_shadow"),
+        }
+    }
+}
+
+/// A service's shadows: the endpoints Envoy routes redirected requests to, and the
+/// readiness the filters act on. In JSON:
+/// `{"endpoints": [E…], "warm": true, "max_in_flight": 32, "expires_at_ms": null}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSet {
+    /// Shadow nodes in the `S_shadow_pool` cluster.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+    /// Whether filters may redirect to them now. Needs at least one healthy endpoint.
+    /// Released make-before-break: first `warm: false` (filters stop sending), then the
+    /// endpoints go once in-flight requests have drained.
+    #[serde(default)]
+    pub warm: bool,
+    /// Concurrent requests the shadow nodes take together before they are at capacity.
+    #[serde(default)]
+    pub max_in_flight: u32,
+    /// Unix-epoch millisecond after which filters treat the shadows as not ready.
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
+}
+
+impl ShadowSet {
+    /// No shadows.
+    pub fn none() -> ShadowSet {
+        ShadowSet::default()
+    }
+
+    /// These endpoints, warm, taking `max_in_flight` concurrent requests together.
+    pub fn warm(endpoints: Vec<EndpointSpec>, max_in_flight: u32) -> ShadowSet {
+        ShadowSet {
+            endpoints,
+            warm: true,
+            max_in_flight,
+            expires_at_ms: None,
+        }
+    }
+
+    /// Checks the set; errors name the field relative to the set (`endpoints[1].weight`,
+    /// `warm`, `max_in_flight`).
+    pub fn validate(&self) -> Result<(), RegistryError> {
+        validate_endpoints("endpoints", &self.endpoints)?;
+        if self.max_in_flight > MAX_SHADOW_IN_FLIGHT {
+            return Err(RegistryError::invalid(
+                "max_in_flight",
+                format!("{} exceeds {MAX_SHADOW_IN_FLIGHT}", self.max_in_flight),
+            ));
+        }
+        if self.warm {
+            if !self.endpoints.iter().any(|e| e.healthy) {
+                return Err(RegistryError::invalid(
+                    "warm",
+                    "a warm shadow set needs at least one healthy endpoint",
+                ));
+            }
+            if self.max_in_flight == 0 {
+                return Err(RegistryError::invalid(
+                    "max_in_flight",
+                    "a warm shadow set must take at least one request",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the registry holds for one service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    /// Primary instances.
+    pub primary: Vec<EndpointSpec>,
+    /// Its shadows and their readiness.
+    pub shadows: ShadowSet,
+    /// Generation of the last change to this service (see [`ShadowRegistry`]).
+    pub generation: u64,
+}
+
+/// One service to create or replace in a batch ([`ShadowRegistry::apply`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSpec {
+    /// Service name.
+    pub name: String,
+    /// Primary endpoints.
+    pub primary: Vec<EndpointSpec>,
+    /// Its shadows; `None` keeps the current ones (none for a new service).
+    pub shadows: Option<ShadowSet>,
+}
+
+/// One change of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServiceChange {
+    /// Create or replace a service.
+    Set(ServiceSpec),
+    /// Remove a service and its clusters.
+    Remove(String),
+}
+
+/// Checks a service name: 1–100 characters of `[A-Za-z0-9_.-]`.
+pub fn validate_service(name: &str) -> Result<(), RegistryError> {
+    if name.is_empty() || name.len() > MAX_SERVICE_NAME {
+        return Err(RegistryError::invalid(
+            "service",
+            format!("must be 1 to {MAX_SERVICE_NAME} characters long"),
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(RegistryError::invalid(
+            "service",
+            format!("{name:?} contains {c:?}; only letters, digits, '_', '.' and '-' are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a list of endpoints; errors name the field as `{field}[i].…`.
+pub fn validate_endpoints(field: &str, endpoints: &[EndpointSpec]) -> Result<(), RegistryError> {
+    let mut seen = HashSet::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        let at = |f: &str| format!("{field}[{i}].{f}");
+        if e.addr.port() == 0 {
+            return Err(RegistryError::invalid(
+                at("address"),
+                "port 0 is not a destination",
+            ));
+        }
+        if e.addr.ip().is_unspecified() {
+            return Err(RegistryError::invalid(
+                at("address"),
+                format!("{} is not a destination", e.addr.ip()),
+            ));
+        }
+        if !(1..=MAX_WEIGHT).contains(&e.weight) {
+            return Err(RegistryError::invalid(
+                at("weight"),
+                format!("{} is outside 1..={MAX_WEIGHT}", e.weight),
+            ));
+        }
+        if !seen.insert(e.addr) {
+            return Err(RegistryError::invalid(
+                at("address"),
+                format!("{} is listed twice", e.addr),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl ServiceSpec {
+    fn validate(&self) -> Result<(), RegistryError> {
+        validate_service(&self.name)?;
+        validate_endpoints("primary", &self.primary)?;
+        if let Some(s) = &self.shadows {
+            s.validate().map_err(|e| e.within("shadows"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Settings of a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// Proxy group the snapshot is published for ([`DEFAULT_GROUP`]: every proxy).
+    pub group: String,
+    /// Validity of a readiness record after the answer that carried it.
+    pub readiness_ttl: Duration,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            group: DEFAULT_GROUP.to_string(),
+            readiness_ttl: DEFAULT_READINESS_TTL,
+        }
+    }
+}
+
+struct State {
+    /// Persistent map: the draft of a change is an O(1) copy.
+    services: imbl::OrdMap<String, ServiceState>,
+    /// The snapshot of `services`, updated change by change (never rebuilt).
+    snapshot: Snapshot,
+    /// Generation of the last change.
+    generation: u64,
+}
+
+/// The shadow registry. Cheap to clone (shared).
+///
+/// **Generations.** Every change gets a generation greater than any before it: the larger
+/// of the previous one plus one and the current Unix time in milliseconds. Filters keep
+/// the newest generation of a record, so generations must keep growing across a restart
+/// of the control plane too; tying them to the clock does that without remembering the
+/// last one.
+#[derive(Clone)]
+pub struct ShadowRegistry {
+    state: Arc<Mutex<State>>,
+    cache: SnapshotCache,
+    metrics: Arc<XdsMetrics>,
+    settings: Arc<RegistrySettings>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl ShadowRegistry {
+    /// A registry publishing to `cache` for every proxy.
+    pub fn new(cache: SnapshotCache) -> ShadowRegistry {
+        ShadowRegistry::with_settings(cache, Arc::default(), RegistrySettings::default())
+    }
+
+    /// A registry publishing to `cache` with `settings`, counting published changes in
+    /// `metrics`. Publishes the (empty) snapshot at once, so proxies that connect before
+    /// the first service exists are answered.
+    pub fn with_settings(
+        cache: SnapshotCache,
+        metrics: Arc<XdsMetrics>,
+        settings: RegistrySettings,
+    ) -> ShadowRegistry {
+        let registry = ShadowRegistry {
+            state: Arc::new(Mutex::new(State {
+                services: imbl::OrdMap::new(),
+                snapshot: Snapshot::empty(),
+                generation: 0,
+            })),
+            cache,
+            metrics,
+            settings: Arc::new(settings),
+        };
+        registry.apply([]).expect("an empty batch is valid");
+        registry
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere mid-update of plain data; keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies `changes` (validated first: one bad change refuses the whole batch) as one
+    /// generation and one published snapshot; returns the generation. Errors name the
+    /// change as `changes[i]`.
+    pub fn apply(
+        &self,
+        changes: impl IntoIterator<Item = ServiceChange>,
+    ) -> Result<u64, RegistryError> {
+        let changes: Vec<ServiceChange> = changes.into_iter().collect();
+        for (i, c) in changes.iter().enumerate() {
+            if let ServiceChange::Set(spec) = c {
+                spec.validate()
+                    .map_err(|e| e.within(&format!("changes[{i}]")))?;
+            }
+        }
+        self.change(|state, generation| {
+            // Removals of unknown services are checked against the state as it evolves
+            // within the batch, before anything is touched.
+            let mut present: HashSet<&str> = state.services.keys().map(String::as_str).collect();
+            for (i, c) in changes.iter().enumerate() {
+                match c {
+                    ServiceChange::Set(spec) => {
+                        present.insert(&spec.name);
+                    }
+                    ServiceChange::Remove(name) => {
+                        if !present.remove(name.as_str()) {
+                            return Err(
+                                RegistryError::unknown(name).within(&format!("changes[{i}]"))
+                            );
+                        }
+                    }
+                }
+            }
+            for c in changes {
+                match c {
+                    ServiceChange::Set(spec) => {
+                        let old = state.services.get(&spec.name);
+                        let new = old.is_none();
+                        let s = ServiceState {
+                            primary: spec.primary,
+                            shadows: spec
+                                .shadows
+                                .or_else(|| old.map(|o| o.shadows.clone()))
+                                .unwrap_or_default(),
+                            generation,
+                        };
+                        publish(&mut state.snapshot, &spec.name, &s, new);
+                        state.services.insert(spec.name, s);
+                    }
+                    ServiceChange::Remove(name) => {
+                        state.services.remove(&name);
+                        unpublish(&mut state.snapshot, &name);
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `change` on the state with the next generation and publishes the resulting
+    /// snapshot; a refused change leaves everything as it was.
+    fn change(
+        &self,
+        change: impl FnOnce(&mut State, u64) -> Result<(), RegistryError>,
+    ) -> Result<u64, RegistryError> {
+        let mut state = self.lock();
+        let generation = (state.generation + 1).max(now_ms());
+        // Changes work on a copy (cheap: persistent maps) so a refusal halfway leaves the
+        // published state untouched.
+        let mut draft = State {
+            services: state.services.clone(),
+            snapshot: state.snapshot.clone(),
+            generation,
+        };
+        change(&mut draft, generation)?;
+        // Set under the lock so concurrent changes publish in order.
+        self.cache
+            .set_snapshot(&self.settings.group, draft.snapshot.clone());
+        *state = draft;
+        self.metrics.snapshot_updates.inc();
+        Ok(generation)
+    }
+
+    /// Creates `service` or replaces its primary endpoints (its shadows are kept).
+    pub fn set_primary(
+        &self,
+        service: &str,
+        endpoints: &[EndpointSpec],
+    ) -> Result<u64, RegistryError> {
+        self.set_service(service, endpoints, None)
+    }
+
+    /// Creates or replaces `service`: its primary endpoints and, if given, its shadows, as
+    /// one change.
+    pub fn set_service(
+        &self,
+        service: &str,
+        primary: &[EndpointSpec],
+        shadows: Option<ShadowSet>,
+    ) -> Result<u64, RegistryError> {
+        let spec = ServiceSpec {
+            name: service.to_string(),
+            primary: primary.to_vec(),
+            shadows,
+        };
+        spec.validate()?;
+        self.apply([ServiceChange::Set(spec)])
+    }
+
+    /// Sets the shadows of an existing `service`.
+    pub fn set_shadows(&self, service: &str, shadows: &ShadowSet) -> Result<u64, RegistryError> {
+        validate_service(service)?;
+        shadows.validate()?;
+        self.change(|state, generation| {
+            let s = state
+                .services
+                .get_mut(service)
+                .ok_or_else(|| RegistryError::unknown(service))?;
+            s.shadows = shadows.clone();
+            s.generation = generation;
+            publish(&mut state.snapshot, service, s, false);
+            Ok(())
+        })
+    }
+
+    /// Releases all shadows of `service`.
+    pub fn clear_shadows(&self, service: &str) -> Result<u64, RegistryError> {
+        self.set_shadows(service, &ShadowSet::none())
+    }
+
+    /// Removes `service` and its clusters.
+    pub fn remove_service(&self, service: &str) -> Result<u64, RegistryError> {
+        self.apply([ServiceChange::Remove(service.to_string())])
+            .map_err(|e| RegistryError {
+                field: "service".into(),
+                ..e
+            })
+    }
+
+    /// Every service.
+    pub fn services(&self) -> BTreeMap<String, ServiceState> {
+        let services = self.lock().services.clone();
+        services.into_iter().collect()
+    }
+
+    /// One service.
+    pub fn service(&self, service: &str) -> Option<ServiceState> {
+        self.lock().services.get(service).cloned()
+    }
+
+    /// Generation of the last change.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// The readiness record of every service, as the filters get them at `now_ms`
+    /// (Unix-epoch milliseconds; the records expire [`RegistrySettings::readiness_ttl`]
+    /// later, or when their shadow set does, whichever is first).
+    pub fn readiness(&self, now_ms: u64) -> Vec<ShadowRecord> {
+        let until = self.valid_until(now_ms);
+        let services = self.lock().services.clone();
+        services
+            .iter()
+            .map(|(name, s)| record(name, s, until))
+            .collect()
+    }
+
+    /// One service and its readiness record at `now_ms` (see
+    /// [`ShadowRegistry::readiness`]), read together.
+    pub fn service_with_readiness(
+        &self,
+        service: &str,
+        now_ms: u64,
+    ) -> Option<(ServiceState, ShadowRecord)> {
+        let until = self.valid_until(now_ms);
+        let state = self.lock().services.get(service).cloned()?;
+        let record = record(service, &state, until);
+        Some((state, record))
+    }
+
+    fn valid_until(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_add(self.settings.readiness_ttl.as_millis() as u64)
+    }
+}
+
+/// The readiness record of one service, valid until `until_ms` at the latest.
+fn record(name: &str, s: &ServiceState, until_ms: u64) -> ShadowRecord {
+    ShadowRecord {
+        service: name.to_string(),
+        cluster: ClusterNames::of(name).shadow,
+        warm: s.shadows.warm,
+        max_in_flight: s.shadows.max_in_flight,
+        generation: s.generation,
+        expires_at_ms: Some(
+            s.shadows
+                .expires_at_ms
+                .map_or(until_ms, |t| t.min(until_ms)),
+        ),
+    }
+}
+
+/// Puts one service's clusters (only if `new`: they never change) and endpoint
+/// assignments into `snapshot`.
+fn publish(snapshot: &mut Snapshot, name: &str, s: &ServiceState, new: bool) {
+    let names = ClusterNames::of(name);
+    if new {
+        snapshot.set_cluster(&eds_cluster(&names.primary));
+        snapshot.set_cluster(&shadow_pool_cluster(&names.shadow_pool));
+        snapshot.set_cluster(&aggregate_cluster(
+            &names.shadow,
+            &[&names.shadow_pool, &names.primary],
+        ));
+    }
+    snapshot.set_endpoints(&load_assignment(&names.primary, &s.primary));
+    snapshot.set_endpoints(&load_assignment(&names.shadow_pool, &s.shadows.endpoints));
+}
+
+/// Takes one service's clusters and assignments out of `snapshot`.
+fn unpublish(snapshot: &mut Snapshot, name: &str) {
+    let names = ClusterNames::of(name);
+    for cluster in [names.primary, names.shadow_pool, names.shadow] {
+        snapshot.remove_cluster(&cluster);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::{CLUSTER_TYPE, ENDPOINT_TYPE};
+
+    fn ep(s: &str) -> EndpointSpec {
+        EndpointSpec::healthy(s.parse().unwrap())
+    }
+
+    #[test]
+    fn a_service_is_three_clusters_and_shadows_change_endpoints_only() {
+        let cache = SnapshotCache::default();
+        let r = ShadowRegistry::new(cache.clone());
+        r.set_primary("checkout", &[ep("10.0.0.1:80")]).unwrap();
+        let before = cache.snapshot_for("any").unwrap();
+        let clusters: Vec<_> = before
+            .get(CLUSTER_TYPE)
+            .unwrap()
+            .items
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(
+            clusters,
+            [
+                "checkout_primary",
+                "checkout_shadow",
+                "checkout_shadow_pool"
+            ]
+        );
+        r.set_shadows("checkout", &ShadowSet::warm(vec![ep("10.0.0.9:80")], 8))
+            .unwrap();
+        let after = cache.snapshot_for("any").unwrap();
+        assert_eq!(
+            before.get(CLUSTER_TYPE).unwrap().version,
+            after.get(CLUSTER_TYPE).unwrap().version
+        );
+        let eds_before = before.get(ENDPOINT_TYPE).unwrap();
+        let eds_after = after.get(ENDPOINT_TYPE).unwrap();
+        assert_ne!(eds_before.version, eds_after.version);
+        assert_eq!(
+            eds_before.items["checkout_primary"].version,
+            eds_after.items["checkout_primary"].version,
+            "the primary's assignment is untouched"
+        );
+        assert_ne!(
+            eds_before.items["checkout_shadow_pool"].version,
+            eds_after.items["checkout_shadow_pool"].version
+        );
+    }
+
+    #[test]
+    fn endpoints_and_readiness_change_together_under_one_generation() {
+        let cache = SnapshotCache::default();
+        let r = ShadowRegistry::new(cache.clone());
+        let g1 = r.set_primary("checkout", &[ep("10.0.0.1:80")]).unwrap();
+        let cold = &r.readiness(1_000)[0];
+        assert!(!cold.warm, "a service without shadows is not ready");
+        assert_eq!(cold.generation, g1);
+        let g2 = r
+            .set_shadows("checkout", &ShadowSet::warm(vec![ep("10.0.0.9:80")], 16))
+            .unwrap();
+        assert!(g2 > g1);
+        let warm = &r.readiness(1_000)[0];
+        assert_eq!(
+            (warm.warm, warm.max_in_flight, warm.generation),
+            (true, 16, g2)
+        );
+        assert_eq!(warm.cluster, "checkout_shadow");
+        assert_eq!(
+            warm.expires_at_ms,
+            Some(1_000 + DEFAULT_READINESS_TTL.as_millis() as u64)
+        );
+        let snapshot = cache.snapshot_for("any").unwrap();
+        let pool = &snapshot.get(ENDPOINT_TYPE).unwrap().items["checkout_shadow_pool"];
+        let empty = load_assignment("checkout_shadow_pool", &[]);
+        assert_ne!(
+            pool.any.value,
+            prost::Message::encode_to_vec(&empty),
+            "the same change put the endpoint in EDS"
+        );
+        // Released make-before-break: readiness off first, endpoints kept...
+        let mut draining = r.service("checkout").unwrap().shadows;
+        draining.warm = false;
+        let g3 = r.set_shadows("checkout", &draining).unwrap();
+        assert!(!r.readiness(1_000)[0].warm);
+        assert_eq!(r.service("checkout").unwrap().shadows.endpoints.len(), 1);
+        // ...then the endpoints.
+        let g4 = r.clear_shadows("checkout").unwrap();
+        assert!(g4 > g3 && g3 > g2);
+        assert!(r.service("checkout").unwrap().shadows.endpoints.is_empty());
+        // A shadow set's own expiry wins when it is earlier.
+        let mut until = ShadowSet::warm(vec![ep("10.0.0.9:80")], 16);
+        until.expires_at_ms = Some(1_500);
+        r.set_shadows("checkout", &until).unwrap();
+        assert_eq!(r.readiness(1_000)[0].expires_at_ms, Some(1_500));
+    }
+
+    #[test]
+    fn bad_input_names_the_field_and_changes_nothing() {
+        let cache = SnapshotCache::default();
+        let r = ShadowRegistry::new(cache.clone());
+        r.set_primary("checkout", &[ep("10.0.0.1:80")]).unwrap();
+        let generation = cache.generation();
+        let heavy = EndpointSpec {
+            weight: 0,
+            ..ep("10.0.0.2:80")
+        };
+        let e = r
+            .set_shadows(
+                "checkout",
+                &ShadowSet::warm(vec![ep("10.0.0.3:80"), heavy], 4),
+            )
+            .unwrap_err();
+        assert_eq!(e.field, "endpoints[1].weight");
+        let unhealthy = EndpointSpec {
+            healthy: false,
+            ..ep("10.0.0.2:80")
+        };
+        let e = r
+            .set_shadows("checkout", &ShadowSet::warm(vec![unhealthy], 4))
+            .unwrap_err();
+        assert_eq!(e.field, "warm");
+        let e = r
+            .set_shadows("checkout", &ShadowSet::warm(vec![ep("10.0.0.3:80")], 0))
+            .unwrap_err();
+        assert_eq!(e.field, "max_in_flight");
+        let e = r
+            .set_primary("checkout", &[ep("10.0.0.1:80"), ep("10.0.0.1:80")])
+            .unwrap_err();
+        assert_eq!(e.field, "primary[1].address");
+        assert_eq!(r.set_primary("bad/name", &[]).unwrap_err().field, "service");
+        let e = r.set_shadows("nope", &ShadowSet::none()).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.kind),
+            ("service", RegistryErrorKind::UnknownService)
+        );
+        let e = r.remove_service("nope").unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.kind),
+            ("service", RegistryErrorKind::UnknownService)
+        );
+        assert_eq!(
+            r.set_primary("x", &[ep("0.0.0.0:80")]).unwrap_err().field,
+            "primary[0].address"
+        );
+        // A batch is refused as a whole, naming the change.
+        let e = r
+            .apply([
+                ServiceChange::Set(ServiceSpec {
+                    name: "fine".into(),
+                    primary: vec![ep("10.0.0.5:80")],
+                    shadows: None,
+                }),
+                ServiceChange::Remove("nope".into()),
+            ])
+            .unwrap_err();
+        assert_eq!(e.field, "changes[1].service");
+        assert_eq!(cache.generation(), generation, "nothing published");
+        assert_eq!(r.services().len(), 1);
+        assert_eq!(r.services()["checkout"].primary, [ep("10.0.0.1:80")]);
+    }
+
+    #[test]
+    fn incremental_snapshots_equal_a_snapshot_built_from_scratch() {
+        let cache = SnapshotCache::default();
+        let r = ShadowRegistry::new(cache.clone());
+        for i in 0..50 {
+            r.set_primary(&format!("s{i}"), &[ep(&format!("10.0.{i}.1:80"))])
+                .unwrap();
+        }
+        r.set_shadows("s7", &ShadowSet::warm(vec![ep("10.9.9.9:80")], 4))
+            .unwrap();
+        r.remove_service("s3").unwrap();
+        r.set_primary("s8", &[ep("10.0.8.2:80")]).unwrap();
+        let incremental = cache.snapshot_for("any").unwrap();
+        let fresh_cache = SnapshotCache::default();
+        let fresh = ShadowRegistry::new(fresh_cache.clone());
+        fresh
+            .apply(r.services().into_iter().map(|(name, s)| {
+                ServiceChange::Set(ServiceSpec {
+                    name,
+                    primary: s.primary,
+                    shadows: Some(s.shadows),
+                })
+            }))
+            .unwrap();
+        assert_eq!(*incremental, *fresh_cache.snapshot_for("any").unwrap());
+    }
+}
