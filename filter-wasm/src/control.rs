@@ -44,6 +44,15 @@ impl ShadowView {
     }
 }
 
+/// Whether `incoming` replaces the `current` record: it is not older — or the current one
+/// has expired. (A restarted control plane without durable state may number its records
+/// lower than the ones it issued before; once those expire, its word is the only one.)
+pub fn supersedes(incoming: &ShadowRecord, current: Option<&ShadowRecord>, now_ms: u64) -> bool {
+    current.is_none_or(|c| {
+        c.generation <= incoming.generation || c.expires_at_ms.is_some_and(|t| now_ms >= t)
+    })
+}
+
 /// Controller-side memory of one service (lives in the lease holder only).
 #[derive(Debug, Clone, Default)]
 pub struct RedirectController {
@@ -161,6 +170,35 @@ impl RedirectController {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn newer_records_supersede_and_an_expired_one_yields_to_any() {
+        let rec = |generation, expires_at_ms| ShadowRecord {
+            service: "s".into(),
+            cluster: "c".into(),
+            warm: true,
+            max_in_flight: 1,
+            generation,
+            expires_at_ms,
+        };
+        assert!(supersedes(&rec(1, None), None, 0));
+        assert!(
+            supersedes(&rec(5, Some(100)), Some(&rec(5, Some(50))), 10),
+            "renewal"
+        );
+        assert!(
+            !supersedes(&rec(4, Some(100)), Some(&rec(5, Some(50))), 10),
+            "older, current still valid"
+        );
+        assert!(
+            supersedes(&rec(4, Some(100)), Some(&rec(5, Some(50))), 50),
+            "older, current expired"
+        );
+        assert!(
+            !supersedes(&rec(4, None), Some(&rec(5, None)), u64::MAX),
+            "never expires"
+        );
+    }
     use shadowmesh_wire::RedirectState;
 
     fn config() -> PluginConfig {

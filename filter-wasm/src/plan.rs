@@ -262,6 +262,112 @@ mod tests {
     }
 
     #[test]
+    fn a_surge_right_after_an_exit_holds_as_long_as_the_first() {
+        let svc = svc();
+        let mut plan = plan_after_exit(&svc, redirecting(&svc, RedirectPlan::default()));
+        assert_eq!(plan.below_exit_ticks, 0, "the count is reset on exit");
+        // Re-enter with one hot tick, then straight back below exit.
+        plan = step(&plan, 1.0, &svc);
+        assert_eq!(plan.state, RedirectState::Redirecting);
+        for tick in 1..3 {
+            plan = step(&plan, 0.5, &svc);
+            assert_eq!(
+                plan.state,
+                RedirectState::Redirecting,
+                "left after {tick} of 3 ticks"
+            );
+        }
+        assert_eq!(step(&plan, 0.5, &svc).state, RedirectState::Normal);
+    }
+
+    #[test]
+    fn demand_exactly_at_exit_does_not_count_towards_leaving() {
+        let svc = svc();
+        let mut plan = redirecting(&svc, RedirectPlan::default());
+        for _ in 0..10 {
+            // Share 0 once the excess is gone, so the primary's load is the demand: 0.6.
+            plan = plan.next(
+                PlanInputs {
+                    primary: LoadScore(0.6 * (1.0 - plan.share)),
+                    shadow: LoadScore(0.0),
+                    shadow_ready: true,
+                },
+                &svc,
+            );
+        }
+        assert_eq!(
+            plan.state,
+            RedirectState::Redirecting,
+            "exit means strictly below"
+        );
+    }
+
+    #[test]
+    fn the_entry_share_respects_max_share() {
+        let mut svc = svc();
+        svc.max_share = 0.3;
+        let plan = RedirectPlan::default().next(
+            PlanInputs {
+                primary: LoadScore(4.0),
+                shadow: LoadScore(0.0),
+                shadow_ready: true,
+            },
+            &svc,
+        );
+        assert_eq!(plan.state, RedirectState::Redirecting);
+        assert!(plan.share <= 0.3, "entered with share {}", plan.share);
+    }
+
+    #[test]
+    fn the_share_grows_again_from_zero_while_pinned_sessions_load_the_shadow() {
+        let svc = svc();
+        let mut plan = redirecting(&svc, RedirectPlan::default());
+        // The excess went away (share 0), sessions pinned to the shadow keep it busy.
+        for _ in 0..20 {
+            plan = plan.next(
+                PlanInputs {
+                    primary: LoadScore(0.7),
+                    shadow: LoadScore(0.4),
+                    shadow_ready: true,
+                },
+                &svc,
+            );
+        }
+        assert_eq!(plan.share, 0.0);
+        // Demand rises again: the share must follow.
+        for _ in 0..5 {
+            plan = plan.next(
+                PlanInputs {
+                    primary: LoadScore(1.6 * (1.0 - plan.share)),
+                    shadow: LoadScore(0.4),
+                    shadow_ready: true,
+                },
+                &svc,
+            );
+        }
+        assert!(plan.share > 0.3, "share {}", plan.share);
+    }
+
+    #[test]
+    fn with_the_shadow_gone_the_primary_load_is_the_demand() {
+        let svc = svc();
+        let mut plan = redirecting(&svc, RedirectPlan::default());
+        plan.share = 0.5;
+        let next = plan.next(
+            PlanInputs {
+                primary: LoadScore(1.0),
+                shadow: LoadScore(0.0),
+                shadow_ready: false,
+            },
+            &svc,
+        );
+        assert_eq!(
+            next.demand, 1.0,
+            "nothing was redirected: no share to divide by"
+        );
+    }
+
+    #[test]
     fn shadow_headroom_caps_the_share() {
         let svc = svc();
         let mut plan = RedirectPlan::default();

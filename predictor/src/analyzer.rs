@@ -118,6 +118,9 @@ pub struct OverloadRisk {
     pub probability: f64,
     /// First time the per-step probability reaches the onset probability, if it does.
     pub onset_ts: Option<i64>,
+    /// After the onset, the first time the per-step probability falls back under the onset
+    /// probability: the expected end of the surge (`None`: not within the horizon).
+    pub end_ts: Option<i64>,
     /// Why.
     pub reason: Reason,
     /// How much the model behind it has learned.
@@ -240,6 +243,11 @@ impl Analyzer {
         result
     }
 
+    /// The capacity set for `series`.
+    pub fn capacity(&self, series: &str) -> Option<f64> {
+        self.series.get(series)?.capacity
+    }
+
     /// Names of the series known.
     pub fn series(&self) -> impl Iterator<Item = &str> {
         self.series.keys().map(String::as_str)
@@ -291,6 +299,7 @@ impl Analyzer {
             let mut best: Option<(usize, f64)> = None; // (index, median) of the peak
             let mut probability: f64 = 0.0;
             let mut onset = None;
+            let mut end = None;
             let mut peak_hi: f64 = 0.0;
             let mut effects = Vec::with_capacity(points.len());
             for (i, p) in points.iter().enumerate() {
@@ -305,6 +314,8 @@ impl Analyzer {
                 probability = probability.max(prob);
                 if onset.is_none() && prob >= c.onset_probability {
                     onset = Some(p.ts);
+                } else if onset.is_some() && end.is_none() && prob < c.onset_probability {
+                    end = Some(p.ts);
                 }
                 effects.push(effect);
             }
@@ -341,6 +352,7 @@ impl Analyzer {
                 ),
                 probability,
                 onset_ts: onset,
+                end_ts: end,
                 reason,
                 confidence: t.model.confidence(),
             });

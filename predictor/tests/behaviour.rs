@@ -383,6 +383,12 @@ fn the_overload_list_is_prioritized_with_peak_onset_probability_and_reason() {
         onset > now * H && onset < hot.peak_ts,
         "onset before the peak"
     );
+    // Exceeded from ~3:00 to ~9:00: the surge ends after the peak, around 9:00.
+    let end = hot.end_ts.unwrap();
+    assert!(
+        end > hot.peak_ts && (end - (now + 9) * H).abs() <= 2 * H,
+        "end {end}"
+    );
     assert!(hot.expected_increase > 40.0 && hot.increase_range.0 < hot.expected_increase);
     assert!(hot.increase_range.1 > hot.expected_increase);
     let sale = risks.iter().find(|r| r.series == "sale").unwrap();
@@ -393,6 +399,8 @@ fn the_overload_list_is_prioritized_with_peak_onset_probability_and_reason() {
         }
     );
     assert!(sale.onset_ts.unwrap() >= (now + 10) * H);
+    // The campaign lasts 4 hours: the surge ends with it.
+    assert!(sale.end_ts.unwrap() <= (now + 14) * H + H);
     let link = risks.iter().find(|r| r.series == "edge->hot").unwrap();
     assert_eq!(link.kind, SeriesKind::Link);
     for w in risks.windows(2) {

@@ -4,6 +4,10 @@
 //! Capacity is `concurrency` requests served at a time, each taking `service_time`;
 //! further requests queue. Every response carries `x-served-by: <name>` and an
 //! `endpoint-load-metrics` header whose utilization is `(active + queued) / concurrency`.
+//!
+//! A [`ColdStart`] makes it behave like a real instance that has just started (caches
+//! empty, JIT cold, connections to its own dependencies not yet open): for a while after
+//! start-up every request is much slower, or refused with `503`.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -43,6 +47,26 @@ pub struct UpstreamConfig {
     pub service_time: Duration,
     /// ORCA reporting.
     pub orca: OrcaMode,
+    /// Behaviour right after start-up.
+    pub cold_start: Option<ColdStart>,
+}
+
+/// How an upstream behaves while it warms up after start-up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ColdStart {
+    /// How long after start-up.
+    pub duration: Duration,
+    /// What requests get meanwhile.
+    pub behaviour: ColdBehaviour,
+}
+
+/// What a cold upstream does with a request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ColdBehaviour {
+    /// Serves it this many times slower than when warm.
+    Slow(u32),
+    /// Refuses it with `503 Service Unavailable` at once.
+    Refuse,
 }
 
 /// Counters of a running upstream.
@@ -98,6 +122,7 @@ impl Drop for UpstreamHandle {
 
 struct Shared {
     config: UpstreamConfig,
+    started: tokio::time::Instant,
     permits: Semaphore,
     stats: Arc<UpstreamStats>,
     orca: Arc<AtomicU8>,
@@ -117,6 +142,7 @@ impl UpstreamConfig {
             concurrency,
             service_time,
             orca,
+            cold_start: None,
         }
     }
 }
@@ -130,6 +156,7 @@ pub async fn start(config: UpstreamConfig, port: u16) -> std::io::Result<Upstrea
     let (stop, mut stop_rx) = watch::channel(false);
     let (stopped_tx, stopped) = watch::channel(false);
     let shared = Arc::new(Shared {
+        started: tokio::time::Instant::now(),
         permits: Semaphore::new(config.concurrency.max(1)),
         config,
         stats: stats.clone(),
@@ -176,13 +203,30 @@ async fn handle(
     if req.headers().contains_key("x-shadowmesh-cluster") {
         stats.leaked_route_headers.fetch_add(1, Ordering::Relaxed);
     }
+    let cold = shared
+        .config
+        .cold_start
+        .filter(|c| shared.started.elapsed() < c.duration)
+        .map(|c| c.behaviour);
+    if cold == Some(ColdBehaviour::Refuse) {
+        let refused = Response::builder()
+            .status(503)
+            .header("x-served-by", &shared.config.name)
+            .body(Full::new(Bytes::from_static(b"warming up")))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
+        return Ok(refused);
+    }
     let now = stats.in_system.fetch_add(1, Ordering::Relaxed) + 1;
     stats.peak_in_system.fetch_max(now, Ordering::Relaxed);
     let utilization = now as f64 / shared.config.concurrency.max(1) as f64;
     // Closed only if the semaphore is closed, which never happens.
     let permit = shared.permits.acquire().await;
-    if !shared.config.service_time.is_zero() {
-        tokio::time::sleep(shared.config.service_time).await;
+    let service_time = match cold {
+        Some(ColdBehaviour::Slow(factor)) => shared.config.service_time * factor.max(1),
+        _ => shared.config.service_time,
+    };
+    if !service_time.is_zero() {
+        tokio::time::sleep(service_time).await;
     }
     drop(permit);
     stats.in_system.fetch_sub(1, Ordering::Relaxed);

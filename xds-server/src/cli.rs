@@ -3,9 +3,9 @@
 //! `main` is a thin wrapper around [`Args::resolve`] and [`start`], so tests run exactly
 //! what the binary runs.
 
-use crate::ControlPlane;
 use crate::config::{DEFAULT_ADS_LISTEN, DEFAULT_HTTP_LISTEN, ServerConfig};
 use crate::xds::NodeGrouping;
+use crate::{ControlPlane, PlaneOptions};
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +47,11 @@ pub struct Args {
     #[arg(long, value_parser = parse_grouping)]
     pub group_by: Option<NodeGrouping>,
 
+    /// Directory of the durable state store (services, shadows, the provisioner's state):
+    /// what the API changes survives a restart [default: none, memory only].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+
     /// Validate the configuration, print it and exit.
     #[arg(long)]
     pub check: bool,
@@ -84,6 +89,9 @@ impl Args {
         if let Some(g) = &self.group_by {
             config.grouping = g.clone();
         }
+        if let Some(dir) = &self.state_dir {
+            config.state_dir = Some(dir.clone());
+        }
         let http_listen = match self.http_listen.or(config.http_listen) {
             Some(a) => a,
             None => DEFAULT_HTTP_LISTEN.parse()?,
@@ -115,19 +123,29 @@ pub struct Running {
 /// Publishes the configured services, binds both listeners and starts serving.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let config = &settings.config;
-    let plane = ControlPlane::with_settings(
-        config.grouping.clone(),
-        config.predictor.analyzer(),
-        config.registry.settings(),
-    )?;
+    let plane = ControlPlane::build(PlaneOptions {
+        grouping: config.grouping.clone(),
+        predictor: config.predictor.analyzer(),
+        registry: config.registry.settings(),
+        state_dir: config.state_dir.clone(),
+        provisioning: config.provisioning(),
+    })?;
     for (series, capacity) in &config.predictor.capacities {
         plane.forecaster.set_capacity(series, *capacity)?;
     }
-    // One batch, one snapshot: start-up costs the same as building the snapshot once,
-    // however many services the file holds.
-    plane
-        .registry
-        .apply(config.services.iter().map(|s| s.change()))?;
+    // The stored state, when there is one, is what the API last made of the services; the
+    // file only seeds an empty store. One batch, one snapshot: start-up costs the same as
+    // building the snapshot once, however many services the file holds.
+    if plane.registry.services().is_empty() {
+        plane
+            .registry
+            .apply(config.services.iter().map(|s| s.change()))?;
+    } else if !config.services.is_empty() {
+        tracing::info!(
+            stored = plane.registry.services().len(),
+            "services restored from the state store; [[services]] in the file only seed an empty store"
+        );
+    }
     let http = crate::bind(settings.http_listen)?;
     let ads = crate::bind(settings.ads_listen)?;
     let (http_addr, ads_addr) = (http.local_addr()?, ads.local_addr()?);

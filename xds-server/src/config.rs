@@ -64,9 +64,120 @@ pub struct ServerConfig {
     /// The shadow registry.
     #[serde(default)]
     pub registry: RegistryConfig,
-    /// Services to publish at start-up.
+    /// Services to publish at start-up (when the state directory holds none yet).
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+    /// Directory of the durable state store; absent = memory only.
+    #[serde(default)]
+    pub state_dir: Option<std::path::PathBuf>,
+    /// The Shadow Node Provisioner; absent = shadows are set by operators only.
+    #[serde(default)]
+    pub provisioner: Option<ProvisionerConfig>,
+    /// The warm-spare pool the provisioner draws from.
+    #[serde(default)]
+    pub pool: PoolConfig,
+}
+
+/// The `[provisioner]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionerConfig {
+    /// Seconds between policy steps.
+    #[serde(default = "default_step_secs")]
+    pub step_secs: f64,
+    /// The policy (`[provisioner.policy]`): mode, lead margin, hold, hysteresis, costs.
+    #[serde(default)]
+    pub policy: shadowmesh_provisioner::Settings,
+    /// The warm-up probe (`[provisioner.probe]`).
+    #[serde(default)]
+    pub probe: crate::provisioning::ProbeConfig,
+}
+
+fn default_step_secs() -> f64 {
+    1.0
+}
+
+/// How the pool's spares are brought up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderName {
+    /// They already run.
+    Static,
+    /// The control plane starts them from `command`.
+    #[default]
+    Process,
+}
+
+/// The `[pool]` section.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// `static` or `process`.
+    #[serde(default)]
+    pub provider: ProviderName,
+    /// Process provider: program and arguments; `{id}`, `{address}`, `{host}`, `{port}`,
+    /// `{warmup_ms}`, `{capacity}`, `{max_in_flight}`, `{class}` are filled in per spare.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// The spares.
+    #[serde(default)]
+    pub spares: Vec<SpareConfig>,
+}
+
+/// One spare in `[[pool.spares]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpareConfig {
+    /// Unique id.
+    pub id: String,
+    /// `ip:port` it serves on.
+    pub address: SocketAddr,
+    /// Requests per second it serves when warm.
+    pub capacity: f64,
+    /// Concurrent requests at capacity.
+    pub max_in_flight: u32,
+    /// Expected seconds from start to warm (the probe measures the real one).
+    pub warmup_secs: f64,
+    /// Cost per hour while it runs.
+    pub cost_per_hour: f64,
+    /// Class or size (informational).
+    #[serde(default)]
+    pub class: String,
+}
+
+impl SpareConfig {
+    /// The provisioner's spec of it.
+    pub fn spec(&self) -> shadowmesh_provisioner::SpareSpec {
+        shadowmesh_provisioner::SpareSpec {
+            id: self.id.clone(),
+            address: self.address.to_string(),
+            capacity: self.capacity,
+            max_in_flight: self.max_in_flight,
+            warmup_secs: self.warmup_secs,
+            cost_per_sec: self.cost_per_hour / 3_600.0,
+            class: self.class.clone(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The provisioner options it describes, if the provisioner is configured.
+    pub fn provisioning(&self) -> Option<crate::ProvisioningOptions> {
+        let p = self.provisioner.as_ref()?;
+        Some(crate::ProvisioningOptions {
+            settings: crate::provisioning::LoopSettings {
+                policy: p.policy.clone(),
+                step: std::time::Duration::from_secs_f64(p.step_secs),
+                probe: p.probe.clone(),
+            },
+            spares: self.pool.spares.iter().map(SpareConfig::spec).collect(),
+            provider: match self.pool.provider {
+                ProviderName::Static => crate::ProviderKind::Static,
+                ProviderName::Process => crate::ProviderKind::Process(self.pool.command.clone()),
+            },
+            source: None,
+        })
+    }
 }
 
 /// The `[predictor]` section.
@@ -79,6 +190,8 @@ pub struct PredictorConfig {
     pub horizon: usize,
     /// Quantile provisioned for.
     pub quantile: f64,
+    /// Seasonal cycles (default: a day and a week, hourly buckets at most).
+    pub seasons: Option<Vec<shadowmesh_predictor::model::SeasonSpec>>,
     /// Capacity (req/s) per series (service, or `proxy->service` link).
     pub capacities: std::collections::BTreeMap<String, f64>,
 }
@@ -89,6 +202,7 @@ impl Default for PredictorConfig {
             step_secs: 60,
             horizon: 60,
             quantile: 0.9,
+            seasons: None,
             capacities: Default::default(),
         }
     }
@@ -100,6 +214,9 @@ impl PredictorConfig {
         let mut c =
             shadowmesh_predictor::analyzer::AnalyzerConfig::for_step(self.step_secs, self.horizon);
         c.quantile = self.quantile;
+        if let Some(seasons) = &self.seasons {
+            c.model.seasons = seasons.clone();
+        }
         c
     }
 }
@@ -225,6 +342,9 @@ impl ServerConfig {
                 "must be at least 1",
             ));
         }
+        if let Some(p) = &self.provisioner {
+            self.validate_provisioner(p)?;
+        }
         let mut names = std::collections::HashSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let at = format!("services[{i}]");
@@ -243,6 +363,40 @@ impl ServerConfig {
                 .validate()
                 .map_err(|e| e.within(&format!("{at}.shadows")))?;
         }
+        Ok(())
+    }
+}
+
+impl ServerConfig {
+    fn validate_provisioner(&self, p: &ProvisionerConfig) -> Result<(), RegistryError> {
+        if !(p.step_secs.is_finite() && (0.05..=3_600.0).contains(&p.step_secs)) {
+            return Err(RegistryError::invalid(
+                "provisioner.step_secs",
+                "must be between 0.05 and 3600",
+            ));
+        }
+        p.policy.validate().map_err(|e| {
+            RegistryError::invalid(format!("provisioner.policy.{}", e.field), e.message)
+        })?;
+        if p.policy.mode == shadowmesh_provisioner::Mode::Oracle {
+            return Err(RegistryError::invalid(
+                "provisioner.policy.mode",
+                "oracle needs the true future, which only a benchmark has; use predictive or reactive",
+            ));
+        }
+        p.probe
+            .validate()
+            .map_err(|(f, m)| RegistryError::invalid(format!("provisioner.probe.{f}"), m))?;
+        if self.pool.provider == ProviderName::Process && self.pool.command.is_empty() {
+            return Err(RegistryError::invalid(
+                "pool.command",
+                "the process provider needs a command template",
+            ));
+        }
+        shadowmesh_provisioner::ShadowPool::new(
+            self.pool.spares.iter().map(SpareConfig::spec).collect(),
+        )
+        .map_err(|e| RegistryError::invalid(format!("pool.{}", e.field), e.message))?;
         Ok(())
     }
 }
@@ -295,7 +449,7 @@ mod tests {
             ServerConfig::parse("[predictor]\ncapacities = { a = -1.0 }", "f.toml").unwrap_err();
         assert!(e.to_string().contains("predictor.capacities.a"), "{e}");
         let e = ServerConfig::parse(
-            "[[services]]\nname = \"a\"\nprimary = []\nshadows = { warm = true, max_in_flight = 3 }",
+            "[[services]]\nname = \"a\"\nprimary = []\nshadows = { endpoints = [], warm = true, max_in_flight = 3 }",
             "f.toml",
         )
         .unwrap_err();

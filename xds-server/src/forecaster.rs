@@ -72,6 +72,23 @@ impl Forecaster {
         self.lock().analyzer.set_capacity(series, capacity)
     }
 
+    /// The capacity set for `series`.
+    pub fn capacity(&self, series: &str) -> Option<f64> {
+        self.lock().analyzer.capacity(series)
+    }
+
+    /// The forecast horizon in seconds.
+    pub fn horizon_secs(&self) -> f64 {
+        let s = self.lock();
+        let m = &s.analyzer.config().model;
+        (m.step_secs * m.horizon as i64) as f64
+    }
+
+    /// The quantile the overload list provisions for.
+    pub fn quantile(&self) -> f64 {
+        self.lock().analyzer.config().quantile
+    }
+
     /// Adds an event to the calendar.
     pub fn add_event(&self, event: ScheduledEvent) -> Result<(), FieldError> {
         self.lock().analyzer.add_event(event)

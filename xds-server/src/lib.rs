@@ -7,6 +7,8 @@
 //! | [`hub`] | telemetry reports from the ATRE filters in, published to subscribers |
 //! | [`forecaster`] | the Predictive Traffic Analyzer, a subscriber: the overload list |
 //! | [`registry`] | the one owner of shadow state: endpoints and readiness per service, one generation |
+//! | [`provisioning`] | the Shadow Node Provisioner's loop: forecast → policy → spares → registry |
+//! | [`store`] | durable state (embedded `redb`): committed before published |
 //! | [`xds`] | the xDS server as a library: snapshots, cache, ADS (SotW + delta), protocol rules |
 //! | [`http`] | the HTTP/JSON surface: one route table, one error shape |
 //! | [`config`], [`cli`] | the TOML configuration file and the `shadowmesh-xds` command |
@@ -32,7 +34,11 @@ pub mod forecaster;
 pub mod http;
 pub mod hub;
 mod plane;
+pub mod provisioning;
 pub mod registry;
+pub mod store;
 pub mod xds;
 
-pub use plane::{ControlPlane, LISTEN_BACKLOG, bind};
+pub use plane::{
+    ControlPlane, LISTEN_BACKLOG, PlaneOptions, ProviderKind, ProvisioningOptions, bind,
+};

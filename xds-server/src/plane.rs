@@ -3,11 +3,19 @@
 use crate::forecaster::Forecaster;
 use crate::http::{self, Api};
 use crate::hub::TelemetryHub;
+use crate::provisioning::{
+    DemandMeter, ForecastSource, LoopSettings, PoolProvider, ProcessProvider, Provisioning,
+    ProvisioningParts, SnpMetrics, StaticProvider, SurgeSource,
+};
 use crate::registry::{RegistrySettings, ShadowRegistry};
+use crate::store::StateStore;
 use crate::xds::{Ads, NodeGrouping, SnapshotCache, XdsMetrics, serve_ads};
+use anyhow::Context;
 use prometheus_client::registry::Registry;
 use shadowmesh_predictor::analyzer::AnalyzerConfig;
 use shadowmesh_predictor::error::FieldError;
+use shadowmesh_provisioner::SpareSpec;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Every piece of the control plane, wired together. Cheap to clone (shared).
@@ -29,6 +37,59 @@ pub struct ControlPlane {
     pub xds_metrics: Arc<XdsMetrics>,
     /// Every metric, for `/metrics`.
     pub metrics: Arc<Registry>,
+    /// The Shadow Node Provisioner's loop, when configured.
+    pub provisioning: Option<Provisioning>,
+    /// Durable state, when a state directory is configured.
+    pub store: Option<StateStore>,
+}
+
+/// How spares are brought up and down.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProviderKind {
+    /// They already run ([`StaticProvider`]).
+    Static,
+    /// The control plane runs them from this command template ([`ProcessProvider`]).
+    Process(Vec<String>),
+}
+
+/// The provisioner part of [`PlaneOptions`].
+#[derive(Clone)]
+pub struct ProvisioningOptions {
+    /// Loop and policy settings.
+    pub settings: LoopSettings,
+    /// The warm-spare pool.
+    pub spares: Vec<SpareSpec>,
+    /// How spares are started.
+    pub provider: ProviderKind,
+    /// Where surge forecasts come from (default: the forecaster's overload list).
+    pub source: Option<Arc<dyn SurgeSource>>,
+}
+
+/// Everything a control plane is built from.
+#[derive(Clone)]
+pub struct PlaneOptions {
+    /// How proxies are grouped.
+    pub grouping: NodeGrouping,
+    /// The Predictive Traffic Analyzer.
+    pub predictor: AnalyzerConfig,
+    /// The shadow registry.
+    pub registry: RegistrySettings,
+    /// Where durable state lives (none: memory only).
+    pub state_dir: Option<PathBuf>,
+    /// The Shadow Node Provisioner (none: shadows are set by operators only).
+    pub provisioning: Option<ProvisioningOptions>,
+}
+
+impl Default for PlaneOptions {
+    fn default() -> Self {
+        PlaneOptions {
+            grouping: NodeGrouping::default(),
+            predictor: AnalyzerConfig::for_step(60, 60),
+            registry: RegistrySettings::default(),
+            state_dir: None,
+            provisioning: None,
+        }
+    }
 }
 
 impl Default for ControlPlane {
@@ -59,19 +120,79 @@ impl ControlPlane {
         predictor: AnalyzerConfig,
         registry: RegistrySettings,
     ) -> Result<ControlPlane, FieldError> {
+        ControlPlane::build(PlaneOptions {
+            grouping,
+            predictor,
+            registry,
+            ..PlaneOptions::default()
+        })
+        .map_err(|e| match e.downcast::<FieldError>() {
+            Ok(f) => f,
+            Err(e) => FieldError::new("", e.to_string()),
+        })
+    }
+
+    /// A control plane from `options`: with a state directory it resumes from the state
+    /// stored there (services, shadows, the provisioner), so Envoys are served the same
+    /// snapshot as before a restart.
+    pub fn build(options: PlaneOptions) -> anyhow::Result<ControlPlane> {
         let mut metrics = Registry::default();
         let xds_metrics = Arc::new(XdsMetrics::register(&mut metrics));
-        let cache = SnapshotCache::new(grouping);
-        let forecaster = Forecaster::new(predictor)?;
+        let cache = SnapshotCache::new(options.grouping);
+        let forecaster = Forecaster::new(options.predictor)?;
         let hub = TelemetryHub::default();
         hub.subscribe(Arc::new(forecaster.clone()));
+        let store = options
+            .state_dir
+            .as_deref()
+            .map(StateStore::open)
+            .transpose()?;
+        let mut registry =
+            ShadowRegistry::with_settings(cache.clone(), xds_metrics.clone(), options.registry);
+        if let Some(store) = &store {
+            registry = registry.with_store(store.clone())?;
+        }
+        let provisioning = match options.provisioning {
+            None => None,
+            Some(p) => {
+                let meter = Arc::new(DemandMeter::default());
+                hub.subscribe(meter.clone());
+                let provider: Arc<dyn PoolProvider> = match p.provider {
+                    ProviderKind::Static => Arc::new(StaticProvider),
+                    ProviderKind::Process(command) => {
+                        Arc::new(ProcessProvider::new(command, store.clone()))
+                    }
+                };
+                let source = p
+                    .source
+                    .unwrap_or_else(|| Arc::new(ForecastSource(forecaster.clone())));
+                Some(
+                    Provisioning::new(
+                        p.settings,
+                        p.spares,
+                        ProvisioningParts {
+                            registry: registry.clone(),
+                            forecaster: forecaster.clone(),
+                            meter,
+                            source,
+                            provider,
+                            store: store.clone(),
+                            metrics: SnpMetrics::register(&mut metrics),
+                        },
+                    )
+                    .context("provisioner")?,
+                )
+            }
+        };
         Ok(ControlPlane {
-            registry: ShadowRegistry::with_settings(cache.clone(), xds_metrics.clone(), registry),
+            registry,
             cache,
             hub,
             forecaster,
             xds_metrics,
             metrics: Arc::new(metrics),
+            provisioning,
+            store,
         })
     }
 
@@ -83,6 +204,7 @@ impl ControlPlane {
             forecaster: self.forecaster.clone(),
             cache: self.cache.clone(),
             metrics: self.metrics.clone(),
+            provisioning: self.provisioning.clone(),
         })
     }
 
@@ -103,16 +225,23 @@ impl ControlPlane {
         .await
     }
 
-    /// Serves the HTTP routes on `http` and ADS on `ads` until either fails (or the task
-    /// is dropped).
+    /// Serves the HTTP routes on `http` and ADS on `ads`, and runs the provisioner loop
+    /// if there is one, until either listener fails (or the task is dropped).
     pub async fn serve(
         &self,
         http: tokio::net::TcpListener,
         ads: tokio::net::TcpListener,
     ) -> anyhow::Result<()> {
+        let provisioning = async {
+            match &self.provisioning {
+                Some(p) => p.run().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = self.serve_http(http) => r?,
             r = self.serve_ads(ads) => r?,
+            () = provisioning => {}
         }
         Ok(())
     }

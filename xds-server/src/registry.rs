@@ -39,6 +39,7 @@
 //! # Ok::<(), shadowmesh_xds::registry::RegistryError>(())
 //! ```
 
+use crate::store::StateStore;
 use crate::xds::builders::{
     EndpointSpec, MAX_WEIGHT, aggregate_cluster, eds_cluster, load_assignment, shadow_pool_cluster,
 };
@@ -67,6 +68,8 @@ pub enum RegistryErrorKind {
     Invalid,
     /// The change names a service that does not exist.
     UnknownService,
+    /// The change could not be stored durably, so it was not made.
+    Unavailable,
 }
 
 /// A refused registry change: which field, and why. Nothing was changed.
@@ -91,6 +94,14 @@ impl RegistryError {
         }
     }
 
+    fn unavailable(message: String) -> RegistryError {
+        RegistryError {
+            field: String::new(),
+            message,
+            kind: RegistryErrorKind::Unavailable,
+        }
+    }
+
     fn unknown(service: &str) -> RegistryError {
         RegistryError {
             field: "service".into(),
@@ -104,6 +115,17 @@ impl RegistryError {
     pub fn within(self, parent: &str) -> RegistryError {
         RegistryError {
             field: format!("{parent}.{}", self.field),
+            ..self
+        }
+    }
+
+    /// The same error with `prefix` taken off its field.
+    fn unnest(self, prefix: &str) -> RegistryError {
+        RegistryError {
+            field: self
+                .field
+                .strip_prefix(prefix)
+                .map_or(self.field.clone(), str::to_string),
             ..self
         }
     }
@@ -137,8 +159,8 @@ impl ClusterNames {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowSet {
-    /// Shadow nodes in the `S_shadow_pool` cluster.
-    #[serde(default)]
+    /// Shadow nodes in the `S_shadow_pool` cluster (required: an empty list releases them
+    /// all, which should be said, not implied).
     pub endpoints: Vec<EndpointSpec>,
     /// Whether filters may redirect to them now. Needs at least one healthy endpoint.
     /// Released make-before-break: first `warm: false` (filters stop sending), then the
@@ -228,12 +250,19 @@ pub enum ServiceChange {
     Remove(String),
 }
 
-/// Checks a service name: 1–100 characters of `[A-Za-z0-9_.-]`.
+/// Checks a service name: 1–100 characters of `[A-Za-z0-9_.-]`, starting with a letter
+/// or digit (so never `.`, `..` or a path-like name).
 pub fn validate_service(name: &str) -> Result<(), RegistryError> {
     if name.is_empty() || name.len() > MAX_SERVICE_NAME {
         return Err(RegistryError::invalid(
             "service",
             format!("must be 1 to {MAX_SERVICE_NAME} characters long"),
+        ));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(RegistryError::invalid(
+            "service",
+            format!("{name:?} must start with a letter or a digit"),
         ));
     }
     if let Some(c) = name
@@ -248,8 +277,19 @@ pub fn validate_service(name: &str) -> Result<(), RegistryError> {
     Ok(())
 }
 
-/// Checks a list of endpoints; errors name the field as `{field}[i].…`.
+/// Most endpoints in one list (primary or shadows).
+pub const MAX_ENDPOINTS: usize = 10_000;
+
+/// Checks a list of endpoints; errors name the field as `{field}[i].…`. An endpoint is a
+/// unicast host address (IPv4-mapped IPv6 counts as its IPv4 address) without an IPv6
+/// scope, each listed once.
 pub fn validate_endpoints(field: &str, endpoints: &[EndpointSpec]) -> Result<(), RegistryError> {
+    if endpoints.len() > MAX_ENDPOINTS {
+        return Err(RegistryError::invalid(
+            field,
+            format!("{} endpoints; at most {MAX_ENDPOINTS}", endpoints.len()),
+        ));
+    }
     let mut seen = HashSet::new();
     for (i, e) in endpoints.iter().enumerate() {
         let at = |f: &str| format!("{field}[{i}].{f}");
@@ -259,10 +299,20 @@ pub fn validate_endpoints(field: &str, endpoints: &[EndpointSpec]) -> Result<(),
                 "port 0 is not a destination",
             ));
         }
-        if e.addr.ip().is_unspecified() {
+        let ip = e.addr.ip().to_canonical();
+        let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+        if ip.is_unspecified() || ip.is_multicast() || broadcast {
             return Err(RegistryError::invalid(
                 at("address"),
-                format!("{} is not a destination", e.addr.ip()),
+                format!("{} is not a host address", e.addr.ip()),
+            ));
+        }
+        if let std::net::SocketAddr::V6(v6) = e.addr
+            && v6.scope_id() != 0
+        {
+            return Err(RegistryError::invalid(
+                at("address"),
+                "scoped IPv6 addresses (`%zone`) are not supported",
             ));
         }
         if !(1..=MAX_WEIGHT).contains(&e.weight) {
@@ -271,7 +321,7 @@ pub fn validate_endpoints(field: &str, endpoints: &[EndpointSpec]) -> Result<(),
                 format!("{} is outside 1..={MAX_WEIGHT}", e.weight),
             ));
         }
-        if !seen.insert(e.addr) {
+        if !seen.insert(canonical(e.addr)) {
             return Err(RegistryError::invalid(
                 at("address"),
                 format!("{} is listed twice", e.addr),
@@ -332,6 +382,8 @@ pub struct ShadowRegistry {
     cache: SnapshotCache,
     metrics: Arc<XdsMetrics>,
     settings: Arc<RegistrySettings>,
+    /// Where changes are committed before they are published (none: memory only).
+    store: Option<StateStore>,
 }
 
 fn now_ms() -> u64 {
@@ -363,9 +415,32 @@ impl ShadowRegistry {
             cache,
             metrics,
             settings: Arc::new(settings),
+            store: None,
         };
         registry.apply([]).expect("an empty batch is valid");
         registry
+    }
+
+    /// Makes every change durable in `store` before it is published, and starts from the
+    /// services stored there (their generations included): after a restart, Envoys are
+    /// served the same snapshot as before it.
+    pub fn with_store(mut self, store: StateStore) -> Result<ShadowRegistry, RegistryError> {
+        let stored = store
+            .services()
+            .map_err(|e| RegistryError::unavailable(e.to_string()))?;
+        {
+            let mut state = self.lock();
+            for (name, s) in stored {
+                let new = !state.services.contains_key(&name);
+                publish(&mut state.snapshot, &name, &s, new);
+                state.generation = state.generation.max(s.generation);
+                state.services.insert(name, s);
+            }
+            self.cache
+                .set_snapshot(&self.settings.group, state.snapshot.clone());
+        }
+        self.store = Some(store);
+        Ok(self)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -387,48 +462,7 @@ impl ShadowRegistry {
                     .map_err(|e| e.within(&format!("changes[{i}]")))?;
             }
         }
-        self.change(|state, generation| {
-            // Removals of unknown services are checked against the state as it evolves
-            // within the batch, before anything is touched.
-            let mut present: HashSet<&str> = state.services.keys().map(String::as_str).collect();
-            for (i, c) in changes.iter().enumerate() {
-                match c {
-                    ServiceChange::Set(spec) => {
-                        present.insert(&spec.name);
-                    }
-                    ServiceChange::Remove(name) => {
-                        if !present.remove(name.as_str()) {
-                            return Err(
-                                RegistryError::unknown(name).within(&format!("changes[{i}]"))
-                            );
-                        }
-                    }
-                }
-            }
-            for c in changes {
-                match c {
-                    ServiceChange::Set(spec) => {
-                        let old = state.services.get(&spec.name);
-                        let new = old.is_none();
-                        let s = ServiceState {
-                            primary: spec.primary,
-                            shadows: spec
-                                .shadows
-                                .or_else(|| old.map(|o| o.shadows.clone()))
-                                .unwrap_or_default(),
-                            generation,
-                        };
-                        publish(&mut state.snapshot, &spec.name, &s, new);
-                        state.services.insert(spec.name, s);
-                    }
-                    ServiceChange::Remove(name) => {
-                        state.services.remove(&name);
-                        unpublish(&mut state.snapshot, &name);
-                    }
-                }
-            }
-            Ok(())
-        })
+        self.change(|state, generation| apply_changes(state, generation, changes))
     }
 
     /// Runs `change` on the state with the next generation and publishes the resulting
@@ -447,6 +481,24 @@ impl ShadowRegistry {
             generation,
         };
         change(&mut draft, generation)?;
+        if let Some(store) = &self.store {
+            let changed: Vec<(String, Option<ServiceState>)> = state
+                .services
+                .diff(&draft.services)
+                .map(|d| match d {
+                    imbl::ordmap::DiffItem::Add(k, v)
+                    | imbl::ordmap::DiffItem::Update { new: (k, v), .. } => {
+                        (k.clone(), Some(v.clone()))
+                    }
+                    imbl::ordmap::DiffItem::Remove(k, _) => (k.clone(), None),
+                })
+                .collect();
+            // Committed before it is published or acknowledged: an acknowledged change
+            // survives a crash.
+            store
+                .write_services(&changed)
+                .map_err(|e| RegistryError::unavailable(e.to_string()))?;
+        }
         // Set under the lock so concurrent changes publish in order.
         self.cache
             .set_snapshot(&self.settings.group, draft.snapshot.clone());
@@ -456,50 +508,97 @@ impl ShadowRegistry {
     }
 
     /// Creates `service` or replaces its primary endpoints (its shadows are kept).
+    /// Returns the service as this change left it.
     pub fn set_primary(
         &self,
         service: &str,
         endpoints: &[EndpointSpec],
-    ) -> Result<u64, RegistryError> {
+    ) -> Result<ServiceState, RegistryError> {
         self.set_service(service, endpoints, None)
     }
 
     /// Creates or replaces `service`: its primary endpoints and, if given, its shadows, as
-    /// one change.
+    /// one change. Returns the service as this change left it.
     pub fn set_service(
         &self,
         service: &str,
         primary: &[EndpointSpec],
         shadows: Option<ShadowSet>,
-    ) -> Result<u64, RegistryError> {
+    ) -> Result<ServiceState, RegistryError> {
         let spec = ServiceSpec {
             name: service.to_string(),
             primary: primary.to_vec(),
             shadows,
         };
         spec.validate()?;
-        self.apply([ServiceChange::Set(spec)])
+        let mut written = None;
+        self.change(|state, generation| {
+            apply_changes(state, generation, vec![ServiceChange::Set(spec)])
+                .map_err(|e| e.unnest("changes[0]."))?;
+            written = state.services.get(service).cloned();
+            Ok(())
+        })?;
+        Ok(written.expect("the service was just set"))
     }
 
-    /// Sets the shadows of an existing `service`.
-    pub fn set_shadows(&self, service: &str, shadows: &ShadowSet) -> Result<u64, RegistryError> {
+    /// Sets the shadows of an existing `service`. Returns the service as this change left
+    /// it.
+    pub fn set_shadows(
+        &self,
+        service: &str,
+        shadows: &ShadowSet,
+    ) -> Result<ServiceState, RegistryError> {
         validate_service(service)?;
         shadows.validate()?;
+        let mut written = None;
         self.change(|state, generation| {
-            let s = state
+            let old = state
                 .services
-                .get_mut(service)
+                .get(service)
                 .ok_or_else(|| RegistryError::unknown(service))?;
-            s.shadows = shadows.clone();
-            s.generation = generation;
-            publish(&mut state.snapshot, service, s, false);
+            disjoint(&old.primary, &shadows.endpoints)?;
+            let s = ServiceState {
+                primary: old.primary.clone(),
+                shadows: shadows.clone(),
+                generation,
+            };
+            publish(&mut state.snapshot, service, &s, false);
+            written = Some(s.clone());
+            state.services.insert(service.to_string(), s);
             Ok(())
-        })
+        })?;
+        Ok(written.expect("the shadows were just set"))
     }
 
-    /// Releases all shadows of `service`.
-    pub fn clear_shadows(&self, service: &str) -> Result<u64, RegistryError> {
+    /// Releases all shadows of `service`. Returns the service as this change left it.
+    pub fn clear_shadows(&self, service: &str) -> Result<ServiceState, RegistryError> {
         self.set_shadows(service, &ShadowSet::none())
+    }
+
+    /// The readiness record of `service` in `state` as filters get it at `now_ms`.
+    pub fn readiness_record(
+        &self,
+        service: &str,
+        state: &ServiceState,
+        now_ms: u64,
+    ) -> ShadowRecord {
+        record(service, state, self.valid_until(now_ms))
+    }
+
+    /// Every service with its readiness record at `now_ms`, read together.
+    pub fn services_with_readiness(
+        &self,
+        now_ms: u64,
+    ) -> Vec<(String, ServiceState, ShadowRecord)> {
+        let until = self.valid_until(now_ms);
+        let services = self.lock().services.clone();
+        services
+            .into_iter()
+            .map(|(name, s)| {
+                let r = record(&name, &s, until);
+                (name, s, r)
+            })
+            .collect()
     }
 
     /// Removes `service` and its clusters.
@@ -555,6 +654,103 @@ impl ShadowRegistry {
     fn valid_until(&self, now_ms: u64) -> u64 {
         now_ms.saturating_add(self.settings.readiness_ttl.as_millis() as u64)
     }
+}
+
+/// Applies a validated batch to `state` under `generation`: checked against the state as
+/// the batch goes (unknown removals, shadows that are also primaries) before anything is
+/// touched; errors name the change as `changes[i]`.
+fn apply_changes(
+    state: &mut State,
+    generation: u64,
+    changes: Vec<ServiceChange>,
+) -> Result<(), RegistryError> {
+    let mut present: BTreeMap<&str, &[EndpointSpec]> = BTreeMap::new();
+    for (i, c) in changes.iter().enumerate() {
+        let at = format!("changes[{i}]");
+        match c {
+            ServiceChange::Set(spec) => {
+                let kept = state
+                    .services
+                    .get(&spec.name)
+                    .map(|o| o.shadows.endpoints.as_slice());
+                let shadows = spec
+                    .shadows
+                    .as_ref()
+                    .map(|s| s.endpoints.as_slice())
+                    .or(kept);
+                if let Some(shadows) = shadows {
+                    disjoint(&spec.primary, shadows)
+                        .map_err(|e| e.within(&format!("{at}.shadows")))?;
+                }
+                present.insert(&spec.name, &[]);
+            }
+            ServiceChange::Remove(name) => {
+                let exists = present.remove(name.as_str()).is_some()
+                    || (state.services.contains_key(name) && !removed_before(&changes[..i], name));
+                if !exists {
+                    return Err(RegistryError::unknown(name).within(&at));
+                }
+            }
+        }
+    }
+    for c in changes {
+        match c {
+            ServiceChange::Set(spec) => {
+                let old = state.services.get(&spec.name);
+                let new = old.is_none();
+                let s = ServiceState {
+                    primary: spec.primary,
+                    shadows: spec
+                        .shadows
+                        .or_else(|| old.map(|o| o.shadows.clone()))
+                        .unwrap_or_default(),
+                    generation,
+                };
+                publish(&mut state.snapshot, &spec.name, &s, new);
+                state.services.insert(spec.name, s);
+            }
+            ServiceChange::Remove(name) => {
+                state.services.remove(&name);
+                unpublish(&mut state.snapshot, &name);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether an earlier change of the batch already removed `name` (and none set it again).
+fn removed_before(earlier: &[ServiceChange], name: &str) -> bool {
+    let mut removed = false;
+    for c in earlier {
+        match c {
+            ServiceChange::Remove(n) if n == name => removed = true,
+            ServiceChange::Set(s) if s.name == name => removed = false,
+            _ => {}
+        }
+    }
+    removed
+}
+
+/// A shadow must not be one of the service's primaries: redirected traffic would land on
+/// the hot primary again.
+fn disjoint(primary: &[EndpointSpec], shadows: &[EndpointSpec]) -> Result<(), RegistryError> {
+    for (i, e) in shadows.iter().enumerate() {
+        if primary
+            .iter()
+            .any(|p| canonical(p.addr) == canonical(e.addr))
+        {
+            return Err(RegistryError::invalid(
+                format!("endpoints[{i}].address"),
+                format!("{} is also a primary endpoint of the service", e.addr),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `addr` with an IPv4-mapped IPv6 address written as IPv4.
+fn canonical(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// The readiness record of one service, valid until `until_ms` at the latest.
@@ -652,13 +848,26 @@ mod tests {
     fn endpoints_and_readiness_change_together_under_one_generation() {
         let cache = SnapshotCache::default();
         let r = ShadowRegistry::new(cache.clone());
-        let g1 = r.set_primary("checkout", &[ep("10.0.0.1:80")]).unwrap();
+        let before_ms = now_ms();
+        let g1 = r
+            .set_primary("checkout", &[ep("10.0.0.1:80")])
+            .unwrap()
+            .generation;
+        // Tied to the clock: a restarted registry does not start again from 1.
+        assert!(
+            g1 >= before_ms,
+            "generation {g1} before the wall clock {before_ms}"
+        );
         let cold = &r.readiness(1_000)[0];
-        assert!(!cold.warm, "a service without shadows is not ready");
-        assert_eq!(cold.generation, g1);
+        assert_eq!(
+            (cold.warm, cold.max_in_flight, cold.generation),
+            (false, 0, g1),
+            "a service without shadows is not ready"
+        );
         let g2 = r
             .set_shadows("checkout", &ShadowSet::warm(vec![ep("10.0.0.9:80")], 16))
-            .unwrap();
+            .unwrap()
+            .generation;
         assert!(g2 > g1);
         let warm = &r.readiness(1_000)[0];
         assert_eq!(
@@ -681,11 +890,11 @@ mod tests {
         // Released make-before-break: readiness off first, endpoints kept...
         let mut draining = r.service("checkout").unwrap().shadows;
         draining.warm = false;
-        let g3 = r.set_shadows("checkout", &draining).unwrap();
+        let g3 = r.set_shadows("checkout", &draining).unwrap().generation;
         assert!(!r.readiness(1_000)[0].warm);
         assert_eq!(r.service("checkout").unwrap().shadows.endpoints.len(), 1);
         // ...then the endpoints.
-        let g4 = r.clear_shadows("checkout").unwrap();
+        let g4 = r.clear_shadows("checkout").unwrap().generation;
         assert!(g4 > g3 && g3 > g2);
         assert!(r.service("checkout").unwrap().shadows.endpoints.is_empty());
         // A shadow set's own expiry wins when it is earlier.
@@ -693,6 +902,129 @@ mod tests {
         until.expires_at_ms = Some(1_500);
         r.set_shadows("checkout", &until).unwrap();
         assert_eq!(r.readiness(1_000)[0].expires_at_ms, Some(1_500));
+        // A later one is capped by the readiness TTL.
+        until.expires_at_ms = Some(u64::MAX);
+        r.set_shadows("checkout", &until).unwrap();
+        assert_eq!(
+            r.readiness(1_000)[0].expires_at_ms,
+            Some(1_000 + DEFAULT_READINESS_TTL.as_millis() as u64)
+        );
+    }
+
+    #[test]
+    fn set_primary_keeps_the_shadows_and_their_readiness() {
+        let cache = SnapshotCache::default();
+        let r = ShadowRegistry::new(cache.clone());
+        r.set_primary("checkout", &[ep("10.0.0.1:80")]).unwrap();
+        let with_shadows = r
+            .set_shadows("checkout", &ShadowSet::warm(vec![ep("10.0.0.9:80")], 16))
+            .unwrap();
+        let pool = |c: &SnapshotCache| {
+            c.snapshot_for("any")
+                .unwrap()
+                .get(ENDPOINT_TYPE)
+                .unwrap()
+                .items["checkout_shadow_pool"]
+                .version
+                .clone()
+        };
+        let pool_before = pool(&cache);
+        let after = r.set_primary("checkout", &[ep("10.0.0.2:80")]).unwrap();
+        assert_eq!(after.shadows, with_shadows.shadows);
+        assert_eq!(after.primary, [ep("10.0.0.2:80")]);
+        assert_eq!(
+            pool(&cache),
+            pool_before,
+            "the shadow pool's EDS is unchanged"
+        );
+        let record = &r.readiness(0)[0];
+        assert!(record.warm && record.max_in_flight == 16);
+    }
+
+    #[test]
+    fn a_shadow_can_not_also_be_a_primary() {
+        let r = ShadowRegistry::new(SnapshotCache::default());
+        r.set_primary("checkout", &[ep("10.0.0.1:80")]).unwrap();
+        let e = r
+            .set_shadows(
+                "checkout",
+                &ShadowSet::warm(vec![ep("10.0.0.9:80"), ep("10.0.0.1:80")], 4),
+            )
+            .unwrap_err();
+        assert_eq!(e.field, "endpoints[1].address");
+        let mapped = EndpointSpec::healthy("[::ffff:10.0.0.1]:80".parse().unwrap());
+        let e = r
+            .set_shadows("checkout", &ShadowSet::warm(vec![mapped], 4))
+            .unwrap_err();
+        assert_eq!(
+            e.field, "endpoints[0].address",
+            "an IPv4-mapped address is the same host"
+        );
+        r.set_shadows("checkout", &ShadowSet::warm(vec![ep("10.0.0.9:80")], 4))
+            .unwrap();
+        let e = r.set_primary("checkout", &[ep("10.0.0.9:80")]).unwrap_err();
+        assert_eq!(e.field, "shadows.endpoints[0].address");
+    }
+
+    #[test]
+    fn endpoints_must_be_unicast_hosts_listed_once() {
+        for (addr, why) in [
+            ("[::ffff:0.0.0.0]:80", "unspecified, IPv4-mapped"),
+            ("255.255.255.255:80", "broadcast"),
+            ("224.0.0.1:80", "multicast"),
+            ("[fe80::1%3]:80", "scoped"),
+        ] {
+            let e = validate_endpoints("primary", &[EndpointSpec::healthy(addr.parse().unwrap())])
+                .unwrap_err();
+            assert_eq!(e.field, "primary[0].address", "{why}");
+        }
+        let e = validate_endpoints(
+            "primary",
+            &[
+                ep("10.0.0.1:80"),
+                EndpointSpec::healthy("[::ffff:10.0.0.1]:80".parse().unwrap()),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "primary[1].address", "the same host twice");
+        for name in [".", "..", "-x", "_"] {
+            assert!(validate_service(name).is_err(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn batches_check_removals_against_the_batch_itself() {
+        let r = ShadowRegistry::new(SnapshotCache::default());
+        let set = |name: &str| {
+            ServiceChange::Set(ServiceSpec {
+                name: name.into(),
+                primary: vec![ep("10.0.0.1:80")],
+                shadows: None,
+            })
+        };
+        // Created and removed in one batch: fine, and gone.
+        r.apply([set("x"), ServiceChange::Remove("x".into())])
+            .unwrap();
+        assert!(r.service("x").is_none());
+        r.apply([set("a")]).unwrap();
+        let generation = r.generation();
+        // Removed twice: the second removal names a service that no longer exists.
+        let e = r
+            .apply([
+                ServiceChange::Remove("a".into()),
+                ServiceChange::Remove("a".into()),
+            ])
+            .unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.kind),
+            ("changes[1].service", RegistryErrorKind::UnknownService)
+        );
+        assert!(r.service("a").is_some());
+        assert_eq!(
+            r.generation(),
+            generation,
+            "a refused batch takes no generation"
+        );
     }
 
     #[test]
@@ -701,6 +1033,7 @@ mod tests {
         let r = ShadowRegistry::new(cache.clone());
         r.set_primary("checkout", &[ep("10.0.0.1:80")]).unwrap();
         let generation = cache.generation();
+        let registry_generation = r.generation();
         let heavy = EndpointSpec {
             weight: 0,
             ..ep("10.0.0.2:80")
@@ -756,8 +1089,38 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.field, "changes[1].service");
         assert_eq!(cache.generation(), generation, "nothing published");
+        assert_eq!(r.generation(), registry_generation, "no generation taken");
         assert_eq!(r.services().len(), 1);
+        assert!(r.service("fine").is_none());
         assert_eq!(r.services()["checkout"].primary, [ep("10.0.0.1:80")]);
+    }
+
+    #[test]
+    fn a_stored_registry_restarts_with_the_same_snapshot_and_later_generations() {
+        let dir = std::env::temp_dir().join(format!("shadowmesh-registry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cache = SnapshotCache::default();
+        let r = ShadowRegistry::new(cache.clone())
+            .with_store(StateStore::open(&dir).unwrap())
+            .unwrap();
+        r.set_primary("checkout", &[ep("10.0.0.1:80")]).unwrap();
+        r.set_primary("gone", &[ep("10.0.0.2:80")]).unwrap();
+        let g = r
+            .set_shadows("checkout", &ShadowSet::warm(vec![ep("10.0.0.9:80")], 8))
+            .unwrap()
+            .generation;
+        r.remove_service("gone").unwrap();
+        let before = cache.snapshot_for("any").unwrap();
+        drop(r);
+        let cache2 = SnapshotCache::default();
+        let r2 = ShadowRegistry::new(cache2.clone())
+            .with_store(StateStore::open(&dir).unwrap())
+            .unwrap();
+        assert_eq!(*cache2.snapshot_for("any").unwrap(), *before);
+        assert_eq!(r2.services().keys().collect::<Vec<_>>(), ["checkout"]);
+        assert_eq!(r2.service("checkout").unwrap().generation, g);
+        assert!(r2.clear_shadows("checkout").unwrap().generation > g);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

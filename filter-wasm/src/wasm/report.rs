@@ -4,6 +4,7 @@
 use super::abi::{self, buffer, level, log, map};
 use super::{HostStore, Worker, read_plan, read_shadow};
 use crate::config::PluginConfig;
+use crate::control::supersedes;
 use crate::shared::{self, keys};
 use shadowmesh_wire::{ShadowRecord, TELEMETRY_SCHEMA, TelemetryAck, TelemetryReport};
 
@@ -56,7 +57,7 @@ impl Reporter {
             return;
         }
         match serde_json::from_slice::<TelemetryAck>(&body) {
-            Ok(ack) => store_shadow_records(&worker.config, ack.shadows),
+            Ok(ack) => store_shadow_records(&worker.config, ack.shadows, abi::now_ns() / 1_000_000),
             Err(e) => log(
                 level::WARN,
                 &format!("shadowmesh: ignoring malformed telemetry answer: {e}"),
@@ -143,15 +144,14 @@ impl Reporter {
 }
 
 /// Keeps the newest generation of each configured service's shadow record.
-fn store_shadow_records(config: &PluginConfig, records: Vec<ShadowRecord>) {
+fn store_shadow_records(config: &PluginConfig, records: Vec<ShadowRecord>, now_ms: u64) {
     for record in records {
         if !config.services.iter().any(|s| s.name == record.service) {
             continue;
         }
         let key = keys::shadow(&record.service);
-        let _ = shared::update_json::<ShadowRecord, _>(&HostStore, &key, |current| match current {
-            Some(c) if c.generation > record.generation => None,
-            _ => Some(record.clone()),
+        let _ = shared::update_json::<ShadowRecord, _>(&HostStore, &key, |current| {
+            supersedes(&record, current, now_ms).then(|| record.clone())
         });
     }
 }

@@ -81,6 +81,7 @@ impl From<RegistryError> for ApiError {
         let status = match e.kind {
             RegistryErrorKind::Invalid => StatusCode::BAD_REQUEST,
             RegistryErrorKind::UnknownService => StatusCode::NOT_FOUND,
+            RegistryErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.field, e.message)
     }
@@ -93,13 +94,22 @@ impl From<FieldError> for ApiError {
 }
 
 /// Parses a JSON document, naming the offending field on error.
+/// The whole body must be the one document: trailing bytes are refused.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let field = e.path().to_string();
-        let field = if field == "." { "body".into() } else { field };
+        // `.` is the document itself, `?` a position serde could not name (a syntax error).
+        let field = if field == "." || field == "?" {
+            "body".into()
+        } else {
+            field
+        };
         ApiError::invalid(field, e.into_inner().to_string())
-    })
+    })?;
+    de.end()
+        .map_err(|e| ApiError::invalid("body", format!("after the document: {e}")))?;
+    Ok(value)
 }
 
 /// A JSON request body, parsed strictly; a body over [`MAX_BODY_BYTES`], unreadable or

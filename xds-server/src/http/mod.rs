@@ -17,6 +17,8 @@
 //! | `GET` | `/v1/forecast/{series}` | | the series' forecast over the horizon, with its interval |
 //! | `PUT` | `/v1/capacity/{series}` | `{"capacity": 300.0}` | demand (req/s) the series takes before overload (`204`) |
 //! | `GET`, `POST` | `/v1/events` | a scheduled event | the events calendar (`POST`: `201`) |
+//! | `GET` | `/v1/pool` | | every spare: spec, state, failures, pid |
+//! | `GET` | `/v1/provisioning` | | the provisioner's plan per service, expected cost and benefit, activations with their lead, the decision log (`?log=N` lines, default 100) |
 //! | `GET` | `/metrics` | | Prometheus text format |
 //!
 //! `E` is an endpoint `{"address": "10.0.0.7:8080", "healthy": true, "weight": 1}`; `S` a
@@ -26,6 +28,7 @@
 mod error;
 mod forecast;
 mod observe;
+mod provisioning;
 mod reports;
 mod services;
 
@@ -54,6 +57,8 @@ pub struct Api {
     pub cache: SnapshotCache,
     /// Every metric of the control plane, for `/metrics`.
     pub metrics: Arc<prometheus_client::registry::Registry>,
+    /// The provisioner's loop, if configured.
+    pub provisioning: Option<crate::provisioning::Provisioning>,
 }
 
 /// Every route of the table above, with JSON answers for unknown paths and methods.
@@ -63,6 +68,7 @@ pub fn router(api: Api) -> Router {
         .merge(reports::routes())
         .merge(forecast::routes())
         .merge(observe::routes())
+        .merge(provisioning::routes())
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -131,6 +137,12 @@ mod tests {
                 StatusCode::PAYLOAD_TOO_LARGE,
             ),
             ("PUT", "/v1/services/checkout", "{", StatusCode::BAD_REQUEST),
+            (
+                "PUT",
+                "/v1/services/checkout",
+                r#"{"primary": []}junk"#,
+                StatusCode::BAD_REQUEST,
+            ),
             ("POST", "/v1/telemetry", "[]", StatusCode::BAD_REQUEST),
             (
                 "PUT",
@@ -146,6 +158,9 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body}"));
             let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
             assert_eq!(keys, ["field", "message"], "{method} {path}: {body}");
+            if status == StatusCode::BAD_REQUEST && path == "/v1/services/checkout" {
+                assert_eq!(v["field"], "body", "{method} {path}: {body}");
+            }
         }
     }
 }

@@ -74,23 +74,23 @@ fn current(api: &Api, name: &str) -> Result<Json<ServiceView>, ApiError> {
 }
 
 async fn list(State(api): State<Api>) -> Json<BTreeMap<String, ServiceView>> {
-    let records: BTreeMap<String, ShadowRecord> = api
-        .registry
-        .readiness(now_ms())
-        .into_iter()
-        .map(|r| (r.service.clone(), r))
-        .collect();
+    // Services and records read together: each entry's generation is its record's.
     Json(
         api.registry
-            .services()
+            .services_with_readiness(now_ms())
             .into_iter()
-            .filter_map(|(name, s)| {
-                let readiness = records.get(&name)?.clone();
+            .map(|(name, s, readiness)| {
                 let v = view(&name, s, readiness);
-                Some((name, v))
+                (name, v)
             })
             .collect(),
     )
+}
+
+/// The answer to a write: the state this request wrote, not whatever is there by now.
+fn written(api: &Api, name: &str, state: ServiceState) -> Json<ServiceView> {
+    let readiness = api.registry.readiness_record(name, &state, now_ms());
+    Json(view(name, state, readiness))
 }
 
 async fn get_service(
@@ -105,9 +105,10 @@ async fn put_service(
     Name(name): Name,
     JsonBody(spec): JsonBody<PutService>,
 ) -> Result<Json<ServiceView>, ApiError> {
-    api.registry
+    let state = api
+        .registry
         .set_service(&name, &spec.primary, spec.shadows)?;
-    current(&api, &name)
+    Ok(written(&api, &name, state))
 }
 
 async fn delete_service(State(api): State<Api>, Name(name): Name) -> Result<StatusCode, ApiError> {
@@ -124,20 +125,19 @@ struct ShadowsView {
     readiness: ShadowRecord,
 }
 
-fn shadows_of(api: &Api, name: &str) -> Result<Json<ShadowsView>, ApiError> {
-    let Json(v) = current(api, name)?;
-    Ok(Json(ShadowsView {
+fn shadows_view(Json(v): Json<ServiceView>) -> Json<ShadowsView> {
+    Json(ShadowsView {
         shadows: v.shadows,
         generation: v.generation,
         readiness: v.readiness,
-    }))
+    })
 }
 
 async fn get_shadows(
     State(api): State<Api>,
     Name(name): Name,
 ) -> Result<Json<ShadowsView>, ApiError> {
-    shadows_of(&api, &name)
+    current(&api, &name).map(shadows_view)
 }
 
 async fn put_shadows(
@@ -145,16 +145,16 @@ async fn put_shadows(
     Name(name): Name,
     JsonBody(shadows): JsonBody<ShadowSet>,
 ) -> Result<Json<ShadowsView>, ApiError> {
-    api.registry.set_shadows(&name, &shadows)?;
-    shadows_of(&api, &name)
+    let state = api.registry.set_shadows(&name, &shadows)?;
+    Ok(shadows_view(written(&api, &name, state)))
 }
 
 async fn delete_shadows(
     State(api): State<Api>,
     Name(name): Name,
 ) -> Result<Json<ShadowsView>, ApiError> {
-    api.registry.clear_shadows(&name)?;
-    shadows_of(&api, &name)
+    let state = api.registry.clear_shadows(&name)?;
+    Ok(shadows_view(written(&api, &name, state)))
 }
 
 #[cfg(test)]

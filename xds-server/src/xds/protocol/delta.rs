@@ -278,10 +278,43 @@ mod tests {
         );
         delta_ack(&mut s, &n);
         s.resend([&"a".to_string()]);
+        let p = s.plan(&v).unwrap();
         assert_eq!(
-            s.plan(&v).unwrap().updated,
+            p.updated,
             [("a".to_string(), "1".to_string())],
             "a changed cluster's endpoints go again"
+        );
+        // Once, not forever.
+        let n = s.sent(p);
+        delta_ack(&mut s, &n);
+        assert_eq!(s.plan(&v), None);
+    }
+
+    #[test]
+    fn the_first_answer_goes_out_even_when_empty() {
+        let mut s = DeltaTypeState::default();
+        s.on_request("", None, &[], &[], &HashMap::new());
+        let empty = Resources::default();
+        let p = s.plan(&empty).expect("the proxy waits for a first answer");
+        assert!(p.updated.is_empty() && p.removed.is_empty());
+        let n = s.sent(p);
+        delta_ack(&mut s, &n);
+        assert_eq!(s.plan(&empty), None, "only the first");
+    }
+
+    #[test]
+    fn a_name_unsubscribed_with_the_ack_is_sent_again_on_resubscription() {
+        let mut s = DeltaTypeState::default();
+        s.on_request("", None, &names(&["a"]), &[], &HashMap::new());
+        let v = Resources::new(map(&[("a", "1")]));
+        let n = s.sent(s.plan(&v).unwrap());
+        // The ACK arrives in the request that drops `a`.
+        s.on_request(&n, None, &[], &names(&["a"]), &HashMap::new());
+        assert!(!s.known.contains_key("a"), "the proxy no longer holds it");
+        s.on_request("", None, &names(&["a"]), &[], &HashMap::new());
+        assert_eq!(
+            s.plan(&v).unwrap().updated,
+            [("a".to_string(), "1".to_string())]
         );
     }
 

@@ -318,6 +318,24 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_change_beside_a_removal_also_goes_make_before_break_with_the_new_content() {
+        // `keep` changes and `a` goes in one step: first the change beside `a`.
+        let applied = map(&[("a", "1"), ("keep", "1")]);
+        let desired = Resources::new(map(&[("keep", "2")]));
+        let (version, items) = sotw_response(Some(&applied), &desired);
+        assert_eq!(version, format!("{}{RETAINED_SUFFIX}", desired.version));
+        assert_eq!(items.keys().collect::<Vec<_>>(), ["a", "keep"]);
+        assert_eq!(
+            items["keep"].version, "2",
+            "the retained response carries the new content"
+        );
+        // And it converges: the next response is the desired set.
+        let (version, items) = sotw_response(Some(&items), &desired);
+        assert_eq!(version, desired.version);
+        assert_eq!(items.keys().collect::<Vec<_>>(), ["keep"]);
+    }
+
     /// Subscribes, sends and ACKs `v1`, then sends `v2` and has it NACKed.
     fn with_v2_rejected() -> TypeState {
         let mut s = TypeState::default();
