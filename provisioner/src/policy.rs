@@ -693,7 +693,7 @@ impl Provisioner {
                 None => {
                     // Not enough free spares: take what is left if it still pays.
                     let all = self.candidates(now, need, &taken, false);
-                    let free: f64 = all.iter().map(|(c, _)| c.capacity).sum();
+                    let free: f64 = all.iter().map(|(c, _)| c.capacity).sum::<f64>().max(0.0);
                     let why = format!(
                         "pool exhausted: needs {missing:.0} req/s more, {free:.0} free after services of higher expected loss avoided per unit cost"
                     );

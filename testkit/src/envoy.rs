@@ -186,6 +186,49 @@ pub struct AdsBootstrap {
     pub filter: FilterChoice,
     /// Incremental (delta) ADS instead of state of the world.
     pub delta: bool,
+    /// The services it routes, each a virtual host (empty: `checkout` for every host).
+    pub services: Vec<ServiceRoute>,
+}
+
+/// One service's virtual host in an ADS bootstrap.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRoute {
+    /// Service name (its clusters are `{name}_primary`, `{name}_shadow`…).
+    pub name: String,
+    /// Host names it answers (`*`: any).
+    pub domains: Vec<String>,
+}
+
+impl ServiceRoute {
+    /// `name` answering `domains`.
+    pub fn new(name: &str, domains: &[&str]) -> ServiceRoute {
+        ServiceRoute {
+            name: name.to_string(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+}
+
+/// The virtual hosts of `services` (`checkout` for every host if none).
+fn render_virtual_hosts(services: &[ServiceRoute]) -> Result<String> {
+    let default = [ServiceRoute::new("checkout", &["*"])];
+    let services = if services.is_empty() {
+        &default[..]
+    } else {
+        services
+    };
+    let template = config_file("virtual-host.yaml")?;
+    let mut out = Vec::new();
+    for s in services {
+        out.push(render(
+            &template,
+            &[
+                ("SERVICE", s.name.clone()),
+                ("DOMAINS", serde_json::to_string(&s.domains)?),
+            ],
+        )?);
+    }
+    Ok(out.join("\n"))
 }
 
 impl AdsBootstrap {
@@ -208,6 +251,7 @@ impl AdsBootstrap {
                 ("XDS_PORT", self.xds_port.to_string()),
                 ("CONTROL_PORT", self.control_port.to_string()),
                 ("HTTP_FILTERS", render_filters(&self.filter)?),
+                ("VIRTUAL_HOSTS", render_virtual_hosts(&self.services)?),
             ],
         )
     }
@@ -279,6 +323,11 @@ impl Drop for Supervisor {
             let _ = t.join();
         }
     }
+}
+
+/// GET on the admin API at `admin` (for threads that do not own the Envoy).
+pub fn admin_get(admin: std::net::SocketAddr, path: &str) -> Result<String> {
+    blocking_http(admin, "GET", path)
 }
 
 /// A running Envoy, killed on drop.
@@ -431,7 +480,7 @@ impl EnvoyProcess {
 
     /// GET on the admin API.
     pub fn admin_get(&self, path: &str) -> Result<String> {
-        blocking_http(self.admin, "GET", path)
+        admin_get(self.admin, path)
     }
 
     /// The Prometheus exposition (`/stats/prometheus`).

@@ -19,7 +19,8 @@ pub mod stack;
 pub mod upstream;
 
 pub use stack::{
-    LoadTestLock, Stack, StackConfig, ads_envoy, atre_plugin, load_test_lock, spawn_plane, within,
+    LoadTestLock, Stack, StackConfig, ads_envoy, ads_envoy_for, atre_plugin, load_test_lock,
+    spawn_plane, within,
 };
 
 /// Where cargo puts build output: `$CARGO_TARGET_DIR`, else `target/` in the repository.
@@ -34,4 +35,35 @@ pub fn bench_dir() -> std::io::Result<std::path::PathBuf> {
     let dir = target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// A binary of this workspace (`upstream`, `shadowmesh-xds`), built on first use in this
+/// process with the same profile as the caller — so a test never runs a stale one.
+pub fn workspace_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    static BUILT: Mutex<BTreeMap<String, std::path::PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = built.get(name) {
+        return Ok(p.clone());
+    }
+    let release = !cfg!(debug_assertions);
+    let mut cmd = std::process::Command::new(option_env!("CARGO").unwrap_or("cargo"));
+    cmd.args(["build", "--quiet", "--bin", name])
+        .current_dir(envoy::repo_root());
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status()?;
+    anyhow::ensure!(status.success(), "cargo build --bin {name} failed");
+    let path = target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join(name);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} is missing after the build",
+        path.display()
+    );
+    built.insert(name.to_string(), path.clone());
+    Ok(path)
 }

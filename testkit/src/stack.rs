@@ -45,6 +45,17 @@ pub async fn ads_envoy(
     filter: FilterChoice,
     delta: bool,
 ) -> EnvoyProcess {
+    ads_envoy_for(xds_port, control_port, filter, delta, Vec::new()).await
+}
+
+/// Like [`ads_envoy`], routing each of `services` by its host names.
+pub async fn ads_envoy_for(
+    xds_port: u16,
+    control_port: u16,
+    filter: FilterChoice,
+    delta: bool,
+    services: Vec<crate::envoy::ServiceRoute>,
+) -> EnvoyProcess {
     let yaml = crate::envoy::AdsBootstrap {
         node_id: "edge-1".into(),
         node_cluster: "edge".into(),
@@ -52,6 +63,7 @@ pub async fn ads_envoy(
         control_port,
         filter,
         delta,
+        services,
     }
     .render()
     .unwrap();

@@ -55,6 +55,33 @@ impl Forecaster {
         }
     }
 
+    /// Learns history of `series` from another source (a metrics store, a previous
+    /// deployment): `(unix seconds, demand)` points in time order on the step grid.
+    /// Points at or before what the series already knows are refused; the count learned is
+    /// returned. Lets a new control plane forecast from day one.
+    pub fn backfill(&self, series: &str, points: &[(i64, f64)]) -> Result<usize, FieldError> {
+        // Checked whole before anything is learned: a refused backfill changes nothing.
+        for (i, (ts, value)) in points.iter().enumerate() {
+            shadowmesh_predictor::model::check_value(*value)
+                .map_err(|e| FieldError::new(format!("points[{i}]"), e.to_string()))?;
+            if i > 0 && *ts <= points[i - 1].0 {
+                return Err(FieldError::new(
+                    format!("points[{i}]"),
+                    "timestamps must increase",
+                ));
+            }
+        }
+        let mut s = self.lock();
+        let mut learned = 0;
+        for (i, (ts, value)) in points.iter().enumerate() {
+            s.analyzer
+                .observe(series, *ts, *value)
+                .map_err(|e| FieldError::new(format!("points[{i}]"), e.to_string()))?;
+            learned += 1;
+        }
+        Ok(learned)
+    }
+
     /// The overload list.
     pub fn overload_risks(&self) -> Vec<OverloadRisk> {
         self.lock().analyzer.overload_risks()

@@ -176,6 +176,7 @@ async fn decision_to_ack(args: &Args, delta: bool) -> Result<AckLatency> {
         control_port: 9,
         filter: FilterChoice::None,
         delta,
+        services: Vec::new(),
     }
     .render()?;
     let envoy = EnvoyProcess::launch(yaml, EnvoyOptions::default()).await?;

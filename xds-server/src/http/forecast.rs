@@ -3,7 +3,7 @@
 use super::{Api, ApiError, JsonBody, Name};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use shadowmesh_predictor::analyzer::{OverloadRisk, SeriesForecast};
@@ -13,6 +13,7 @@ pub(super) fn routes() -> Router<Api> {
     Router::new()
         .route("/v1/forecast", get(list_risks))
         .route("/v1/forecast/{series}", get(series_forecast))
+        .route("/v1/forecast/{series}/history", post(backfill))
         .route("/v1/capacity/{series}", put(put_capacity))
         .route("/v1/events", get(list_events).post(post_event))
 }
@@ -33,6 +34,22 @@ async fn series_forecast(
         ));
     }
     Ok(Json(points))
+}
+
+/// `POST /v1/forecast/{series}/history`: `{"points": [[unix_seconds, demand], …]}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct History {
+    points: Vec<(i64, f64)>,
+}
+
+async fn backfill(
+    State(api): State<Api>,
+    Name(series): Name,
+    JsonBody(h): JsonBody<History>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let learned = api.forecaster.backfill(&series, &h.points)?;
+    Ok(Json(serde_json::json!({ "learned": learned })))
 }
 
 #[derive(Deserialize)]
@@ -102,5 +119,23 @@ mod tests {
         assert_eq!(s, StatusCode::NOT_FOUND);
         let (s, list) = call("GET", "/v1/forecast", "").await;
         assert_eq!((s, list.as_str()), (StatusCode::OK, "[]"));
+        // History: refused whole when any point is bad, learned otherwise.
+        let (s, body) = call(
+            "POST",
+            "/v1/forecast/checkout/history",
+            r#"{"points": [[0, 10.0], [60, -1.0]]}"#,
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(body.contains(r#""field":"points[1]""#), "{body}");
+        let (s, body) = call(
+            "POST",
+            "/v1/forecast/checkout/history",
+            r#"{"points": [[0, 10.0], [60, 12.0]]}"#,
+        )
+        .await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"learned":2}"#));
+        let (s, _) = call("GET", "/v1/forecast/checkout", "").await;
+        assert_eq!(s, StatusCode::OK);
     }
 }

@@ -15,6 +15,7 @@
 //! | `GET` | `/v1/proxies` | | every connected Envoy: group, mode, ACKed versions, NACKs |
 //! | `GET` | `/v1/forecast` | | the overload list, most likely first |
 //! | `GET` | `/v1/forecast/{series}` | | the series' forecast over the horizon, with its interval |
+//! | `POST` | `/v1/forecast/{series}/history` | `{"points": [[unix_seconds, demand], …]}` | learn history from elsewhere (a metrics store) |
 //! | `PUT` | `/v1/capacity/{series}` | `{"capacity": 300.0}` | demand (req/s) the series takes before overload (`204`) |
 //! | `GET`, `POST` | `/v1/events` | a scheduled event | the events calendar (`POST`: `201`) |
 //! | `GET` | `/v1/pool` | | every spare: spec, state, failures, pid |
