@@ -227,6 +227,10 @@ pub struct TelemetryConfig {
     /// Timeout of the report request (default 500 ms).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Bearer token of the control plane's `telemetry` role, sent with every report
+    /// (absent: the control plane runs without authentication).
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 impl TelemetryConfig {
@@ -246,6 +250,15 @@ impl TelemetryConfig {
         }
         if self.timeout_ms == 0 {
             return Err(err("telemetry.timeout_ms", "must be positive"));
+        }
+        if let Some(t) = &self.token
+            && (t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            // The message never repeats the token.
+            return Err(err(
+                "telemetry.token",
+                "must be printable ASCII without spaces",
+            ));
         }
         Ok(())
     }

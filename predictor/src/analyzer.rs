@@ -22,6 +22,15 @@ pub struct AnalyzerConfig {
     pub min_probability: f64,
     /// Probability at which overload counts as begun (the onset time).
     pub onset_probability: f64,
+    /// Most series tracked. A new series beyond it evicts the least recently observed
+    /// tenth of the series that have no capacity set (capacities are an operator's intent
+    /// and stay); counted in [`Analyzer::evicted`].
+    #[serde(default = "default_max_series")]
+    pub max_series: usize,
+}
+
+fn default_max_series() -> usize {
+    100_000
 }
 
 impl AnalyzerConfig {
@@ -32,6 +41,7 @@ impl AnalyzerConfig {
             quantile: 0.9,
             min_probability: 0.05,
             onset_probability: 0.5,
+            max_series: default_max_series(),
         }
     }
 
@@ -46,6 +56,9 @@ impl AnalyzerConfig {
             if !(v > 0.0 && v < 1.0) {
                 return Err(FieldError::new(field, format!("{v} is not in (0, 1)")));
             }
+        }
+        if self.max_series == 0 {
+            return Err(FieldError::new("max_series", "must be at least 1"));
         }
         Ok(())
     }
@@ -171,6 +184,7 @@ pub struct Analyzer {
     config: AnalyzerConfig,
     events: Vec<ScheduledEvent>,
     series: BTreeMap<String, Tracked>,
+    evicted: u64,
 }
 
 impl Analyzer {
@@ -181,6 +195,7 @@ impl Analyzer {
             config,
             events: Vec::new(),
             series: BTreeMap::new(),
+            evicted: 0,
         })
     }
 
@@ -202,7 +217,36 @@ impl Analyzer {
     }
 
     fn tracked(&mut self, series: &str) -> &mut Tracked {
+        self.make_room(series);
         tracked(&mut self.series, &self.config.model, series)
+    }
+
+    /// Series evicted so far to stay within `max_series`.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Before `series` is created: at the limit, evict the least recently observed tenth
+    /// of the series without a capacity (once per tenth, so the cost is amortised).
+    fn make_room(&mut self, series: &str) {
+        if self.series.len() < self.config.max_series || self.series.contains_key(series) {
+            return;
+        }
+        let mut idle: Vec<(i64, String)> = self
+            .series
+            .iter()
+            .filter(|(_, t)| t.capacity.is_none())
+            .map(|(name, t)| (t.model.last_ts().unwrap_or(i64::MIN), name.clone()))
+            .collect();
+        let n = (self.config.max_series / 10).max(1).min(idle.len());
+        if n == 0 {
+            return;
+        }
+        idle.select_nth_unstable(n - 1);
+        for (_, name) in idle.into_iter().take(n) {
+            self.series.remove(&name);
+            self.evicted += 1;
+        }
     }
 
     /// Sets the demand a series can take before it is overloaded (its units).
@@ -230,6 +274,7 @@ impl Analyzer {
             // A refused first value must not create the series.
             None => check_value(value)?,
         }
+        self.make_room(series);
         let config = &self.config.model;
         let events = &self.events;
         let t = tracked(&mut self.series, config, series);

@@ -1,6 +1,9 @@
 //! ATRE telemetry → demand series. Every Envoy reports, per service, the requests of its
-//! last window; demand per step is the sum over reports whose window ends in that step,
-//! per service (`checkout`) and per link (`<proxy>->checkout`), in requests per second.
+//! last window; each window's requests are spread over the steps it overlaps, in
+//! proportion to the overlap, and summed per step, per service (`checkout`) and per link
+//! (`<proxy>->checkout`), in requests per second. (Counting a window in the step where it
+//! *ends* would date all of its traffic late by up to a window — a whole step when windows
+//! and steps are both a second long.)
 
 use crate::analyzer::Analyzer;
 use crate::anomaly::AnomalyState;
@@ -28,20 +31,30 @@ pub struct Ingested {
 }
 
 impl DemandIngest {
-    /// Adds one report; steps closed by it (one step of grace for late reports) are
-    /// learned by `analyzer`.
-    pub fn add(&mut self, analyzer: &mut Analyzer, report: &TelemetryReport) -> Ingested {
+    /// Adds one report that arrived at `received_ms`: its window is dated to end then (the
+    /// receiver's clock decides, not the proxy's); steps closed by it (one step of grace for
+    /// late reports) are learned by `analyzer`.
+    pub fn add(
+        &mut self,
+        analyzer: &mut Analyzer,
+        report: &TelemetryReport,
+        received_ms: u64,
+    ) -> Ingested {
         let step = analyzer.config().model.step_secs.max(1);
-        let idx = (report.window_end_ms / 1000) as i64 / step;
-        let bucket = self.open.entry(idx).or_default();
-        for s in &report.services {
-            let requests = s.requests as f64;
-            *bucket.entry(s.service.clone()).or_default() += requests;
-            *bucket
-                .entry(format!("{}->{}", report.proxy, s.service))
-                .or_default() += requests;
+        let step_ms = step as u64 * 1000;
+        let length = report.window_end_ms.saturating_sub(report.window_start_ms);
+        let (start, end) = (received_ms.saturating_sub(length), received_ms);
+        for (i, share) in shares(start, end, step_ms) {
+            let bucket = self.open.entry(i).or_default();
+            for s in &report.services {
+                let requests = s.requests as f64 * share;
+                *bucket.entry(s.service.clone()).or_default() += requests;
+                *bucket
+                    .entry(format!("{}->{}", report.proxy, s.service))
+                    .or_default() += requests;
+            }
         }
-        self.newest = self.newest.max(idx);
+        self.newest = self.newest.max((end / step_ms) as i64);
         let mut out = Ingested::default();
         let closed: Vec<i64> = self
             .open
@@ -62,5 +75,40 @@ impl DemandIngest {
             }
         }
         out
+    }
+}
+
+/// The steps (of `step_ms`) a window `[start_ms, end_ms)` overlaps, each with its share of
+/// the window. A window longer than ten steps (a reporter that was silent) is cut to its
+/// last ten; an empty one counts in the step of its end.
+fn shares(start_ms: u64, end_ms: u64, step_ms: u64) -> Vec<(i64, f64)> {
+    let start = start_ms.clamp(end_ms.saturating_sub(10 * step_ms), end_ms);
+    let idx = |ms: u64| (ms / step_ms) as i64;
+    if start == end_ms {
+        return vec![(idx(end_ms), 1.0)];
+    }
+    (idx(start)..=idx(end_ms - 1))
+        .map(|i| {
+            let (from, to) = (i as u64 * step_ms, (i as u64 + 1) * step_ms);
+            let overlap = to.min(end_ms) - from.max(start);
+            (i, overlap as f64 / (end_ms - start) as f64)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_is_spread_over_the_steps_it_overlaps() {
+        assert_eq!(shares(10_500, 11_500, 1_000), [(10, 0.5), (11, 0.5)]);
+        assert_eq!(shares(10_000, 11_000, 1_000), [(10, 1.0)]);
+        assert_eq!(shares(10_000, 10_000, 1_000), [(10, 1.0)]);
+        assert_eq!(shares(59_000, 61_000, 60_000), [(0, 0.5), (1, 0.5)]);
+        // A silent reporter's hour-long window: only its last ten steps.
+        let long = shares(0, 3_600_000, 1_000);
+        assert_eq!(long.len(), 10);
+        assert_eq!(long[0], (3_590, 0.1));
     }
 }

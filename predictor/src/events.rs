@@ -12,6 +12,13 @@ use crate::error::FieldError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Longest event: ten years.
+pub const MAX_EVENT_SECS: i64 = 10 * 366 * 86_400;
+/// Largest declared uplift.
+pub const MAX_UPLIFT: f64 = 1_000.0;
+/// Latest start: the year 5000.
+const MAX_START: i64 = 95_617_584_000;
+
 /// One scheduled event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,7 +40,7 @@ pub struct ScheduledEvent {
 impl ScheduledEvent {
     /// Whether `ts` falls inside the event.
     pub fn covers(&self, ts: i64) -> bool {
-        ts >= self.start && ts < self.start + self.duration_secs
+        ts >= self.start && ts < self.start.saturating_add(self.duration_secs)
     }
 
     /// Whether it applies to `series`.
@@ -43,24 +50,41 @@ impl ScheduledEvent {
             .is_none_or(|s| s.iter().any(|x| x == series))
     }
 
-    /// Checks the fields; the error names the field.
+    /// Checks the fields; the error names the field. An event starts between 1970 and
+    /// 5000, lasts at most [`MAX_EVENT_SECS`], has a kind of at most 64 characters and
+    /// an uplift of at most [`MAX_UPLIFT`] (a multiplier beyond that is a typo, and would
+    /// overflow the forecast).
     pub fn validate(&self) -> Result<(), FieldError> {
-        if self.kind.is_empty() {
-            return Err(FieldError::new("kind", "must not be empty"));
+        if self.kind.is_empty() || self.kind.len() > 64 {
+            return Err(FieldError::new("kind", "must be 1 to 64 characters"));
         }
-        if self.duration_secs <= 0 {
+        if !(0..=MAX_START).contains(&self.start) {
+            return Err(FieldError::new(
+                "start",
+                format!("{} is not a Unix time between 1970 and 5000", self.start),
+            ));
+        }
+        if !(1..=MAX_EVENT_SECS).contains(&self.duration_secs) {
             return Err(FieldError::new(
                 "duration_secs",
-                format!("{} is not positive", self.duration_secs),
+                format!(
+                    "{} is not between 1 and {MAX_EVENT_SECS}",
+                    self.duration_secs
+                ),
             ));
         }
         if let Some(u) = self.uplift
-            && !(u.is_finite() && u > 0.0)
+            && !(u.is_finite() && u > 0.0 && u <= MAX_UPLIFT)
         {
             return Err(FieldError::new(
                 "uplift",
-                format!("{u} is not a positive number"),
+                format!("{u} is not a multiplier in (0, {MAX_UPLIFT}]"),
             ));
+        }
+        if let Some(series) = &self.series
+            && series.len() > 10_000
+        {
+            return Err(FieldError::new("series", "at most 10000 series"));
         }
         Ok(())
     }

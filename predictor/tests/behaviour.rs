@@ -438,3 +438,58 @@ fn configuration_errors_name_the_field() {
         "capacity"
     );
 }
+
+#[test]
+fn series_are_bounded_and_configured_ones_stay() {
+    let mut config = AnalyzerConfig::for_step(H, 24);
+    config.max_series = 100;
+    let mut pta = Analyzer::new(config).unwrap();
+    pta.set_capacity("checkout", 100.0).unwrap();
+    pta.observe("checkout", 0, 10.0).unwrap();
+    // A flood of invented series, each observed once.
+    for i in 0..1_000 {
+        pta.observe(&format!("forged-{i}"), H * (i + 1), 1.0)
+            .unwrap();
+    }
+    assert!(pta.series().count() <= 100);
+    assert!(pta.evicted() >= 900);
+    assert!(
+        pta.series().any(|s| s == "checkout"),
+        "a series with a capacity stays"
+    );
+    assert!(pta.series().any(|s| s == "forged-999"), "the newest stay");
+}
+
+#[test]
+fn absurd_events_are_refused_naming_the_field() {
+    let mut pta = analyzer();
+    let event = |start: i64, duration_secs: i64, uplift: f64| ScheduledEvent {
+        kind: "sale".into(),
+        start,
+        duration_secs,
+        uplift: Some(uplift),
+        series: None,
+    };
+    for (e, field) in [
+        (event(0, i64::MAX, 2.0), "duration_secs"),
+        (event(i64::MAX, 60, 2.0), "start"),
+        (event(0, 60, 1e300), "uplift"),
+        (event(0, 60, f64::NAN), "uplift"),
+    ] {
+        assert_eq!(pta.add_event(e).unwrap_err().field, field);
+    }
+    assert!(pta.events().is_empty());
+    // At the limits: accepted, and the forecast stays finite.
+    pta.add_event(event(
+        0,
+        shadowmesh_predictor::events::MAX_EVENT_SECS,
+        1_000.0,
+    ))
+    .unwrap();
+    feed(&mut pta, "s", 0..48, seasonal);
+    assert!(
+        pta.forecast("s", 24)
+            .iter()
+            .all(|p| p.median.is_finite() && p.high.is_finite())
+    );
+}

@@ -35,6 +35,11 @@ pub struct SurgeForecast {
     pub probability: f64,
     /// Why (`seasonal`, `event: sale`, `anomaly`, `oracle`…), for the decision log.
     pub reason: String,
+    /// The forecast follows a change nobody forecast (an anomaly the model re-levelled
+    /// on): its extrapolation is not trusted for sizing — the policy acts on current load
+    /// for it, from the reactive trigger.
+    #[serde(default)]
+    pub anomaly: bool,
 }
 
 impl SurgeForecast {
@@ -75,6 +80,7 @@ mod tests {
             quantile: 0.9,
             probability: 0.0,
             reason: String::new(),
+            anomaly: false,
         }
     }
 

@@ -30,6 +30,7 @@
 //!     forecasts: vec![SurgeForecast {
 //!         service: "checkout".into(), onset: 1_000.0, end: Some(2_000.0), peak_median: 420.0,
 //!         peak_quantile: 450.0, quantile: 0.9, probability: 0.95, reason: "seasonal".into(),
+//!         anomaly: false,
 //!     }],
 //! };
 //! // Too early: the spare is planned, not started.

@@ -278,6 +278,7 @@ impl Provisioner {
         let SpareState::Warming { service, since } = &s.state else {
             return false;
         };
+        s.measured_warmup_secs = Some(at - *since);
         s.state = SpareState::Warm {
             service: service.clone(),
             started: *since,
@@ -478,11 +479,18 @@ impl Provisioner {
             .then(|| {
                 forecasts
                     .iter()
-                    .filter(|f| f.service == load.service)
+                    .filter(|f| f.service == load.service && !f.anomaly)
                     .filter_map(|f| {
                         let end = f.end.unwrap_or(now + st.horizon_secs);
                         let add = f.peak_quantile - capacity;
                         if add <= 0.0 || end <= now {
+                            return None;
+                        }
+                        // A surge that should have begun a margin ago, while demand stays
+                        // calm, did not come (or is over): it holds and starts nothing.
+                        let overdue = f.onset + st.lead_margin_secs <= now
+                            && load.current_demand < st.release_below * capacity;
+                        if overdue {
                             return None;
                         }
                         let duration = end - f.onset.max(now);
@@ -514,8 +522,13 @@ impl Provisioner {
             })
             .flatten();
         let demand = load.current_demand;
+        let anomaly = forecasts
+            .iter()
+            .any(|f| f.service == load.service && f.anomaly);
         let hot = match st.mode {
             Mode::Reactive => demand >= st.reactive_trigger * capacity,
+            // An anomaly in progress: act on current load, from the reactive trigger.
+            Mode::Predictive | Mode::Oracle if anomaly => demand >= st.reactive_trigger * capacity,
             // A surge nobody forecast: act on it as it happens.
             Mode::Predictive | Mode::Oracle => demand > capacity,
         };
@@ -570,7 +583,7 @@ impl Provisioner {
             let longest_warmup = self
                 .pool
                 .of_service(&service)
-                .map(|s| s.spec.warmup_secs)
+                .map(crate::pool::Spare::expected_warmup_secs)
                 .fold(0.0, f64::max);
             let imminent = needs
                 .get(&service)
@@ -713,9 +726,11 @@ impl Provisioner {
             };
             let covered_share = (cover.capacity / missing).min(1.0);
             plan.expected_cost = running_cost + cover.cost;
-            if !need.reactive || st.mode != Mode::Reactive {
+            // A forecast is weighed against its cost; load over the trigger now is acted
+            // on, as an autoscaler would (its loss is no longer a forecast).
+            if !need.reactive {
                 let benefit = need.benefit * covered_share * missing / need.capacity;
-                if st.mode != Mode::Reactive && benefit < cover.cost {
+                if benefit < cover.cost {
                     plan.verdict = Verdict::NotWorthIt {
                         benefit,
                         cost: cover.cost,
@@ -742,7 +757,11 @@ impl Provisioner {
             for (spare, start) in starts {
                 if start <= now {
                     let late = need.ready_by
-                        < now + self.pool.get(&spare).map_or(0.0, |s| s.spec.warmup_secs);
+                        < now
+                            + self
+                                .pool
+                                .get(&spare)
+                                .map_or(0.0, crate::pool::Spare::expected_warmup_secs);
                     self.set_state(
                         &spare,
                         SpareState::Warming {
@@ -829,9 +848,9 @@ impl Provisioner {
                 SpareState::Cold { retry_after, .. } => retry_after.is_none_or(|t| t <= now),
                 _ => false,
             })
-            .filter(|s| !on_time || now + s.spec.warmup_secs <= need.ready_by)
+            .filter(|s| !on_time || now + s.expected_warmup_secs() <= need.ready_by)
             .map(|s| {
-                let start = (need.ready_by - s.spec.warmup_secs).max(now);
+                let start = (need.ready_by - s.expected_warmup_secs()).max(now);
                 let runs = need.end - start + st.min_hold_secs + st.drain_secs;
                 (
                     Candidate {

@@ -168,6 +168,19 @@ pub struct Spare {
     /// Consecutive failed warm-ups (the retry backoff doubles with each; a verified warm-up
     /// resets it).
     pub failures: u32,
+    /// The warm-up the probe measured last time (start → verified warm).
+    #[serde(default)]
+    pub measured_warmup_secs: Option<f64>,
+}
+
+impl Spare {
+    /// The warm-up to plan with: the configured one, or the last measured if longer —
+    /// a spare that proved slower than promised is started earlier next time.
+    pub fn expected_warmup_secs(&self) -> f64 {
+        self.spec
+            .warmup_secs
+            .max(self.measured_warmup_secs.unwrap_or(0.0))
+    }
 }
 
 /// All spares, in configuration order.
@@ -196,6 +209,7 @@ impl ShadowPool {
                     spec,
                     state: SpareState::cold(),
                     failures: 0,
+                    measured_warmup_secs: None,
                 })
                 .collect(),
         })
@@ -232,6 +246,7 @@ impl ShadowPool {
                 Some(s) => {
                     s.state = old.state.clone();
                     s.failures = old.failures;
+                    s.measured_warmup_secs = old.measured_warmup_secs;
                 }
                 None if old.state.is_running() => gone.push(old.clone()),
                 None => {}

@@ -70,6 +70,7 @@ fn forecast(service: &str, onset: f64, peak: f64) -> SurgeForecast {
         quantile: 0.9,
         probability: 0.95,
         reason: "seasonal".into(),
+        anomaly: false,
     }
 }
 
@@ -131,6 +132,33 @@ fn each_spare_starts_its_own_warm_up_plus_the_margin_before_the_onset() {
     );
     assert!(970.0 <= onset - 30.0);
     assert_eq!(p.plan()[0].verdict, Verdict::Covered);
+}
+
+#[test]
+fn a_spare_measured_slower_than_configured_is_started_earlier_next_time() {
+    let mut p = provisioner(settings(), vec![spare("a", 200.0, 10.0, 1.0)]);
+    // First surge: started 10 s + 30 s margin ahead, but the probe takes 25 s.
+    assert_eq!(
+        started(&p.step(&input(960.0, 100.0, Some((1_000.0, 450.0))))),
+        ["a"]
+    );
+    assert!(p.on_warm("a", 985.0));
+    assert_eq!(p.pool().get("a").unwrap().expected_warmup_secs(), 25.0);
+    // Released after it, the next surge at 2,000 starts it 25 + 30 s ahead.
+    p.step(&input(990.0, 100.0, Some((1_000.0, 450.0))));
+    let mut t = 1_000.0;
+    while p.pool().get("a").unwrap().state.is_running() {
+        p.step(&input(t, 100.0, None));
+        t += 5.0;
+    }
+    assert!(
+        p.step(&input(1_944.0, 100.0, Some((2_000.0, 450.0))))
+            .is_empty()
+    );
+    assert_eq!(
+        started(&p.step(&input(1_945.0, 100.0, Some((2_000.0, 450.0))))),
+        ["a"]
+    );
 }
 
 #[test]
@@ -343,6 +371,29 @@ fn a_spare_that_fails_to_warm_up_is_replaced_by_another_and_retried_after_a_back
 }
 
 #[test]
+fn a_forecast_surge_that_does_not_come_releases_its_spare() {
+    let mut p = assigned_for_surge();
+    // The forecast keeps saying "surge from 1,000", but demand stays at 100: once the
+    // onset is a margin (30 s) past, the forecast no longer holds the spare.
+    let surge = Some((1_000.0, 450.0));
+    let mut t = 975.0;
+    let mut drained_at = None;
+    while t < 1_300.0 && drained_at.is_none() {
+        if p.step(&input(t, 100.0, surge))
+            .iter()
+            .any(|d| matches!(d.action, Action::Drain { .. }))
+        {
+            drained_at = Some(t);
+        }
+        t += 5.0;
+    }
+    // Calm from 1,030 (onset + margin), hysteresis 60 s: drained at 1,090.
+    assert_eq!(drained_at, Some(1_090.0));
+    // And nothing is started again for it.
+    assert!(started(&p.step(&input(1_200.0, 100.0, surge))).is_empty());
+}
+
+#[test]
 fn a_surge_called_off_before_assignment_releases_its_warming_spare() {
     let mut p = provisioner(settings(), vec![spare("a", 200.0, 10.0, 1.0)]);
     p.step(&input(960.0, 100.0, Some((1_000.0, 450.0))));
@@ -382,6 +433,28 @@ fn reactive_mode_acts_only_on_current_load_and_sizes_with_headroom() {
     let d = p.step(&input(1_001.0, 300.0, None));
     assert_eq!(started(&d), ["s100"]);
     assert_eq!(d[0].reason, ReasonKind::Reactive);
+}
+
+#[test]
+fn an_anomaly_forecast_is_acted_on_from_current_load_not_its_extrapolation() {
+    let mut p = provisioner(
+        settings(),
+        vec![
+            spare("small", 100.0, 10.0, 1.0),
+            spare("big", 400.0, 10.0, 2.0),
+        ],
+    );
+    let mut anomaly = input(1_000.0, 200.0, Some((1_010.0, 700.0)));
+    anomaly.forecasts[0].anomaly = true;
+    assert!(
+        p.step(&anomaly).is_empty(),
+        "under the reactive trigger: nothing"
+    );
+    anomaly.now = 1_001.0;
+    anomaly.services[0].current_demand = 280.0;
+    // 280 ≥ 0.9 × 300: cover 280 × 1.2 − 300 = 36 with the small one, not 400 for a
+    // q90 peak of 700.
+    assert_eq!(started(&p.step(&anomaly)), ["small"]);
 }
 
 #[test]

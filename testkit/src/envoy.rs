@@ -188,6 +188,21 @@ pub struct AdsBootstrap {
     pub delta: bool,
     /// The services it routes, each a virtual host (empty: `checkout` for every host).
     pub services: Vec<ServiceRoute>,
+    /// ADS over mutual TLS (state of the world only).
+    pub tls: Option<AdsClientTls>,
+}
+
+/// The files an Envoy needs for ADS over mutual TLS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdsClientTls {
+    /// CA that the control plane's certificate chains to (PEM file).
+    pub ca_file: PathBuf,
+    /// This Envoy's certificate chain (PEM file).
+    pub cert_file: PathBuf,
+    /// Its key (PEM file).
+    pub key_file: PathBuf,
+    /// Name the control plane's certificate must carry.
+    pub sni: String,
 }
 
 /// One service's virtual host in an ADS bootstrap.
@@ -234,10 +249,10 @@ fn render_virtual_hosts(services: &[ServiceRoute]) -> Result<String> {
 impl AdsBootstrap {
     /// The bootstrap file this renders.
     pub fn file(&self) -> &'static str {
-        if self.delta {
-            "ads-delta-front-proxy.yaml"
-        } else {
-            "ads-front-proxy.yaml"
+        match (self.delta, self.tls.is_some()) {
+            (_, true) => "ads-mtls-front-proxy.yaml",
+            (true, false) => "ads-delta-front-proxy.yaml",
+            (false, false) => "ads-front-proxy.yaml",
         }
     }
 
@@ -252,9 +267,22 @@ impl AdsBootstrap {
                 ("CONTROL_PORT", self.control_port.to_string()),
                 ("HTTP_FILTERS", render_filters(&self.filter)?),
                 ("VIRTUAL_HOSTS", render_virtual_hosts(&self.services)?),
+                ("CA_FILE", tls_path(&self.tls, |t| &t.ca_file)),
+                ("CLIENT_CERT_FILE", tls_path(&self.tls, |t| &t.cert_file)),
+                ("CLIENT_KEY_FILE", tls_path(&self.tls, |t| &t.key_file)),
+                (
+                    "XDS_SNI",
+                    self.tls.as_ref().map(|t| t.sni.clone()).unwrap_or_default(),
+                ),
             ],
         )
     }
+}
+
+fn tls_path(tls: &Option<AdsClientTls>, f: impl Fn(&AdsClientTls) -> &PathBuf) -> String {
+    tls.as_ref()
+        .map(|t| f(t).display().to_string())
+        .unwrap_or_default()
 }
 
 /// Owns the Envoy child from a dedicated thread.
@@ -617,5 +645,16 @@ mod tests {
                 .unwrap()
                 .contains("api_type: DELTA_GRPC")
         );
+    }
+
+    #[test]
+    fn the_mtls_bootstrap_differs_only_in_the_ads_transport_socket() {
+        let plain = config_file("ads-front-proxy.yaml").unwrap();
+        let mtls = config_file("ads-mtls-front-proxy.yaml").unwrap();
+        let start = mtls.find("    transport_socket:").unwrap();
+        let end = mtls[start..].find("    load_assignment:").unwrap() + start;
+        let without = format!("{}{}", &mtls[..start], &mtls[end..]);
+        assert_eq!(without, plain);
+        assert!(mtls[start..end].contains("UpstreamTlsContext"));
     }
 }

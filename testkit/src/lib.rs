@@ -10,12 +10,17 @@
 //! * [`loadgen`] — an open-loop load generator with time-varying rate profiles;
 //! * [`ads_client`] — simulated Envoys on the ADS protocol, for the xDS fan-out benchmark;
 //! * [`stack`] — a whole deployment (upstreams, control plane, Envoy with ATRE), the
-//!   control plane served on ephemeral ports, and the lock that keeps load tests apart.
+//!   control plane served on ephemeral ports, and the lock that keeps load tests apart;
+//! * [`scenario`] — a deployment with the provisioner replaying a demand trace under one
+//!   strategy (none, always-on, reactive, predictive, oracle), second by second, and
+//!   [`timeline`], its picture.
 
 pub mod ads_client;
 pub mod envoy;
 pub mod loadgen;
+pub mod scenario;
 pub mod stack;
+pub mod timeline;
 pub mod upstream;
 
 pub use stack::{

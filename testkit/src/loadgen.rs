@@ -93,6 +93,8 @@ pub struct LoadSpec {
     pub headers: Vec<(String, String)>,
     /// Per-request timeout (counted as an error).
     pub timeout: Duration,
+    /// Latency objective: successful requests slower than this are counted as over it.
+    pub slo: Option<Duration>,
 }
 
 impl LoadSpec {
@@ -106,6 +108,7 @@ impl LoadSpec {
             sessions: None,
             headers: Vec::new(),
             timeout: Duration::from_secs(10),
+            slo: None,
         }
     }
 }
@@ -127,6 +130,10 @@ pub struct Second {
     pub p50_ms: f64,
     /// 99th percentile in ms.
     pub p99_ms: f64,
+    /// Successful requests slower than the spec's `slo`.
+    pub over_slo: u64,
+    /// Latency (µs) of every request of the second.
+    pub latency_us: Option<Histogram<u64>>,
 }
 
 /// Results of a run.
@@ -148,6 +155,8 @@ pub struct LoadReport {
     pub session_servers: BTreeMap<String, Vec<String>>,
     /// Failures by kind (`status 503`, `timeout`, or the client error), for diagnosis.
     pub error_kinds: BTreeMap<String, u64>,
+    /// Successful requests slower than the spec's `slo`.
+    pub over_slo: u64,
 }
 
 struct Sample {
@@ -301,7 +310,9 @@ pub async fn run(spec: LoadSpec, mut on_second: impl FnMut(&Second)) -> LoadRepo
         seconds: Vec::new(),
         session_servers: BTreeMap::new(),
         error_kinds: BTreeMap::new(),
+        over_slo: 0,
     };
+    let slo_us = spec.slo.map(|d| d.as_micros() as u64);
     let mut open: BTreeMap<u64, (Second, Histogram<u64>)> = BTreeMap::new();
     let mut session_log: Vec<(u64, String, String)> = Vec::new();
     // The channel closes when the scheduler and every request task have dropped their sender.
@@ -323,6 +334,10 @@ pub async fn run(spec: LoadSpec, mut on_second: impl FnMut(&Second)) -> LoadRepo
         if s.ok {
             report.ok += 1;
             sec.ok += 1;
+            if slo_us.is_some_and(|slo| s.latency_us > slo) {
+                report.over_slo += 1;
+                sec.over_slo += 1;
+            }
             if let Some(by) = &s.served_by {
                 *report.by_server.entry(by.clone()).or_default() += 1;
                 *sec.by_server.entry(by.clone()).or_default() += 1;
@@ -366,6 +381,7 @@ pub async fn run(spec: LoadSpec, mut on_second: impl FnMut(&Second)) -> LoadRepo
 fn finish_second(sec: &mut Second, hist: &Histogram<u64>) {
     sec.p50_ms = hist.value_at_quantile(0.5) as f64 / 1e3;
     sec.p99_ms = hist.value_at_quantile(0.99) as f64 / 1e3;
+    sec.latency_us = Some(hist.clone());
 }
 
 /// Service latency at a fixed rate below saturation: `workers` connections each send one

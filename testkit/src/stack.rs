@@ -64,6 +64,7 @@ pub async fn ads_envoy_for(
         filter,
         delta,
         services,
+        tls: None,
     }
     .render()
     .unwrap();
@@ -135,7 +136,7 @@ impl Stack {
         let control_port = listener.local_addr()?.port();
         let serving = plane.clone();
         let control = tokio::spawn(async move {
-            if let Err(e) = serving.serve_http(listener).await {
+            if let Err(e) = serving.serve_http(listener, std::future::pending()).await {
                 tracing::error!(error = %e, "control plane stopped");
             }
         });

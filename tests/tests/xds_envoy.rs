@@ -71,6 +71,8 @@ async fn spawn_ads(
         tokio::spawn(shadowmesh_xds::xds::serve_ads(
             listener,
             Ads::new(cache.clone()),
+            None,
+            std::future::pending(),
         )),
     )
 }
@@ -267,7 +269,7 @@ impl KillableXds {
                     .send(listener.local_addr().unwrap().port())
                     .unwrap();
                 tokio::select! {
-                    _ = shadowmesh_xds::xds::serve_ads(listener, Ads::new(cache)) => {}
+                    _ = shadowmesh_xds::xds::serve_ads(listener, Ads::new(cache), None, std::future::pending()) => {}
                     _ = stopped => {}
                 }
             });

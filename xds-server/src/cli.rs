@@ -6,6 +6,7 @@
 use crate::config::{DEFAULT_ADS_LISTEN, DEFAULT_HTTP_LISTEN, ServerConfig};
 use crate::xds::NodeGrouping;
 use crate::{ControlPlane, PlaneOptions};
+use anyhow::Context;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +53,16 @@ pub struct Args {
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
 
+    /// File of `ROLE TOKEN` lines (`operator` or `telemetry`): bearer tokens of the HTTP API.
+    /// Without tokens the API is open, which is refused on a non-loopback address unless
+    /// `--allow-unauthenticated` is given.
+    #[arg(long)]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Serve the HTTP API without tokens even on a non-loopback address.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+
     /// Validate the configuration, print it and exit.
     #[arg(long)]
     pub check: bool,
@@ -69,7 +80,7 @@ fn parse_grouping(s: &str) -> Result<NodeGrouping, String> {
 }
 
 /// What the command line and the configuration file resolve to.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     /// The configuration (file, with `--group-by` applied).
     pub config: ServerConfig,
@@ -77,6 +88,10 @@ pub struct Settings {
     pub http_listen: SocketAddr,
     /// ADS address.
     pub ads_listen: SocketAddr,
+    /// HTTP API tokens.
+    pub tokens: crate::http::Tokens,
+    /// ADS TLS, loaded.
+    pub ads_tls: Option<crate::AdsTls>,
 }
 
 impl Args {
@@ -92,6 +107,10 @@ impl Args {
         if let Some(dir) = &self.state_dir {
             config.state_dir = Some(dir.clone());
         }
+        if let Some(f) = &self.tokens_file {
+            config.tokens_file = Some(f.clone());
+        }
+        config.allow_unauthenticated |= self.allow_unauthenticated;
         let http_listen = match self.http_listen.or(config.http_listen) {
             Some(a) => a,
             None => DEFAULT_HTTP_LISTEN.parse()?,
@@ -100,10 +119,32 @@ impl Args {
             Some(a) => a,
             None => DEFAULT_ADS_LISTEN.parse()?,
         };
+        let tokens = match &config.tokens_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("tokens_file: cannot read {}", path.display()))?;
+                crate::http::Tokens::parse(&text)
+                    .with_context(|| format!("tokens_file {}", path.display()))?
+            }
+            None => crate::http::Tokens::default(),
+        };
+        if !tokens.enabled() && !http_listen.ip().is_loopback() && !config.allow_unauthenticated {
+            anyhow::bail!(
+                "refusing to serve the HTTP API on {http_listen} without tokens: anyone who reaches it could change services and shadows. Give --tokens-file (or tokens_file), or --allow-unauthenticated if something else guards the port"
+            );
+        }
+        let ads_tls = config
+            .ads_tls
+            .as_ref()
+            .map(|t| t.load())
+            .transpose()
+            .map_err(|(field, message)| anyhow::anyhow!("field `{field}`: {message}"))?;
         Ok(Settings {
             config,
             http_listen,
             ads_listen,
+            tokens,
+            ads_tls,
         })
     }
 }
@@ -116,8 +157,18 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// Bound ADS address.
     pub ads_addr: SocketAddr,
-    /// Serves both listeners; ends only on an error.
+    /// Serves both listeners; ends on an error or after [`Running::shutdown`].
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Running {
+    /// Stops accepting on both listeners, lets HTTP requests in flight finish, closes ADS
+    /// streams, and waits for all that.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await?
+    }
 }
 
 /// Publishes the configured services, binds both listeners and starts serving.
@@ -129,6 +180,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         registry: config.registry.settings(),
         state_dir: config.state_dir.clone(),
         provisioning: config.provisioning(),
+        tokens: settings.tokens.clone(),
+        report_limits: config.telemetry.clone(),
+        http_limits: config.http.clone(),
+        ads_tls: settings.ads_tls.clone(),
     })?;
     for (series, capacity) in &config.predictor.capacities {
         plane.forecaster.set_capacity(series, *capacity)?;
@@ -151,11 +206,19 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let (http_addr, ads_addr) = (http.local_addr()?, ads.local_addr()?);
     tracing::info!(http = %http_addr, ads = %ads_addr, services = settings.config.services.len(), "shadowmesh control plane listening");
     let serving = plane.clone();
-    let task = tokio::spawn(async move { serving.serve(http, ads).await });
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        serving
+            .serve_until(http, ads, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+    });
     Ok(Running {
         plane,
         http_addr,
         ads_addr,
         task,
+        stop,
     })
 }

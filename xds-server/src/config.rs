@@ -76,6 +76,57 @@ pub struct ServerConfig {
     /// The warm-spare pool the provisioner draws from.
     #[serde(default)]
     pub pool: PoolConfig,
+    /// File of `ROLE TOKEN` lines for the HTTP API (see `--tokens-file`).
+    #[serde(default)]
+    pub tokens_file: Option<std::path::PathBuf>,
+    /// Serve the HTTP API without tokens on a non-loopback address anyway.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// Limits of the HTTP listener.
+    #[serde(default)]
+    pub http: crate::http::ServeLimits,
+    /// Limits of telemetry reports.
+    #[serde(default)]
+    pub telemetry: crate::ingest::ReportLimits,
+    /// TLS (and mutual TLS) of the ADS listener.
+    #[serde(default)]
+    pub ads_tls: Option<AdsTlsConfig>,
+}
+
+/// The `[ads_tls]` section: PEM files.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdsTlsConfig {
+    /// The server's certificate chain.
+    pub cert_file: std::path::PathBuf,
+    /// Its private key.
+    pub key_file: std::path::PathBuf,
+    /// CA that client (Envoy) certificates must chain to: mutual TLS. Absent: TLS only.
+    #[serde(default)]
+    pub client_ca_file: Option<std::path::PathBuf>,
+}
+
+impl AdsTlsConfig {
+    /// Reads the files; an error names the field whose file could not be read.
+    pub fn load(&self) -> Result<crate::AdsTls, (String, String)> {
+        let read = |field: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| {
+                (
+                    format!("ads_tls.{field}"),
+                    format!("cannot read {}: {e}", p.display()),
+                )
+            })
+        };
+        Ok(crate::AdsTls {
+            cert_pem: read("cert_file", &self.cert_file)?,
+            key_pem: read("key_file", &self.key_file)?,
+            client_ca_pem: self
+                .client_ca_file
+                .as_ref()
+                .map(|p| read("client_ca_file", p))
+                .transpose()?,
+        })
+    }
 }
 
 /// The `[provisioner]` section.
@@ -344,6 +395,25 @@ impl ServerConfig {
         }
         if let Some(p) = &self.provisioner {
             self.validate_provisioner(p)?;
+        }
+        self.http
+            .validate()
+            .map_err(|(f, m)| RegistryError::invalid(format!("http.{f}"), m))?;
+        let t = &self.telemetry;
+        for (field, zero) in [
+            ("max_skew_ms", t.max_skew_ms == 0),
+            ("max_window_ms", t.max_window_ms == 0),
+            ("max_services", t.max_services == 0),
+            ("max_requests", t.max_requests == 0),
+            ("dedup_window", t.dedup_window == 0),
+            ("max_proxies", t.max_proxies == 0),
+        ] {
+            if zero {
+                return Err(RegistryError::invalid(
+                    format!("telemetry.{field}"),
+                    "must be at least 1",
+                ));
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (i, s) in self.services.iter().enumerate() {

@@ -22,6 +22,34 @@ struct ForecastState {
 #[derive(Clone)]
 pub struct Forecaster {
     inner: Arc<Mutex<ForecastState>>,
+    /// Where capacities and events are kept (what operators set through the API).
+    store: Option<crate::store::StateStore>,
+}
+
+/// Store documents of the forecaster.
+const CAPACITIES: &str = "capacities";
+const EVENTS: &str = "events";
+
+/// Checks a series name: a service (`checkout`) or a link (`edge-1->checkout`), each part
+/// of the form the registry and the telemetry checks accept.
+pub fn validate_series(name: &str) -> Result<(), FieldError> {
+    let service = match name.split_once("->") {
+        Some((proxy, service)) => {
+            let proxy_ok = (1..=128).contains(&proxy.len())
+                && proxy.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-')
+                });
+            if !proxy_ok {
+                return Err(FieldError::new(
+                    "series",
+                    "a link's proxy must be 1 to 128 characters of letters, digits and `._:/-`",
+                ));
+            }
+            service
+        }
+        None => name,
+    };
+    crate::registry::validate_service(service).map_err(|e| FieldError::new("series", e.message))
 }
 
 impl Forecaster {
@@ -34,20 +62,65 @@ impl Forecaster {
                 refused: 0,
                 anomalies: 0,
             })),
+            store: None,
         })
+    }
+
+    /// Keeps capacities and events in `store`, starting from those stored there.
+    pub fn with_store(mut self, store: crate::store::StateStore) -> Result<Forecaster, FieldError> {
+        let unreadable = |e: crate::store::StoreError| FieldError::new("state_dir", e.to_string());
+        let capacities: std::collections::BTreeMap<String, f64> = store
+            .document(CAPACITIES)
+            .map_err(unreadable)?
+            .unwrap_or_default();
+        let events: Vec<ScheduledEvent> = store
+            .document(EVENTS)
+            .map_err(unreadable)?
+            .unwrap_or_default();
+        {
+            let mut s = self.lock();
+            for (series, c) in capacities {
+                s.analyzer.set_capacity(&series, c)?;
+            }
+            for e in events {
+                s.analyzer.add_event(e)?;
+            }
+        }
+        self.store = Some(store);
+        Ok(self)
+    }
+
+    /// Writes what the API sets (capacities, events) to the store, if there is one.
+    fn persist(&self, s: &ForecastState) -> Result<(), FieldError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let capacities: std::collections::BTreeMap<&str, f64> = s
+            .analyzer
+            .series()
+            .filter_map(|name| Some((name, s.analyzer.capacity(name)?)))
+            .collect();
+        let failed = |e: crate::store::StoreError| FieldError::new("", e.to_string());
+        store
+            .save_document(CAPACITIES, &capacities)
+            .map_err(failed)?;
+        store
+            .save_document(EVENTS, &s.analyzer.events())
+            .map_err(failed)
     }
 
     fn lock(&self) -> MutexGuard<'_, ForecastState> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Folds one telemetry report in; completed steps are learned.
-    pub fn ingest(&self, report: &TelemetryReport) {
+    /// Folds one telemetry report that arrived at `received_ms` in; completed steps are
+    /// learned.
+    pub fn ingest(&self, report: &TelemetryReport, received_ms: u64) {
         let mut s = self.lock();
         let ForecastState {
             analyzer, ingest, ..
         } = &mut *s;
-        let out = ingest.add(analyzer, report);
+        let out = ingest.add(analyzer, report, received_ms);
         s.refused += out.refused;
         s.anomalies += out.anomalies.len() as u64;
         for (series, a) in out.anomalies {
@@ -96,7 +169,10 @@ impl Forecaster {
 
     /// Sets a series' capacity.
     pub fn set_capacity(&self, series: &str, capacity: f64) -> Result<(), FieldError> {
-        self.lock().analyzer.set_capacity(series, capacity)
+        validate_series(series)?;
+        let mut s = self.lock();
+        s.analyzer.set_capacity(series, capacity)?;
+        self.persist(&s)
     }
 
     /// The capacity set for `series`.
@@ -118,7 +194,9 @@ impl Forecaster {
 
     /// Adds an event to the calendar.
     pub fn add_event(&self, event: ScheduledEvent) -> Result<(), FieldError> {
-        self.lock().analyzer.add_event(event)
+        let mut s = self.lock();
+        s.analyzer.add_event(event)?;
+        self.persist(&s)
     }
 
     /// The events calendar.
@@ -133,7 +211,7 @@ impl Forecaster {
 }
 
 impl ReportSubscriber for Forecaster {
-    fn on_report(&self, report: &TelemetryReport) {
-        self.ingest(report);
+    fn on_report(&self, report: &TelemetryReport, received_ms: u64) {
+        self.ingest(report, received_ms);
     }
 }

@@ -12,17 +12,18 @@
 //! #[derive(Default)]
 //! struct Counter(AtomicU64);
 //! impl ReportSubscriber for Counter {
-//!     fn on_report(&self, report: &TelemetryReport) {
+//!     fn on_report(&self, report: &TelemetryReport, _received_ms: u64) {
 //!         self.0.fetch_add(report.services.len() as u64, Ordering::Relaxed);
 //!     }
 //! }
 //! let hub = TelemetryHub::default();
 //! let counter = Arc::new(Counter::default());
 //! hub.subscribe(counter.clone());
-//! hub.publish(TelemetryReport {
+//! let report = TelemetryReport {
 //!     schema: TELEMETRY_SCHEMA.into(), proxy: "edge-1".into(), seq: 1,
 //!     window_start_ms: 0, window_end_ms: 1_000, services: vec![],
-//! });
+//! };
+//! hub.publish(report, 1_000, 120);
 //! assert_eq!(hub.reports().len(), 1);
 //! ```
 
@@ -31,16 +32,19 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tokio::sync::watch;
 
-/// How many reports are kept for `GET /v1/telemetry` and for tests.
+/// Most reports kept for `GET /v1/telemetry` and for tests…
 const KEPT_REPORTS: usize = 4_096;
+/// …and most bytes (as received) they may take together.
+const KEPT_BYTES: usize = 16 << 20;
 
 /// Something that learns from every accepted telemetry report.
 ///
 /// Called synchronously, in order, on the task that accepted the report: subscribers keep
 /// their own work short (the filter is waiting for the answer) and never block.
 pub trait ReportSubscriber: Send + Sync {
-    /// One accepted report.
-    fn on_report(&self, report: &TelemetryReport);
+    /// One accepted report, which arrived at `received_ms` (server clock, Unix ms): its
+    /// window is dated by that, not by the proxy's clock.
+    fn on_report(&self, report: &TelemetryReport, received_ms: u64);
 }
 
 /// Accepted reports, their subscribers, and the count of refused ones. Cheap to clone
@@ -60,7 +64,9 @@ struct Inner {
 
 #[derive(Default)]
 struct Kept {
-    reports: VecDeque<TelemetryReport>,
+    /// Reports and their size as received.
+    reports: VecDeque<(TelemetryReport, usize)>,
+    bytes: usize,
     refused: u64,
 }
 
@@ -79,8 +85,10 @@ impl TelemetryHub {
             .push(subscriber);
     }
 
-    /// Accepts one (already validated) report: every subscriber sees it, then it is kept.
-    pub fn publish(&self, report: TelemetryReport) {
+    /// Accepts one (already checked) report that arrived at `received_ms` and took
+    /// `bytes` on the wire: every subscriber sees it, then it is kept (the oldest go once
+    /// [`KEPT_REPORTS`] or [`KEPT_BYTES`] would be exceeded).
+    pub fn publish(&self, report: TelemetryReport, received_ms: u64, bytes: usize) {
         for s in self
             .inner
             .subscribers
@@ -88,13 +96,18 @@ impl TelemetryHub {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
         {
-            s.on_report(&report);
+            s.on_report(&report, received_ms);
         }
         let mut kept = self.kept();
-        if kept.reports.len() == KEPT_REPORTS {
-            kept.reports.pop_front();
+        while !kept.reports.is_empty()
+            && (kept.reports.len() >= KEPT_REPORTS || kept.bytes + bytes > KEPT_BYTES)
+        {
+            if let Some((_, b)) = kept.reports.pop_front() {
+                kept.bytes -= b;
+            }
         }
-        kept.reports.push_back(report);
+        kept.bytes += bytes;
+        kept.reports.push_back((report, bytes));
         drop(kept);
         self.inner.received.send_modify(|n| *n += 1);
     }
@@ -106,7 +119,18 @@ impl TelemetryHub {
 
     /// All reports kept, oldest first.
     pub fn reports(&self) -> Vec<TelemetryReport> {
-        self.kept().reports.iter().cloned().collect()
+        self.kept().reports.iter().map(|(r, _)| r.clone()).collect()
+    }
+
+    /// The last `n` reports kept, oldest first.
+    pub fn last_reports(&self, n: usize) -> Vec<TelemetryReport> {
+        let kept = self.kept();
+        let skip = kept.reports.len().saturating_sub(n);
+        kept.reports
+            .iter()
+            .skip(skip)
+            .map(|(r, _)| r.clone())
+            .collect()
     }
 
     /// Number of reports refused as malformed.

@@ -4,6 +4,7 @@
 //!
 //! | module | job |
 //! |---|---|
+//! | [`ingest`] | the checks a telemetry report passes: the server's clock, replays, bounds |
 //! | [`hub`] | telemetry reports from the ATRE filters in, published to subscribers |
 //! | [`forecaster`] | the Predictive Traffic Analyzer, a subscriber: the overload list |
 //! | [`registry`] | the one owner of shadow state: endpoints and readiness per service, one generation |
@@ -33,6 +34,7 @@ pub mod config;
 pub mod forecaster;
 pub mod http;
 pub mod hub;
+pub mod ingest;
 mod plane;
 pub mod provisioning;
 pub mod registry;
@@ -40,5 +42,5 @@ pub mod store;
 pub mod xds;
 
 pub use plane::{
-    ControlPlane, LISTEN_BACKLOG, PlaneOptions, ProviderKind, ProvisioningOptions, bind,
+    AdsTls, ControlPlane, LISTEN_BACKLOG, PlaneOptions, ProviderKind, ProvisioningOptions, bind,
 };

@@ -26,10 +26,18 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let running = start(settings).await?;
-    tokio::select! {
-        r = running.task => r??,
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; exiting"),
-    }
+    let mut running = start(settings).await?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let signal = tokio::select! {
+        r = &mut running.task => return r?,
+        _ = terminate.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    };
+    tracing::info!(
+        signal,
+        "shutting down: no new connections, requests in flight finish, ADS streams close"
+    );
+    running.shutdown().await?;
+    tracing::info!("shut down cleanly");
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! [`ControlPlane`]: every piece wired together, and the two listeners it serves.
 
 use crate::forecaster::Forecaster;
-use crate::http::{self, Api};
+use crate::http::{self, Api, ServeLimits, Tokens};
 use crate::hub::TelemetryHub;
+use crate::ingest::{IngestGuard, ReportLimits};
 use crate::provisioning::{
     DemandMeter, ForecastSource, LoopSettings, PoolProvider, ProcessProvider, Provisioning,
     ProvisioningParts, SnpMetrics, StaticProvider, SurgeSource,
@@ -41,6 +42,38 @@ pub struct ControlPlane {
     pub provisioning: Option<Provisioning>,
     /// Durable state, when a state directory is configured.
     pub store: Option<StateStore>,
+    /// Who may use the HTTP API.
+    pub tokens: Tokens,
+    /// The checks telemetry reports pass.
+    pub guard: Arc<IngestGuard>,
+    /// Limits of the HTTP listener.
+    pub http_limits: ServeLimits,
+    /// TLS of the ADS listener (none: plaintext h2c).
+    pub ads_tls: Option<AdsTls>,
+}
+
+/// TLS of the ADS listener: the server's certificate chain and key, and — for mutual TLS —
+/// the CA that client (Envoy) certificates must chain to. PEM.
+#[derive(Clone)]
+pub struct AdsTls {
+    /// Certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// Private key.
+    pub key_pem: Vec<u8>,
+    /// CA of client certificates; with it, a client without a valid certificate is refused.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl AdsTls {
+    fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem),
+        );
+        if let Some(ca) = &self.client_ca_pem {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        config
+    }
 }
 
 /// How spares are brought up and down.
@@ -78,6 +111,14 @@ pub struct PlaneOptions {
     pub state_dir: Option<PathBuf>,
     /// The Shadow Node Provisioner (none: shadows are set by operators only).
     pub provisioning: Option<ProvisioningOptions>,
+    /// Who may use the HTTP API (empty: everyone).
+    pub tokens: Tokens,
+    /// Limits of telemetry reports.
+    pub report_limits: ReportLimits,
+    /// Limits of the HTTP listener.
+    pub http_limits: ServeLimits,
+    /// TLS of the ADS listener.
+    pub ads_tls: Option<AdsTls>,
 }
 
 impl Default for PlaneOptions {
@@ -88,6 +129,10 @@ impl Default for PlaneOptions {
             registry: RegistrySettings::default(),
             state_dir: None,
             provisioning: None,
+            tokens: Tokens::default(),
+            report_limits: ReportLimits::default(),
+            http_limits: ServeLimits::default(),
+            ads_tls: None,
         }
     }
 }
@@ -139,14 +184,17 @@ impl ControlPlane {
         let mut metrics = Registry::default();
         let xds_metrics = Arc::new(XdsMetrics::register(&mut metrics));
         let cache = SnapshotCache::new(options.grouping);
-        let forecaster = Forecaster::new(options.predictor)?;
-        let hub = TelemetryHub::default();
-        hub.subscribe(Arc::new(forecaster.clone()));
         let store = options
             .state_dir
             .as_deref()
             .map(StateStore::open)
             .transpose()?;
+        let mut forecaster = Forecaster::new(options.predictor)?;
+        if let Some(store) = &store {
+            forecaster = forecaster.with_store(store.clone())?;
+        }
+        let hub = TelemetryHub::default();
+        hub.subscribe(Arc::new(forecaster.clone()));
         let mut registry =
             ShadowRegistry::with_settings(cache.clone(), xds_metrics.clone(), options.registry);
         if let Some(store) = &store {
@@ -193,6 +241,10 @@ impl ControlPlane {
             metrics: Arc::new(metrics),
             provisioning,
             store,
+            tokens: options.tokens,
+            guard: Arc::new(IngestGuard::new(options.report_limits)),
+            http_limits: options.http_limits,
+            ads_tls: options.ads_tls,
         })
     }
 
@@ -205,22 +257,33 @@ impl ControlPlane {
             cache: self.cache.clone(),
             metrics: self.metrics.clone(),
             provisioning: self.provisioning.clone(),
+            tokens: self.tokens.clone(),
+            guard: self.guard.clone(),
         })
     }
 
-    /// Serves the HTTP routes on `listener` until the task is dropped.
-    pub async fn serve_http(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-        axum::serve(listener, self.router()).await
+    /// Serves the HTTP routes on `listener`, within the HTTP limits, until `shutdown`
+    /// resolves (then lets requests in flight finish).
+    pub async fn serve_http(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        http::serve(listener, self.router(), self.http_limits.clone(), shutdown).await
     }
 
-    /// Serves ADS on `listener` until the task is dropped.
+    /// Serves ADS on `listener` (over TLS when configured) until `shutdown` resolves (then
+    /// closes the streams).
     pub async fn serve_ads(
         &self,
         listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
         serve_ads(
             listener,
             Ads::with_metrics(self.cache.clone(), self.xds_metrics.clone()),
+            self.ads_tls.as_ref().map(AdsTls::server_config),
+            shutdown,
         )
         .await
     }
@@ -232,16 +295,49 @@ impl ControlPlane {
         http: tokio::net::TcpListener,
         ads: tokio::net::TcpListener,
     ) -> anyhow::Result<()> {
+        self.serve_until(http, ads, std::future::pending()).await
+    }
+
+    /// Like [`ControlPlane::serve`], until `shutdown` resolves: then both listeners stop
+    /// accepting, HTTP requests in flight finish, ADS streams close, and it returns.
+    pub async fn serve_until(
+        &self,
+        http: tokio::net::TcpListener,
+        ads: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
         let provisioning = async {
             match &self.provisioning {
                 Some(p) => p.run().await,
                 None => std::future::pending().await,
             }
         };
+        let servers = async {
+            tokio::try_join!(
+                async {
+                    self.serve_http(http, signal(stopped.clone()))
+                        .await
+                        .map_err(anyhow::Error::from)
+                },
+                async {
+                    self.serve_ads(ads, signal(stopped.clone()))
+                        .await
+                        .map_err(anyhow::Error::from)
+                },
+            )
+        };
+        tokio::pin!(servers);
         tokio::select! {
-            r = self.serve_http(http) => r?,
-            r = self.serve_ads(ads) => r?,
+            r = &mut servers => { r?; }
             () = provisioning => {}
+            () = shutdown => {
+                let _ = stop.send(true);
+                servers.await?;
+            }
         }
         Ok(())
     }

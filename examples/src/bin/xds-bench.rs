@@ -168,7 +168,7 @@ async fn decision_to_ack(args: &Args, delta: bool) -> Result<AckLatency> {
     let ads = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let xds_port = ads.local_addr()?.port();
     let serving = plane.clone();
-    let server = tokio::spawn(async move { serving.serve_ads(ads).await });
+    let server = tokio::spawn(async move { serving.serve_ads(ads, std::future::pending()).await });
     let yaml = AdsBootstrap {
         node_id: "bench".into(),
         node_cluster: "bench".into(),
@@ -177,6 +177,7 @@ async fn decision_to_ack(args: &Args, delta: bool) -> Result<AckLatency> {
         filter: FilterChoice::None,
         delta,
         services: Vec::new(),
+        tls: None,
     }
     .render()?;
     let envoy = EnvoyProcess::launch(yaml, EnvoyOptions::default()).await?;
@@ -276,7 +277,12 @@ async fn serve_fanout(args: &Args) -> Result<()> {
     println!("PORT {} {version}", listener.local_addr()?.port());
     std::io::stdout().flush()?;
     let ads = shadowmesh_xds::xds::Ads::new(cache.clone());
-    tokio::spawn(shadowmesh_xds::xds::serve_ads(listener, ads));
+    tokio::spawn(shadowmesh_xds::xds::serve_ads(
+        listener,
+        ads,
+        None,
+        std::future::pending(),
+    ));
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines().map_while(Result::ok) {

@@ -111,12 +111,16 @@ impl Reporter {
         let Ok(body) = serde_json::to_vec(&report) else {
             return;
         };
-        let headers = vec![
+        let bearer = t.token.as_ref().map(|token| format!("Bearer {token}"));
+        let mut headers = vec![
             (":method", "POST"),
             (":path", t.path.as_str()),
             (":authority", t.authority.as_str()),
             ("content-type", "application/json"),
         ];
+        if let Some(b) = &bearer {
+            headers.push(("authorization", b.as_str()));
+        }
         // The SDK's call (not abi::http_call): only it registers the token with the SDK's
         // dispatcher, which otherwise refuses the response. It maps the statuses Envoy
         // returns for calls (BadArgument, InternalFailure) to errors.

@@ -48,6 +48,7 @@ async fn backfill(
     Name(series): Name,
     JsonBody(h): JsonBody<History>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    crate::forecaster::validate_series(&series)?;
     let learned = api.forecaster.backfill(&series, &h.points)?;
     Ok(Json(serde_json::json!({ "learned": learned })))
 }

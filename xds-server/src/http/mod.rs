@@ -22,18 +22,25 @@
 //! | `GET` | `/v1/provisioning` | | the provisioner's plan per service, expected cost and benefit, activations with their lead, the decision log (`?log=N` lines, default 100) |
 //! | `GET` | `/metrics` | | Prometheus text format |
 //!
+//! Every route needs an operator token when tokens are configured, except `POST
+//! /v1/telemetry`, which a telemetry token may also use ([`auth`]).
+//!
 //! `E` is an endpoint `{"address": "10.0.0.7:8080", "healthy": true, "weight": 1}`; `S` a
 //! shadow set `{"endpoints": [E…], "warm": true, "max_in_flight": 32, "expires_at_ms":
 //! null}` ([`crate::registry::ShadowSet`]). A rejected request changes nothing.
 
+pub mod auth;
 mod error;
 mod forecast;
 mod observe;
 mod provisioning;
 mod reports;
+pub mod serve;
 mod services;
 
+pub use auth::{Role, Tokens};
 pub use error::{ApiError, JsonBody, MAX_BODY_BYTES, Name, parse_json};
+pub use serve::{ServeLimits, serve};
 pub use services::ServiceView;
 
 use crate::forecaster::Forecaster;
@@ -60,6 +67,10 @@ pub struct Api {
     pub metrics: Arc<prometheus_client::registry::Registry>,
     /// The provisioner's loop, if configured.
     pub provisioning: Option<crate::provisioning::Provisioning>,
+    /// Who may do what (empty: everyone everything).
+    pub tokens: Tokens,
+    /// The checks telemetry reports pass.
+    pub guard: Arc<crate::ingest::IngestGuard>,
 }
 
 /// Every route of the table above, with JSON answers for unknown paths and methods.
@@ -72,6 +83,10 @@ pub fn router(api: Api) -> Router {
         .merge(provisioning::routes())
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            auth::authenticate,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(api)
 }

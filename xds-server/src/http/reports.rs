@@ -1,53 +1,74 @@
 //! `/v1/telemetry`: reports from the ATRE filters in, readiness records out.
 
 use super::services::now_ms;
-use super::{Api, ApiError, JsonBody};
+use super::{Api, ApiError};
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use shadowmesh_wire::{TELEMETRY_SCHEMA, TelemetryAck, TelemetryReport};
+use shadowmesh_wire::{TelemetryAck, TelemetryReport};
 
 pub(super) fn routes() -> Router<Api> {
     Router::new().route("/v1/telemetry", post(post_report).get(get_reports))
 }
 
-/// Accepts a filter's report and answers with the readiness record of each service it
-/// reports.
+/// Accepts a filter's report that passes the [`crate::ingest`] checks and answers with
+/// the readiness record of each service it reports. Refused: 400 naming the field (409
+/// for a replay), counted.
 async fn post_report(
     State(api): State<Api>,
-    report: Result<JsonBody<TelemetryReport>, ApiError>,
+    body: axum::body::Bytes,
 ) -> Result<Json<TelemetryAck>, ApiError> {
-    let report = match report {
-        Ok(JsonBody(r)) if r.schema == TELEMETRY_SCHEMA => r,
-        Ok(JsonBody(r)) => {
-            api.hub.refuse();
-            return Err(ApiError::invalid(
-                "schema",
-                format!("expected {TELEMETRY_SCHEMA:?}, got {:?}", r.schema),
-            ));
-        }
+    let size = body.len();
+    let checked = super::parse_json::<TelemetryReport>(&body).and_then(|r| {
+        api.guard.check(r, now_ms()).map_err(|r| {
+            let status = if r.replay {
+                axum::http::StatusCode::CONFLICT
+            } else {
+                axum::http::StatusCode::BAD_REQUEST
+            };
+            ApiError::new(status, r.field, r.message)
+        })
+    });
+    let checked = match checked {
+        Ok(c) => c,
         Err(e) => {
             api.hub.refuse();
-            tracing::warn!(field = %e.field, error = %e.message, "malformed telemetry report");
+            tracing::debug!(field = %e.field, error = %e.message, "telemetry report refused");
             return Err(e);
         }
     };
+    let (report, received_ms) = (checked.report, checked.received_ms);
     tracing::debug!(proxy = %report.proxy, seq = report.seq, "telemetry report");
     // The answer carries the services this filter reports (its configured ones), not the
     // whole registry: its size follows the filter's configuration, not the mesh's.
-    let now = now_ms();
     let shadows = report
         .services
         .iter()
-        .filter_map(|s| api.registry.service_with_readiness(&s.service, now))
+        .filter_map(|s| api.registry.service_with_readiness(&s.service, received_ms))
         .map(|(_, record)| record)
         .collect();
-    api.hub.publish(report);
+    api.hub.publish(report, received_ms, size);
     Ok(Json(TelemetryAck { shadows }))
 }
 
-async fn get_reports(State(api): State<Api>) -> Json<Vec<TelemetryReport>> {
-    Json(api.hub.reports())
+/// `?last=N`: how many of the newest reports (default 100, at most 1,000).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Last {
+    #[serde(default = "default_last")]
+    last: usize,
+}
+
+fn default_last() -> usize {
+    100
+}
+
+async fn get_reports(
+    State(api): State<Api>,
+    query: Result<axum::extract::Query<Last>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<TelemetryReport>>, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::invalid("last", e.body_text()))?;
+    Ok(Json(api.hub.last_reports(q.last.min(1_000))))
 }
 
 #[cfg(test)]
@@ -82,12 +103,13 @@ mod tests {
         assert!(body.contains(r#""field":"schema""#), "{body}");
         assert_eq!(plane.hub.refused(), 2);
         assert!(plane.hub.reports().is_empty());
+        let now = super::super::services::now_ms();
         let good = serde_json::to_string(&TelemetryReport {
             schema: TELEMETRY_SCHEMA.into(),
             proxy: "p".into(),
             seq: 1,
-            window_start_ms: 0,
-            window_end_ms: 1,
+            window_start_ms: now - 1_000,
+            window_end_ms: now,
             services: ["checkout", "unknown"]
                 .into_iter()
                 .map(|name| ServiceTelemetry {
@@ -117,6 +139,10 @@ mod tests {
         );
         assert_eq!(ack.shadows[0].service, "checkout");
         assert!(ack.shadows[0].warm);
+        // The same report again is a replay: refused, counted, not published.
+        let (s, body) = call(plane.router(), "POST", "/v1/telemetry", &good).await;
+        assert_eq!(s, StatusCode::CONFLICT, "{body}");
+        assert!(body.contains(r#""field":"seq""#), "{body}");
         assert_eq!(ack.shadows[0].max_in_flight, 8);
         assert_eq!(plane.hub.reports().len(), 1);
     }

@@ -30,7 +30,7 @@ impl DemandMeter {
 }
 
 impl ReportSubscriber for DemandMeter {
-    fn on_report(&self, report: &TelemetryReport) {
+    fn on_report(&self, report: &TelemetryReport, received_ms: u64) {
         let secs = report.window_end_ms.saturating_sub(report.window_start_ms) as f64 / 1e3;
         if secs <= 0.0 {
             return;
@@ -39,7 +39,7 @@ impl ReportSubscriber for DemandMeter {
         for s in &report.services {
             latest.insert(
                 (report.proxy.clone(), s.service.clone()),
-                (report.window_end_ms, s.requests as f64 / secs),
+                (received_ms, s.requests as f64 / secs),
             );
         }
     }

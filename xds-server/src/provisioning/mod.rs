@@ -70,6 +70,7 @@ impl SurgeSource for ForecastSource {
                 peak_quantile: r.peak_at_quantile,
                 quantile,
                 probability: r.probability,
+                anomaly: matches!(r.reason, Reason::Anomaly { .. }),
                 reason: match &r.reason {
                     Reason::Seasonal => "seasonal".to_string(),
                     Reason::Event { kinds } => format!("event ({})", kinds.join(", ")),
@@ -118,6 +119,8 @@ pub struct SpareView {
     pub state: SpareState,
     /// Consecutive failed warm-ups.
     pub failures: u32,
+    /// The warm-up the probe measured last time.
+    pub measured_warmup_secs: Option<f64>,
     /// Process id (process provider).
     pub pid: Option<u32>,
 }
@@ -582,6 +585,7 @@ impl Provisioning {
                 spec: s.spec.clone(),
                 state: s.state.clone(),
                 failures: s.failures,
+                measured_warmup_secs: s.measured_warmup_secs,
                 pid: self.inner.provider.pid(&s.spec),
             })
             .collect()

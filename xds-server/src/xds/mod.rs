@@ -41,12 +41,19 @@ pub use resource::{CLUSTER_TYPE, ENDPOINT_TYPE};
 pub use snapshot::Snapshot;
 pub use status::{ProxyStatus, XdsMode};
 
-/// Serves an ADS service (gRPC) on `listener` until the task is dropped.
+/// Serves an ADS service (gRPC) on `listener`, over TLS if `tls` is given (mutual TLS
+/// when it names a client CA), until `shutdown` resolves.
 pub async fn serve_ads(
     listener: tokio::net::TcpListener,
     ads: Ads,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         // Envoy pings every 10 s (envoy-configs); these notice a dead proxy from this side.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
@@ -54,8 +61,9 @@ pub async fn serve_ads(
         // Large responses end in a partial segment: without TCP_NODELAY it waits for the
         // proxy's delayed ACK (40 ms). The builder's own nodelay setting does not reach
         // connections from an external listener, hence here.
-        .serve_with_incoming(
+        .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
         )
         .await
 }

@@ -1,0 +1,144 @@
+//! Serving the HTTP surface with limits: a cap on open connections (so idle sockets cannot
+//! take every file descriptor and starve the ADS listener), a time limit for reading each
+//! request's headers (which also closes a keep-alive connection idle that long), a time
+//! limit per request, and a graceful shutdown that stops accepting and lets requests in
+//! flight finish.
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Limits of the HTTP listener (`[http]` in the configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeLimits {
+    /// Connections open at once; further ones are closed on accept.
+    pub max_connections: usize,
+    /// Seconds to send a request's headers — and the most a keep-alive connection stays
+    /// idle between requests.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a request may take from its headers to its answer.
+    pub request_timeout_secs: u64,
+    /// Seconds requests in flight get to finish at shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_connections: 512,
+            header_read_timeout_secs: 10,
+            request_timeout_secs: 30,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl ServeLimits {
+    /// Checks the fields; errors are (field, message).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.max_connections == 0 {
+            return Err(("max_connections".into(), "must be at least 1".into()));
+        }
+        for (field, v) in [
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("request_timeout_secs", self.request_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err((field.into(), "must be at least 1".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves `router` on `listener` under `limits` until `shutdown` resolves; then stops
+/// accepting, lets requests in flight finish (up to the grace period) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ServeLimits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    // A request that takes too long is answered in the one JSON error shape, like any other.
+    let router = router.layer(
+        tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(
+                |_: tower::BoxError| async {
+                    super::ApiError::new(
+                        axum::http::StatusCode::REQUEST_TIMEOUT,
+                        "",
+                        "the request took too long",
+                    )
+                },
+            ))
+            .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(
+                limits.request_timeout_secs,
+            ))),
+    );
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut refused: u64 = 0;
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    refused,
+                    max = limits.max_connections,
+                    "HTTP connection cap reached; closing new connections"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(limits.shutdown_grace_secs)) => {
+            tracing::warn!("HTTP requests still in flight after the grace period; closing");
+        }
+    }
+    Ok(())
+}
