@@ -14,13 +14,35 @@ pub struct GridSeries {
     pub values: Vec<Option<f64>>,
 }
 
-/// Parses `2010-09-20 12:00:00`, `2010-09-20T12:00:00`, `2007-12-10` or unix seconds.
+/// Most grid points a series may span: a typo in one timestamp (a year too far) must be an
+/// error, not an allocation of gigabytes.
+pub const MAX_GRID_POINTS: usize = 20_000_000;
+
+/// Unix times above this are taken as milliseconds (it is the year 5138 in seconds).
+const UNIX_MS_ABOVE: i64 = 100_000_000_000;
+
+/// Parses a timestamp into unix seconds: RFC 3339 / ISO 8601 with an offset
+/// (`2010-09-20T12:00:00+02:00`, `…Z`), naive date-times taken as UTC (`2010-09-20 12:00:00`,
+/// `2010-09-20T12:00`, fractional seconds allowed), dates (`2007-12-10`), unix seconds and
+/// unix milliseconds (told apart by magnitude).
 pub fn parse_timestamp(s: &str) -> Result<i64> {
     let s = s.trim();
     if let Ok(n) = s.parse::<i64>() {
-        return Ok(n);
+        return Ok(if n.unsigned_abs() > UNIX_MS_ABOVE as u64 {
+            n.div_euclid(1_000)
+        } else {
+            n
+        });
     }
-    for fmt in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"] {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp());
+    }
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
             return Ok(t.and_utc().timestamp());
         }
@@ -32,44 +54,51 @@ pub fn parse_timestamp(s: &str) -> Result<i64> {
             .and_utc()
             .timestamp());
     }
-    bail!("unrecognised timestamp {s:?} (expected YYYY-MM-DD[ HH:MM:SS] or unix seconds)")
+    bail!(
+        "unrecognised timestamp {s:?} (expected RFC 3339, YYYY-MM-DD[ HH:MM[:SS]], unix seconds or milliseconds)"
+    )
 }
 
 /// Reads a CSV whose first column is a timestamp and second a value (header required).
 /// Rows must be in time order; empty values are missing.
 pub fn read_csv(path: &std::path::Path, step_secs: Option<i64>) -> Result<GridSeries> {
-    let mut reader =
-        csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("opening {}", path.display()))?;
+    parse_csv(&text, step_secs).with_context(|| path.display().to_string())
+}
+
+/// Parses CSV text as [`read_csv`] does. Errors name the row (counting the header as row
+/// 1) and column; values must be finite; the grid is at most [`MAX_GRID_POINTS`] long.
+pub fn parse_csv(text: &str, step_secs: Option<i64>) -> Result<GridSeries> {
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
     let mut points: Vec<(i64, Option<f64>)> = Vec::new();
     for (i, row) in reader.records().enumerate() {
-        let row = row.with_context(|| format!("{}: row {}", path.display(), i + 2))?;
+        let line = i + 2;
+        let row = row.with_context(|| format!("row {line}"))?;
         let ts = parse_timestamp(row.get(0).unwrap_or_default())
-            .with_context(|| format!("{}: row {}, column 1", path.display(), i + 2))?;
+            .with_context(|| format!("row {line}, column 1"))?;
         let raw = row.get(1).unwrap_or_default().trim();
         let value = if raw.is_empty() {
             None
         } else {
-            Some(raw.parse::<f64>().with_context(|| {
-                format!(
-                    "{}: row {}, column 2: {raw:?} is not a number",
-                    path.display(),
-                    i + 2
-                )
-            })?)
+            let v = raw
+                .parse::<f64>()
+                .ok()
+                .with_context(|| format!("row {line}, column 2: {raw:?} is not a number"))?;
+            if !v.is_finite() {
+                bail!("row {line}, column 2: {raw:?} is not a finite number");
+            }
+            Some(v)
         };
         if let Some((last, _)) = points.last()
             && ts <= *last
         {
-            bail!(
-                "{}: row {}: timestamp not after the previous row",
-                path.display(),
-                i + 2
-            );
+            bail!("row {line}: timestamp not after the previous row");
         }
         points.push((ts, value));
     }
     if points.len() < 2 {
-        bail!("{}: fewer than two rows", path.display());
+        bail!("fewer than two rows");
     }
     let step = match step_secs {
         Some(s) => s,
@@ -83,8 +112,14 @@ pub fn read_csv(path: &std::path::Path, step_secs: Option<i64>) -> Result<GridSe
         bail!("step must be positive");
     }
     let t0 = points[0].0;
-    let n = ((points.last().map(|p| p.0).unwrap_or(t0) - t0) / step) as usize + 1;
-    let mut values = vec![None; n];
+    let last = points.last().map(|p| p.0).unwrap_or(t0);
+    let n = (last - t0) / step + 1;
+    if n > MAX_GRID_POINTS as i64 {
+        bail!(
+            "the rows span {n} steps of {step} s (from {t0} to {last}); at most {MAX_GRID_POINTS}: a timestamp far from the others?"
+        );
+    }
+    let mut values = vec![None; n as usize];
     for (ts, v) in points {
         values[((ts - t0) / step) as usize] = v;
     }

@@ -13,7 +13,9 @@
 //!   control plane served on ephemeral ports, and the lock that keeps load tests apart;
 //! * [`scenario`] — a deployment with the provisioner replaying a demand trace under one
 //!   strategy (none, always-on, reactive, predictive, oracle), second by second, and
-//!   [`timeline`], its picture.
+//!   [`timeline`], its picture;
+//! * [`xds_process`] — the `shadowmesh-xds` binary as a child process, and an API client
+//!   that presents a token.
 
 pub mod ads_client;
 pub mod envoy;
@@ -22,6 +24,7 @@ pub mod scenario;
 pub mod stack;
 pub mod timeline;
 pub mod upstream;
+pub mod xds_process;
 
 pub use stack::{
     LoadTestLock, Stack, StackConfig, ads_envoy, ads_envoy_for, atre_plugin, load_test_lock,

@@ -169,7 +169,8 @@ struct Sample {
     error: Option<String>,
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// The load generator's HTTP/1.1 client.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// An HTTP/1.1 client with keep-alive, sized for load generation.
 pub fn client() -> HttpClient {
@@ -227,10 +228,26 @@ pub async fn request_json(
     path: &str,
     body: Option<&str>,
 ) -> Result<(u16, String), String> {
-    let req = hyper::Request::builder()
+    request_with(client, method, target, path, body, &[]).await
+}
+
+/// Like [`request_json`], with extra request headers (an `authorization` token).
+pub async fn request_with(
+    client: &HttpClient,
+    method: &str,
+    target: SocketAddr,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(String, String)],
+) -> Result<(u16, String), String> {
+    let mut req = hyper::Request::builder()
         .method(method)
         .uri(format!("http://{target}{path}"))
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let req = req
         .body(Full::new(Bytes::from(body.unwrap_or_default().to_string())))
         .map_err(|e| e.to_string())?;
     let resp = client.request(req).await.map_err(|e| e.to_string())?;

@@ -473,7 +473,9 @@ pub async fn run(
     // Sampled once a second while the load runs: forecasts and the pool.
     type PoolSample = (f64, usize, Vec<(String, &'static str)>);
     let samples: Arc<Mutex<BTreeMap<u64, PoolSample>>> = Arc::default();
-    let forecasts: Arc<Mutex<BTreeMap<i64, (f64, f64, f64)>>> = Arc::default();
+    // Per second: (forecast mean, lower, upper).
+    type ForecastSample = (f64, f64, f64);
+    let forecasts: Arc<Mutex<BTreeMap<i64, ForecastSample>>> = Arc::default();
     let lead_steps = ((sc.spares.iter().map(|s| s.warmup_secs).fold(0.0, f64::max)
         + sc.policy.lead_margin_secs)
         / step)

@@ -7,8 +7,8 @@
 use shadowmesh_testkit::envoy::FilterChoice;
 use shadowmesh_testkit::loadgen::{self, LoadSpec, Phase, RateProfile};
 use shadowmesh_testkit::upstream::{self, OrcaMode, UpstreamConfig};
+use shadowmesh_testkit::xds_process::{XdsProcess, eventually, free_addr};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,49 +18,6 @@ fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// The binary, killed outright when dropped.
-struct Plane {
-    child: Child,
-}
-
-impl Plane {
-    fn start(config: &std::path::Path, log: &std::path::Path) -> Plane {
-        let bin = shadowmesh_testkit::workspace_binary("shadowmesh-xds").unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Plane { child }
-    }
-
-    fn kill_9(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Plane {
-    fn drop(&mut self) {
-        self.kill_9();
-    }
 }
 
 async fn get(http: SocketAddr, path: &str) -> Option<serde_json::Value> {
@@ -81,21 +38,6 @@ async fn post(http: SocketAddr, path: &str, body: serde_json::Value) -> u16 {
     .await
     .unwrap()
     .0
-}
-
-/// Polls `f` every 100 ms until it returns `Some`, failing after `secs`.
-async fn eventually<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The spare's (state, pid) in `/v1/pool`.
@@ -182,10 +124,12 @@ cost_per_hour = 1.0
     let config_path = dir.join("xds.toml");
     std::fs::write(&config_path, config).unwrap();
     let log = dir.join("xds.log");
-    let mut plane = Plane::start(&config_path, &log);
-    eventually("the control plane's HTTP API", 30, async || {
-        get(http, "/v1/services").await
-    })
+    let mut plane = XdsProcess::start(&config_path, &log, &[]).unwrap();
+    eventually(
+        "the control plane's HTTP API",
+        Duration::from_secs(30),
+        async || get(http, "/v1/services").await,
+    )
     .await;
     let mut plugin = shadowmesh_testkit::atre_plugin(8);
     plugin["services"][0]["shadow"]["ready"] = false.into();
@@ -197,11 +141,15 @@ cost_per_hour = 1.0
     )
     .await;
     let client = loadgen::client();
-    eventually("Envoy serving from the primary", 30, async || {
-        (loadgen::get(&client, envoy.listener, "checkout.local", "/", &[]).await
-            == Ok((200, Some("checkout-primary".into()))))
-        .then_some(())
-    })
+    eventually(
+        "Envoy serving from the primary",
+        Duration::from_secs(30),
+        async || {
+            (loadgen::get(&client, envoy.listener, "checkout.local", "/", &[]).await
+                == Ok((200, Some("checkout-primary".into()))))
+            .then_some(())
+        },
+    )
     .await;
     // A minute of flat history, then a sale declared 11 s from now for 16 s at 4.5×.
     let now = unix_now() as i64;
@@ -238,7 +186,7 @@ cost_per_hour = 1.0
     let load = tokio::spawn(loadgen::run(LoadSpec::new(envoy.listener, profile), |_| {}));
 
     // The spare is assigned before the sale starts.
-    let (_, pid) = eventually("the spare assigned", 30, async || {
+    let (_, pid) = eventually("the spare assigned", Duration::from_secs(30), async || {
         spare(http).await.filter(|(state, _)| state == "assigned")
     })
     .await;
@@ -272,10 +220,12 @@ cost_per_hour = 1.0
     plane.kill_9();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(alive(pid), "the spare outlives the control plane");
-    let mut plane = Plane::start(&config_path, &log);
-    let (state, adopted) = eventually("the restarted control plane", 30, async || {
-        spare(http).await
-    })
+    let mut plane = XdsProcess::start(&config_path, &log, &[]).unwrap();
+    let (state, adopted) = eventually(
+        "the restarted control plane",
+        Duration::from_secs(30),
+        async || spare(http).await,
+    )
     .await;
     let restarted = unix_now();
     assert_eq!(
@@ -310,13 +260,15 @@ cost_per_hour = 1.0
         "the spare served {after} requests in seconds {from}..{to} after the restart"
     );
     // The restarted plane releases it after the surge, and stops its process.
-    eventually("the spare released", 30, async || {
+    eventually("the spare released", Duration::from_secs(30), async || {
         spare(http).await.filter(|(state, _)| state == "cold")
     })
     .await;
-    eventually("the spare process stopped", 10, async || {
-        (!alive(pid)).then_some(())
-    })
+    eventually(
+        "the spare process stopped",
+        Duration::from_secs(10),
+        async || (!alive(pid)).then_some(()),
+    )
     .await;
     plane.kill_9();
     // What both control planes said about the spare (shown when the test fails).

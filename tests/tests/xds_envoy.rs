@@ -72,6 +72,7 @@ async fn spawn_ads(
             listener,
             Ads::new(cache.clone()),
             None,
+            Default::default(),
             std::future::pending(),
         )),
     )
@@ -269,7 +270,7 @@ impl KillableXds {
                     .send(listener.local_addr().unwrap().port())
                     .unwrap();
                 tokio::select! {
-                    _ = shadowmesh_xds::xds::serve_ads(listener, Ads::new(cache), None, std::future::pending()) => {}
+                    _ = shadowmesh_xds::xds::serve_ads(listener, Ads::new(cache), None, Default::default(), std::future::pending()) => {}
                     _ = stopped => {}
                 }
             });

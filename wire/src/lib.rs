@@ -41,7 +41,10 @@ pub struct TelemetryReport {
     pub schema: String,
     /// The reporting proxy: Envoy's `node.id`, or `proxy_id` from the plugin configuration.
     pub proxy: String,
-    /// Increases by one per report sent by this proxy's reporter; a gap means lost reports.
+    /// Increases by one per report sent by this proxy's reporter (a gap means lost
+    /// reports) and is never reused: the filter starts it at its clock in milliseconds, so
+    /// a restarted Envoy or a new lease holder continues above every earlier number. The
+    /// control plane refuses a `(proxy, seq)` it has seen as a replay.
     pub seq: u64,
     /// Start of the covered window.
     pub window_start_ms: u64,

@@ -184,6 +184,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         report_limits: config.telemetry.clone(),
         http_limits: config.http.clone(),
         ads_tls: settings.ads_tls.clone(),
+        ads_limits: config.ads.clone(),
     })?;
     for (series, capacity) in &config.predictor.capacities {
         plane.forecaster.set_capacity(series, *capacity)?;

@@ -32,6 +32,7 @@
 //! shadows = { endpoints = [{ address = "10.0.0.9:8080" }], warm = true, max_in_flight = 32 }
 //! ```
 
+use crate::ingest::MAX_DEDUP_WINDOW;
 use crate::registry::{
     RegistryError, RegistrySettings, ServiceChange, ServiceSpec, ShadowSet, validate_endpoints,
     validate_service,
@@ -91,6 +92,9 @@ pub struct ServerConfig {
     /// TLS (and mutual TLS) of the ADS listener.
     #[serde(default)]
     pub ads_tls: Option<AdsTlsConfig>,
+    /// Limits of the ADS listener.
+    #[serde(default)]
+    pub ads: crate::xds::AdsLimits,
 }
 
 /// The `[ads_tls]` section: PEM files.
@@ -399,6 +403,12 @@ impl ServerConfig {
         self.http
             .validate()
             .map_err(|(f, m)| RegistryError::invalid(format!("http.{f}"), m))?;
+        if self.ads.max_connections == 0 {
+            return Err(RegistryError::invalid(
+                "ads.max_connections",
+                "must be at least 1",
+            ));
+        }
         let t = &self.telemetry;
         for (field, zero) in [
             ("max_skew_ms", t.max_skew_ms == 0),
@@ -414,6 +424,12 @@ impl ServerConfig {
                     "must be at least 1",
                 ));
             }
+        }
+        if t.dedup_window > MAX_DEDUP_WINDOW {
+            return Err(RegistryError::invalid(
+                "telemetry.dedup_window",
+                format!("must be at most {MAX_DEDUP_WINDOW} (one bit per number per proxy)"),
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, s) in self.services.iter().enumerate() {

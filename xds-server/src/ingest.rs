@@ -23,6 +23,9 @@ use crate::registry::validate_service;
 use serde::Serialize;
 use shadowmesh_wire::{ClusterTelemetry, TELEMETRY_SCHEMA, TelemetryReport};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+/// Largest `dedup_window`: 8 KiB of replay memory per proxy.
+pub const MAX_DEDUP_WINDOW: u64 = 65_536;
 use std::sync::Mutex;
 
 /// Limits of one report.
@@ -37,7 +40,8 @@ pub struct ReportLimits {
     pub max_services: usize,
     /// Most requests one service entry may count.
     pub max_requests: u64,
-    /// Sequence numbers remembered per proxy for replay detection.
+    /// Sequence numbers remembered per proxy for replay detection (one bit each, at most
+    /// 65,536).
     pub dedup_window: u64,
     /// Proxies remembered (replay windows, refusal counts).
     pub max_proxies: usize,
@@ -56,22 +60,33 @@ impl Default for ReportLimits {
     }
 }
 
-/// Why a report was refused: the field, the reason, and whether it was a replay (409).
+/// Why a report was refused: its kind, the field, the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
+    /// What kind of refusal (a replay is answered 409, the others 400).
+    pub kind: RefusalKind,
     /// Path of the field at fault.
     pub field: String,
     /// What is wrong.
     pub message: String,
-    /// The `(proxy, seq)` was accepted before.
-    pub replay: bool,
+}
+
+/// The kinds of refusal, as counted per proxy and in the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// Out of bounds or malformed.
+    Invalid,
+    /// Window too far from the server's clock.
+    Skewed,
+    /// `(proxy, seq)` accepted before.
+    Replayed,
 }
 
 fn refuse(field: impl Into<String>, message: impl Into<String>) -> Refusal {
     Refusal {
+        kind: RefusalKind::Invalid,
         field: field.into(),
         message: message.into(),
-        replay: false,
     }
 }
 
@@ -95,11 +110,67 @@ pub struct ProxyRefusals {
     pub invalid: u64,
 }
 
-#[derive(Default)]
 struct ProxyMemory {
-    /// Accepted sequence numbers within the window, and the highest.
-    seen: BTreeSet<u64>,
+    seen: SeqWindow,
     refusals: ProxyRefusals,
+}
+
+/// Which of the last `width` sequence numbers below the newest accepted one were seen.
+///
+/// A fixed ring of bits (bit `seq % width`), allocated once per proxy, so the guard's memory
+/// is flat from the first report instead of growing to the window and churning after.
+struct SeqWindow {
+    newest: Option<u64>,
+    bits: Vec<u64>,
+    width: u64,
+}
+
+impl SeqWindow {
+    fn new(width: u64) -> SeqWindow {
+        let width = width.max(1);
+        SeqWindow {
+            newest: None,
+            bits: vec![0; width.div_ceil(64) as usize],
+            width,
+        }
+    }
+
+    fn slot(&self, seq: u64) -> (usize, u64) {
+        let i = seq % self.width;
+        ((i / 64) as usize, 1 << (i % 64))
+    }
+
+    /// Records `seq`; false if it was seen before or is older than the window.
+    fn insert(&mut self, seq: u64) -> bool {
+        match self.newest {
+            Some(newest) if seq <= newest => {
+                if newest - seq >= self.width {
+                    return false;
+                }
+                let (word, bit) = self.slot(seq);
+                if self.bits[word] & bit != 0 {
+                    return false;
+                }
+                self.bits[word] |= bit;
+            }
+            newest => {
+                // Slots of the numbers skipped over now stand for unseen ones.
+                match newest {
+                    Some(n) if seq - n < self.width => {
+                        for skipped in n + 1..seq {
+                            let (word, bit) = self.slot(skipped);
+                            self.bits[word] &= !bit;
+                        }
+                    }
+                    _ => self.bits.iter_mut().for_each(|w| *w = 0),
+                }
+                let (word, bit) = self.slot(seq);
+                self.bits[word] |= bit;
+                self.newest = Some(seq);
+            }
+        }
+        true
+    }
 }
 
 /// The checks, with the per-proxy memory they need (bounded).
@@ -146,32 +217,28 @@ impl IngestGuard {
             }
             order.push_back(report.proxy.clone());
         }
-        let memory = proxies.entry(report.proxy.clone()).or_default();
+        let memory = proxies
+            .entry(report.proxy.clone())
+            .or_insert_with(|| ProxyMemory {
+                seen: SeqWindow::new(self.limits.dedup_window),
+                refusals: ProxyRefusals::default(),
+            });
         if let Err(r) = outcome {
-            if r.field == "window_end_ms" {
-                memory.refusals.skewed += 1;
-            } else {
-                memory.refusals.invalid += 1;
+            match r.kind {
+                RefusalKind::Skewed => memory.refusals.skewed += 1,
+                RefusalKind::Invalid | RefusalKind::Replayed => memory.refusals.invalid += 1,
             }
             return Err(r);
         }
-        let newest = memory.seen.last().copied().unwrap_or(0);
-        if memory.seen.contains(&report.seq)
-            || (newest >= self.limits.dedup_window
-                && report.seq <= newest - self.limits.dedup_window)
-        {
+        if !memory.seen.insert(report.seq) {
             memory.refusals.replayed += 1;
             return Err(Refusal {
-                replay: true,
+                kind: RefusalKind::Replayed,
                 ..refuse(
                     "seq",
                     format!("{} was received before (or is too old)", report.seq),
                 )
             });
-        }
-        memory.seen.insert(report.seq);
-        while memory.seen.len() as u64 > self.limits.dedup_window {
-            memory.seen.pop_first();
         }
         Ok(CheckedReport {
             report,
@@ -192,15 +259,18 @@ impl IngestGuard {
 
     fn clock(&self, r: &TelemetryReport, now_ms: u64) -> Result<(), Refusal> {
         if r.window_end_ms.abs_diff(now_ms) > self.limits.max_skew_ms {
-            return Err(refuse(
-                "window_end_ms",
-                format!(
-                    "{} is {:.1} s from the server's clock; at most {:.1} s is accepted",
-                    r.window_end_ms,
-                    r.window_end_ms.abs_diff(now_ms) as f64 / 1e3,
-                    self.limits.max_skew_ms as f64 / 1e3
-                ),
-            ));
+            return Err(Refusal {
+                kind: RefusalKind::Skewed,
+                ..refuse(
+                    "window_end_ms",
+                    format!(
+                        "{} is {:.1} s from the server's clock; at most {:.1} s is accepted",
+                        r.window_end_ms,
+                        r.window_end_ms.abs_diff(now_ms) as f64 / 1e3,
+                        self.limits.max_skew_ms as f64 / 1e3
+                    ),
+                )
+            });
         }
         Ok(())
     }
@@ -348,7 +418,7 @@ mod tests {
         g.check(report("edge-1", 7, NOW), NOW).unwrap();
         for _ in 0..10 {
             let r = g.check(report("edge-1", 7, NOW), NOW).unwrap_err();
-            assert!(r.replay);
+            assert_eq!(r.kind, RefusalKind::Replayed);
         }
         assert_eq!(g.refusals()["edge-1"].replayed, 10);
         // Another proxy's 7 is its own.
@@ -361,13 +431,39 @@ mod tests {
         for seq in [10, 11, 12, 13, 14] {
             g.check(report("p", seq, NOW), NOW).unwrap();
         }
-        assert!(g.check(report("p", 9, NOW), NOW).unwrap_err().replay);
+        assert_eq!(
+            g.check(report("p", 9, NOW), NOW).unwrap_err().kind,
+            RefusalKind::Replayed
+        );
+    }
+
+    proptest::proptest! {
+        /// The bit ring answers like the set of every accepted number: refused iff seen
+        /// before or at least `width` below the newest.
+        #[test]
+        fn seq_window_matches_the_set_of_all_accepted(
+            width in 1u64..200,
+            seqs in proptest::collection::vec(0u64..600, 0..400),
+        ) {
+            let mut ring = SeqWindow::new(width);
+            let mut all = BTreeSet::new();
+            for seq in seqs {
+                let newest = all.last().copied();
+                let expected = !all.contains(&seq)
+                    && newest.is_none_or(|n: u64| seq + width > n);
+                proptest::prop_assert_eq!(ring.insert(seq), expected, "seq {}", seq);
+                if expected {
+                    all.insert(seq);
+                }
+            }
+        }
     }
 
     #[test]
     fn absurd_values_are_refused_naming_the_field() {
         let g = IngestGuard::new(ReportLimits::default());
-        let cases: Vec<(Box<dyn Fn(&mut TelemetryReport)>, &str)> = vec![
+        type Corruption = Box<dyn Fn(&mut TelemetryReport)>;
+        let cases: Vec<(Corruption, &str)> = vec![
             (
                 Box::new(|r| r.services[0].requests = u64::MAX),
                 "services[0].requests",

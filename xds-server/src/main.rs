@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    raise_open_files_limit();
     let mut running = start(settings).await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let signal = tokio::select! {
@@ -40,4 +41,19 @@ async fn main() -> anyhow::Result<()> {
     running.shutdown().await?;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Raises the soft limit of open files to the hard one: every Envoy holds an ADS stream and
+/// a default soft limit of 1,024 would cap a mesh far below the listeners' own caps. (The
+/// listeners' caps keep either side from taking the descriptors the other needs.)
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => tracing::warn!(error = %e, soft, "cannot raise the open files limit"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
 }

@@ -1,7 +1,7 @@
 //! [`ControlPlane`]: every piece wired together, and the two listeners it serves.
 
 use crate::forecaster::Forecaster;
-use crate::http::{self, Api, ServeLimits, Tokens};
+use crate::http::{self, Api, HttpMetrics, ServeLimits, Tokens};
 use crate::hub::TelemetryHub;
 use crate::ingest::{IngestGuard, ReportLimits};
 use crate::provisioning::{
@@ -10,7 +10,7 @@ use crate::provisioning::{
 };
 use crate::registry::{RegistrySettings, ShadowRegistry};
 use crate::store::StateStore;
-use crate::xds::{Ads, NodeGrouping, SnapshotCache, XdsMetrics, serve_ads};
+use crate::xds::{Ads, AdsLimits, NodeGrouping, SnapshotCache, XdsMetrics, serve_ads};
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use shadowmesh_predictor::analyzer::AnalyzerConfig;
@@ -48,8 +48,12 @@ pub struct ControlPlane {
     pub guard: Arc<IngestGuard>,
     /// Limits of the HTTP listener.
     pub http_limits: ServeLimits,
+    /// The HTTP surface's metrics.
+    pub http_metrics: HttpMetrics,
     /// TLS of the ADS listener (none: plaintext h2c).
     pub ads_tls: Option<AdsTls>,
+    /// Limits of the ADS listener.
+    pub ads_limits: AdsLimits,
 }
 
 /// TLS of the ADS listener: the server's certificate chain and key, and — for mutual TLS —
@@ -119,6 +123,8 @@ pub struct PlaneOptions {
     pub http_limits: ServeLimits,
     /// TLS of the ADS listener.
     pub ads_tls: Option<AdsTls>,
+    /// Limits of the ADS listener.
+    pub ads_limits: AdsLimits,
 }
 
 impl Default for PlaneOptions {
@@ -133,6 +139,7 @@ impl Default for PlaneOptions {
             report_limits: ReportLimits::default(),
             http_limits: ServeLimits::default(),
             ads_tls: None,
+            ads_limits: AdsLimits::default(),
         }
     }
 }
@@ -183,6 +190,7 @@ impl ControlPlane {
     pub fn build(options: PlaneOptions) -> anyhow::Result<ControlPlane> {
         let mut metrics = Registry::default();
         let xds_metrics = Arc::new(XdsMetrics::register(&mut metrics));
+        let http_metrics = HttpMetrics::register(&mut metrics);
         let cache = SnapshotCache::new(options.grouping);
         let store = options
             .state_dir
@@ -244,7 +252,9 @@ impl ControlPlane {
             tokens: options.tokens,
             guard: Arc::new(IngestGuard::new(options.report_limits)),
             http_limits: options.http_limits,
+            http_metrics,
             ads_tls: options.ads_tls,
+            ads_limits: options.ads_limits,
         })
     }
 
@@ -259,6 +269,7 @@ impl ControlPlane {
             provisioning: self.provisioning.clone(),
             tokens: self.tokens.clone(),
             guard: self.guard.clone(),
+            http_metrics: self.http_metrics.clone(),
         })
     }
 
@@ -269,7 +280,14 @@ impl ControlPlane {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
-        http::serve(listener, self.router(), self.http_limits.clone(), shutdown).await
+        http::serve(
+            listener,
+            self.router(),
+            self.http_limits.clone(),
+            self.http_metrics.clone(),
+            shutdown,
+        )
+        .await
     }
 
     /// Serves ADS on `listener` (over TLS when configured) until `shutdown` resolves (then
@@ -283,6 +301,7 @@ impl ControlPlane {
             listener,
             Ads::with_metrics(self.cache.clone(), self.xds_metrics.clone()),
             self.ads_tls.as_ref().map(AdsTls::server_config),
+            self.ads_limits.clone(),
             shutdown,
         )
         .await

@@ -281,6 +281,7 @@ async fn serve_fanout(args: &Args) -> Result<()> {
         listener,
         ads,
         None,
+        Default::default(),
         std::future::pending(),
     ));
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();

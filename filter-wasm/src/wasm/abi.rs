@@ -195,11 +195,9 @@ pub fn remove_header(map: u32, key: &str) -> Result<(), Status> {
 
 /// Reads a property such as `["node", "id"]`; `None` when absent.
 pub fn get_property(path: &[&str]) -> Option<Vec<u8>> {
-    let mut encoded = Vec::new();
-    for part in path {
-        encoded.extend_from_slice(part.as_bytes());
-        encoded.push(0);
-    }
+    // Segments separated by NUL, with none after the last: Envoy finds no property at
+    // `node\0id\0` (an empty last segment).
+    let encoded = path.join("\0").into_bytes();
     let (mut data, mut size) = (null_mut(), 0);
     // SAFETY: valid pointers; buffer adopted below.
     match unsafe { proxy_get_property(encoded.as_ptr(), encoded.len(), &mut data, &mut size) } {

@@ -12,7 +12,10 @@ use shadowmesh_wire::{ShadowRecord, TELEMETRY_SCHEMA, TelemetryAck, TelemetryRep
 pub(super) struct Reporter {
     /// Proxy name in reports.
     proxy: String,
-    /// Sequence number of the last report sent.
+    /// Sequence number of the last report sent. Starts at the clock (ms): a reporter that
+    /// takes over the lease, or a restarted Envoy, continues above every number sent
+    /// before (at most one report a millisecond), so the control plane's replay check
+    /// never mistakes its reports for replays.
     seq: u64,
     /// Start of the window the next report covers.
     window_start_ms: u64,
@@ -26,7 +29,7 @@ impl Reporter {
     pub(super) fn new(proxy: String, now_ms: u64) -> Reporter {
         Reporter {
             proxy,
-            seq: 0,
+            seq: now_ms,
             window_start_ms: now_ms,
             pending: None,
         }
@@ -93,7 +96,9 @@ impl Reporter {
             })
             .collect();
         if self.proxy.is_empty() {
-            self.proxy = abi::get_property(&["node", "id"])
+            // Envoy 1.40 names the local node `xds.node`; older releases `node`.
+            self.proxy = abi::get_property(&["xds", "node", "id"])
+                .or_else(|| abi::get_property(&["node", "id"]))
                 .and_then(|b| String::from_utf8(b).ok())
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "envoy".into());

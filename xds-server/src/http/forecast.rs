@@ -14,7 +14,7 @@ pub(super) fn routes() -> Router<Api> {
         .route("/v1/forecast", get(list_risks))
         .route("/v1/forecast/{series}", get(series_forecast))
         .route("/v1/forecast/{series}/history", post(backfill))
-        .route("/v1/capacity/{series}", put(put_capacity))
+        .route("/v1/capacity/{series}", put(put_capacity).get(get_capacity))
         .route("/v1/events", get(list_events).post(post_event))
 }
 
@@ -66,6 +66,19 @@ async fn put_capacity(
 ) -> Result<StatusCode, ApiError> {
     api.forecaster.set_capacity(&series, c.capacity)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_capacity(
+    State(api): State<Api>,
+    Name(series): Name,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    match api.forecaster.capacity(&series) {
+        Some(capacity) => Ok(Json(serde_json::json!({ "capacity": capacity }))),
+        None => Err(ApiError::not_found(
+            "series",
+            format!("no capacity set for {series:?}"),
+        )),
+    }
 }
 
 async fn list_events(State(api): State<Api>) -> Json<Vec<ScheduledEvent>> {

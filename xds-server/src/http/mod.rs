@@ -11,19 +11,22 @@
 //! | `PUT` | `/v1/services/{service}/shadows` | S | set its shadows and their readiness, one generation |
 //! | `DELETE` | `/v1/services/{service}/shadows` | | release them |
 //! | `POST` | `/v1/telemetry` | a filter's `TelemetryReport` | the `TelemetryAck`: every service's readiness |
-//! | `GET` | `/v1/telemetry` | | the last reports kept, oldest first |
+//! | `GET` | `/v1/telemetry` | | the last reports kept, oldest first (`?last=N`, default 100) |
+//! | `GET` | `/v1/telemetry/refusals` | | reports refused per proxy: `skewed`, `replayed`, `invalid` |
 //! | `GET` | `/v1/proxies` | | every connected Envoy: group, mode, ACKed versions, NACKs |
 //! | `GET` | `/v1/forecast` | | the overload list, most likely first |
 //! | `GET` | `/v1/forecast/{series}` | | the series' forecast over the horizon, with its interval |
 //! | `POST` | `/v1/forecast/{series}/history` | `{"points": [[unix_seconds, demand], …]}` | learn history from elsewhere (a metrics store) |
-//! | `PUT` | `/v1/capacity/{series}` | `{"capacity": 300.0}` | demand (req/s) the series takes before overload (`204`) |
+//! | `PUT`, `GET` | `/v1/capacity/{series}` | `{"capacity": 300.0}` | demand (req/s) the series takes before overload (`PUT`: `204`) |
 //! | `GET`, `POST` | `/v1/events` | a scheduled event | the events calendar (`POST`: `201`) |
 //! | `GET` | `/v1/pool` | | every spare: spec, state, failures, pid |
 //! | `GET` | `/v1/provisioning` | | the provisioner's plan per service, expected cost and benefit, activations with their lead, the decision log (`?log=N` lines, default 100) |
 //! | `GET` | `/metrics` | | Prometheus text format |
+//! | `GET` | `/healthz` | | `ok` while the process serves (for liveness probes; no token) |
 //!
 //! Every route needs an operator token when tokens are configured, except `POST
-//! /v1/telemetry`, which a telemetry token may also use ([`auth`]).
+//! /v1/telemetry`, which a telemetry token may also use ([`auth`]), and `/healthz`, which
+//! tells nothing but that the process answers.
 //!
 //! `E` is an endpoint `{"address": "10.0.0.7:8080", "healthy": true, "weight": 1}`; `S` a
 //! shadow set `{"endpoints": [E…], "warm": true, "max_in_flight": 32, "expires_at_ms":
@@ -32,6 +35,7 @@
 pub mod auth;
 mod error;
 mod forecast;
+mod metrics;
 mod observe;
 mod provisioning;
 mod reports;
@@ -40,6 +44,7 @@ mod services;
 
 pub use auth::{Role, Tokens};
 pub use error::{ApiError, JsonBody, MAX_BODY_BYTES, Name, parse_json};
+pub use metrics::HttpMetrics;
 pub use serve::{ServeLimits, serve};
 pub use services::ServiceView;
 
@@ -71,6 +76,8 @@ pub struct Api {
     pub tokens: Tokens,
     /// The checks telemetry reports pass.
     pub guard: Arc<crate::ingest::IngestGuard>,
+    /// The HTTP surface's metrics.
+    pub http_metrics: HttpMetrics,
 }
 
 /// Every route of the table above, with JSON answers for unknown paths and methods.
@@ -87,6 +94,8 @@ pub fn router(api: Api) -> Router {
             api.clone(),
             auth::authenticate,
         ))
+        // Outside the authentication layer: a kubelet probe carries no token.
+        .route("/healthz", axum::routing::get(async || "ok"))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(api)
 }
@@ -138,6 +147,82 @@ mod tests {
     use super::test_util::call;
     use crate::ControlPlane;
     use axum::http::StatusCode;
+
+    #[tokio::test]
+    async fn tokens_gate_every_route_by_role_except_liveness() {
+        let plane = ControlPlane {
+            tokens: super::Tokens::parse(
+                "operator op-0123456789abcdef\ntelemetry tm-0123456789abcdef\n",
+            )
+            .unwrap(),
+            ..ControlPlane::default()
+        };
+        let router = plane.router();
+        let send = |method: &str, path: &str, token: Option<&str>, body: &str| {
+            let mut request = axum::http::Request::builder().method(method).uri(path);
+            if let Some(t) = token {
+                request = request.header("authorization", t);
+            }
+            let request = request
+                .body(axum::body::Body::from(body.to_string()))
+                .unwrap();
+            let router = router.clone();
+            async move {
+                use tower::ServiceExt;
+                router.oneshot(request).await.unwrap().status()
+            }
+        };
+        let report = r#"{"proxy":"p","seq":1,"window_start_ms":0,"window_end_ms":1,"services":[]}"#;
+        let op = Some("Bearer op-0123456789abcdef");
+        let tm = Some("Bearer tm-0123456789abcdef");
+        for (method, path, token, body, want) in [
+            ("GET", "/v1/services", None, "", StatusCode::UNAUTHORIZED),
+            (
+                "GET",
+                "/v1/services",
+                Some("Bearer wrong-0123456789abcdef"),
+                "",
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                "GET",
+                "/v1/services",
+                Some("op-0123456789abcdef"),
+                "",
+                StatusCode::UNAUTHORIZED,
+            ),
+            ("GET", "/v1/services", op, "", StatusCode::OK),
+            ("GET", "/v1/services", tm, "", StatusCode::FORBIDDEN),
+            (
+                "PUT",
+                "/v1/services/checkout",
+                tm,
+                r#"{"primary":[]}"#,
+                StatusCode::FORBIDDEN,
+            ),
+            ("GET", "/v1/telemetry", tm, "", StatusCode::FORBIDDEN),
+            ("GET", "/metrics", None, "", StatusCode::UNAUTHORIZED),
+            ("GET", "/v1/nothing", None, "", StatusCode::UNAUTHORIZED),
+            (
+                "POST",
+                "/v1/telemetry",
+                None,
+                report,
+                StatusCode::UNAUTHORIZED,
+            ),
+            ("GET", "/healthz", None, "", StatusCode::OK),
+        ] {
+            assert_eq!(
+                send(method, path, token, body).await,
+                want,
+                "{method} {path} {token:?}"
+            );
+        }
+        // A telemetry token's report is taken (not refused by the gate).
+        let status = send("POST", "/v1/telemetry", tm, report).await;
+        assert_ne!(status, StatusCode::UNAUTHORIZED);
+        assert_ne!(status, StatusCode::FORBIDDEN);
+    }
 
     #[tokio::test]
     async fn every_error_is_the_same_json_shape() {

@@ -2,13 +2,17 @@
 
 use super::services::now_ms;
 use super::{Api, ApiError};
+use crate::ingest::{ProxyRefusals, RefusalKind};
 use axum::extract::State;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use shadowmesh_wire::{TelemetryAck, TelemetryReport};
+use std::collections::BTreeMap;
 
 pub(super) fn routes() -> Router<Api> {
-    Router::new().route("/v1/telemetry", post(post_report).get(get_reports))
+    Router::new()
+        .route("/v1/telemetry", post(post_report).get(get_reports))
+        .route("/v1/telemetry/refusals", get(refusals))
 }
 
 /// Accepts a filter's report that passes the [`crate::ingest`] checks and answers with
@@ -19,24 +23,28 @@ async fn post_report(
     body: axum::body::Bytes,
 ) -> Result<Json<TelemetryAck>, ApiError> {
     let size = body.len();
-    let checked = super::parse_json::<TelemetryReport>(&body).and_then(|r| {
-        api.guard.check(r, now_ms()).map_err(|r| {
-            let status = if r.replay {
-                axum::http::StatusCode::CONFLICT
-            } else {
-                axum::http::StatusCode::BAD_REQUEST
-            };
-            ApiError::new(status, r.field, r.message)
-        })
-    });
+    let checked = super::parse_json::<TelemetryReport>(&body)
+        .map_err(|e| (RefusalKind::Invalid, e))
+        .and_then(|r| {
+            api.guard.check(r, now_ms()).map_err(|r| {
+                let status = if r.kind == RefusalKind::Replayed {
+                    axum::http::StatusCode::CONFLICT
+                } else {
+                    axum::http::StatusCode::BAD_REQUEST
+                };
+                (r.kind, ApiError::new(status, r.field, r.message))
+            })
+        });
     let checked = match checked {
         Ok(c) => c,
-        Err(e) => {
+        Err((kind, e)) => {
             api.hub.refuse();
+            api.http_metrics.report_refused(kind);
             tracing::debug!(field = %e.field, error = %e.message, "telemetry report refused");
             return Err(e);
         }
     };
+    api.http_metrics.report_accepted();
     let (report, received_ms) = (checked.report, checked.received_ms);
     tracing::debug!(proxy = %report.proxy, seq = report.seq, "telemetry report");
     // The answer carries the services this filter reports (its configured ones), not the
@@ -69,6 +77,11 @@ async fn get_reports(
 ) -> Result<Json<Vec<TelemetryReport>>, ApiError> {
     let axum::extract::Query(q) = query.map_err(|e| ApiError::invalid("last", e.body_text()))?;
     Ok(Json(api.hub.last_reports(q.last.min(1_000))))
+}
+
+/// Refusals by proxy (the proxies the guard remembers, those with any refusal).
+async fn refusals(State(api): State<Api>) -> Json<BTreeMap<String, ProxyRefusals>> {
+    Json(api.guard.refusals())
 }
 
 #[cfg(test)]

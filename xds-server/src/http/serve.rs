@@ -1,12 +1,12 @@
 //! Serving the HTTP surface with limits: a cap on open connections (so idle sockets cannot
 //! take every file descriptor and starve the ADS listener), a time limit for reading each
-//! request's headers (which also closes a keep-alive connection idle that long), a time
+//! request's headers (which also closes a connection, new or keep-alive, idle that long), a time
 //! limit per request, and a graceful shutdown that stops accepting and lets requests in
 //! flight finish.
 
+use super::metrics::{HttpMetrics, InFlight};
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -65,35 +65,46 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServeLimits,
+    metrics: HttpMetrics,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let in_flight = metrics.requests_in_flight.clone();
     // A request that takes too long is answered in the one JSON error shape, like any other.
-    let router = router.layer(
-        tower::ServiceBuilder::new()
-            .layer(axum::error_handling::HandleErrorLayer::new(
-                |_: tower::BoxError| async {
-                    super::ApiError::new(
-                        axum::http::StatusCode::REQUEST_TIMEOUT,
-                        "",
-                        "the request took too long",
-                    )
-                },
-            ))
-            .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(
-                limits.request_timeout_secs,
-            ))),
-    );
+    let router = router
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let entered = InFlight::enter(&in_flight);
+                async move {
+                    let response = next.run(request).await;
+                    drop(entered);
+                    response
+                }
+            },
+        ))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    |_: tower::BoxError| async {
+                        super::ApiError::new(
+                            axum::http::StatusCode::REQUEST_TIMEOUT,
+                            "",
+                            "the request took too long",
+                        )
+                    },
+                ))
+                .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(
+                    limits.request_timeout_secs,
+                ))),
+        );
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only (the filters' reports and operators' JSON need nothing more): hyper's
+    // header-read timer then runs from the moment a connection is accepted and again
+    // whenever a keep-alive connection waits for its next request. (Protocol detection
+    // for h2c would wait for a first byte with no timer at all.)
+    let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut refused: u64 = 0;
     tokio::pin!(shutdown);
@@ -112,6 +123,7 @@ pub async fn serve(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             refused += 1;
+            metrics.connections_refused.inc();
             if refused.is_power_of_two() {
                 tracing::warn!(
                     refused,
@@ -124,13 +136,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
+        let open = InFlight::enter(&metrics.connections_open);
         tokio::spawn(async move {
             let _ = conn.await;
-            drop(slot);
+            drop((slot, open));
         });
     }
     drop(listener);

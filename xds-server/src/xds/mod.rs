@@ -28,6 +28,7 @@
 pub mod ads;
 pub mod builders;
 pub mod cache;
+mod listener;
 pub mod metrics;
 pub mod protocol;
 pub mod resource;
@@ -36,17 +37,35 @@ pub mod status;
 
 pub use ads::Ads;
 pub use cache::{DEFAULT_GROUP, NodeGrouping, SnapshotCache};
+pub use listener::DEFAULT_MAX_CONNECTIONS;
 pub use metrics::XdsMetrics;
 pub use resource::{CLUSTER_TYPE, ENDPOINT_TYPE};
 pub use snapshot::Snapshot;
 pub use status::{ProxyStatus, XdsMode};
 
+/// Limits of the ADS listener (`[ads]` in the configuration).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdsLimits {
+    /// Connections (proxies) open at once; further ones are closed on accept.
+    pub max_connections: usize,
+}
+
+impl Default for AdsLimits {
+    fn default() -> Self {
+        AdsLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
 /// Serves an ADS service (gRPC) on `listener`, over TLS if `tls` is given (mutual TLS
-/// when it names a client CA), until `shutdown` resolves.
+/// when it names a client CA), within `limits`, until `shutdown` resolves.
 pub async fn serve_ads(
     listener: tokio::net::TcpListener,
     ads: Ads,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    limits: AdsLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let mut builder = tonic::transport::Server::builder();
@@ -58,11 +77,8 @@ pub async fn serve_ads(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(ads.into_service())
-        // Large responses end in a partial segment: without TCP_NODELAY it waits for the
-        // proxy's delayed ACK (40 ms). The builder's own nodelay setting does not reach
-        // connections from an external listener, hence here.
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            listener::CappedIncoming::new(listener, limits.max_connections.max(1)),
             shutdown,
         )
         .await

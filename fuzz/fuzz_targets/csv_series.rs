@@ -1,0 +1,8 @@
+//! A `timestamp,value` CSV series.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = shadowmesh_predictor::data::parse_csv(s, None);
+    }
+});
