@@ -207,6 +207,15 @@ impl Analyzer {
     /// Adds an event to the calendar.
     pub fn add_event(&mut self, event: ScheduledEvent) -> Result<(), FieldError> {
         event.validate()?;
+        if self.events.len() >= crate::events::MAX_EVENTS {
+            return Err(FieldError::new(
+                "events",
+                format!(
+                    "the calendar is full ({} events)",
+                    crate::events::MAX_EVENTS
+                ),
+            ));
+        }
         self.events.push(event);
         Ok(())
     }

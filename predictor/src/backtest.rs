@@ -12,6 +12,7 @@
 
 use crate::baselines::{Forecaster, HoltWinters, Naive, SeasonalNaive, Shadowmesh};
 use crate::data::GridSeries;
+use crate::error::FieldError;
 use crate::model::{ModelConfig, Transform};
 use serde::Serialize;
 
@@ -133,14 +134,14 @@ fn evaluate(
     acc
 }
 
-/// Mean |y_t − y_{t−m}| over `values[..end]`.
+/// Mean |y_t − y_{t−m}| over `values[..end]`; NaN when undefined (no pair, or all equal).
 fn seasonal_scale(values: &[Option<f64>], m: usize, end: usize) -> f64 {
     let (sum, n) = (m..end).fold((0.0, 0u64), |(s, n), t| match (values[t], values[t - m]) {
         (Some(a), Some(b)) => (s + (a - b).abs(), n + 1),
         _ => (s, n),
     });
     if n == 0 || sum == 0.0 {
-        1.0
+        f64::NAN
     } else {
         sum / n as f64
     }
@@ -212,10 +213,31 @@ fn shadowmesh_grid(base: &ModelConfig) -> Vec<ModelConfig> {
 }
 
 /// Runs the backtest of the Shadowmesh model (configured like `model`) and the baselines.
-pub fn run(series: &GridSeries, cfg: &BacktestConfig, model: ModelConfig) -> BacktestReport {
+///
+/// Errors name the setting (`horizon`, `train`, `csv`) when the series is too short for
+/// it, when no forecast could be scored, or when the MASE scale is undefined (a training
+/// part without any seasonal change, e.g. constant).
+pub fn run(
+    series: &GridSeries,
+    cfg: &BacktestConfig,
+    model: ModelConfig,
+) -> Result<BacktestReport, FieldError> {
     let values = &series.values;
     let n = values.len();
-    let train = ((n as f64 * cfg.train_fraction) as usize).clamp(cfg.horizon + 1, n);
+    if cfg.horizon == 0 {
+        return Err(FieldError::new("horizon", "must be at least 1"));
+    }
+    if n < cfg.horizon + 2 {
+        return Err(FieldError::new(
+            "horizon",
+            format!(
+                "the series has {n} steps; a horizon of {} needs at least {}",
+                cfg.horizon,
+                cfg.horizon + 2
+            ),
+        ));
+    }
+    let train = ((n as f64 * cfg.train_fraction) as usize).clamp(cfg.horizon + 1, n - 1);
     let m = cfg.seasons.first().copied().unwrap_or(1).max(1);
     // Fitting scores origins after one longest season of warm-up.
     let warm = cfg
@@ -268,6 +290,14 @@ pub fn run(series: &GridSeries, cfg: &BacktestConfig, model: ModelConfig) -> Bac
         models.push(Box::new(SeasonalNaive::new(*s, &format!("m={s}"))));
     }
     let scale = seasonal_scale(values, m, train);
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(FieldError::new(
+            "train",
+            format!(
+                "the first {train} steps have no seasonal-naive error (m = {m}): the MASE scale is undefined — a constant or mostly missing series?"
+            ),
+        ));
+    }
     let acc = evaluate(
         &mut models,
         values,
@@ -296,13 +326,21 @@ pub fn run(series: &GridSeries, cfg: &BacktestConfig, model: ModelConfig) -> Bac
                 forecasts: total,
             }
         })
-        .collect();
-    BacktestReport {
+        .collect::<Vec<ModelScore>>();
+    if scores.first().is_none_or(|s| s.forecasts == 0) {
+        return Err(FieldError::new(
+            "csv",
+            format!(
+                "no forecast was scored: after the {train} training steps no origin has an actual value within the horizon"
+            ),
+        ));
+    }
+    Ok(BacktestReport {
         steps: n,
         train_steps: train,
         scale,
         config: cfg.clone(),
         shadowmesh,
         scores,
-    }
+    })
 }

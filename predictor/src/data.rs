@@ -18,6 +18,10 @@ pub struct GridSeries {
 /// error, not an allocation of gigabytes.
 pub const MAX_GRID_POINTS: usize = 20_000_000;
 
+/// Largest magnitude of a value: far beyond any request rate, small enough that sums and
+/// squares of a series stay finite.
+pub const MAX_VALUE: f64 = 1e15;
+
 /// Unix times above this are taken as milliseconds (it is the year 5138 in seconds).
 const UNIX_MS_ABOVE: i64 = 100_000_000_000;
 
@@ -68,7 +72,7 @@ pub fn read_csv(path: &std::path::Path, step_secs: Option<i64>) -> Result<GridSe
 }
 
 /// Parses CSV text as [`read_csv`] does. Errors name the row (counting the header as row
-/// 1) and column; values must be finite; the grid is at most [`MAX_GRID_POINTS`] long.
+/// 1) and column; values must be finite and within ±[`MAX_VALUE`]; the grid is at most [`MAX_GRID_POINTS`] long.
 pub fn parse_csv(text: &str, step_secs: Option<i64>) -> Result<GridSeries> {
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     let mut points: Vec<(i64, Option<f64>)> = Vec::new();
@@ -87,6 +91,9 @@ pub fn parse_csv(text: &str, step_secs: Option<i64>) -> Result<GridSeries> {
                 .with_context(|| format!("row {line}, column 2: {raw:?} is not a number"))?;
             if !v.is_finite() {
                 bail!("row {line}, column 2: {raw:?} is not a finite number");
+            }
+            if v.abs() > MAX_VALUE {
+                bail!("row {line}, column 2: {raw:?} is beyond ±{MAX_VALUE:e}");
             }
             Some(v)
         };

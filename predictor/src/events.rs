@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 pub const MAX_EVENT_SECS: i64 = 10 * 366 * 86_400;
 /// Largest declared uplift.
 pub const MAX_UPLIFT: f64 = 1_000.0;
+/// Most events a calendar holds: each is matched against every forecast step.
+pub const MAX_EVENTS: usize = 10_000;
 /// Latest start: the year 5000.
 const MAX_START: i64 = 95_617_584_000;
 

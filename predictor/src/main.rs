@@ -115,7 +115,14 @@ fn main() -> Result<()> {
                 fit: !no_fit,
             };
             let started = Instant::now();
-            let report = backtest::run(&series, &cfg, model);
+            let report = backtest::run(&series, &cfg, model).map_err(|e| {
+                let flag = if e.field == "csv" {
+                    "--csv"
+                } else {
+                    &format!("--{}", e.field)
+                };
+                anyhow::anyhow!("{flag}: {}", e.message)
+            })?;
             println!(
                 "{}: {} steps of {} s, trained on {}, horizons 1–{}, {:.0}% intervals ({:.1} s)",
                 csv.display(),
@@ -183,6 +190,11 @@ fn demand(series: usize, hour: i64) -> f64 {
 }
 
 fn bench(n: usize, ticks: usize, horizon: usize) -> Result<()> {
+    for (flag, v) in [("--series", n), ("--ticks", ticks), ("--horizon", horizon)] {
+        if v == 0 {
+            bail!("{flag} must be at least 1");
+        }
+    }
     let mut pta = Analyzer::new(AnalyzerConfig::for_step(3600, horizon))?;
     let names: Vec<String> = (0..n).map(|i| format!("svc-{i:05}")).collect();
     for name in &names {

@@ -493,3 +493,22 @@ fn absurd_events_are_refused_naming_the_field() {
             .all(|p| p.median.is_finite() && p.high.is_finite())
     );
 }
+
+#[test]
+fn the_events_calendar_is_bounded_and_a_full_one_names_the_field() {
+    let mut pta = analyzer();
+    let event = |i: i64| ScheduledEvent {
+        kind: "sale".into(),
+        start: 1_900_000_000 + i * H,
+        duration_secs: H,
+        uplift: Some(2.0),
+        series: None,
+    };
+    let max = shadowmesh_predictor::events::MAX_EVENTS;
+    for i in 0..max as i64 {
+        pta.add_event(event(i)).unwrap();
+    }
+    let full = pta.add_event(event(max as i64)).unwrap_err();
+    assert_eq!(full.field, "events");
+    assert_eq!(pta.events().len(), max);
+}

@@ -69,3 +69,99 @@ fn backtest_prints_every_model_and_the_shadowmesh_model_wins_on_seasonal_data() 
     assert!(err.contains("row 3") && err.contains("yesterday"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Runs `predictor backtest` on `csv` text with `args`; (success, stderr).
+fn backtest_on(name: &str, csv: &str, args: &[&str]) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!("predictor-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("series.csv");
+    std::fs::write(&path, csv).unwrap();
+    let mut all = vec!["backtest", "--csv", path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = predictor(&all);
+    std::fs::remove_dir_all(&dir).unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn hourly(values: impl IntoIterator<Item = String>) -> String {
+    let mut csv = String::from("timestamp,value\n");
+    for (h, v) in values.into_iter().enumerate() {
+        writeln!(csv, "{},{v}", 1_700_000_000 + h as i64 * 3600).unwrap();
+    }
+    csv
+}
+
+/// A daily wave on a slow trend (so the seasonal-naive error, the MASE scale, is not 0).
+fn wavy(h: usize) -> String {
+    let day = (h as f64 / 24.0 * std::f64::consts::TAU).sin();
+    format!("{:.1}", 100.0 + 50.0 * day + 0.1 * h as f64)
+}
+
+#[test]
+fn fewer_rows_than_the_horizon_is_an_error_naming_the_flag() {
+    let (ok, err) = backtest_on("short", &hourly((0..10).map(wavy)), &["--horizon", "24"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--horizon") && err.contains("10 steps"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_timestamp_far_from_the_others_is_an_error_not_an_allocation() {
+    let csv = "timestamp,value\n1700000000,1\n1700003600,2\n99999999999,3\n";
+    let (ok, err) = backtest_on("gap", csv, &[]);
+    assert!(!ok);
+    assert!(err.contains("steps") && err.contains("at most"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn values_that_are_not_finite_or_absurd_name_their_row() {
+    for (bad, why) in [("NaN", "finite"), ("inf", "finite"), ("1e308", "beyond")] {
+        let mut rows: Vec<String> = (0..24 * 14).map(wavy).collect();
+        rows[40] = bad.into();
+        let (ok, err) = backtest_on("nan", &hourly(rows), &[]);
+        assert!(!ok, "{bad} accepted");
+        assert!(err.contains("row 42") && err.contains(why), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn a_run_that_scores_no_forecast_says_so_and_fails() {
+    // Values only in the training part (the first half): no origin has actuals.
+    let rows: Vec<String> = (0..24 * 14)
+        .map(|h| if h < 24 * 4 { wavy(h) } else { String::new() })
+        .collect();
+    let (ok, err) = backtest_on("unscored", &hourly(rows), &["--no-fit", "--train", "0.5"]);
+    assert!(!ok);
+    assert!(err.contains("no forecast was scored"), "{err}");
+}
+
+#[test]
+fn a_constant_series_has_no_mase_scale_and_says_so() {
+    let (ok, err) = backtest_on(
+        "flat",
+        &hourly((0..24 * 14).map(|_| "7".into())),
+        &["--no-fit"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("--train") && err.contains("MASE scale"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bench_with_zero_ticks_or_series_is_an_error_naming_the_flag() {
+    for flag in ["--ticks", "--series", "--horizon"] {
+        let out = predictor(&["bench", flag, "0"]);
+        assert!(!out.status.success(), "{flag} 0 accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag) && !err.contains("panicked"), "{err}");
+    }
+}
