@@ -96,6 +96,9 @@ pub struct ServiceConfig {
     /// How fast the redirect share moves towards its target per tick, in (0, 1].
     #[serde(default = "default_gain")]
     pub gain: f64,
+    /// State synchronization of its sessions (needs `session`); absent = none.
+    #[serde(default)]
+    pub state_sync: Option<crate::session_state::StateSyncConfig>,
 }
 
 /// Capacity of the primary cluster.
@@ -405,7 +408,17 @@ impl ServiceConfig {
             session.validate(&field("session"))?;
         }
         unit_interval(&field("max_share"), self.max_share)?;
-        unit_interval(&field("gain"), self.gain)
+        unit_interval(&field("gain"), self.gain)?;
+        if let Some(sync) = &self.state_sync {
+            if self.session.is_none() {
+                return Err(err(
+                    field("state_sync"),
+                    "needs `session`: state follows a session key",
+                ));
+            }
+            sync.validate(&field("state_sync"))?;
+        }
+        Ok(())
     }
 
     /// Whether this service answers requests for `authority` (`host[:port]`).

@@ -17,6 +17,11 @@
 //!    [`shared::Lease`] runs [`control::RedirectController::tick`], which scores both
 //!    clusters ([`load::LoadScore`]) and computes the next plan, and sends telemetry.
 //!
+//! 5. State synchronization ([`session_state`]): the application's state changes, captured
+//!    from responses on the primary's path, go to the relay as versioned deltas; in front of
+//!    a shadow they come back as a request header; a session is redirected only once the
+//!    shadows have acknowledged its latest version.
+//!
 //! Everything above is plain Rust, unit-tested natively; the `wasm` module is the thin
 //! glue to the Proxy-Wasm host and is compiled only for `wasm32`.
 #![warn(missing_docs)]
@@ -27,6 +32,7 @@ pub mod decision;
 pub mod load;
 pub mod orca;
 pub mod plan;
+pub mod session_state;
 pub mod shared;
 pub mod window;
 

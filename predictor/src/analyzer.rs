@@ -230,6 +230,11 @@ impl Analyzer {
         tracked(&mut self.series, &self.config.model, series)
     }
 
+    /// Time of the series' last observation (unix seconds), if it is tracked.
+    pub fn last_observed(&self, series: &str) -> Option<i64> {
+        self.series.get(series)?.model.last_ts()
+    }
+
     /// Series evicted so far to stay within `max_series`.
     pub fn evicted(&self) -> u64 {
         self.evicted

@@ -17,6 +17,8 @@ pub struct DemandIngest {
     open: BTreeMap<i64, BTreeMap<String, f64>>,
     /// Highest step seen.
     newest: i64,
+    /// Series contributions dropped because a step already held `max_series` series.
+    dropped: u64,
 }
 
 /// What flushing steps produced.
@@ -44,14 +46,23 @@ impl DemandIngest {
         let step_ms = step as u64 * 1000;
         let length = report.window_end_ms.saturating_sub(report.window_start_ms);
         let (start, end) = (received_ms.saturating_sub(length), received_ms);
+        // A step holds at most as many series as the analyzer tracks: names invented by
+        // a report beyond that cost nothing but a count.
+        let max = analyzer.config().max_series;
         for (i, share) in shares(start, end, step_ms) {
             let bucket = self.open.entry(i).or_default();
             for s in &report.services {
                 let requests = s.requests as f64 * share;
-                *bucket.entry(s.service.clone()).or_default() += requests;
-                *bucket
-                    .entry(format!("{}->{}", report.proxy, s.service))
-                    .or_default() += requests;
+                for key in [
+                    s.service.clone(),
+                    format!("{}->{}", report.proxy, s.service),
+                ] {
+                    if bucket.len() >= max && !bucket.contains_key(&key) {
+                        self.dropped += 1;
+                        continue;
+                    }
+                    *bucket.entry(key).or_default() += requests;
+                }
             }
         }
         self.newest = self.newest.max((end / step_ms) as i64);
@@ -75,6 +86,13 @@ impl DemandIngest {
             }
         }
         out
+    }
+}
+
+impl DemandIngest {
+    /// Series contributions dropped so far because a step was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 }
 
@@ -110,5 +128,42 @@ mod tests {
         let long = shares(0, 3_600_000, 1_000);
         assert_eq!(long.len(), 10);
         assert_eq!(long[0], (3_590, 0.1));
+    }
+}
+
+#[cfg(test)]
+mod bounds {
+    use super::*;
+    use crate::analyzer::AnalyzerConfig;
+    use shadowmesh_wire::{RedirectState, ServiceTelemetry, TELEMETRY_SCHEMA};
+
+    #[test]
+    fn a_step_holds_at_most_max_series_whatever_names_reports_invent() {
+        let mut config = AnalyzerConfig::for_step(1, 5);
+        config.max_series = 10;
+        let mut analyzer = Analyzer::new(config).unwrap();
+        let mut ingest = DemandIngest::default();
+        let report = TelemetryReport {
+            schema: TELEMETRY_SCHEMA.into(),
+            proxy: "forger".into(),
+            seq: 1,
+            window_start_ms: 0,
+            window_end_ms: 1_000,
+            services: (0..50)
+                .map(|i| ServiceTelemetry {
+                    service: format!("invented-{i}"),
+                    requests: 1,
+                    redirected: 0,
+                    fallbacks: 0,
+                    state: RedirectState::Normal,
+                    redirect_share: 0.0,
+                    primary: Default::default(),
+                    shadow: Default::default(),
+                })
+                .collect(),
+        };
+        ingest.add(&mut analyzer, &report, 10_000);
+        assert!(ingest.open.values().all(|b| b.len() <= 10));
+        assert_eq!(ingest.dropped(), 90, "50 services and 50 links, 10 kept");
     }
 }

@@ -203,6 +203,9 @@ pub enum ObserveError {
     /// Demand cannot be negative.
     #[error("value {0} is negative")]
     Negative(f64),
+    /// Beyond any demand (and beyond what the model's sums keep finite).
+    #[error("value {0} is beyond {MAX_DEMAND:e}")]
+    TooLarge(f64),
     /// At or before the last accepted observation.
     #[error("timestamp {got} is not after the last observation at {last}")]
     OutOfOrder {
@@ -633,8 +636,15 @@ pub fn check_value(y: f64) -> Result<(), ObserveError> {
     if y < 0.0 {
         return Err(ObserveError::Negative(y));
     }
+    if y > MAX_DEMAND {
+        return Err(ObserveError::TooLarge(y));
+    }
     Ok(())
 }
+
+/// Largest demand a series takes (req/s): far beyond any service, small enough that the
+/// model's sums and squares stay finite.
+pub const MAX_DEMAND: f64 = 1e15;
 
 /// Standard normal quantile.
 pub fn normal_quantile(p: f64) -> f64 {

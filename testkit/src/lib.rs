@@ -14,6 +14,8 @@
 //! * [`scenario`] — a deployment with the provisioner replaying a demand trace under one
 //!   strategy (none, always-on, reactive, predictive, oracle), second by second, and
 //!   [`timeline`], its picture;
+//! * [`state_sync`] — State Synchronization's deployment (relay, primary and shadow `cart`,
+//!   shadow-side and edge Envoys) and shopping sessions that detect stale reads;
 //! * [`xds_process`] — the `shadowmesh-xds` binary as a child process, and an API client
 //!   that presents a token.
 
@@ -22,6 +24,7 @@ pub mod envoy;
 pub mod loadgen;
 pub mod scenario;
 pub mod stack;
+pub mod state_sync;
 pub mod timeline;
 pub mod upstream;
 pub mod xds_process;

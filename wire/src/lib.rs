@@ -155,6 +155,122 @@ pub struct ShadowRecord {
     pub expires_at_ms: Option<u64>,
 }
 
+/// Schema tag of the state-synchronization messages.
+pub const STATE_SCHEMA: &str = "shadowmesh.state.v1";
+
+/// One change of one key of a session's state: `value: None` removes the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateOp {
+    /// The key (allowlisted in the filter configuration).
+    pub key: String,
+    /// Its new value, or `None` to delete it.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// A session's changes since the version before `version`: applying `ops` to version
+/// `version − 1` gives version `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionDelta {
+    /// Session key.
+    pub session: String,
+    /// The version these changes produce.
+    pub version: u64,
+    /// The changes, in order.
+    pub ops: Vec<StateOp>,
+    /// When the publisher captured the change (its clock, Unix ms; 0: unknown): the
+    /// relay measures replication lag from it.
+    #[serde(default)]
+    pub at_ms: u64,
+}
+
+/// A session's whole state at `version` (sent instead of deltas to resynchronize).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSnapshot {
+    /// Session key.
+    pub session: String,
+    /// Its version.
+    pub version: u64,
+    /// Every key and value.
+    pub state: std::collections::BTreeMap<String, String>,
+}
+
+/// Publisher → relay: one service's session changes captured by a filter on the primary's
+/// path, and the sessions whose acknowledgement it waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatePublish {
+    /// Always [`STATE_SCHEMA`].
+    pub schema: String,
+    /// The publishing proxy.
+    pub publisher: String,
+    /// The service.
+    pub service: String,
+    /// The relay epoch this publisher last saw (0: none yet).
+    pub epoch: u64,
+    /// Changes, oldest first per session.
+    #[serde(default)]
+    pub deltas: Vec<SessionDelta>,
+    /// Whole states (answers to `resync`, or after a relay restart).
+    #[serde(default)]
+    pub snapshots: Vec<SessionSnapshot>,
+    /// Sessions whose acknowledged version the publisher wants to know.
+    #[serde(default)]
+    pub watch: Vec<String>,
+    /// Event mode: how long the relay may hold the answer until the live subscribers
+    /// have applied these changes (0: answer at once).
+    #[serde(default)]
+    pub wait_ack_ms: u64,
+}
+
+/// Relay → publisher.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatePublishAck {
+    /// The relay's epoch (changes when it restarts without its state).
+    pub epoch: u64,
+    /// For each watched or published session: the version every live subscriber of the
+    /// service has applied (0: not all have it, or no subscriber is live).
+    #[serde(default)]
+    pub acked: Vec<(String, u64)>,
+    /// Sessions whose changes arrived with a gap: send their whole state.
+    #[serde(default)]
+    pub resync: Vec<String>,
+}
+
+/// Subscriber → relay: "what changed after `cursor`?" (long poll).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatePull {
+    /// Always [`STATE_SCHEMA`].
+    pub schema: String,
+    /// The subscribing proxy (a shadow's side).
+    pub subscriber: String,
+    /// The service.
+    pub service: String,
+    /// Relay epoch of `cursor` (0: none, start from a full snapshot).
+    pub epoch: u64,
+    /// The last change applied (the relay's sequence number).
+    pub cursor: u64,
+    /// Longest the relay may hold the request when nothing changed (ms).
+    pub wait_ms: u64,
+}
+
+/// Relay → subscriber.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatePullAnswer {
+    /// The relay's epoch.
+    pub epoch: u64,
+    /// The cursor to send next (every change up to it is in this answer).
+    pub cursor: u64,
+    /// True when the subscriber must drop what it holds first: `snapshots` are the whole
+    /// state of the service (its cursor was too old, or from another epoch).
+    pub full: bool,
+    /// Changes after the previous cursor, in order.
+    #[serde(default)]
+    pub deltas: Vec<SessionDelta>,
+    /// Whole session states.
+    #[serde(default)]
+    pub snapshots: Vec<SessionSnapshot>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -123,8 +123,15 @@ impl Args {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("tokens_file: cannot read {}", path.display()))?;
-                crate::http::Tokens::parse(&text)
-                    .with_context(|| format!("tokens_file {}", path.display()))?
+                let tokens = crate::http::Tokens::parse(&text)
+                    .with_context(|| format!("tokens_file {}", path.display()))?;
+                // An empty file (a secret mounted empty) must not open the API.
+                anyhow::ensure!(
+                    tokens.enabled(),
+                    "tokens_file {}: holds no tokens; give at least one `ROLE TOKEN` line",
+                    path.display()
+                );
+                tokens
             }
             None => crate::http::Tokens::default(),
         };
@@ -185,6 +192,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         http_limits: config.http.clone(),
         ads_tls: settings.ads_tls.clone(),
         ads_limits: config.ads.clone(),
+        relay_limits: config.relay.clone(),
     })?;
     for (series, capacity) in &config.predictor.capacities {
         plane.forecaster.set_capacity(series, *capacity)?;

@@ -95,6 +95,9 @@ pub struct ServerConfig {
     /// Limits of the ADS listener.
     #[serde(default)]
     pub ads: crate::xds::AdsLimits,
+    /// Limits of State Synchronization's relay.
+    #[serde(default)]
+    pub relay: crate::relay::RelayLimits,
 }
 
 /// The `[ads_tls]` section: PEM files.
@@ -249,6 +252,9 @@ pub struct PredictorConfig {
     pub seasons: Option<Vec<shadowmesh_predictor::model::SeasonSpec>>,
     /// Capacity (req/s) per series (service, or `proxy->service` link).
     pub capacities: std::collections::BTreeMap<String, f64>,
+    /// Series tracked at most (services and links; idle ones without a capacity are
+    /// evicted first). Also bounds the series one forecast step collects.
+    pub max_series: usize,
 }
 
 impl Default for PredictorConfig {
@@ -259,6 +265,7 @@ impl Default for PredictorConfig {
             quantile: 0.9,
             seasons: None,
             capacities: Default::default(),
+            max_series: 100_000,
         }
     }
 }
@@ -269,6 +276,7 @@ impl PredictorConfig {
         let mut c =
             shadowmesh_predictor::analyzer::AnalyzerConfig::for_step(self.step_secs, self.horizon);
         c.quantile = self.quantile;
+        c.max_series = self.max_series;
         if let Some(seasons) = &self.seasons {
             c.model.seasons = seasons.clone();
         }
@@ -421,6 +429,22 @@ impl ServerConfig {
             if zero {
                 return Err(RegistryError::invalid(
                     format!("telemetry.{field}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        let r = &self.relay;
+        for (field, zero) in [
+            ("max_services", r.max_services == 0),
+            ("max_sessions", r.max_sessions == 0),
+            ("max_session_bytes", r.max_session_bytes == 0),
+            ("backlog", r.backlog == 0),
+            ("max_subscribers", r.max_subscribers == 0),
+            ("subscriber_ttl_ms", r.subscriber_ttl_ms == 0),
+        ] {
+            if zero {
+                return Err(RegistryError::invalid(
+                    format!("relay.{field}"),
                     "must be at least 1",
                 ));
             }

@@ -134,6 +134,29 @@ impl Forecaster {
     /// returned. Lets a new control plane forecast from day one.
     pub fn backfill(&self, series: &str, points: &[(i64, f64)]) -> Result<usize, FieldError> {
         // Checked whole before anything is learned: a refused backfill changes nothing.
+        // History is the past (a step of clock slack): a point in the future would leave
+        // the series waiting there, refusing live telemetry as out of order.
+        let now = (crate::http::unix_now_ms() / 1_000) as i64;
+        for (i, (ts, _)) in points.iter().enumerate() {
+            if !(0..=now + 3_600).contains(ts) {
+                return Err(FieldError::new(
+                    format!("points[{i}]"),
+                    format!("timestamp {ts} is not a Unix time in seconds up to now"),
+                ));
+            }
+        }
+        let last = self.lock().analyzer.last_observed(series);
+        if let (Some(first), Some(last)) = (points.first(), last)
+            && first.0 <= last
+        {
+            return Err(FieldError::new(
+                "points[0]",
+                format!(
+                    "timestamp {} is not after the series' last observation at {last}",
+                    first.0
+                ),
+            ));
+        }
         for (i, (ts, value)) in points.iter().enumerate() {
             shadowmesh_predictor::model::check_value(*value)
                 .map_err(|e| FieldError::new(format!("points[{i}]"), e.to_string()))?;
@@ -213,5 +236,43 @@ impl Forecaster {
 impl ReportSubscriber for Forecaster {
     fn on_report(&self, report: &TelemetryReport, received_ms: u64) {
         self.ingest(report, received_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forecaster() -> Forecaster {
+        Forecaster::new(AnalyzerConfig::for_step(60, 10)).unwrap()
+    }
+
+    #[test]
+    fn a_refused_backfill_learns_nothing() {
+        let f = forecaster();
+        let now = (crate::http::unix_now_ms() / 1_000) as i64;
+        for (points, field) in [
+            (
+                vec![(now - 120, 5.0), (now - 60, 1e308), (now - 30, 0.0)],
+                "points[1]",
+            ),
+            (
+                vec![(now - 120, 5.0), (now + 86_400 * 365, 1.0)],
+                "points[1]",
+            ),
+            (vec![(i64::MIN, 1.0), (i64::MAX, 1.0)], "points[0]"),
+        ] {
+            let e = f.backfill("hv", &points).unwrap_err();
+            assert_eq!(e.field, field, "{points:?}: {e:?}");
+            assert!(f.series().is_empty(), "{points:?} left a series behind");
+        }
+        // The series stays usable.
+        assert_eq!(
+            f.backfill("hv", &[(now - 120, 5.0), (now - 60, 6.0)])
+                .unwrap(),
+            2
+        );
+        let e = f.backfill("hv", &[(now - 60, 6.0)]).unwrap_err();
+        assert_eq!(e.field, "points[0]", "not after the last observation");
     }
 }

@@ -113,7 +113,11 @@ pub struct ProxyRefusals {
 struct ProxyMemory {
     seen: SeqWindow,
     refusals: ProxyRefusals,
+    /// Stamp of its last sighting.
+    touched: u64,
 }
+
+type ProxyTable = (HashMap<String, ProxyMemory>, VecDeque<(String, u64)>, u64);
 
 /// Which of the last `width` sequence numbers below the newest accepted one were seen.
 ///
@@ -176,7 +180,9 @@ impl SeqWindow {
 /// The checks, with the per-proxy memory they need (bounded).
 pub struct IngestGuard {
     limits: ReportLimits,
-    proxies: Mutex<(HashMap<String, ProxyMemory>, VecDeque<String>)>,
+    /// Per proxy its memory; the order in which proxies were seen (with the stamp of each
+    /// sighting); the stamp clock.
+    proxies: Mutex<ProxyTable>,
 }
 
 impl IngestGuard {
@@ -201,7 +207,7 @@ impl IngestGuard {
             .bounds(&report)
             .and_then(|()| self.clock(&report, now_ms));
         let mut guard = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
-        let (proxies, order) = &mut *guard;
+        let (proxies, order, clock) = &mut *guard;
         // An invalid proxy name is refused without being remembered.
         if !valid_proxy {
             return Err(refuse(
@@ -209,20 +215,36 @@ impl IngestGuard {
                 "must be 1 to 128 characters of letters, digits and `._:/-`",
             ));
         }
-        if !proxies.contains_key(&report.proxy) {
-            if proxies.len() >= self.limits.max_proxies
-                && let Some(oldest) = order.pop_front()
-            {
-                proxies.remove(&oldest);
+        if !proxies.contains_key(&report.proxy) && proxies.len() >= self.limits.max_proxies {
+            // Forget the least recently seen: stale queue entries (a proxy seen again
+            // since) are skipped.
+            while let Some((name, stamp)) = order.pop_front() {
+                if proxies.get(&name).is_some_and(|m| m.touched == stamp) {
+                    proxies.remove(&name);
+                    break;
+                }
             }
-            order.push_back(report.proxy.clone());
         }
+        *clock += 1;
+        let stamp = *clock;
+        if order.len() > 2 * self.limits.max_proxies + 64 {
+            // Compact: one entry per proxy, oldest first (amortised O(1) per report).
+            let mut live: Vec<(String, u64)> = proxies
+                .iter()
+                .map(|(k, m)| (k.clone(), m.touched))
+                .collect();
+            live.sort_unstable_by_key(|(_, t)| *t);
+            *order = live.into();
+        }
+        order.push_back((report.proxy.clone(), stamp));
         let memory = proxies
             .entry(report.proxy.clone())
             .or_insert_with(|| ProxyMemory {
                 seen: SeqWindow::new(self.limits.dedup_window),
                 refusals: ProxyRefusals::default(),
+                touched: stamp,
             });
+        memory.touched = stamp;
         if let Err(r) = outcome {
             match r.kind {
                 RefusalKind::Skewed => memory.refusals.skewed += 1,
@@ -328,7 +350,7 @@ impl IngestGuard {
 }
 
 /// Letters, digits and `._:/-`, 1 to 128 characters (Envoy node ids, pod names).
-fn valid_proxy_name(p: &str) -> bool {
+pub(crate) fn valid_proxy_name(p: &str) -> bool {
     (1..=128).contains(&p.len())
         && p.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-'))

@@ -38,6 +38,7 @@ pub mod ingest;
 mod plane;
 pub mod provisioning;
 pub mod registry;
+pub mod relay;
 pub mod store;
 pub mod xds;
 

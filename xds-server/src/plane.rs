@@ -9,6 +9,7 @@ use crate::provisioning::{
     ProvisioningParts, SnpMetrics, StaticProvider, SurgeSource,
 };
 use crate::registry::{RegistrySettings, ShadowRegistry};
+use crate::relay::{MemoryRelay, RelayLimits};
 use crate::store::StateStore;
 use crate::xds::{Ads, AdsLimits, NodeGrouping, SnapshotCache, XdsMetrics, serve_ads};
 use anyhow::Context;
@@ -54,6 +55,8 @@ pub struct ControlPlane {
     pub ads_tls: Option<AdsTls>,
     /// Limits of the ADS listener.
     pub ads_limits: AdsLimits,
+    /// State synchronization's relay.
+    pub relay: Arc<MemoryRelay>,
 }
 
 /// TLS of the ADS listener: the server's certificate chain and key, and — for mutual TLS —
@@ -70,9 +73,14 @@ pub struct AdsTls {
 
 impl AdsTls {
     fn server_config(&self) -> tonic::transport::ServerTlsConfig {
-        let mut config = tonic::transport::ServerTlsConfig::new().identity(
-            tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem),
-        );
+        // A handshake not done in 10 s is dropped: a silent client must not hold one of
+        // the listener's capped connection slots.
+        let mut config = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &self.cert_pem,
+                &self.key_pem,
+            ))
+            .timeout(std::time::Duration::from_secs(10));
         if let Some(ca) = &self.client_ca_pem {
             config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
         }
@@ -125,6 +133,8 @@ pub struct PlaneOptions {
     pub ads_tls: Option<AdsTls>,
     /// Limits of the ADS listener.
     pub ads_limits: AdsLimits,
+    /// Limits of the state relay.
+    pub relay_limits: RelayLimits,
 }
 
 impl Default for PlaneOptions {
@@ -140,6 +150,7 @@ impl Default for PlaneOptions {
             http_limits: ServeLimits::default(),
             ads_tls: None,
             ads_limits: AdsLimits::default(),
+            relay_limits: RelayLimits::default(),
         }
     }
 }
@@ -255,6 +266,11 @@ impl ControlPlane {
             http_metrics,
             ads_tls: options.ads_tls,
             ads_limits: options.ads_limits,
+            // The start time names this run: a restarted relay has a new epoch.
+            relay: Arc::new(MemoryRelay::new(
+                options.relay_limits,
+                crate::http::unix_now_ms(),
+            )),
         })
     }
 
@@ -270,6 +286,7 @@ impl ControlPlane {
             tokens: self.tokens.clone(),
             guard: self.guard.clone(),
             http_metrics: self.http_metrics.clone(),
+            relay: self.relay.clone(),
         })
     }
 

@@ -75,3 +75,22 @@ fn a_bad_configuration_is_refused_naming_the_field() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_empty_tokens_file_is_refused_rather_than_opening_the_api() {
+    let dir = std::env::temp_dir().join(format!("shadowmesh-cli-tokens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, "# mounted empty\n\n").unwrap();
+    let out = xds(&[
+        "--check",
+        "--http-listen",
+        "127.0.0.1:7001",
+        "--tokens-file",
+        tokens.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("holds no tokens"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

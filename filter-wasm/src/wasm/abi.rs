@@ -104,6 +104,7 @@ unsafe extern "C" {
         cas: u32,
     ) -> u32;
     fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
 }
@@ -250,4 +251,10 @@ pub fn increment_metric(id: u32, offset: i64) -> Result<(), Status> {
 pub fn record_metric(id: u32, value: u64) -> Result<(), Status> {
     // SAFETY: plain values.
     check(unsafe { proxy_record_metric(id, value) })
+}
+
+/// Resumes the current stream's response, paused by returning `Action::Pause`.
+pub fn resume_response() -> Result<(), Status> {
+    // SAFETY: plain value (1 = the HTTP response stream).
+    check(unsafe { proxy_continue_stream(1) })
 }

@@ -1,11 +1,15 @@
 //! The per-request context: pick primary or shadow, write the routing header only on a
 //! redirect, and account the request (in-flight, latency, ORCA) for the controller.
 
-use super::abi::{self, map, now_ns};
-use super::{Side, Worker};
+use super::abi::{self, level, log, map, now_ns};
+use super::{Side, Worker, sync};
 use crate::config::SessionKeySource;
 use crate::decision::{RedirectDecision, cookie_value, decide, session_point};
 use crate::orca::{ORCA_HEADER, OrcaReport};
+use crate::session_state::{
+    Capture, SESSION_STATE_HEADER, STATE_CHANGE_HEADER, StateRole, SyncMode, encode_state,
+    parse_changes,
+};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
@@ -15,11 +19,15 @@ struct Routed {
     service: usize,
     side: Side,
     start_ns: u64,
+    /// The session key, when the service has state sync.
+    session: Option<String>,
 }
 
 pub(super) struct AtreHttp {
     worker: Rc<RefCell<Worker>>,
     routed: Option<Routed>,
+    /// Event mode: the publish this response waits for (token, service, session).
+    awaiting: Option<(u32, usize, String)>,
 }
 
 impl AtreHttp {
@@ -28,6 +36,7 @@ impl AtreHttp {
         AtreHttp {
             worker,
             routed: None,
+            awaiting: None,
         }
     }
 
@@ -45,7 +54,30 @@ impl AtreHttp {
     }
 }
 
-impl Context for AtreHttp {}
+impl Context for AtreHttp {
+    /// Event mode: the relay answered this response's publish (or the call failed) —
+    /// either way the response goes on; a failure leaves the session for a whole resend.
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+        let Some((expected, service, session)) = self.awaiting.take() else {
+            return;
+        };
+        if token == expected
+            && let Ok(worker) = self.worker.try_borrow()
+        {
+            let svc = &worker.config.services[service];
+            if let Some(sync_cfg) = &svc.state_sync {
+                sync::on_publish_answer(
+                    svc,
+                    sync_cfg,
+                    &[session],
+                    Some(body_size),
+                    &worker.services[service].metrics.state,
+                );
+            }
+        }
+        let _ = abi::resume_response();
+    }
+}
 
 impl HttpContext for AtreHttp {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
@@ -75,23 +107,78 @@ impl HttpContext for AtreHttp {
             return Action::Continue;
         };
         let svc = &worker.config.services[index];
-        let point = match &svc.session {
+        let session: Option<Vec<u8>> = match &svc.session {
             Some(SessionKeySource::Header(h)) => abi::get_header(map::REQUEST_HEADERS, h)
                 .ok()
                 .flatten()
-                .filter(|v| !v.is_empty())
-                .map(|v| session_point(&v)),
+                .filter(|v| !v.is_empty()),
             Some(SessionKeySource::Cookie(c)) => {
                 abi::get_header_str(map::REQUEST_HEADERS, "cookie").and_then(|v| {
                     cookie_value(&v, c)
                         .filter(|s| !s.is_empty())
-                        .map(|s| session_point(s.as_bytes()))
+                        .map(|s| s.as_bytes().to_vec())
                 })
             }
             None => None,
         };
+        let point = session.as_deref().map(session_point);
+        // State sync works on UTF-8 session keys; the header is only ever ours to set.
+        let sync_session = svc.state_sync.as_ref().and_then(|_| {
+            // Only a header that is there is removed: a write clears Envoy's route cache.
+            if matches!(
+                abi::get_header(map::REQUEST_HEADERS, SESSION_STATE_HEADER),
+                Ok(Some(_))
+            ) {
+                let _ = abi::remove_header(map::REQUEST_HEADERS, SESSION_STATE_HEADER);
+            }
+            session.and_then(|s| String::from_utf8(s).ok())
+        });
         let rt = &mut worker.services[index];
-        let decision = decide(&rt.plan, rt.shadow.ready, point, &mut rt.spreader);
+        let mut decision = decide(&rt.plan, rt.shadow.ready, point, &mut rt.spreader);
+        if let (Some(sync_cfg), Some(key)) = (&svc.state_sync, &sync_session) {
+            let table = sync::table(svc, sync_cfg);
+            match sync_cfg.role {
+                StateRole::Publisher => {
+                    // Read-your-writes: the shadow serves a session only once it has
+                    // acknowledged the session's latest version.
+                    if decision == RedirectDecision::Shadow && !table.may_redirect(key) {
+                        rt.metrics.state.held.add(1);
+                        decision = RedirectDecision::Primary;
+                    }
+                    // A primary behind a shadow's writes gets the session's state.
+                    // (Read from shared data, not a tick's copy: the shadow's write may
+                    // have been captured on another worker a moment ago.)
+                    if decision != RedirectDecision::Shadow
+                        && now_ns() / 1_000_000
+                            < crate::shared::read_counter(
+                                &super::HostStore,
+                                &sync::shadow_writes_key(&svc.name),
+                            )
+                        && let Some(slot) = table.slot(key).filter(|s| s.from_shadow)
+                        && abi::replace_header(
+                            map::REQUEST_HEADERS,
+                            SESSION_STATE_HEADER,
+                            &encode_state(slot.v, &slot.state),
+                        )
+                        .is_ok()
+                    {
+                        rt.metrics.state.injected.add(1);
+                    }
+                }
+                StateRole::Subscriber => {
+                    if let Some(slot) = table.slot(key)
+                        && abi::replace_header(
+                            map::REQUEST_HEADERS,
+                            SESSION_STATE_HEADER,
+                            &encode_state(slot.v, &slot.state),
+                        )
+                        .is_ok()
+                    {
+                        rt.metrics.state.injected.add(1);
+                    }
+                }
+            }
+        }
         // Only a redirect writes the header. Writing any request header makes Envoy clear
         // the route cache and match again (≈ 20 µs a request in the benchmark), and a
         // request without the header already takes the route's default: the primary —
@@ -118,6 +205,7 @@ impl HttpContext for AtreHttp {
             service: index,
             side,
             start_ns: now_ns(),
+            session: sync_session,
         });
         Action::Continue
     }
@@ -126,13 +214,25 @@ impl HttpContext for AtreHttp {
         let Some(r) = &self.routed else {
             return Action::Continue;
         };
+        let (service, side, session) = (r.service, r.side, r.session.clone());
+        self.account_orca(service, side);
+        self.capture_state(service, side, session)
+    }
+
+    fn on_log(&mut self) {
+        self.finish();
+    }
+}
+
+impl AtreHttp {
+    fn account_orca(&mut self, service: usize, side: Side) {
         let Some(value) = abi::get_header_str(map::RESPONSE_HEADERS, ORCA_HEADER) else {
-            return Action::Continue;
+            return;
         };
         let Ok(mut worker) = self.worker.try_borrow_mut() else {
-            return Action::Continue;
+            return;
         };
-        let w = worker.services[r.service].window_mut(r.side);
+        let w = worker.services[service].window_mut(side);
         match OrcaReport::parse(&value) {
             Ok(report) => {
                 w.orca_sum += report.utilization();
@@ -140,11 +240,86 @@ impl HttpContext for AtreHttp {
             }
             Err(_) => w.orca_malformed += 1,
         }
-        Action::Continue
     }
 
-    fn on_log(&mut self) {
-        self.finish();
+    /// Publisher: the application's state-change header leaves the response and becomes
+    /// the session's next version. In event mode the response waits for the relay.
+    fn capture_state(&mut self, service: usize, side: Side, session: Option<String>) -> Action {
+        let shared = self.worker.clone();
+        let Ok(worker) = shared.try_borrow() else {
+            return Action::Continue;
+        };
+        let svc = &worker.config.services[service];
+        let Some(sync_cfg) = svc
+            .state_sync
+            .as_ref()
+            .filter(|c| c.role == StateRole::Publisher)
+        else {
+            return Action::Continue;
+        };
+        let Some(value) = abi::get_header_str(map::RESPONSE_HEADERS, STATE_CHANGE_HEADER) else {
+            return Action::Continue;
+        };
+        // Whatever happens next, the marker never reaches the client.
+        let _ = abi::remove_header(map::RESPONSE_HEADERS, STATE_CHANGE_HEADER);
+        let metrics = worker.services[service].metrics.state;
+        let Some(session) = session else {
+            metrics.dropped.add(1);
+            return Action::Continue;
+        };
+        let now_ms = now_ns() / 1_000_000;
+        let table = sync::table(svc, sync_cfg);
+        let from_shadow = side == Side::Shadow;
+        let captured = table.capture(
+            &session,
+            parse_changes(&value, sync_cfg),
+            from_shadow,
+            sync_cfg.max_session_bytes,
+            now_ms,
+        );
+        match captured {
+            Capture::Recorded(_) => metrics.captured.add(1),
+            Capture::Dropped(reason) => {
+                metrics.dropped.add(1);
+                log(
+                    level::WARN,
+                    &format!(
+                        "shadowmesh: state change of service {} dropped ({}); the session stays on the primary",
+                        svc.name,
+                        reason.as_str()
+                    ),
+                );
+                return Action::Continue;
+            }
+        }
+        if from_shadow {
+            let until = now_ms + sync::SHADOW_WRITES_MEMORY_MS;
+            let _ = crate::shared::SharedStore::set(
+                &super::HostStore,
+                &sync::shadow_writes_key(&svc.name),
+                &until.to_le_bytes(),
+                None,
+            );
+        }
+        if sync_cfg.mode != SyncMode::Event {
+            return Action::Continue;
+        }
+        let out = table.take_session(&session);
+        let sessions = out.sessions.clone();
+        // The relay holds the answer until the shadows applied the change (at most half
+        // the timeout): when the client sees this response, the shadow has its write.
+        let body = sync::publish_body(&worker.config, svc, out, sync_cfg.timeout_ms / 2);
+        match sync::post(sync_cfg, "/v1/state/publish", &body, sync_cfg.timeout_ms) {
+            Some(token) => {
+                self.awaiting = Some((token, service, session));
+                Action::Pause
+            }
+            None => {
+                metrics.publish_failures.add(1);
+                table.resend_whole(&sessions);
+                Action::Continue
+            }
+        }
     }
 }
 

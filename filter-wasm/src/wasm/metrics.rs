@@ -38,6 +38,31 @@ pub(super) struct ServiceMetrics {
     pub(super) shadow_load_permille: Metric,
     pub(super) redirecting: Metric,
     pub(super) latency_ms: Metric,
+    /// State synchronization (SSM).
+    pub(super) state: StateMetrics,
+}
+
+/// State synchronization's counters of one service.
+#[derive(Clone, Copy, Default)]
+pub(super) struct StateMetrics {
+    /// Changes captured from responses.
+    pub(super) captured: Metric,
+    /// Changes dropped (not allowlisted, oversize, malformed, no room); the session is
+    /// pinned to the primary.
+    pub(super) dropped: Metric,
+    /// Requests the plan sent to the shadow that stayed on the primary because the
+    /// shadows had not acknowledged their session's latest version.
+    pub(super) held: Metric,
+    /// Requests handed their session's state (in front of a shadow, or to a primary
+    /// behind a shadow's writes).
+    pub(super) injected: Metric,
+    /// Publishes answered / failed.
+    pub(super) publishes: Metric,
+    pub(super) publish_failures: Metric,
+    /// Changes applied from the relay (subscribers), gaps found, full resyncs.
+    pub(super) applied: Metric,
+    pub(super) gaps: Metric,
+    pub(super) full_resyncs: Metric,
 }
 
 impl ServiceMetrics {
@@ -57,6 +82,17 @@ impl ServiceMetrics {
             shadow_load_permille: gauge("shadow_load_permille"),
             redirecting: gauge("redirecting"),
             latency_ms: Metric::define(metric::HISTOGRAM, &n("latency_ms")),
+            state: StateMetrics {
+                captured: counter("state_captured_total"),
+                dropped: counter("state_dropped_total"),
+                held: counter("state_held_on_primary_total"),
+                injected: counter("state_injected_total"),
+                publishes: counter("state_publishes_total"),
+                publish_failures: counter("state_publish_failures_total"),
+                applied: counter("state_applied_total"),
+                gaps: counter("state_gaps_total"),
+                full_resyncs: counter("state_full_resyncs_total"),
+            },
         }
     }
 }

@@ -4,7 +4,8 @@
 //! |---|---|
 //! | `root.rs` | the root context: configuration, the per-tick flush, the lease holder's plan update |
 //! | `report.rs` | the lease holder's telemetry report and the readiness records in its answer |
-//! | `http.rs` | the per-request context: decide, route, account |
+//! | `http.rs` | the per-request context: decide, route, account; capture and hand over session state |
+//! | `sync.rs` | state synchronization's calls to the relay: publish, long poll, acknowledgements |
 //! | `metrics.rs` | the Envoy stats the filter defines |
 //! | `abi.rs` | non-panicking hostcall bindings (the only `unsafe` in the workspace) |
 //!
@@ -21,6 +22,7 @@ mod http;
 mod metrics;
 mod report;
 mod root;
+mod sync;
 
 use crate::config::{PluginConfig, ServiceConfig};
 use crate::control::{RedirectController, ShadowView};

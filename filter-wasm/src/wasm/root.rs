@@ -6,6 +6,7 @@ use super::abi::{self, buffer, level, log, now_ns};
 use super::http::AtreHttp;
 use super::metrics::{GlobalMetrics, ServiceMetrics};
 use super::report::Reporter;
+use super::sync::Syncer;
 use super::{HostStore, ServiceRuntime, Worker, read_plan, read_shadow};
 use crate::config::PluginConfig;
 use crate::control::{RedirectController, ShadowView, TickInput};
@@ -27,6 +28,8 @@ pub(super) struct AtreRoot {
     ticks: u64,
     /// Telemetry, used while this worker holds the lease.
     reporter: Option<Reporter>,
+    /// State synchronization's calls, made while this worker holds the lease.
+    sync: Syncer,
 }
 
 impl Context for AtreRoot {
@@ -37,8 +40,13 @@ impl Context for AtreRoot {
         body_size: usize,
         _trailers: usize,
     ) {
-        if let (Some(reporter), Some(worker)) = (&mut self.reporter, &self.worker) {
-            reporter.on_answer(token, body_size, &worker.borrow());
+        let Some(worker) = &self.worker else { return };
+        let worker = worker.borrow();
+        if self.sync.on_answer(token, body_size, &worker) {
+            return;
+        }
+        if let Some(reporter) = &mut self.reporter {
+            reporter.on_answer(token, body_size, &worker);
         }
     }
 }
@@ -112,6 +120,7 @@ impl RootContext for AtreRoot {
         let ttl = worker.config.tick_ms * 3;
         if shared::acquire_lease(&HostStore, self.id, now_ms, ttl) {
             self.control(worker, now_ms);
+            self.sync.tick(worker, now_ms);
         }
         for (svc, rt) in worker
             .config

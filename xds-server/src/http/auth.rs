@@ -3,7 +3,7 @@
 //! | role | may |
 //! |---|---|
 //! | `operator` | everything: read and change services, shadows, capacities, events; read telemetry, forecasts, metrics |
-//! | `telemetry` | only `POST /v1/telemetry` (the ATRE filters' reports; the filter's configuration carries the token) |
+//! | `telemetry` | only `POST /v1/telemetry`, `POST /v1/state/publish` and `POST /v1/state/pull` (the filters; their configuration carries the token) |
 //!
 //! Tokens come from a file (`--tokens-file`, or `tokens_file` in the configuration), one
 //! `ROLE TOKEN` pair a line (`#` comments and blank lines allowed). Only their SHA-256 is
@@ -126,7 +126,12 @@ impl Tokens {
 /// The role a request needs: reports may come from a telemetry token; everything else is
 /// the operator's.
 fn required(method: &Method, path: &str) -> Role {
-    if method == Method::POST && path == "/v1/telemetry" {
+    if method == Method::POST
+        && matches!(
+            path,
+            "/v1/telemetry" | "/v1/state/publish" | "/v1/state/pull"
+        )
+    {
         Role::Telemetry
     } else {
         Role::Operator
@@ -142,7 +147,11 @@ pub(super) async fn authenticate(State(api): State<Api>, request: Request, next:
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            let v = v.as_bytes();
+            (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..])
+        })
         .map(<[u8]>::trim_ascii);
     let Some(role) = presented.and_then(|t| tokens.role_of(t)) else {
         let mut r = ApiError::new(

@@ -21,11 +21,14 @@
 //! | `GET`, `POST` | `/v1/events` | a scheduled event | the events calendar (`POST`: `201`) |
 //! | `GET` | `/v1/pool` | | every spare: spec, state, failures, pid |
 //! | `GET` | `/v1/provisioning` | | the provisioner's plan per service, expected cost and benefit, activations with their lead, the decision log (`?log=N` lines, default 100) |
+//! | `POST` | `/v1/state/publish` | a filter's `StatePublish` (session deltas, whole states, watched sessions) | `StatePublishAck`: acknowledged versions, sessions to resend whole ([`crate::relay`]) |
+//! | `POST` | `/v1/state/pull` | a shadow-side filter's `StatePull` (long poll, `wait_ms`) | `StatePullAnswer`: changes after its cursor, or a full snapshot |
+//! | `GET` | `/v1/state` | | the relay per service: sessions, sequence, gaps, resyncs, subscribers and how far behind |
 //! | `GET` | `/metrics` | | Prometheus text format |
 //! | `GET` | `/healthz` | | `ok` while the process serves (for liveness probes; no token) |
 //!
 //! Every route needs an operator token when tokens are configured, except `POST
-//! /v1/telemetry`, which a telemetry token may also use ([`auth`]), and `/healthz`, which
+//! /v1/telemetry` and `POST /v1/state/{publish,pull}`, which a telemetry token may also use ([`auth`]), and `/healthz`, which
 //! tells nothing but that the process answers.
 //!
 //! `E` is an endpoint `{"address": "10.0.0.7:8080", "healthy": true, "weight": 1}`; `S` a
@@ -41,12 +44,18 @@ mod provisioning;
 mod reports;
 pub mod serve;
 mod services;
+mod state;
 
 pub use auth::{Role, Tokens};
 pub use error::{ApiError, JsonBody, MAX_BODY_BYTES, Name, parse_json};
 pub use metrics::HttpMetrics;
 pub use serve::{ServeLimits, serve};
 pub use services::ServiceView;
+
+/// The wall clock in Unix milliseconds (0 before 1970).
+pub fn unix_now_ms() -> u64 {
+    services::now_ms()
+}
 
 use crate::forecaster::Forecaster;
 use crate::hub::TelemetryHub;
@@ -78,6 +87,8 @@ pub struct Api {
     pub guard: Arc<crate::ingest::IngestGuard>,
     /// The HTTP surface's metrics.
     pub http_metrics: HttpMetrics,
+    /// State synchronization's relay.
+    pub relay: Arc<crate::relay::MemoryRelay>,
 }
 
 /// Every route of the table above, with JSON answers for unknown paths and methods.
@@ -88,6 +99,7 @@ pub fn router(api: Api) -> Router {
         .merge(forecast::routes())
         .merge(observe::routes())
         .merge(provisioning::routes())
+        .merge(state::routes())
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(
@@ -95,9 +107,32 @@ pub fn router(api: Api) -> Router {
             auth::authenticate,
         ))
         // Outside the authentication layer: a kubelet probe carries no token.
-        .route("/healthz", axum::routing::get(async || "ok"))
+        .route(
+            "/healthz",
+            axum::routing::get(async || "ok").fallback(wrong_method),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(json_413))
         .with_state(api)
+}
+
+/// Extractors of raw bodies answer an oversize body in plain text: the one error shape
+/// holds for them too.
+async fn json_413(response: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "",
+            format!("the body is over {MAX_BODY_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    response
 }
 
 async fn unknown_path() -> ApiError {
@@ -211,6 +246,31 @@ mod tests {
                 StatusCode::UNAUTHORIZED,
             ),
             ("GET", "/healthz", None, "", StatusCode::OK),
+            // The scheme is case-insensitive; the token is not.
+            (
+                "GET",
+                "/v1/services",
+                Some("bearer op-0123456789abcdef"),
+                "",
+                StatusCode::OK,
+            ),
+            (
+                "GET",
+                "/v1/services",
+                Some("BEARER op-0123456789abcdef"),
+                "",
+                StatusCode::OK,
+            ),
+            (
+                "GET",
+                "/v1/services",
+                Some("Bearer OP-0123456789ABCDEF"),
+                "",
+                StatusCode::UNAUTHORIZED,
+            ),
+            // The state relay is the filters' too.
+            ("POST", "/v1/state/pull", tm, "{}", StatusCode::BAD_REQUEST),
+            ("GET", "/v1/state", tm, "", StatusCode::FORBIDDEN),
         ] {
             assert_eq!(
                 send(method, path, token, body).await,
@@ -218,6 +278,16 @@ mod tests {
                 "{method} {path} {token:?}"
             );
         }
+        // Oversize bodies and wrong methods answer in the one JSON shape, even on the raw
+        // body route and the probe.
+        let big = "x".repeat(super::MAX_BODY_BYTES + 1);
+        let (status, body) = call(plane.router(), "POST", "/healthz", "").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(body.contains("\"message\""), "{body}");
+        let open = ControlPlane::default().router();
+        let (status, body) = call(open, "POST", "/v1/telemetry", &big).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(body.contains("\"message\""), "{body}");
         // A telemetry token's report is taken (not refused by the gate).
         let status = send("POST", "/v1/telemetry", tm, report).await;
         assert_ne!(status, StatusCode::UNAUTHORIZED);

@@ -104,7 +104,10 @@ pub async fn serve(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs));
+        .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs))
+        // A request's headers fit in 64 KiB (hyper's default lets a silent client park
+        // ~400 KB per connection).
+        .max_buf_size(64 << 10);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut refused: u64 = 0;
     tokio::pin!(shutdown);

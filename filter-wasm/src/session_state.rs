@@ -1,0 +1,913 @@
+//! State Synchronization (SSM) in the filter: the application's state-change header, the
+//! per-session table in Envoy's shared data, and the messages to and from the relay.
+//!
+//! **The contract** (language-agnostic; `filter-wasm/README.md`):
+//!
+//! * The service marks changes of a session's critical state in a response header,
+//!   `x-shadowmesh-state: set cart=sku-1%3A2; set writes=3; del coupon` — operations
+//!   separated by `;`, values percent-encoded. The filter on the primary's path strips it,
+//!   gives the session its next version and emits the delta. Keys outside the allowlist,
+//!   values or sessions over their caps are dropped and counted, and the session stays on
+//!   the primary from then on (a shadow could not have its state).
+//! * In front of a shadow, the filter adds the session's current state to each request:
+//!   `x-shadowmesh-session-state: v=7; cart=sku-1%3A2; writes=3` — so the shadow needs no
+//!   database of its own. Any value a client sent in that header is removed first.
+//!
+//! **The table.** Sessions live in [`BUCKETS`] index keys per service (small: version,
+//! what was sent, what the shadows acknowledged) and one state slot each (the state and the
+//! operations not sent yet). Slots are reused, so the number of shared-data keys is bounded
+//! however many sessions come and go; a bucket that is full forgets its oldest session whose
+//! state every shadow has (that state lives on there), never one whose state is unreplicated.
+
+use crate::config::ConfigError;
+use crate::shared::{SetError, SharedStore, update_json};
+use serde::{Deserialize, Serialize};
+use shadowmesh_wire::{SessionDelta, SessionSnapshot, StateOp};
+use std::collections::BTreeMap;
+
+/// Response header the application marks state changes with.
+pub const STATE_CHANGE_HEADER: &str = "x-shadowmesh-state";
+/// Request header carrying a session's state to the application.
+pub const SESSION_STATE_HEADER: &str = "x-shadowmesh-session-state";
+/// Index buckets per service.
+pub const BUCKETS: u64 = 64;
+
+/// Which end of the replication this filter is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateRole {
+    /// On the primary's path: captures changes, publishes them, redirects a session only
+    /// once the shadows acknowledged its latest version.
+    Publisher,
+    /// In front of a shadow: pulls the changes, hands each request its session's state.
+    Subscriber,
+}
+
+/// When a publisher sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Batched once per tick, off the request path.
+    #[default]
+    Async,
+    /// On each write: the response waits until the relay has the change.
+    Event,
+}
+
+/// The `state_sync` section of the plugin configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSyncConfig {
+    /// This filter's end of the replication.
+    pub role: StateRole,
+    /// When changes are sent (publishers).
+    #[serde(default)]
+    pub mode: SyncMode,
+    /// Envoy cluster of the relay (the control plane).
+    pub cluster: String,
+    /// `:authority` of relay requests.
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    /// Bearer token of the control plane's `telemetry` role.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The critical keys: anything else is dropped.
+    pub keys: Vec<String>,
+    /// Largest value of one key (bytes).
+    #[serde(default = "default_max_value_bytes")]
+    pub max_value_bytes: usize,
+    /// Largest state of one session (keys and values, bytes).
+    #[serde(default = "default_max_session_bytes")]
+    pub max_session_bytes: usize,
+    /// Sessions tracked per service.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: u64,
+    /// Timeout of a publish (ms).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How long a pull may wait at the relay for changes (ms; subscribers).
+    #[serde(default = "default_wait_ms")]
+    pub wait_ms: u64,
+}
+
+fn default_authority() -> String {
+    "shadowmesh-control".into()
+}
+fn default_max_value_bytes() -> usize {
+    4_096
+}
+fn default_max_session_bytes() -> usize {
+    16_384
+}
+fn default_max_sessions() -> u64 {
+    10_000
+}
+fn default_timeout_ms() -> u64 {
+    500
+}
+fn default_wait_ms() -> u64 {
+    1_000
+}
+
+impl StateSyncConfig {
+    /// Checks the section; errors name the field under `at`.
+    pub fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let e = |f: &str, m: &str| ConfigError {
+            field: format!("{at}.{f}"),
+            message: m.into(),
+        };
+        if self.cluster.is_empty() {
+            return Err(e("cluster", "must not be empty"));
+        }
+        if self.keys.is_empty() {
+            return Err(e("keys", "name at least one critical key"));
+        }
+        for (i, k) in self.keys.iter().enumerate() {
+            if !valid_key(k) {
+                return Err(e(
+                    &format!("keys[{i}]"),
+                    "1 to 64 characters of letters, digits and `_.-`",
+                ));
+            }
+        }
+        if self.max_value_bytes == 0 || self.max_value_bytes > self.max_session_bytes {
+            return Err(e("max_value_bytes", "must be 1 to max_session_bytes"));
+        }
+        if self.max_session_bytes > 1 << 20 {
+            return Err(e("max_session_bytes", "must be at most 1 MiB"));
+        }
+        if !(BUCKETS..=1_000_000).contains(&self.max_sessions) {
+            return Err(e("max_sessions", "must be 64 to 1,000,000"));
+        }
+        if self.timeout_ms == 0 || self.wait_ms > 30_000 {
+            return Err(e(
+                "timeout_ms",
+                "timeout_ms must be at least 1 and wait_ms at most 30000",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn valid_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 64
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Why a state-change header was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not `set k=v` / `del k` operations, or bad percent-encoding.
+    Malformed,
+    /// A key outside the allowlist.
+    NotAllowed,
+    /// A value, or the session's whole state, over its cap.
+    Oversize,
+    /// No room left for the session.
+    Full,
+}
+
+impl DropReason {
+    /// The reason as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::NotAllowed => "not_allowed",
+            DropReason::Oversize => "oversize",
+            DropReason::Full => "full",
+        }
+    }
+}
+
+/// Parses an `x-shadowmesh-state` value against the allowlist and the value cap.
+pub fn parse_changes(value: &str, cfg: &StateSyncConfig) -> Result<Vec<StateOp>, DropReason> {
+    let mut ops = Vec::new();
+    for part in value.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (verb, rest) = part.split_once(' ').ok_or(DropReason::Malformed)?;
+        let op = match verb {
+            "set" => {
+                let (k, v) = rest.trim().split_once('=').ok_or(DropReason::Malformed)?;
+                StateOp {
+                    key: k.trim().to_string(),
+                    value: Some(percent_decode(v.trim()).ok_or(DropReason::Malformed)?),
+                }
+            }
+            "del" => StateOp {
+                key: rest.trim().to_string(),
+                value: None,
+            },
+            _ => return Err(DropReason::Malformed),
+        };
+        if !valid_key(&op.key) {
+            return Err(DropReason::Malformed);
+        }
+        if !cfg.keys.contains(&op.key) {
+            return Err(DropReason::NotAllowed);
+        }
+        if op
+            .value
+            .as_ref()
+            .is_some_and(|v| v.len() > cfg.max_value_bytes)
+        {
+            return Err(DropReason::Oversize);
+        }
+        ops.push(op);
+    }
+    if ops.is_empty() {
+        return Err(DropReason::Malformed);
+    }
+    Ok(ops)
+}
+
+/// The `x-shadowmesh-session-state` value: `v=VERSION` then `key=value` pairs.
+pub fn encode_state(version: u64, state: &BTreeMap<String, String>) -> String {
+    let mut out = format!("v={version}");
+    for (k, v) in state {
+        out.push_str("; ");
+        out.push_str(k);
+        out.push('=');
+        percent_encode_into(v, &mut out);
+    }
+    out
+}
+
+/// Parses an `x-shadowmesh-session-state` value (for applications written in Rust, and
+/// tests): the version and the state.
+pub fn decode_state(value: &str) -> Option<(u64, BTreeMap<String, String>)> {
+    let mut parts = value.split(';').map(str::trim);
+    let version = parts.next()?.strip_prefix("v=")?.parse().ok()?;
+    let mut state = BTreeMap::new();
+    for p in parts.filter(|p| !p.is_empty()) {
+        let (k, v) = p.split_once('=')?;
+        state.insert(k.to_string(), percent_decode(v)?);
+    }
+    Some((version, state))
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+pub fn percent_encode_into(s: &str, out: &mut String) {
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+/// Decodes `%XX` escapes; `None` for a broken escape or invalid UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// One session in an index bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionEntry {
+    /// Session key.
+    pub s: String,
+    /// Its state slot within the bucket.
+    pub slot: u32,
+    /// Latest version.
+    pub v: u64,
+    /// Latest version handed to the relay.
+    pub sent: u64,
+    /// Latest version every shadow acknowledged.
+    pub acked: u64,
+    /// Its whole state must go (a gap, a lost batch, a relay restart).
+    pub full: bool,
+    /// A change could not be replicated: the session stays on the primary.
+    pub pinned: bool,
+    /// Last write (ms).
+    pub t: u64,
+}
+
+impl SessionEntry {
+    /// Whether a shadow may serve this session: every version written is acknowledged.
+    pub fn replicated(&self) -> bool {
+        !self.pinned && self.acked >= self.v
+    }
+}
+
+/// One session's state slot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionSlot {
+    /// Session key (a reused slot is recognised by it).
+    pub s: String,
+    /// Version of `state`.
+    pub v: u64,
+    /// The state.
+    pub state: BTreeMap<String, String>,
+    /// Changes not handed to the relay yet.
+    pub ops: Vec<SessionDelta>,
+    /// The last change came from a shadow: the primary may be behind.
+    pub from_shadow: bool,
+}
+
+/// A service's sessions in shared data.
+pub struct SessionTable<'a> {
+    store: &'a dyn SharedStore,
+    service: &'a str,
+    per_bucket: u32,
+}
+
+/// Bucket of a session key (FNV-1a).
+pub fn bucket_of(session: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in session.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h % BUCKETS
+}
+
+/// What a captured change became.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Capture {
+    /// Recorded as this version.
+    Recorded(u64),
+    /// Dropped; the session is pinned to the primary.
+    Dropped(DropReason),
+}
+
+impl<'a> SessionTable<'a> {
+    /// The table of `service` holding up to `max_sessions`.
+    pub fn new(store: &'a dyn SharedStore, service: &'a str, max_sessions: u64) -> Self {
+        SessionTable {
+            store,
+            service,
+            per_bucket: max_sessions.div_ceil(BUCKETS) as u32,
+        }
+    }
+
+    fn index_key(&self, bucket: u64) -> String {
+        format!("shadowmesh.v1.ssm.{}.idx.{bucket}", self.service)
+    }
+
+    fn slot_key(&self, bucket: u64, slot: u32) -> String {
+        format!("shadowmesh.v1.ssm.{}.slot.{bucket}.{slot}", self.service)
+    }
+
+    /// The session's index entry.
+    pub fn entry(&self, session: &str) -> Option<SessionEntry> {
+        let entries: Vec<SessionEntry> =
+            crate::shared::read_json(self.store, &self.index_key(bucket_of(session)))?;
+        entries.into_iter().find(|e| e.s == session)
+    }
+
+    /// The session's state slot.
+    pub fn slot(&self, session: &str) -> Option<SessionSlot> {
+        let e = self.entry(session)?;
+        let slot: SessionSlot =
+            crate::shared::read_json(self.store, &self.slot_key(bucket_of(session), e.slot))?;
+        (slot.s == session).then_some(slot)
+    }
+
+    /// Whether a request of `session` may go to a shadow: a session this table does not
+    /// hold has written nothing here; one it holds must be replicated.
+    pub fn may_redirect(&self, session: &str) -> bool {
+        self.entry(session).is_none_or(|e| e.replicated())
+    }
+
+    /// Finds or makes the session's entry; `f` changes it. Returns the entry as written.
+    fn with_entry(
+        &self,
+        session: &str,
+        now_ms: u64,
+        mut f: impl FnMut(&mut SessionEntry),
+    ) -> Result<Option<SessionEntry>, SetError> {
+        let bucket = bucket_of(session);
+        let mut written = None;
+        update_json::<Vec<SessionEntry>, _>(self.store, &self.index_key(bucket), |cur| {
+            let mut entries = cur.cloned().unwrap_or_default();
+            let i = match entries.iter().position(|e| e.s == session) {
+                Some(i) => i,
+                None => {
+                    let used: Vec<u32> = entries.iter().map(|e| e.slot).collect();
+                    let slot = if entries.len() < self.per_bucket as usize {
+                        (0..self.per_bucket).find(|s| !used.contains(s))?
+                    } else {
+                        // Forget the oldest session whose state the shadows have.
+                        let (old, _) = entries
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, e)| e.replicated() && e.sent >= e.v)
+                            .min_by_key(|(_, e)| e.t)?;
+                        entries.remove(old).slot
+                    };
+                    entries.push(SessionEntry {
+                        s: session.to_string(),
+                        slot,
+                        v: 0,
+                        sent: 0,
+                        acked: 0,
+                        full: false,
+                        pinned: false,
+                        t: now_ms,
+                    });
+                    entries.len() - 1
+                }
+            };
+            f(&mut entries[i]);
+            written = Some(entries[i].clone());
+            Some(entries)
+        })?;
+        Ok(written)
+    }
+
+    /// Records a change of `session` seen in a response (from a shadow when
+    /// `from_shadow`): the next version, or the reason it was dropped.
+    pub fn capture(
+        &self,
+        session: &str,
+        changes: Result<Vec<StateOp>, DropReason>,
+        from_shadow: bool,
+        max_session_bytes: usize,
+        now_ms: u64,
+    ) -> Capture {
+        let ops = match changes {
+            Ok(ops) => ops,
+            Err(reason) => {
+                let _ = self.with_entry(session, now_ms, |e| e.pinned = true);
+                return Capture::Dropped(reason);
+            }
+        };
+        let Ok(Some(entry)) = self.with_entry(session, now_ms, |e| e.t = now_ms) else {
+            return Capture::Dropped(DropReason::Full);
+        };
+        let key = self.slot_key(bucket_of(session), entry.slot);
+        let mut version = 0;
+        let mut oversize = false;
+        let written = update_json::<SessionSlot, _>(self.store, &key, |cur| {
+            let mut slot = match cur {
+                Some(s) if s.s == session => s.clone(),
+                // A reused slot, or none yet: this session starts here.
+                _ => SessionSlot {
+                    s: session.to_string(),
+                    v: entry.v,
+                    ..SessionSlot::default()
+                },
+            };
+            let mut next = slot.state.clone();
+            for op in &ops {
+                match &op.value {
+                    Some(v) => next.insert(op.key.clone(), v.clone()),
+                    None => next.remove(&op.key),
+                };
+            }
+            if next.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > max_session_bytes {
+                oversize = true;
+                return None;
+            }
+            slot.v += 1;
+            version = slot.v;
+            slot.state = next;
+            slot.from_shadow = from_shadow;
+            slot.ops.push(SessionDelta {
+                session: session.to_string(),
+                version,
+                ops: ops.clone(),
+                at_ms: now_ms,
+            });
+            Some(slot)
+        });
+        if oversize || written.is_err() {
+            let _ = self.with_entry(session, now_ms, |e| e.pinned = true);
+            return Capture::Dropped(if oversize {
+                DropReason::Oversize
+            } else {
+                DropReason::Full
+            });
+        }
+        let _ = self.with_entry(session, now_ms, |e| e.v = e.v.max(version));
+        Capture::Recorded(version)
+    }
+
+    /// What to send the relay: deltas of sessions with unsent versions (or their whole
+    /// state), and the sessions waiting for an acknowledgement. Marks what it takes as
+    /// sent. At most `max` sessions.
+    pub fn take_outbound(&self, max: usize) -> Outbound {
+        let mut out = Outbound::default();
+        for bucket in 0..BUCKETS {
+            if out.sessions.len() >= max {
+                break;
+            }
+            self.take_from(bucket, None, max, &mut out);
+        }
+        out.watch = self.unacknowledged(max);
+        out
+    }
+
+    /// Like [`SessionTable::take_outbound`] for one session (event mode).
+    pub fn take_session(&self, session: &str) -> Outbound {
+        let mut out = Outbound::default();
+        self.take_from(bucket_of(session), Some(session), 1, &mut out);
+        out.watch = out.sessions.clone();
+        out
+    }
+
+    fn take_from(&self, bucket: u64, only: Option<&str>, max: usize, out: &mut Outbound) {
+        let key = self.index_key(bucket);
+        let mut taken: Vec<(String, u32, bool, u64)> = Vec::new();
+        let _ = update_json::<Vec<SessionEntry>, _>(self.store, &key, |cur| {
+            taken.clear();
+            let mut entries = cur.cloned()?;
+            let mut any = false;
+            for e in entries
+                .iter_mut()
+                .filter(|e| !e.pinned && only.is_none_or(|s| s == e.s))
+            {
+                if (e.v > e.sent || e.full) && out.sessions.len() + taken.len() < max {
+                    taken.push((e.s.clone(), e.slot, e.full, e.sent));
+                    e.sent = e.v;
+                    e.full = false;
+                    any = true;
+                }
+            }
+            any.then_some(entries)
+        });
+        for (session, slot, full, sent) in taken {
+            let skey = self.slot_key(bucket, slot);
+            let mut deltas = Vec::new();
+            let mut snapshot = None;
+            let _ = update_json::<SessionSlot, _>(self.store, &skey, |cur| {
+                let mut s = cur.filter(|s| s.s == session)?.clone();
+                deltas.clear();
+                snapshot = None;
+                // Deltas when they continue what was sent; the whole state otherwise.
+                let continuous = s.ops.first().is_some_and(|d| d.version == sent + 1);
+                if full || !continuous {
+                    snapshot = Some(SessionSnapshot {
+                        session: session.clone(),
+                        version: s.v,
+                        state: s.state.clone(),
+                    });
+                } else {
+                    deltas = s.ops.clone();
+                }
+                s.ops.clear();
+                Some(s)
+            });
+            out.deltas.extend(deltas);
+            out.snapshots.extend(snapshot);
+            out.sessions.push(session);
+        }
+    }
+
+    /// Sessions with versions the shadows have not acknowledged (at most `max`).
+    pub fn unacknowledged(&self, max: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for bucket in 0..BUCKETS {
+            let entries: Vec<SessionEntry> =
+                crate::shared::read_json(self.store, &self.index_key(bucket)).unwrap_or_default();
+            out.extend(
+                entries
+                    .into_iter()
+                    .filter(|e| !e.pinned && e.acked < e.v)
+                    .map(|e| e.s),
+            );
+            if out.len() >= max {
+                out.truncate(max);
+                break;
+            }
+        }
+        out
+    }
+
+    /// Applies the relay's answer: acknowledged versions (never lowered), sessions to
+    /// resend whole.
+    pub fn on_ack(&self, acked: &[(String, u64)], resync: &[String]) {
+        for (session, v) in acked {
+            self.update_existing(session, |e| e.acked = e.acked.max(*v));
+        }
+        for session in resync {
+            self.update_existing(session, |e| e.full = true);
+        }
+    }
+
+    /// After a failed publish: the sessions it carried go whole next time.
+    pub fn resend_whole(&self, sessions: &[String]) {
+        for session in sessions {
+            self.update_existing(session, |e| e.full = true);
+        }
+    }
+
+    /// The relay restarted without its memory: every session goes whole, nothing is
+    /// acknowledged until the shadows have it again.
+    pub fn reset_replication(&self) {
+        for bucket in 0..BUCKETS {
+            let _ =
+                update_json::<Vec<SessionEntry>, _>(self.store, &self.index_key(bucket), |cur| {
+                    let mut entries = cur.cloned()?;
+                    for e in &mut entries {
+                        e.full = true;
+                        e.acked = 0;
+                    }
+                    Some(entries)
+                });
+        }
+    }
+
+    fn update_existing(&self, session: &str, mut f: impl FnMut(&mut SessionEntry)) {
+        let key = self.index_key(bucket_of(session));
+        let _ = update_json::<Vec<SessionEntry>, _>(self.store, &key, |cur| {
+            let mut entries = cur.cloned()?;
+            let e = entries.iter_mut().find(|e| e.s == session)?;
+            f(e);
+            Some(entries)
+        });
+    }
+
+    /// Subscriber: drops every session (before a full snapshot).
+    pub fn clear(&self) {
+        for bucket in 0..BUCKETS {
+            let _ = self.store.set(&self.index_key(bucket), b"[]", None);
+        }
+    }
+
+    /// Subscriber: stores a session's whole state.
+    pub fn put_snapshot(&self, snap: &SessionSnapshot, now_ms: u64) -> bool {
+        let Ok(Some(entry)) = self.with_entry(&snap.session, now_ms, |e| {
+            e.v = e.v.max(snap.version);
+            e.t = now_ms;
+        }) else {
+            return false;
+        };
+        let key = self.slot_key(bucket_of(&snap.session), entry.slot);
+        update_json::<SessionSlot, _>(self.store, &key, |cur| {
+            if cur.is_some_and(|s| s.s == snap.session && s.v > snap.version) {
+                return None;
+            }
+            Some(SessionSlot {
+                s: snap.session.clone(),
+                v: snap.version,
+                state: snap.state.clone(),
+                ops: vec![],
+                from_shadow: false,
+            })
+        })
+        .is_ok()
+    }
+
+    /// Subscriber: applies a delta; false on a gap (the caller resynchronizes in full).
+    pub fn apply_delta(&self, d: &SessionDelta, now_ms: u64) -> bool {
+        let Ok(Some(entry)) = self.with_entry(&d.session, now_ms, |e| e.t = now_ms) else {
+            return false;
+        };
+        let key = self.slot_key(bucket_of(&d.session), entry.slot);
+        let mut gap = false;
+        let _ = update_json::<SessionSlot, _>(self.store, &key, |cur| {
+            let mut s = match cur {
+                Some(s) if s.s == d.session => s.clone(),
+                _ => SessionSlot {
+                    s: d.session.clone(),
+                    ..SessionSlot::default()
+                },
+            };
+            if d.version <= s.v {
+                return None; // already applied
+            }
+            if d.version != s.v + 1 {
+                gap = true;
+                return None;
+            }
+            for op in &d.ops {
+                match &op.value {
+                    Some(v) => s.state.insert(op.key.clone(), v.clone()),
+                    None => s.state.remove(&op.key),
+                };
+            }
+            s.v = d.version;
+            Some(s)
+        });
+        if !gap {
+            self.update_existing(&d.session, |e| e.v = e.v.max(d.version));
+        }
+        !gap
+    }
+}
+
+/// One publish's content.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outbound {
+    /// Deltas, in version order per session.
+    pub deltas: Vec<SessionDelta>,
+    /// Whole states.
+    pub snapshots: Vec<SessionSnapshot>,
+    /// Sessions carried (for a resend if the publish is lost).
+    pub sessions: Vec<String>,
+    /// Sessions waiting for an acknowledgement.
+    pub watch: Vec<String>,
+}
+
+impl Outbound {
+    /// Nothing to send and nothing to ask.
+    pub fn is_empty(&self) -> bool {
+        self.deltas.is_empty() && self.snapshots.is_empty() && self.watch.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::memory::MemoryStore;
+
+    fn cfg() -> StateSyncConfig {
+        serde_json::from_value(serde_json::json!({
+            "role": "publisher", "cluster": "control", "keys": ["cart", "writes"],
+            "max_value_bytes": 64, "max_session_bytes": 100, "max_sessions": 64,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_header_contract_parses_and_refuses_what_it_must() {
+        let c = cfg();
+        assert_eq!(
+            parse_changes("set cart=a%3B1; del writes", &c).unwrap(),
+            vec![
+                StateOp {
+                    key: "cart".into(),
+                    value: Some("a;1".into())
+                },
+                StateOp {
+                    key: "writes".into(),
+                    value: None
+                },
+            ]
+        );
+        assert_eq!(
+            parse_changes("set coupon=1", &c),
+            Err(DropReason::NotAllowed)
+        );
+        assert_eq!(
+            parse_changes(&format!("set cart={}", "x".repeat(65)), &c),
+            Err(DropReason::Oversize)
+        );
+        for bad in [
+            "",
+            "cart=1",
+            "put cart=1",
+            "set cart",
+            "set cart=%zz",
+            "set c art=1",
+        ] {
+            assert!(parse_changes(bad, &c).is_err(), "{bad:?}");
+        }
+        let state: BTreeMap<String, String> =
+            [("cart".to_string(), "sku 1;2=%".to_string())].into();
+        assert_eq!(decode_state(&encode_state(7, &state)), Some((7, state)));
+    }
+
+    #[test]
+    fn a_session_may_be_redirected_only_once_its_latest_version_is_acknowledged() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        assert!(t.may_redirect("s1"), "a session that wrote nothing");
+        let ops = |v: &str| {
+            Ok(vec![StateOp {
+                key: "cart".into(),
+                value: Some(v.into()),
+            }])
+        };
+        assert_eq!(
+            t.capture("s1", ops("a"), false, 100, 1),
+            Capture::Recorded(1)
+        );
+        assert_eq!(
+            t.capture("s1", ops("ab"), false, 100, 2),
+            Capture::Recorded(2)
+        );
+        assert!(!t.may_redirect("s1"));
+        let out = t.take_outbound(100);
+        assert_eq!(
+            out.deltas.iter().map(|d| d.version).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(out.watch, vec!["s1".to_string()]);
+        assert!(t.take_outbound(100).deltas.is_empty(), "sent once");
+        t.on_ack(&[("s1".into(), 1)], &[]);
+        assert!(!t.may_redirect("s1"), "version 2 is not acknowledged yet");
+        t.on_ack(&[("s1".into(), 2)], &[]);
+        assert!(t.may_redirect("s1"));
+        t.on_ack(&[("s1".into(), 0)], &[]);
+        assert!(t.may_redirect("s1"), "an acknowledgement is never lowered");
+        // A dropped change pins the session to the primary.
+        let big = Ok(vec![StateOp {
+            key: "cart".into(),
+            value: Some("x".repeat(97)),
+        }]);
+        assert_eq!(
+            t.capture("s1", big, false, 100, 3),
+            Capture::Dropped(DropReason::Oversize)
+        );
+        assert!(!t.may_redirect("s1"));
+    }
+
+    #[test]
+    fn a_lost_batch_or_a_gap_resends_the_whole_state() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        let ops = |v: &str| {
+            Ok(vec![StateOp {
+                key: "cart".into(),
+                value: Some(v.into()),
+            }])
+        };
+        t.capture("s1", ops("a"), false, 100, 1);
+        let lost = t.take_outbound(100);
+        t.resend_whole(&lost.sessions);
+        t.capture("s1", ops("ab"), false, 100, 2);
+        let again = t.take_outbound(100);
+        assert!(again.deltas.is_empty());
+        assert_eq!(again.snapshots.len(), 1);
+        assert_eq!(again.snapshots[0].version, 2);
+        assert_eq!(again.snapshots[0].state["cart"], "ab");
+        t.on_ack(&[], &["s1".to_string()]);
+        assert_eq!(
+            t.take_outbound(100).snapshots.len(),
+            1,
+            "resync asked by the relay"
+        );
+    }
+
+    #[test]
+    fn a_subscriber_applies_in_order_and_reports_gaps() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        let d = |v: u64, val: &str| SessionDelta {
+            session: "s1".into(),
+            version: v,
+            ops: vec![StateOp {
+                key: "cart".into(),
+                value: Some(val.into()),
+            }],
+            at_ms: 0,
+        };
+        assert!(t.apply_delta(&d(1, "a"), 0));
+        assert!(t.apply_delta(&d(1, "dup"), 0));
+        assert!(!t.apply_delta(&d(3, "c"), 0), "a gap");
+        assert_eq!(t.slot("s1").unwrap().state["cart"], "a");
+        t.put_snapshot(
+            &SessionSnapshot {
+                session: "s1".into(),
+                version: 3,
+                state: [("cart".into(), "c".into())].into(),
+            },
+            0,
+        );
+        assert!(t.apply_delta(&d(4, "cd"), 0));
+        assert_eq!(t.slot("s1").unwrap().v, 4);
+    }
+
+    #[test]
+    fn a_full_bucket_forgets_only_replicated_sessions() {
+        let store = MemoryStore::default();
+        // 64 sessions over 64 buckets: one slot per bucket.
+        let t = SessionTable::new(&store, "cart", 64);
+        let ops = || {
+            Ok(vec![StateOp {
+                key: "cart".into(),
+                value: Some("a".into()),
+            }])
+        };
+        // Two sessions in the same bucket.
+        let first = "s0".to_string();
+        let other = (1..10_000)
+            .map(|i| format!("s{i}"))
+            .find(|s| bucket_of(s) == bucket_of(&first))
+            .unwrap();
+        assert_eq!(
+            t.capture(&first, ops(), false, 100, 1),
+            Capture::Recorded(1)
+        );
+        assert_eq!(
+            t.capture(&other, ops(), false, 100, 2),
+            Capture::Dropped(DropReason::Full)
+        );
+        t.take_outbound(100);
+        t.on_ack(&[(first.clone(), 1)], &[]);
+        assert_eq!(
+            t.capture(&other, ops(), false, 100, 3),
+            Capture::Recorded(1)
+        );
+        assert!(
+            t.entry(&first).is_none(),
+            "the replicated one was forgotten"
+        );
+    }
+}

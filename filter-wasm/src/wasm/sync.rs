@@ -1,0 +1,312 @@
+//! State synchronization's calls to the relay: the lease holder's per-tick publish
+//! (publishers) and long poll (subscribers), and the event mode's publish of one session
+//! from a request's context.
+
+use super::abi::{self, buffer, level, log, map};
+use super::{HostStore, Worker};
+use crate::config::{PluginConfig, ServiceConfig};
+use crate::session_state::{Outbound, SessionTable, StateRole, StateSyncConfig};
+use crate::shared::{self, SharedStore};
+use shadowmesh_wire::{STATE_SCHEMA, StatePublish, StatePublishAck, StatePull, StatePullAnswer};
+
+/// Sessions in one publish, at most.
+const MAX_BATCH: usize = 512;
+
+/// The service's session table.
+pub(super) fn table<'a>(svc: &'a ServiceConfig, sync: &StateSyncConfig) -> SessionTable<'a> {
+    SessionTable::new(&HostStore, &svc.name, sync.max_sessions)
+}
+
+fn epoch_key(service: &str) -> String {
+    format!("shadowmesh.v1.ssm.{service}.epoch")
+}
+
+/// Until when (ms) a primary may be behind a shadow's writes: set on each change captured
+/// from a shadow's response, so the request path looks for such sessions only then.
+pub(super) fn shadow_writes_key(service: &str) -> String {
+    format!("shadowmesh.v1.ssm.{service}.shadow_writes_until")
+}
+
+/// How long after a shadow's write the primary is handed that session's state.
+pub(super) const SHADOW_WRITES_MEMORY_MS: u64 = 30 * 60 * 1_000;
+
+fn cursor_key(service: &str) -> String {
+    format!("shadowmesh.v1.ssm.{service}.cursor")
+}
+
+/// The proxy's name for the relay: `proxy_id`, else Envoy's node id.
+pub(super) fn proxy_name(config: &PluginConfig) -> String {
+    config
+        .proxy_id
+        .clone()
+        .or_else(|| {
+            abi::get_property(&["xds", "node", "id"])
+                .or_else(|| abi::get_property(&["node", "id"]))
+                .and_then(|b| String::from_utf8(b).ok())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "envoy".into())
+}
+
+/// A POST to the relay; the call's token.
+pub(super) fn post(
+    sync: &StateSyncConfig,
+    path: &str,
+    body: &[u8],
+    timeout_ms: u64,
+) -> Option<u32> {
+    let bearer = sync.token.as_ref().map(|t| format!("Bearer {t}"));
+    let mut headers = vec![
+        (":method", "POST"),
+        (":path", path),
+        (":authority", sync.authority.as_str()),
+        ("content-type", "application/json"),
+    ];
+    if let Some(b) = &bearer {
+        headers.push(("authorization", b.as_str()));
+    }
+    // The SDK's call registers the token with its dispatcher (see report.rs).
+    proxy_wasm::hostcalls::dispatch_http_call(
+        &sync.cluster,
+        headers,
+        Some(body),
+        vec![],
+        std::time::Duration::from_millis(timeout_ms),
+    )
+    .ok()
+}
+
+/// The publish message of `out` for `svc`.
+pub(super) fn publish_body(
+    config: &PluginConfig,
+    svc: &ServiceConfig,
+    out: Outbound,
+    wait_ack_ms: u64,
+) -> Vec<u8> {
+    let epoch = shared::read_counter(&HostStore, &epoch_key(&svc.name));
+    let message = StatePublish {
+        schema: STATE_SCHEMA.into(),
+        publisher: proxy_name(config),
+        service: svc.name.clone(),
+        epoch,
+        deltas: out.deltas,
+        snapshots: out.snapshots,
+        watch: out.watch,
+        wait_ack_ms,
+    };
+    serde_json::to_vec(&message).unwrap_or_default()
+}
+
+/// The body of a call's answer if it succeeded (2xx).
+fn answer_body(body_size: usize) -> Option<Vec<u8>> {
+    let status =
+        abi::get_header_str(map::HTTP_CALL_RESPONSE_HEADERS, ":status").unwrap_or_default();
+    if !status.starts_with('2') {
+        return None;
+    }
+    abi::get_buffer(buffer::HTTP_CALL_RESPONSE_BODY, 0, body_size)
+        .ok()
+        .flatten()
+}
+
+/// Applies a publish's answer (or its failure: `None`) to the table: acknowledged
+/// versions, gaps, a relay restart, or the sessions to resend whole.
+pub(super) fn on_publish_answer(
+    svc: &ServiceConfig,
+    sync: &StateSyncConfig,
+    sessions: &[String],
+    body_size: Option<usize>,
+    metrics: &super::metrics::StateMetrics,
+) {
+    let t = table(svc, sync);
+    let ack = body_size
+        .and_then(answer_body)
+        .and_then(|b| serde_json::from_slice::<StatePublishAck>(&b).ok());
+    let Some(ack) = ack else {
+        metrics.publish_failures.add(1);
+        t.resend_whole(sessions);
+        return;
+    };
+    metrics.publishes.add(1);
+    let key = epoch_key(&svc.name);
+    let known = shared::read_counter(&HostStore, &key);
+    if known != ack.epoch {
+        if known != 0 {
+            // The relay restarted without its memory: everything goes again, whole.
+            log(
+                level::INFO,
+                &format!(
+                    "shadowmesh: state relay restarted (service {}); resending every session",
+                    svc.name
+                ),
+            );
+            t.reset_replication();
+        }
+        let _ = HostStore.set(&key, &ack.epoch.to_le_bytes(), None);
+        if known != 0 {
+            return;
+        }
+    }
+    t.on_ack(&ack.acked, &ack.resync);
+}
+
+/// The lease holder's state-sync calls in flight.
+#[derive(Default)]
+pub(super) struct Syncer {
+    pending: Vec<Call>,
+}
+
+struct Call {
+    token: u32,
+    service: usize,
+    sent_ms: u64,
+    kind: CallKind,
+}
+
+enum CallKind {
+    Publish(Vec<String>),
+    Pull,
+}
+
+impl Syncer {
+    fn busy(&mut self, service: usize, now_ms: u64, limit_ms: u64) -> bool {
+        // A call unanswered for long (host lost it) no longer blocks the next.
+        self.pending
+            .retain(|c| c.service != service || now_ms < c.sent_ms + limit_ms);
+        self.pending.iter().any(|c| c.service == service)
+    }
+
+    /// Per tick, on the lease holder: publish what changed, or pull what the relay has.
+    pub(super) fn tick(&mut self, worker: &Worker, now_ms: u64) {
+        for (i, svc) in worker.config.services.iter().enumerate() {
+            let Some(sync) = &svc.state_sync else {
+                continue;
+            };
+            match sync.role {
+                StateRole::Publisher => {
+                    if self.busy(i, now_ms, 2 * sync.timeout_ms) {
+                        continue;
+                    }
+                    let out = table(svc, sync).take_outbound(MAX_BATCH);
+                    if out.is_empty() {
+                        continue;
+                    }
+                    let sessions = out.sessions.clone();
+                    let body = publish_body(&worker.config, svc, out, 0);
+                    match post(sync, "/v1/state/publish", &body, sync.timeout_ms) {
+                        Some(token) => self.pending.push(Call {
+                            token,
+                            service: i,
+                            sent_ms: now_ms,
+                            kind: CallKind::Publish(sessions),
+                        }),
+                        None => {
+                            worker.services[i].metrics.state.publish_failures.add(1);
+                            table(svc, sync).resend_whole(&sessions);
+                        }
+                    }
+                }
+                StateRole::Subscriber => {
+                    if !self.busy(i, now_ms, sync.wait_ms + 2 * sync.timeout_ms) {
+                        self.pull(worker, i, now_ms);
+                    }
+                }
+            }
+        }
+    }
+
+    fn pull(&mut self, worker: &Worker, i: usize, now_ms: u64) {
+        let svc = &worker.config.services[i];
+        let Some(sync) = &svc.state_sync else { return };
+        let (epoch, cursor): (u64, u64) =
+            shared::read_json(&HostStore, &cursor_key(&svc.name)).unwrap_or((0, 0));
+        let message = StatePull {
+            schema: STATE_SCHEMA.into(),
+            subscriber: proxy_name(&worker.config),
+            service: svc.name.clone(),
+            epoch,
+            cursor,
+            wait_ms: sync.wait_ms,
+        };
+        let body = serde_json::to_vec(&message).unwrap_or_default();
+        if let Some(token) = post(
+            sync,
+            "/v1/state/pull",
+            &body,
+            sync.wait_ms + sync.timeout_ms,
+        ) {
+            self.pending.push(Call {
+                token,
+                service: i,
+                sent_ms: now_ms,
+                kind: CallKind::Pull,
+            });
+        }
+    }
+
+    /// An answer to one of this syncer's calls (others are ignored); a subscriber pulls
+    /// again at once, so a change waits at the relay rather than for the next tick.
+    pub(super) fn on_answer(&mut self, token: u32, body_size: usize, worker: &Worker) -> bool {
+        let Some(at) = self.pending.iter().position(|c| c.token == token) else {
+            return false;
+        };
+        let call = self.pending.swap_remove(at);
+        let svc = &worker.config.services[call.service];
+        let Some(sync) = &svc.state_sync else {
+            return true;
+        };
+        let metrics = &worker.services[call.service].metrics.state;
+        match call.kind {
+            CallKind::Publish(sessions) => {
+                on_publish_answer(svc, sync, &sessions, Some(body_size), metrics);
+            }
+            CallKind::Pull => {
+                let now_ms = abi::now_ns() / 1_000_000;
+                if let Some(answer) = answer_body(body_size)
+                    .and_then(|b| serde_json::from_slice::<StatePullAnswer>(&b).ok())
+                {
+                    apply_pull(svc, sync, answer, now_ms, metrics);
+                }
+                self.pull(worker, call.service, now_ms);
+            }
+        }
+        true
+    }
+}
+
+/// Subscriber: applies the relay's answer and records the new cursor; a gap resets the
+/// cursor so the next pull brings the whole state.
+fn apply_pull(
+    svc: &ServiceConfig,
+    sync: &StateSyncConfig,
+    answer: StatePullAnswer,
+    now_ms: u64,
+    metrics: &super::metrics::StateMetrics,
+) {
+    let t = table(svc, sync);
+    if answer.full {
+        metrics.full_resyncs.add(1);
+        t.clear();
+    }
+    for snap in &answer.snapshots {
+        t.put_snapshot(snap, now_ms);
+    }
+    let mut gap = false;
+    for d in &answer.deltas {
+        if t.apply_delta(d, now_ms) {
+            metrics.applied.add(1);
+        } else {
+            gap = true;
+            metrics.gaps.add(1);
+            break;
+        }
+    }
+    let next = if gap {
+        (0, 0)
+    } else {
+        (answer.epoch, answer.cursor)
+    };
+    if let Ok(bytes) = serde_json::to_vec(&next) {
+        let _ = HostStore.set(&cursor_key(&svc.name), &bytes, None);
+    }
+}

@@ -1,0 +1,432 @@
+//! A deployment with State Synchronization on loopback: the `shadowmesh-xds` binary (the
+//! relay, with tokens), a primary and a shadow `cart` process, a shadow-side Envoy (ATRE as
+//! subscriber) in front of the shadow, and the edge Envoy (ATRE as publisher) routing to the
+//! primary or, through the shadow-side Envoy, to the shadow. And shopping sessions that
+//! count their own writes, so every stale read is seen.
+
+use crate::envoy::{Bootstrap, EnvoyOptions, EnvoyProcess, FilterChoice};
+use crate::loadgen::{self, HttpClient};
+use crate::xds_process::{ApiClient, XdsProcess, eventually, free_addr};
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The operator token of the deployment's control plane.
+pub const OPERATOR_TOKEN: &str = "op-ssm-3b9d0f6a2c71";
+/// The telemetry token (filters: reports, publishes, pulls).
+pub const TELEMETRY_TOKEN: &str = "tm-ssm-7e24c15d98a0";
+/// The service.
+pub const SERVICE: &str = "checkout";
+
+/// How the deployment is set up.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// `async` or `event`.
+    pub mode: &'static str,
+    /// The allowlist of critical keys.
+    pub keys: Vec<&'static str>,
+    /// Largest value of one key.
+    pub max_value_bytes: usize,
+    /// Profile bytes per session (state written once).
+    pub profile_bytes: usize,
+    /// The primary's concurrency (20 ms a request).
+    pub primary_concurrency: usize,
+    /// The edge Envoy's filter.
+    pub edge: EdgeFilter,
+    /// Time the carts take per request (ms).
+    pub service_ms: u64,
+}
+
+/// What runs in the edge Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeFilter {
+    /// ATRE with state synchronization (the deployment under test).
+    AtreWithSync,
+    /// ATRE alone (the latency baseline of state sync).
+    Atre,
+    /// No Wasm filter (the latency baseline of ATRE).
+    None,
+    /// A filter whose VM faults (the fail-open check).
+    Faulting,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            mode: "async",
+            keys: vec!["cart", "writes", "profile"],
+            max_value_bytes: 8_192,
+            profile_bytes: 2_048,
+            primary_concurrency: 8,
+            edge: EdgeFilter::AtreWithSync,
+            service_ms: 20,
+        }
+    }
+}
+
+/// A child process killed when dropped.
+pub struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a `cart` process on `port`.
+pub fn start_cart(
+    name: &str,
+    port: u16,
+    concurrency: usize,
+    profile_bytes: usize,
+) -> Result<ChildGuard> {
+    let bin = crate::workspace_binary("cart")?;
+    let child = Command::new(bin)
+        .args(["--name", name, "--port", &port.to_string()])
+        .args([
+            "--service-ms",
+            "20",
+            "--concurrency",
+            &concurrency.to_string(),
+        ])
+        .args(["--profile-bytes", &profile_bytes.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(ChildGuard(child))
+}
+
+/// The running deployment.
+pub struct SyncStack {
+    /// The control plane (relay).
+    pub plane: XdsProcess,
+    /// Operator client of its API.
+    pub api: ApiClient,
+    /// The primary cart.
+    pub primary: ChildGuard,
+    /// The shadow cart.
+    pub shadow: ChildGuard,
+    shadow_envoy: Option<EnvoyProcess>,
+    /// The edge Envoy.
+    pub edge: EnvoyProcess,
+    /// Options it was built with.
+    pub options: SyncOptions,
+    dir: PathBuf,
+    config: PathBuf,
+    shadow_port: u16,
+    shadow_listener: u16,
+    control_port: u16,
+}
+
+fn state_sync(role: &str, options: &SyncOptions) -> serde_json::Value {
+    serde_json::json!({
+        "role": role, "mode": options.mode, "cluster": "shadowmesh_control",
+        "token": TELEMETRY_TOKEN, "keys": options.keys,
+        "max_value_bytes": options.max_value_bytes,
+        "max_session_bytes": options.max_value_bytes * 4,
+        "max_sessions": 10_000, "wait_ms": 1_000, "timeout_ms": 1_000,
+    })
+}
+
+/// The shadow-side Envoy's bootstrap: its listener on `listener` (fixed, so the edge can
+/// reach a restarted one), routing to the shadow cart.
+fn shadow_side_yaml(
+    shadow_port: u16,
+    control_port: u16,
+    listener: u16,
+    options: &SyncOptions,
+) -> Result<String> {
+    let mut plugin = crate::atre_plugin(64);
+    let svc = &mut plugin["services"][0];
+    svc["shadow"]["ready"] = false.into();
+    svc["state_sync"] = state_sync("subscriber", options);
+    plugin["proxy_id"] = "shadow-side-1".into();
+    plugin["telemetry"] = serde_json::Value::Null;
+    let yaml = Bootstrap {
+        node_id: "shadow-side-1".into(),
+        primary_port: shadow_port,
+        shadow_port,
+        control_port,
+        filter: FilterChoice::Atre(plugin.to_string()),
+    }
+    .render()?;
+    // The ingress listener is the first `port_value: 0` indented as a listener address.
+    let listener_line =
+        "    address: {socket_address: {address: 127.0.0.1, port_value: 0}}\n    filter_chains:";
+    anyhow::ensure!(yaml.contains(listener_line), "listener address not found");
+    Ok(yaml.replacen(
+        listener_line,
+        &format!("    address: {{socket_address: {{address: 127.0.0.1, port_value: {listener}}}}}\n    filter_chains:"),
+        1,
+    ))
+}
+
+impl SyncStack {
+    /// Starts everything in `dir` (created).
+    pub async fn start(name: &str, options: SyncOptions) -> Result<SyncStack> {
+        let dir =
+            std::env::temp_dir().join(format!("shadowmesh-ssm-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let (http, ads) = (free_addr(), free_addr());
+        let tokens = dir.join("tokens");
+        std::fs::write(
+            &tokens,
+            format!("operator {OPERATOR_TOKEN}\ntelemetry {TELEMETRY_TOKEN}\n"),
+        )?;
+        let config = dir.join("xds.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "http_listen = \"{http}\"\nads_listen = \"{ads}\"\ntokens_file = \"{}\"\n",
+                tokens.display()
+            ),
+        )?;
+        let plane = XdsProcess::start(&config, &dir.join("xds.log"), &[])?;
+        let api = ApiClient::new(http, Some(OPERATOR_TOKEN));
+        wait_healthy(&api).await;
+        let (primary_port, shadow_port, shadow_listener) =
+            (free_addr().port(), free_addr().port(), free_addr().port());
+        let primary = start_cart(
+            "cart-primary",
+            primary_port,
+            options.primary_concurrency,
+            options.profile_bytes,
+        )?;
+        let shadow = start_cart("cart-shadow", shadow_port, 64, options.profile_bytes)?;
+        let shadow_envoy = EnvoyProcess::launch(
+            shadow_side_yaml(shadow_port, http.port(), shadow_listener, &options)?,
+            EnvoyOptions::default(),
+        )
+        .await?;
+        let mut plugin = crate::atre_plugin(16);
+        plugin["proxy_id"] = "edge-1".into();
+        plugin["telemetry"]["token"] = TELEMETRY_TOKEN.into();
+        if options.edge == EdgeFilter::AtreWithSync {
+            plugin["services"][0]["state_sync"] = state_sync("publisher", &options);
+        }
+        let edge = EnvoyProcess::launch(
+            Bootstrap {
+                node_id: "edge-1".into(),
+                primary_port,
+                shadow_port: shadow_listener,
+                control_port: http.port(),
+                filter: match options.edge {
+                    EdgeFilter::Faulting => FilterChoice::Faulting,
+                    EdgeFilter::None => FilterChoice::None,
+                    EdgeFilter::Atre | EdgeFilter::AtreWithSync => {
+                        FilterChoice::Atre(plugin.to_string())
+                    }
+                },
+            }
+            .render()?,
+            EnvoyOptions::default(),
+        )
+        .await?;
+        let stack = SyncStack {
+            plane,
+            api,
+            primary,
+            shadow,
+            shadow_envoy: Some(shadow_envoy),
+            edge,
+            options,
+            dir,
+            config,
+            shadow_port,
+            shadow_listener,
+            control_port: http.port(),
+        };
+        for (what, port) in [("primary cart", primary_port), ("shadow cart", shadow_port)] {
+            let client = loadgen::client();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+            eventually(what, Duration::from_secs(30), async || {
+                loadgen::get(
+                    &client,
+                    addr,
+                    "cart",
+                    "/cart",
+                    &[("x-session-id".into(), "probe".into())],
+                )
+                .await
+                .ok()
+            })
+            .await;
+        }
+        Ok(stack)
+    }
+
+    /// `kill -9` of the control plane (and the relay's memory), then a new one on the same
+    /// ports; returns once it answers.
+    pub async fn restart_relay(&mut self) -> Result<()> {
+        self.plane.kill_9();
+        self.plane = XdsProcess::start(&self.config, &self.dir.join("xds.log"), &[])?;
+        wait_healthy(&self.api).await;
+        Ok(())
+    }
+
+    /// Stops the shadow-side Envoy and starts a new one (empty memory) on the same port.
+    pub async fn restart_shadow_envoy(&mut self) -> Result<()> {
+        let yaml = shadow_side_yaml(
+            self.shadow_port,
+            self.control_port,
+            self.shadow_listener,
+            &self.options,
+        )?;
+        // The old one must be gone before the new one binds the port.
+        drop(self.shadow_envoy.take());
+        self.shadow_envoy = Some(
+            EnvoyProcess::launch(yaml, EnvoyOptions::default())
+                .await
+                .context("restarting the shadow-side Envoy")?,
+        );
+        Ok(())
+    }
+
+    /// The shadow-side Envoy.
+    pub fn shadow_envoy(&self) -> &EnvoyProcess {
+        self.shadow_envoy
+            .as_ref()
+            .expect("the shadow-side Envoy runs between restarts")
+    }
+
+    /// The relay's view (`GET /v1/state`).
+    pub async fn relay_state(&self) -> Option<serde_json::Value> {
+        self.api.get_json("/v1/state").await
+    }
+}
+
+async fn wait_healthy(api: &ApiClient) {
+    eventually("the control plane", Duration::from_secs(30), async || {
+        matches!(api.call("GET", "/healthz", None).await, Ok((200, _))).then_some(())
+    })
+    .await;
+}
+
+/// A filter counter of `envoy` (Envoy names Wasm metrics `wasmcustom.<name>`).
+pub fn filter_stat(envoy: &EnvoyProcess, metric: &str) -> u64 {
+    let name = format!("shadowmesh.service.{SERVICE}.{metric}");
+    envoy
+        .stat(&format!("wasmcustom.{name}"))
+        .ok()
+        .flatten()
+        .or_else(|| envoy.stat(&name).ok().flatten())
+        .unwrap_or(0)
+}
+
+/// What the sessions saw.
+#[derive(Clone, Default)]
+pub struct SessionsReport {
+    /// Requests answered 200.
+    pub ok: u64,
+    /// Requests that failed (status or transport).
+    pub errors: u64,
+    /// Answers with fewer writes than the client had made: older state than it wrote.
+    pub stale_reads: u64,
+    /// Requests served by the shadow.
+    pub by_shadow: u64,
+    /// Requests served by the shadow for a session that had written before (its state
+    /// had to follow it).
+    pub by_shadow_after_writes: u64,
+    /// Sessions served by both.
+    pub sessions_moved: u64,
+    /// Latency of each request (µs), in order of completion.
+    pub latencies_us: Vec<u64>,
+    /// The first stale reads, described.
+    pub stale_examples: Vec<String>,
+}
+
+impl std::fmt::Debug for SessionsReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionsReport")
+            .field("ok", &self.ok)
+            .field("errors", &self.errors)
+            .field("stale_reads", &self.stale_reads)
+            .field("by_shadow", &self.by_shadow)
+            .field("by_shadow_after_writes", &self.by_shadow_after_writes)
+            .field("sessions_moved", &self.sessions_moved)
+            .field("stale_examples", &self.stale_examples)
+            .finish()
+    }
+}
+
+/// Runs `sessions` shopping sessions through `edge` for `duration`, each waiting `think`
+/// between requests: each adds, reads and removes items in turn and checks every answer's
+/// write count against its own.
+pub async fn run_sessions(
+    edge: SocketAddr,
+    sessions: usize,
+    duration: Duration,
+    prefix: &str,
+    think: Duration,
+) -> SessionsReport {
+    let report = Arc::new(Mutex::new(SessionsReport::default()));
+    let client: HttpClient = loadgen::client();
+    let deadline = Instant::now() + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..sessions {
+        let (client, report) = (client.clone(), report.clone());
+        let session = format!("{prefix}-{i:04}");
+        tasks.spawn(async move {
+            let headers = vec![("x-session-id".to_string(), session.clone())];
+            let mut writes = 0u64;
+            let mut served: BTreeMap<String, u64> = BTreeMap::new();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                if n > 0 && !think.is_zero() {
+                    tokio::time::sleep(think).await;
+                }
+                n += 1;
+                let (method, path) = match n % 4 {
+                    0 => ("GET", "/cart".to_string()),
+                    1 | 2 => ("POST", format!("/cart/add?sku=sku-{}", n % 3)),
+                    _ => ("POST", format!("/cart/remove?sku=sku-{}", (n + 1) % 3)),
+                };
+                let t0 = Instant::now();
+                let answer = loadgen::request_with(&client, method, edge, &path, None, &headers).await;
+                let took = t0.elapsed().as_micros() as u64;
+                let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
+                r.latencies_us.push(took);
+                let Ok((200, body)) = answer else {
+                    r.errors += 1;
+                    continue;
+                };
+                r.ok += 1;
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let seen = v["writes"].as_u64().unwrap_or(0);
+                let by = v["served_by"].as_str().unwrap_or("").to_string();
+                let expected = if method == "POST" { writes + 1 } else { writes };
+                if seen < expected {
+                    r.stale_reads += 1;
+                    if r.stale_examples.len() < 5 {
+                        r.stale_examples.push(format!(
+                            "{session}: {method} {path} served by {by} saw {seen} writes, {expected} made"
+                        ));
+                    }
+                }
+                if by == "cart-shadow" {
+                    r.by_shadow += 1;
+                    if writes > 0 {
+                        r.by_shadow_after_writes += 1;
+                    }
+                }
+                *served.entry(by).or_default() += 1;
+                if method == "POST" {
+                    // The session's count follows what the service says it has now.
+                    writes = seen.max(expected);
+                }
+            }
+            if served.len() > 1 {
+                report.lock().unwrap_or_else(|e| e.into_inner()).sessions_moved += 1;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let mut guard = report.lock().unwrap_or_else(|e| e.into_inner());
+    std::mem::take(&mut *guard)
+}

@@ -1,0 +1,183 @@
+//! State Synchronization with real Envoy: the edge Envoy's filter captures the cart's state
+//! changes, the relay (the real `shadowmesh-xds`) carries them, the shadow-side Envoy's
+//! filter hands them to the shadow cart — and sessions moved to the shadow mid-surge never
+//! read older state than they wrote.
+
+use shadowmesh_testkit::envoy::EnvoyOptions;
+use shadowmesh_testkit::state_sync::{
+    EdgeFilter, SyncOptions, SyncStack, filter_stat, run_sessions,
+};
+use shadowmesh_testkit::xds_process::eventually;
+use std::time::Duration;
+
+/// Sessions enough to overload the primary (8 at a time, 20 ms each), so the edge moves
+/// a share of them to the shadow.
+const SESSIONS: usize = 120;
+/// Pause between a session's requests: writes come about every quarter second per
+/// session, as a shopper's clicks would.
+const THINK: Duration = Duration::from_millis(200);
+
+async fn stack(name: &str, options: SyncOptions) -> SyncStack {
+    SyncStack::start(name, options)
+        .await
+        .expect("the deployment starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_moved_to_the_shadow_mid_surge_see_their_latest_state() {
+    let _alone = shadowmesh_testkit::load_test_lock().write_owned().await;
+    let s = stack("surge", SyncOptions::default()).await;
+    let report = run_sessions(
+        s.edge.listener,
+        SESSIONS,
+        Duration::from_secs(8),
+        "surge",
+        THINK,
+    )
+    .await;
+    eprintln!("{report:?}");
+    assert_eq!(report.stale_reads, 0, "{:?}", report.stale_examples);
+    assert!(
+        report.by_shadow_after_writes > 100,
+        "state had to follow: {report:?}"
+    );
+    assert!(report.sessions_moved >= 5, "{report:?}");
+    assert_eq!(report.errors, 0);
+    assert!(filter_stat(&s.edge, "state_captured_total") > 100);
+    assert!(filter_stat(s.shadow_envoy(), "state_injected_total") > 100);
+    assert_eq!(filter_stat(&s.edge, "state_dropped_total"), 0);
+    let relay = s.relay_state().await.unwrap();
+    let svc = &relay["services"]["checkout"];
+    assert!(svc["deltas"].as_u64().unwrap() > 100, "{relay}");
+    assert_eq!(svc["gaps"], 0, "{relay}");
+    // Deltas, not copies: the profile (2 KiB) went once per session.
+    assert!(
+        svc["snapshots_in"].as_u64().unwrap() <= SESSIONS as u64,
+        "{relay}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_shadow_side_envoy_is_resynchronized_in_full() {
+    let _alone = shadowmesh_testkit::load_test_lock().write_owned().await;
+    let mut s = stack("shadow-restart", SyncOptions::default()).await;
+    let before = run_sessions(
+        s.edge.listener,
+        SESSIONS,
+        Duration::from_secs(5),
+        "restart",
+        THINK,
+    )
+    .await;
+    assert_eq!(before.stale_reads, 0, "{:?}", before.stale_examples);
+    assert!(before.by_shadow_after_writes > 0, "{before:?}");
+    s.restart_shadow_envoy().await.unwrap();
+    // The new one starts empty and gets the whole state from the relay.
+    eventually("a full resync", Duration::from_secs(20), async || {
+        (filter_stat(s.shadow_envoy(), "state_full_resyncs_total") >= 1).then_some(())
+    })
+    .await;
+    let after = run_sessions(
+        s.edge.listener,
+        SESSIONS,
+        Duration::from_secs(6),
+        "restart",
+        THINK,
+    )
+    .await;
+    eprintln!("{after:?}");
+    assert_eq!(after.stale_reads, 0, "{:?}", after.stale_examples);
+    assert!(
+        after.by_shadow_after_writes > 50,
+        "the same sessions on the shadow again: {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_relay_resynchronizes_publishers_and_subscribers() {
+    let _alone = shadowmesh_testkit::load_test_lock().write_owned().await;
+    let mut s = stack("relay-restart", SyncOptions::default()).await;
+    let before = run_sessions(
+        s.edge.listener,
+        SESSIONS,
+        Duration::from_secs(5),
+        "relay",
+        THINK,
+    )
+    .await;
+    assert_eq!(before.stale_reads, 0, "{:?}", before.stale_examples);
+    let epoch = s.relay_state().await.unwrap()["epoch"].clone();
+    s.restart_relay().await.unwrap();
+    let during = tokio::spawn(run_sessions(
+        s.edge.listener,
+        SESSIONS,
+        Duration::from_secs(8),
+        "relay",
+        THINK,
+    ));
+    // The new relay (a new epoch) gets every session whole from the edge.
+    let relay = eventually(
+        "sessions back at the relay",
+        Duration::from_secs(20),
+        async || {
+            let r = s.relay_state().await?;
+            (r["services"]["checkout"]["snapshots_in"].as_u64()? >= SESSIONS as u64).then_some(r)
+        },
+    )
+    .await;
+    assert_ne!(relay["epoch"], epoch);
+    let during = during.await.unwrap();
+    eprintln!("{during:?}");
+    assert_eq!(during.stale_reads, 0, "{:?}", during.stale_examples);
+    assert!(filter_stat(s.shadow_envoy(), "state_full_resyncs_total") >= 2);
+    assert!(
+        during.by_shadow_after_writes > 0,
+        "sessions moved again: {during:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_outside_the_allowlist_is_dropped_and_keeps_its_session_on_the_primary() {
+    let _alone = shadowmesh_testkit::load_test_lock().write_owned().await;
+    // The cart writes a profile with its first write; `profile` is not allowlisted.
+    let options = SyncOptions {
+        keys: vec!["cart", "writes"],
+        ..SyncOptions::default()
+    };
+    let s = stack("allowlist", options).await;
+    let report = run_sessions(
+        s.edge.listener,
+        SESSIONS,
+        Duration::from_secs(5),
+        "pinned",
+        THINK,
+    )
+    .await;
+    eprintln!("{report:?}");
+    assert_eq!(report.stale_reads, 0, "{:?}", report.stale_examples);
+    assert_eq!(report.by_shadow_after_writes, 0, "{report:?}");
+    assert!(filter_stat(&s.edge, "state_dropped_total") >= SESSIONS as u64);
+    assert!(
+        filter_stat(&s.edge, "state_held_on_primary_total") > 0,
+        "the surge wanted the shadow"
+    );
+    assert_eq!(report.errors, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faulting_edge_filter_fails_open_and_the_primary_keeps_every_write() {
+    let _alone = shadowmesh_testkit::load_test_lock().write_owned().await;
+    let options = SyncOptions {
+        edge: EdgeFilter::Faulting,
+        ..SyncOptions::default()
+    };
+    let s = stack("fault", options).await;
+    let report = run_sessions(s.edge.listener, 8, Duration::from_secs(3), "fault", THINK).await;
+    assert_eq!(report.stale_reads, 0, "{:?}", report.stale_examples);
+    assert_eq!(report.by_shadow, 0);
+    // Envoy answers 503 to the request inside each VM as it faults (one VM per worker);
+    // every later request goes to the primary (as in `atre_envoy`).
+    let workers = u64::from(EnvoyOptions::default().concurrency);
+    assert!(report.errors <= workers, "{report:?}");
+    assert!(report.ok > 50);
+}

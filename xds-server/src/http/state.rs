@@ -1,0 +1,109 @@
+//! `/v1/state`: State Synchronization's relay ([`crate::relay`]) over HTTP — session deltas
+//! from the filters on the primaries' path, long polls from the filters in front of the
+//! shadows.
+
+use super::services::now_ms;
+use super::{Api, ApiError, parse_json};
+use crate::relay::{RelayError, RelayStats, StateRelay};
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use shadowmesh_wire::{StatePublish, StatePublishAck, StatePull, StatePullAnswer};
+use std::time::Duration;
+
+pub(super) fn routes() -> Router<Api> {
+    Router::new()
+        .route("/v1/state", get(stats))
+        .route("/v1/state/publish", post(publish))
+        .route("/v1/state/pull", post(pull))
+}
+
+fn refused(e: RelayError) -> ApiError {
+    ApiError::invalid(e.field, e.message)
+}
+
+/// Applies a publisher's changes; answers acknowledged versions and gaps.
+async fn publish(
+    State(api): State<Api>,
+    body: axum::body::Bytes,
+) -> Result<Json<StatePublishAck>, ApiError> {
+    let message = parse_json::<StatePublish>(&body)?;
+    let wait = Duration::from_millis(message.wait_ack_ms.min(api.relay.limits().max_wait_ms));
+    let (service, mut wanted) = (message.service.clone(), published_versions(&message));
+    let mut changes = api.relay.changes();
+    changes.borrow_and_update();
+    let mut ack = api.relay.publish(message, now_ms()).map_err(refused)?;
+    // Event mode: hold the answer until the live subscribers applied what was published.
+    wanted.retain(|(s, _)| !ack.resync.contains(s));
+    let deadline = tokio::time::Instant::now() + wait;
+    let sessions: Vec<String> = wanted.iter().map(|(s, _)| s.clone()).collect();
+    while !wanted.is_empty() {
+        let acked = api.relay.acked(&service, &sessions, now_ms());
+        let done = wanted
+            .iter()
+            .all(|(s, v)| acked.iter().any(|(a, av)| a == s && av >= v));
+        if done {
+            ack.acked = acked;
+            break;
+        }
+        if tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .is_err()
+        {
+            break;
+        }
+        changes.borrow_and_update();
+    }
+    Ok(Json(ack))
+}
+
+/// The newest version per session a publish carries.
+fn published_versions(m: &StatePublish) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    let versions = m
+        .deltas
+        .iter()
+        .map(|d| (&d.session, d.version))
+        .chain(m.snapshots.iter().map(|s| (&s.session, s.version)));
+    for (session, version) in versions {
+        match out.iter_mut().find(|(s, _)| s == session) {
+            Some(e) => e.1 = e.1.max(version),
+            None => out.push((session.clone(), version)),
+        }
+    }
+    out
+}
+
+/// Answers a subscriber with what it has not applied, waiting up to `wait_ms` (bounded by
+/// the relay's `max_wait_ms`) for a change when there is none yet.
+async fn pull(
+    State(api): State<Api>,
+    body: axum::body::Bytes,
+) -> Result<Json<StatePullAnswer>, ApiError> {
+    let message = parse_json::<StatePull>(&body)?;
+    let wait = Duration::from_millis(message.wait_ms.min(api.relay.limits().max_wait_ms));
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribed before the first look: a change between the look and the wait is seen.
+    let mut changes = api.relay.changes();
+    loop {
+        changes.borrow_and_update();
+        if let Some(answer) = api.relay.pull(&message, now_ms()).map_err(refused)? {
+            return Ok(Json(answer));
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => continue,
+            // Timed out (or the relay is gone): nothing new, same cursor.
+            _ => {
+                return Ok(Json(StatePullAnswer {
+                    epoch: message.epoch,
+                    cursor: message.cursor,
+                    ..StatePullAnswer::default()
+                }));
+            }
+        }
+    }
+}
+
+async fn stats(State(api): State<Api>) -> Json<RelayStats> {
+    Json(api.relay.stats(now_ms()))
+}
