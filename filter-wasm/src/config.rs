@@ -44,6 +44,9 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Index buckets of state sync's session table per service (a floor for `max_sessions`).
+pub const STATE_BUCKETS: u64 = 64;
+
 /// The whole plugin configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,7 +101,7 @@ pub struct ServiceConfig {
     pub gain: f64,
     /// State synchronization of its sessions (needs `session`); absent = none.
     #[serde(default)]
-    pub state_sync: Option<crate::session_state::StateSyncConfig>,
+    pub state_sync: Option<StateSyncConfig>,
 }
 
 /// Capacity of the primary cluster.
@@ -478,6 +481,122 @@ fn cluster_fields(
         ));
     }
     Ok(())
+}
+
+/// Which end of the replication this filter is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateRole {
+    /// On the primary's path: captures changes, publishes them, redirects a session only
+    /// once the shadows acknowledged its latest version.
+    Publisher,
+    /// In front of a shadow: pulls the changes, hands each request its session's state.
+    Subscriber,
+}
+
+/// When a publisher sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Batched once per tick, off the request path.
+    #[default]
+    Async,
+    /// On each write: the response waits until the relay has the change.
+    Event,
+}
+
+/// The `state_sync` section of the plugin configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSyncConfig {
+    /// This filter's end of the replication.
+    pub role: StateRole,
+    /// When changes are sent (publishers).
+    #[serde(default)]
+    pub mode: SyncMode,
+    /// Envoy cluster of the relay (the control plane).
+    pub cluster: String,
+    /// `:authority` of relay requests.
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    /// Bearer token of the control plane's `telemetry` role.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The critical keys: anything else is dropped.
+    pub keys: Vec<String>,
+    /// Largest value of one key (bytes).
+    #[serde(default = "default_max_value_bytes")]
+    pub max_value_bytes: usize,
+    /// Largest state of one session (keys and values, bytes).
+    #[serde(default = "default_max_session_bytes")]
+    pub max_session_bytes: usize,
+    /// Sessions tracked per service.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: u64,
+    /// Timeout of a publish (ms).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How long a pull may wait at the relay for changes (ms; subscribers).
+    #[serde(default = "default_wait_ms")]
+    pub wait_ms: u64,
+}
+
+fn default_max_value_bytes() -> usize {
+    4_096
+}
+fn default_max_session_bytes() -> usize {
+    16_384
+}
+fn default_max_sessions() -> u64 {
+    10_000
+}
+fn default_wait_ms() -> u64 {
+    1_000
+}
+
+impl StateSyncConfig {
+    /// Checks the section; errors name the field under `at`.
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let e = |f: &str, m: &str| err(format!("{at}.{f}"), m);
+        if self.cluster.is_empty() {
+            return Err(e("cluster", "must not be empty"));
+        }
+        if self.keys.is_empty() {
+            return Err(e("keys", "name at least one critical key"));
+        }
+        for (i, k) in self.keys.iter().enumerate() {
+            if !valid_state_key(k) {
+                return Err(e(
+                    &format!("keys[{i}]"),
+                    "1 to 64 characters of letters, digits and `_.-`",
+                ));
+            }
+        }
+        if self.max_value_bytes == 0 || self.max_value_bytes > self.max_session_bytes {
+            return Err(e("max_value_bytes", "must be 1 to max_session_bytes"));
+        }
+        if self.max_session_bytes > 1 << 20 {
+            return Err(e("max_session_bytes", "must be at most 1 MiB"));
+        }
+        if !(STATE_BUCKETS..=1_000_000).contains(&self.max_sessions) {
+            return Err(e("max_sessions", "must be 64 to 1,000,000"));
+        }
+        if self.timeout_ms == 0 || self.wait_ms > 30_000 {
+            return Err(e(
+                "timeout_ms",
+                "timeout_ms must be at least 1 and wait_ms at most 30000",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A critical key's form: 1 to 64 of `[A-Za-z0-9_.-]`.
+pub(crate) fn valid_state_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 64
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@
 //! however many sessions come and go; a bucket that is full forgets its oldest session whose
 //! state every shadow has (that state lives on there), never one whose state is unreplicated.
 
-use crate::config::ConfigError;
+use crate::config::valid_state_key as valid_key;
+pub use crate::config::{StateRole, StateSyncConfig, SyncMode};
 use crate::shared::{SetError, SharedStore, update_json};
 use serde::{Deserialize, Serialize};
 use shadowmesh_wire::{SessionDelta, SessionSnapshot, StateOp};
@@ -30,131 +31,7 @@ pub const STATE_CHANGE_HEADER: &str = "x-shadowmesh-state";
 /// Request header carrying a session's state to the application.
 pub const SESSION_STATE_HEADER: &str = "x-shadowmesh-session-state";
 /// Index buckets per service.
-pub const BUCKETS: u64 = 64;
-
-/// Which end of the replication this filter is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StateRole {
-    /// On the primary's path: captures changes, publishes them, redirects a session only
-    /// once the shadows acknowledged its latest version.
-    Publisher,
-    /// In front of a shadow: pulls the changes, hands each request its session's state.
-    Subscriber,
-}
-
-/// When a publisher sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncMode {
-    /// Batched once per tick, off the request path.
-    #[default]
-    Async,
-    /// On each write: the response waits until the relay has the change.
-    Event,
-}
-
-/// The `state_sync` section of the plugin configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StateSyncConfig {
-    /// This filter's end of the replication.
-    pub role: StateRole,
-    /// When changes are sent (publishers).
-    #[serde(default)]
-    pub mode: SyncMode,
-    /// Envoy cluster of the relay (the control plane).
-    pub cluster: String,
-    /// `:authority` of relay requests.
-    #[serde(default = "default_authority")]
-    pub authority: String,
-    /// Bearer token of the control plane's `telemetry` role.
-    #[serde(default)]
-    pub token: Option<String>,
-    /// The critical keys: anything else is dropped.
-    pub keys: Vec<String>,
-    /// Largest value of one key (bytes).
-    #[serde(default = "default_max_value_bytes")]
-    pub max_value_bytes: usize,
-    /// Largest state of one session (keys and values, bytes).
-    #[serde(default = "default_max_session_bytes")]
-    pub max_session_bytes: usize,
-    /// Sessions tracked per service.
-    #[serde(default = "default_max_sessions")]
-    pub max_sessions: u64,
-    /// Timeout of a publish (ms).
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// How long a pull may wait at the relay for changes (ms; subscribers).
-    #[serde(default = "default_wait_ms")]
-    pub wait_ms: u64,
-}
-
-fn default_authority() -> String {
-    "shadowmesh-control".into()
-}
-fn default_max_value_bytes() -> usize {
-    4_096
-}
-fn default_max_session_bytes() -> usize {
-    16_384
-}
-fn default_max_sessions() -> u64 {
-    10_000
-}
-fn default_timeout_ms() -> u64 {
-    500
-}
-fn default_wait_ms() -> u64 {
-    1_000
-}
-
-impl StateSyncConfig {
-    /// Checks the section; errors name the field under `at`.
-    pub fn validate(&self, at: &str) -> Result<(), ConfigError> {
-        let e = |f: &str, m: &str| ConfigError {
-            field: format!("{at}.{f}"),
-            message: m.into(),
-        };
-        if self.cluster.is_empty() {
-            return Err(e("cluster", "must not be empty"));
-        }
-        if self.keys.is_empty() {
-            return Err(e("keys", "name at least one critical key"));
-        }
-        for (i, k) in self.keys.iter().enumerate() {
-            if !valid_key(k) {
-                return Err(e(
-                    &format!("keys[{i}]"),
-                    "1 to 64 characters of letters, digits and `_.-`",
-                ));
-            }
-        }
-        if self.max_value_bytes == 0 || self.max_value_bytes > self.max_session_bytes {
-            return Err(e("max_value_bytes", "must be 1 to max_session_bytes"));
-        }
-        if self.max_session_bytes > 1 << 20 {
-            return Err(e("max_session_bytes", "must be at most 1 MiB"));
-        }
-        if !(BUCKETS..=1_000_000).contains(&self.max_sessions) {
-            return Err(e("max_sessions", "must be 64 to 1,000,000"));
-        }
-        if self.timeout_ms == 0 || self.wait_ms > 30_000 {
-            return Err(e(
-                "timeout_ms",
-                "timeout_ms must be at least 1 and wait_ms at most 30000",
-            ));
-        }
-        Ok(())
-    }
-}
-
-fn valid_key(k: &str) -> bool {
-    !k.is_empty()
-        && k.len() <= 64
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
+pub const BUCKETS: u64 = crate::config::STATE_BUCKETS;
 
 /// Why a state-change header was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,6 +193,18 @@ pub struct SessionSlot {
     pub ops: Vec<SessionDelta>,
     /// The last change came from a shadow: the primary may be behind.
     pub from_shadow: bool,
+    /// The relay's version of the state this edge started from (a session it adopted
+    /// after a restart): `base + v` is the session's version as the application sees it,
+    /// which never goes back.
+    #[serde(default)]
+    pub base: u64,
+}
+
+impl SessionSlot {
+    /// The session's version as handed to applications.
+    pub fn app_version(&self) -> u64 {
+        self.base + self.v
+    }
 }
 
 /// A service's sessions in shared data.
@@ -482,6 +371,7 @@ impl<'a> SessionTable<'a> {
                 version,
                 ops: ops.clone(),
                 at_ms: now_ms,
+                from_shadow,
             });
             Some(slot)
         });
@@ -555,6 +445,7 @@ impl<'a> SessionTable<'a> {
                         session: session.clone(),
                         version: s.v,
                         state: s.state.clone(),
+                        from_shadow: s.from_shadow,
                     });
                 } else {
                     deltas = s.ops.clone();
@@ -632,6 +523,32 @@ impl<'a> SessionTable<'a> {
         });
     }
 
+    /// Publisher: records a session it had no record of, with its whole state as the relay
+    /// has it (if any): later changes apply to it, and a resend of the whole state is
+    /// whole. False if there is no room.
+    pub fn adopt(&self, session: &str, known: Option<&SessionSnapshot>, now_ms: u64) -> bool {
+        let Ok(Some(entry)) = self.with_entry(session, now_ms, |_| {}) else {
+            return false;
+        };
+        let Some(known) = known else { return true };
+        let key = self.slot_key(bucket_of(session), entry.slot);
+        update_json::<SessionSlot, _>(self.store, &key, |cur| {
+            // A change captured meanwhile is newer than the relay's answer.
+            if cur.is_some_and(|s| s.s == session && s.v > 0) {
+                return None;
+            }
+            Some(SessionSlot {
+                s: session.to_string(),
+                v: 0,
+                state: known.state.clone(),
+                ops: vec![],
+                from_shadow: known.from_shadow,
+                base: known.version,
+            })
+        })
+        .is_ok()
+    }
+
     /// Subscriber: drops every session (before a full snapshot).
     pub fn clear(&self) {
         for bucket in 0..BUCKETS {
@@ -658,6 +575,7 @@ impl<'a> SessionTable<'a> {
                 state: snap.state.clone(),
                 ops: vec![],
                 from_shadow: false,
+                base: 0,
             })
         })
         .is_ok()
@@ -857,6 +775,7 @@ mod tests {
                 value: Some(val.into()),
             }],
             at_ms: 0,
+            from_shadow: false,
         };
         assert!(t.apply_delta(&d(1, "a"), 0));
         assert!(t.apply_delta(&d(1, "dup"), 0));
@@ -867,6 +786,7 @@ mod tests {
                 session: "s1".into(),
                 version: 3,
                 state: [("cart".into(), "c".into())].into(),
+                from_shadow: false,
             },
             0,
         );

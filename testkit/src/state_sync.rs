@@ -116,6 +116,7 @@ pub struct SyncStack {
     pub edge: EnvoyProcess,
     /// Options it was built with.
     pub options: SyncOptions,
+    edge_yaml: String,
     dir: PathBuf,
     config: PathBuf,
     shadow_port: u16,
@@ -210,25 +211,23 @@ impl SyncStack {
         if options.edge == EdgeFilter::AtreWithSync {
             plugin["services"][0]["state_sync"] = state_sync("publisher", &options);
         }
-        let edge = EnvoyProcess::launch(
-            Bootstrap {
-                node_id: "edge-1".into(),
-                primary_port,
-                shadow_port: shadow_listener,
-                control_port: http.port(),
-                filter: match options.edge {
-                    EdgeFilter::Faulting => FilterChoice::Faulting,
-                    EdgeFilter::None => FilterChoice::None,
-                    EdgeFilter::Atre | EdgeFilter::AtreWithSync => {
-                        FilterChoice::Atre(plugin.to_string())
-                    }
-                },
-            }
-            .render()?,
-            EnvoyOptions::default(),
-        )
-        .await?;
+        let edge_yaml = Bootstrap {
+            node_id: "edge-1".into(),
+            primary_port,
+            shadow_port: shadow_listener,
+            control_port: http.port(),
+            filter: match options.edge {
+                EdgeFilter::Faulting => FilterChoice::Faulting,
+                EdgeFilter::None => FilterChoice::None,
+                EdgeFilter::Atre | EdgeFilter::AtreWithSync => {
+                    FilterChoice::Atre(plugin.to_string())
+                }
+            },
+        }
+        .render()?;
+        let edge = EnvoyProcess::launch(edge_yaml.clone(), EnvoyOptions::default()).await?;
         let stack = SyncStack {
+            edge_yaml,
             plane,
             api,
             primary,
@@ -295,6 +294,16 @@ impl SyncStack {
             .expect("the shadow-side Envoy runs between restarts")
     }
 
+    /// Stops the edge Envoy and starts a new one (empty shared data, a new incarnation);
+    /// its listener is on a new port ([`SyncStack::edge`]).
+    pub async fn restart_edge(&mut self) -> Result<()> {
+        let new = EnvoyProcess::launch(self.edge_yaml.clone(), EnvoyOptions::default())
+            .await
+            .context("restarting the edge Envoy")?;
+        drop(std::mem::replace(&mut self.edge, new));
+        Ok(())
+    }
+
     /// The relay's view (`GET /v1/state`).
     pub async fn relay_state(&self) -> Option<serde_json::Value> {
         self.api.get_json("/v1/state").await
@@ -328,6 +337,8 @@ pub struct SessionsReport {
     pub errors: u64,
     /// Answers with fewer writes than the client had made: older state than it wrote.
     pub stale_reads: u64,
+    /// Of those, served by the shadow (a redirected request).
+    pub stale_on_shadow: u64,
     /// Requests served by the shadow.
     pub by_shadow: u64,
     /// Requests served by the shadow for a session that had written before (its state
@@ -347,6 +358,7 @@ impl std::fmt::Debug for SessionsReport {
             .field("ok", &self.ok)
             .field("errors", &self.errors)
             .field("stale_reads", &self.stale_reads)
+            .field("stale_on_shadow", &self.stale_on_shadow)
             .field("by_shadow", &self.by_shadow)
             .field("by_shadow_after_writes", &self.by_shadow_after_writes)
             .field("sessions_moved", &self.sessions_moved)
@@ -403,6 +415,9 @@ pub async fn run_sessions(
                 let expected = if method == "POST" { writes + 1 } else { writes };
                 if seen < expected {
                     r.stale_reads += 1;
+                    if by == "cart-shadow" {
+                        r.stale_on_shadow += 1;
+                    }
                     if r.stale_examples.len() < 5 {
                         r.stale_examples.push(format!(
                             "{session}: {method} {path} served by {by} saw {seen} writes, {expected} made"

@@ -136,6 +136,76 @@ async fn a_restarted_relay_resynchronizes_publishers_and_subscribers() {
     );
 }
 
+/// In `event` mode a write's response waits until the shadow side has it, so an edge that
+/// dies loses nothing the clients saw answered. (In `async` mode the changes of the last
+/// tick die with the edge — documented, and the reason `event` exists.)
+///
+/// KNOWN BUG, open: after the edge restarts, sessions that had moved between primary and
+/// shadow read older carts (≈1,500 of 3,100 requests; the primary misses the writes the
+/// session made on the shadow after the restart, though the edge hands it state). The
+/// relay's numbering across incarnations and the lookup of unknown sessions are in place;
+/// the remaining cause is not found yet. Run with `--ignored`.
+#[ignore = "known bug: stale reads after an edge Envoy restart (see the doc comment)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_event_mode_a_restarted_edge_envoy_continues_its_sessions_without_stale_reads() {
+    let _alone = shadowmesh_testkit::load_test_lock().write_owned().await;
+    let options = SyncOptions {
+        mode: "event",
+        ..SyncOptions::default()
+    };
+    let mut s = stack("edge-restart", options).await;
+    let before = run_sessions(
+        s.edge.listener,
+        SESSIONS,
+        Duration::from_secs(5),
+        "edge",
+        THINK,
+    )
+    .await;
+    assert_eq!(before.stale_reads, 0, "{:?}", before.stale_examples);
+    assert!(before.by_shadow_after_writes > 0, "{before:?}");
+    // The new edge knows no session: it asks the relay for each (and hands a primary the
+    // state it lacks when a session's last writes were on the shadow), counts versions
+    // from 1 again — the relay continues each session's numbering, and its old versions
+    // must not acknowledge the new writes.
+    s.restart_edge().await.unwrap();
+    let after = run_sessions(
+        s.edge.listener,
+        SESSIONS,
+        Duration::from_secs(6),
+        "edge",
+        THINK,
+    )
+    .await;
+    eprintln!("{after:?}");
+    if let Some(ex) = after.stale_examples.first() {
+        let session = ex.split(':').next().unwrap();
+        let body = format!(
+            r#"{{"schema":"shadowmesh.state.v1","service":"checkout","session":"{session}"}}"#
+        );
+        eprintln!(
+            "DEBUG relay: {:?}",
+            s.api.call("POST", "/v1/state/lookup", Some(&body)).await
+        );
+        eprintln!(
+            "DEBUG edge stats: captured {} held {} injected {} pubs {} fails {}",
+            filter_stat(&s.edge, "state_captured_total"),
+            filter_stat(&s.edge, "state_held_on_primary_total"),
+            filter_stat(&s.edge, "state_injected_total"),
+            filter_stat(&s.edge, "state_publishes_total"),
+            filter_stat(&s.edge, "state_publish_failures_total")
+        );
+        eprintln!("DEBUG edge log: {}", s.edge.log_tail(20));
+    }
+    assert_eq!(after.stale_reads, 0, "{:?}", after.stale_examples);
+    assert!(
+        after.by_shadow_after_writes > 50,
+        "sessions moved again: {after:?}"
+    );
+    let relay = s.relay_state().await.unwrap();
+    assert_eq!(relay["services"]["checkout"]["gaps"], 0, "{relay}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_outside_the_allowlist_is_dropped_and_keeps_its_session_on_the_primary() {
     let _alone = shadowmesh_testkit::load_test_lock().write_owned().await;

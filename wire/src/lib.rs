@@ -182,6 +182,9 @@ pub struct SessionDelta {
     /// relay measures replication lag from it.
     #[serde(default)]
     pub at_ms: u64,
+    /// The change came from a shadow's response: the primary does not have it.
+    #[serde(default)]
+    pub from_shadow: bool,
 }
 
 /// A session's whole state at `version` (sent instead of deltas to resynchronize).
@@ -193,6 +196,30 @@ pub struct SessionSnapshot {
     pub version: u64,
     /// Every key and value.
     pub state: std::collections::BTreeMap<String, String>,
+    /// Its last change came from a shadow: the primary does not have it.
+    #[serde(default)]
+    pub from_shadow: bool,
+}
+
+/// Publisher → relay: "what do you hold of this session?" — asked by an edge that has no
+/// record of it (it restarted), before the session's request goes to the primary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateLookup {
+    /// Always [`STATE_SCHEMA`].
+    pub schema: String,
+    /// The service.
+    pub service: String,
+    /// The session.
+    pub session: String,
+}
+
+/// Relay → publisher: the session's whole state as the relay has it (`None`: unknown).
+/// `from_shadow` says whether the primary lacks it (its last change came from a shadow).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StateLookupAnswer {
+    /// The session's state.
+    #[serde(default)]
+    pub state: Option<SessionSnapshot>,
 }
 
 /// Publisher → relay: one service's session changes captured by a filter on the primary's
@@ -207,6 +234,11 @@ pub struct StatePublish {
     pub service: String,
     /// The relay epoch this publisher last saw (0: none yet).
     pub epoch: u64,
+    /// The publisher's own incarnation (random per Envoy start): its session versions
+    /// count from 1 again after a restart, and the relay continues each session's numbering
+    /// from where it was.
+    #[serde(default)]
+    pub incarnation: u64,
     /// Changes, oldest first per session.
     #[serde(default)]
     pub deltas: Vec<SessionDelta>,

@@ -136,7 +136,7 @@ impl Forecaster {
         // Checked whole before anything is learned: a refused backfill changes nothing.
         // History is the past (a step of clock slack): a point in the future would leave
         // the series waiting there, refusing live telemetry as out of order.
-        let now = (crate::http::unix_now_ms() / 1_000) as i64;
+        let now = (crate::clock::unix_now_ms() / 1_000) as i64;
         for (i, (ts, _)) in points.iter().enumerate() {
             if !(0..=now + 3_600).contains(ts) {
                 return Err(FieldError::new(
@@ -250,7 +250,7 @@ mod tests {
     #[test]
     fn a_refused_backfill_learns_nothing() {
         let f = forecaster();
-        let now = (crate::http::unix_now_ms() / 1_000) as i64;
+        let now = (crate::clock::unix_now_ms() / 1_000) as i64;
         for (points, field) in [
             (
                 vec![(now - 120, 5.0), (now - 60, 1e308), (now - 30, 0.0)],

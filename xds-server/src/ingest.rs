@@ -227,8 +227,9 @@ impl IngestGuard {
         }
         *clock += 1;
         let stamp = *clock;
-        if order.len() > 2 * self.limits.max_proxies + 64 {
-            // Compact: one entry per proxy, oldest first (amortised O(1) per report).
+        if order.len() > 2 * proxies.len() + 64 {
+            // Compact: one entry per proxy, oldest first. At most half the queue is stale
+            // entries, so it stays near the number of proxies (amortised O(log n) a report).
             let mut live: Vec<(String, u64)> = proxies
                 .iter()
                 .map(|(k, m)| (k.clone(), m.touched))

@@ -12,7 +12,8 @@
 //! | [`store`] | durable state (embedded `redb`): committed before published |
 //! | [`xds`] | the xDS server as a library: snapshots, cache, ADS (SotW + delta), protocol rules |
 //! | [`http`] | the HTTP/JSON surface: one route table, one error shape |
-//! | [`config`], [`cli`] | the TOML configuration file and the `shadowmesh-xds` command |
+//! | [`relay`] | state synchronization's relay: session deltas, backlog, acknowledgements |
+//! | [`config`], [`cli`], [`clock`] | the TOML configuration file and the `shadowmesh-xds` command; the wall clock |
 //!
 //! [`ControlPlane`] wires them together. Shadows are warm-spare nodes that serve real
 //! traffic, not Envoy's request mirroring.
@@ -30,6 +31,7 @@
 //! ```
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod forecaster;
 pub mod http;

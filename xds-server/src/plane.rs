@@ -269,7 +269,7 @@ impl ControlPlane {
             // The start time names this run: a restarted relay has a new epoch.
             relay: Arc::new(MemoryRelay::new(
                 options.relay_limits,
-                crate::http::unix_now_ms(),
+                crate::clock::unix_now_ms(),
             )),
         })
     }

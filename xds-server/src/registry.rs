@@ -386,11 +386,7 @@ pub struct ShadowRegistry {
     store: Option<StateStore>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::clock::unix_now_ms as now_ms;
 
 impl ShadowRegistry {
     /// A registry publishing to `cache` for every proxy.

@@ -8,7 +8,10 @@
 //! * **Publish**: a delta must continue its session's version (`version = current + 1`);
 //!   one that skips ahead is a *gap* — the session is named in `resync` and the publisher
 //!   sends its whole state next. Duplicates (`version ≤ current`) are ignored. Whole states
-//!   replace older ones.
+//!   replace older ones. A publisher that restarted (a new `incarnation`) counts its
+//!   sessions from 1 again: its version 1 continues the session where the relay has it
+//!   (versions in answers are the publisher's own), so a restarted edge can neither be
+//!   mistaken for a replay nor be told that an old version acknowledges its new writes.
 //! * **Pull**: a subscriber whose cursor is inside the backlog gets the changes after it; one
 //!   whose cursor fell out of the backlog, or comes from another epoch (the relay restarted
 //!   without its memory), gets a full snapshot of the service instead.
@@ -89,8 +92,16 @@ pub trait StateRelay: Send + Sync {
     fn pull(&self, message: &StatePull, now_ms: u64)
     -> Result<Option<StatePullAnswer>, RelayError>;
     /// The version of each of `sessions` that every live subscriber of `service` has
-    /// applied (0: not all have it).
-    fn acked(&self, service: &str, sessions: &[String], now_ms: u64) -> Vec<(String, u64)>;
+    /// applied (0: not all have it), in the numbering of publisher `incarnation`.
+    fn acked(
+        &self,
+        service: &str,
+        incarnation: u64,
+        sessions: &[String],
+        now_ms: u64,
+    ) -> Vec<(String, u64)>;
+    /// The session's whole state (with whether its last change came from a shadow).
+    fn lookup(&self, service: &str, session: &str) -> Option<SessionSnapshot>;
     /// Bumped on every accepted change and every subscriber's progress.
     fn changes(&self) -> watch::Receiver<u64>;
 }
@@ -144,11 +155,32 @@ pub struct SubscriberStats {
 }
 
 struct Session {
+    /// The relay's version (what subscribers see).
     version: u64,
     state: BTreeMap<String, String>,
     bytes: usize,
     /// Sequence number of its last change.
     changed: u64,
+    /// The publisher incarnation whose numbering applies, and its offset: relay version =
+    /// publisher version + offset.
+    origin: u64,
+    offset: u64,
+    /// Its last change came from a shadow's response.
+    from_shadow: bool,
+}
+
+impl Session {
+    fn new(origin: u64) -> Session {
+        Session {
+            version: 0,
+            state: BTreeMap::new(),
+            bytes: 0,
+            changed: 0,
+            origin,
+            offset: 0,
+            from_shadow: false,
+        }
+    }
 }
 
 enum Change {
@@ -241,6 +273,17 @@ impl ServiceLog {
         }
     }
 
+    /// [`ServiceLog::acked`] in the numbering of publisher `incarnation` (0 for a session
+    /// another incarnation numbers).
+    fn acked_for(&self, session: &str, incarnation: u64, now_ms: u64, ttl_ms: u64) -> u64 {
+        match self.sessions.get(session) {
+            Some(s) if s.origin == incarnation => {
+                self.acked(session, now_ms, ttl_ms).saturating_sub(s.offset)
+            }
+            _ => 0,
+        }
+    }
+
     fn full(&self) -> Vec<SessionSnapshot> {
         self.sessions
             .iter()
@@ -248,6 +291,7 @@ impl ServiceLog {
                 session: k.clone(),
                 version: s.version,
                 state: s.state.clone(),
+                from_shadow: s.from_shadow,
             })
             .collect()
     }
@@ -414,26 +458,44 @@ impl StateRelay for MemoryRelay {
         let mut touched: Vec<String> = Vec::new();
         let mut resync: HashSet<String> = HashSet::new();
         let mut changed = false;
-        for snap in m.snapshots {
+        for mut snap in m.snapshots {
             touched.push(snap.session.clone());
-            let current = log.sessions.get(&snap.session).map_or(0, |s| s.version);
-            if snap.version < current {
+            let session = log
+                .sessions
+                .entry(snap.session.clone())
+                .or_insert_with(|| Session::new(m.incarnation));
+            let mut state = snap.state.clone();
+            if session.origin != m.incarnation {
+                // A restarted publisher only knows what changed since: its whole state
+                // goes over what the relay has, and its numbering continues the relay's.
+                let mut merged = session.state.clone();
+                merged.extend(state);
+                state = merged;
+                session.origin = m.incarnation;
+                session.offset = (session.version + 1).saturating_sub(snap.version);
+            } else if snap.version + session.offset < session.version {
                 continue; // older than what the relay has
             }
-            let seq = log.record(Change::Snapshot(snap.clone()), self.limits.backlog);
+            let relay_version = snap.version + session.offset;
+            let bytes = state_bytes(&state);
+            if bytes > max {
+                resync.insert(snap.session.clone());
+                continue;
+            }
+            session.version = relay_version;
+            session.bytes = bytes;
+            session.state = state.clone();
+            session.from_shadow = snap.from_shadow;
+            snap.version = relay_version;
+            snap.state = state;
+            let key = snap.session.clone();
+            let seq = log.record(Change::Snapshot(snap), self.limits.backlog);
+            if let Some(s) = log.sessions.get_mut(&key) {
+                s.changed = seq;
+            }
             log.stats.snapshots_in += 1;
-            let bytes = state_bytes(&snap.state) as u64;
-            log.stats.replicated_bytes += bytes;
-            log.stats.full_copy_bytes += bytes;
-            log.sessions.insert(
-                snap.session,
-                Session {
-                    version: snap.version,
-                    bytes: state_bytes(&snap.state),
-                    state: snap.state,
-                    changed: seq,
-                },
-            );
+            log.stats.replicated_bytes += bytes as u64;
+            log.stats.full_copy_bytes += bytes as u64;
             changed = true;
         }
         for delta in m.deltas {
@@ -441,7 +503,21 @@ impl StateRelay for MemoryRelay {
             if resync.contains(&delta.session) {
                 continue;
             }
-            let current = log.sessions.get(&delta.session).map_or(0, |s| s.version);
+            let session = log
+                .sessions
+                .entry(delta.session.clone())
+                .or_insert_with(|| Session::new(m.incarnation));
+            if session.origin != m.incarnation {
+                if delta.version != 1 {
+                    // A publisher we have no numbering for, mid-count: its whole state.
+                    log.stats.gaps += 1;
+                    resync.insert(delta.session.clone());
+                    continue;
+                }
+                session.origin = m.incarnation;
+                session.offset = session.version;
+            }
+            let current = session.version - session.offset;
             if delta.version <= current {
                 continue; // a duplicate
             }
@@ -450,15 +526,6 @@ impl StateRelay for MemoryRelay {
                 resync.insert(delta.session.clone());
                 continue;
             }
-            let session = log
-                .sessions
-                .entry(delta.session.clone())
-                .or_insert_with(|| Session {
-                    version: 0,
-                    state: BTreeMap::new(),
-                    bytes: 0,
-                    changed: 0,
-                });
             let mut next = session.state.clone();
             for op in &delta.ops {
                 match &op.value {
@@ -475,7 +542,11 @@ impl StateRelay for MemoryRelay {
             }
             session.state = next;
             session.bytes = bytes;
-            session.version = delta.version;
+            session.version = delta.version + session.offset;
+            session.from_shadow = delta.from_shadow;
+            let mut delta = delta;
+            // Subscribers see the relay's numbering.
+            delta.version = session.version;
             let session_key = delta.session.clone();
             let at = delta.at_ms;
             log.stats.replicated_bytes += delta
@@ -510,7 +581,7 @@ impl StateRelay for MemoryRelay {
             .into_iter()
             .filter(|s| !resync.contains(s))
             .map(|s| {
-                let v = log.acked(&s, now_ms, self.limits.subscriber_ttl_ms);
+                let v = log.acked_for(&s, m.incarnation, now_ms, self.limits.subscriber_ttl_ms);
                 (s, v)
             })
             .collect();
@@ -593,20 +664,33 @@ impl StateRelay for MemoryRelay {
         Ok(Some(answer))
     }
 
-    fn acked(&self, service: &str, sessions: &[String], now_ms: u64) -> Vec<(String, u64)> {
+    fn acked(
+        &self,
+        service: &str,
+        incarnation: u64,
+        sessions: &[String],
+        now_ms: u64,
+    ) -> Vec<(String, u64)> {
         let services = self.services.lock().unwrap_or_else(|e| e.into_inner());
         let Some(log) = services.get(service) else {
             return sessions.iter().map(|s| (s.clone(), 0)).collect();
         };
+        let ttl = self.limits.subscriber_ttl_ms;
         sessions
             .iter()
-            .map(|s| {
-                (
-                    s.clone(),
-                    log.acked(s, now_ms, self.limits.subscriber_ttl_ms),
-                )
-            })
+            .map(|s| (s.clone(), log.acked_for(s, incarnation, now_ms, ttl)))
             .collect()
+    }
+
+    fn lookup(&self, service: &str, session: &str) -> Option<SessionSnapshot> {
+        let services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        let s = services.get(service)?.sessions.get(session)?;
+        Some(SessionSnapshot {
+            session: session.to_string(),
+            version: s.version,
+            state: s.state.clone(),
+            from_shadow: s.from_shadow,
+        })
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -638,6 +722,7 @@ mod tests {
                 value: Some(value.into()),
             }],
             at_ms: 0,
+            from_shadow: false,
         }
     }
 
@@ -647,6 +732,7 @@ mod tests {
             publisher: "edge-1".into(),
             service: "cart".into(),
             epoch: 77,
+            incarnation: 1,
             deltas,
             snapshots: vec![],
             watch: watch.iter().map(|s| s.to_string()).collect(),
@@ -704,6 +790,45 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_publisher_continues_the_sessions_numbering() {
+        let r = relay();
+        for v in 1..=3 {
+            r.publish(publish(vec![set("s1", v, "k", &v.to_string())], &[]), 0)
+                .unwrap();
+        }
+        let sub = r.pull(&pull("d", 0, 0), 0).unwrap().unwrap();
+        r.pull(&pull("d", 77, sub.cursor), 0).unwrap();
+        // The edge restarted: its version 1 of s1 is the relay's 4, not a duplicate of 1.
+        let mut after = publish(vec![set("s1", 1, "k", "new")], &[]);
+        after.incarnation = 2;
+        let ack = r.publish(after, 0).unwrap();
+        assert_eq!(
+            ack.acked,
+            vec![("s1".into(), 0)],
+            "the subscriber has not got it yet"
+        );
+        let d = r.pull(&pull("d", 77, sub.cursor), 0).unwrap().unwrap();
+        assert_eq!(d.deltas.len(), 1);
+        assert_eq!(
+            (d.deltas[0].version, d.deltas[0].ops[0].value.as_deref()),
+            (4, Some("new"))
+        );
+        r.pull(&pull("d", 77, d.cursor), 0).unwrap();
+        let mut watch = publish(vec![], &["s1"]);
+        watch.incarnation = 2;
+        assert_eq!(
+            r.publish(watch, 0).unwrap().acked,
+            vec![("s1".into(), 1)],
+            "its own numbering"
+        );
+        // The old incarnation's numbering no longer acknowledges anything.
+        assert_eq!(
+            r.publish(publish(vec![], &["s1"]), 0).unwrap().acked,
+            vec![("s1".into(), 0)]
+        );
+    }
+
+    #[test]
     fn a_gap_asks_for_the_whole_state_and_duplicates_change_nothing() {
         let r = relay();
         r.publish(publish(vec![set("s1", 1, "k", "1")], &[]), 0)
@@ -722,6 +847,7 @@ mod tests {
             session: "s1".into(),
             version: 3,
             state: [("k".to_string(), "3".to_string())].into(),
+            from_shadow: false,
         });
         r.publish(whole, 0).unwrap();
         let full = r.pull(&pull("d", 0, 0), 0).unwrap().unwrap();

@@ -6,7 +6,6 @@
 //!
 //! Values are JSON documents (`serde`), keyed by service name or by document name.
 
-use crate::registry::ServiceState;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -90,8 +89,8 @@ impl StateStore {
         txn.commit().map_err(|e| self.error(e))
     }
 
-    /// Every stored service.
-    pub fn services(&self) -> Result<BTreeMap<String, ServiceState>, StoreError> {
+    /// Every stored service (the registry's `ServiceState`: the store only keeps it).
+    pub fn services<S: DeserializeOwned>(&self) -> Result<BTreeMap<String, S>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.error(e))?;
         let table = txn.open_table(SERVICES).map_err(|e| self.error(e))?;
         let mut out = BTreeMap::new();
@@ -105,19 +104,18 @@ impl StateStore {
     }
 
     /// Writes these services (`None`: removed) in one transaction.
-    pub fn write_services(
+    pub fn write_services<S: Serialize>(
         &self,
-        changes: &[(String, Option<ServiceState>)],
+        changes: &[(String, Option<S>)],
     ) -> Result<(), StoreError> {
-        let encoded: Vec<(&str, Option<Vec<u8>>)> = changes
-            .iter()
-            .map(|(k, v)| {
-                let bytes = v
-                    .as_ref()
-                    .map(|s| serde_json::to_vec(s).expect("service state serializes"));
-                (k.as_str(), bytes)
-            })
-            .collect();
+        let mut encoded: Vec<(&str, Option<Vec<u8>>)> = Vec::with_capacity(changes.len());
+        for (k, v) in changes {
+            let bytes = match v {
+                Some(s) => Some(serde_json::to_vec(s).map_err(|e| self.error(e))?),
+                None => None,
+            };
+            encoded.push((k.as_str(), bytes));
+        }
         self.write(|txn| {
             let mut table = txn.open_table(SERVICES)?;
             for (k, v) in &encoded {
@@ -159,6 +157,7 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::ServiceState;
 
     #[test]
     fn services_and_documents_survive_reopening() {
@@ -173,11 +172,13 @@ mod tests {
             store
                 .write_services(&[("a".into(), Some(s.clone())), ("b".into(), Some(s))])
                 .unwrap();
-            store.write_services(&[("b".into(), None)]).unwrap();
+            store
+                .write_services::<ServiceState>(&[("b".into(), None)])
+                .unwrap();
             store.save_document("doc", &vec![1, 2, 3]).unwrap();
         }
         let store = StateStore::open(&dir).unwrap();
-        let services = store.services().unwrap();
+        let services: BTreeMap<String, ServiceState> = store.services().unwrap();
         assert_eq!(services.keys().collect::<Vec<_>>(), ["a"]);
         assert_eq!(services["a"].generation, 7);
         assert_eq!(

@@ -253,6 +253,12 @@ pub fn record_metric(id: u32, value: u64) -> Result<(), Status> {
     check(unsafe { proxy_record_metric(id, value) })
 }
 
+/// Resumes the current stream's request, paused by returning `Action::Pause`.
+pub fn resume_request() -> Result<(), Status> {
+    // SAFETY: plain value (0 = the HTTP request stream).
+    check(unsafe { proxy_continue_stream(0) })
+}
+
 /// Resumes the current stream's response, paused by returning `Action::Pause`.
 pub fn resume_response() -> Result<(), Status> {
     // SAFETY: plain value (1 = the HTTP response stream).

@@ -26,8 +26,26 @@ struct Routed {
 pub(super) struct AtreHttp {
     worker: Rc<RefCell<Worker>>,
     routed: Option<Routed>,
-    /// Event mode: the publish this response waits for (token, service, session).
-    awaiting: Option<(u32, usize, String)>,
+    /// A relay call this stream waits for.
+    awaiting: Option<Awaiting>,
+}
+
+/// What a paused stream waits for.
+struct Awaiting {
+    token: u32,
+    service: usize,
+    session: String,
+    kind: AwaitKind,
+    /// The request goes to the primary.
+    to_primary: bool,
+}
+
+enum AwaitKind {
+    /// Event mode: the publish of this response's change (the response is paused).
+    Publish,
+    /// An edge without a record of the session asked what the primary lacks (the request
+    /// is paused).
+    Lookup,
 }
 
 impl AtreHttp {
@@ -55,27 +73,63 @@ impl AtreHttp {
 }
 
 impl Context for AtreHttp {
-    /// Event mode: the relay answered this response's publish (or the call failed) —
-    /// either way the response goes on; a failure leaves the session for a whole resend.
+    /// The relay answered a call this stream waits for (or the call failed): the stream
+    /// goes on either way — a failed publish leaves the session for a whole resend, a failed
+    /// lookup leaves the request to the primary as it is.
     fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
-        let Some((expected, service, session)) = self.awaiting.take() else {
+        let Some(a) = self.awaiting.take() else {
             return;
         };
-        if token == expected
-            && let Ok(worker) = self.worker.try_borrow()
-        {
-            let svc = &worker.config.services[service];
-            if let Some(sync_cfg) = &svc.state_sync {
-                sync::on_publish_answer(
-                    svc,
-                    sync_cfg,
-                    &[session],
-                    Some(body_size),
-                    &worker.services[service].metrics.state,
-                );
+        let shared = self.worker.clone();
+        let worker = shared.try_borrow().ok();
+        let svc = worker
+            .as_ref()
+            .filter(|_| token == a.token)
+            .and_then(|w| Some((w, w.config.services.get(a.service)?)));
+        match a.kind {
+            AwaitKind::Publish => {
+                if let Some((w, svc)) = svc
+                    && let Some(sync_cfg) = &svc.state_sync
+                {
+                    sync::on_publish_answer(
+                        svc,
+                        sync_cfg,
+                        &[a.session],
+                        Some(body_size),
+                        &w.services[a.service].metrics.state,
+                    );
+                }
+                let _ = abi::resume_response();
+            }
+            AwaitKind::Lookup => {
+                if let Some((w, svc)) = svc
+                    && let Some(sync_cfg) = &svc.state_sync
+                    && let Some(answer) = sync::lookup_answer(body_size)
+                {
+                    let now_ms = now_ns() / 1_000_000;
+                    let table = sync::table(svc, sync_cfg);
+                    let known = answer.state;
+                    table.adopt(&a.session, known.as_ref(), now_ms);
+                    // Its last writes were on a shadow: the primary lacks them.
+                    if let Some(k) = known.filter(|k| k.from_shadow) {
+                        sync::remember_shadow_writes(&svc.name, now_ms);
+                        if a.to_primary
+                            && hand_state(Some(crate::session_state::SessionSlot {
+                                s: k.session,
+                                v: 0,
+                                state: k.state,
+                                ops: vec![],
+                                from_shadow: true,
+                                base: k.version,
+                            }))
+                        {
+                            w.services[a.service].metrics.state.injected.add(1);
+                        }
+                    }
+                }
+                let _ = abi::resume_request();
             }
         }
-        let _ = abi::resume_response();
     }
 }
 
@@ -135,6 +189,7 @@ impl HttpContext for AtreHttp {
         });
         let rt = &mut worker.services[index];
         let mut decision = decide(&rt.plan, rt.shadow.ready, point, &mut rt.spreader);
+        let mut lookup: Option<(u32, String, bool)> = None;
         if let (Some(sync_cfg), Some(key)) = (&svc.state_sync, &sync_session) {
             let table = sync::table(svc, sync_cfg);
             match sync_cfg.role {
@@ -145,6 +200,19 @@ impl HttpContext for AtreHttp {
                         rt.metrics.state.held.add(1);
                         decision = RedirectDecision::Primary;
                     }
+                    // A session this edge has no record of (it restarted, or the session
+                    // is new): first ask the relay what it holds — the edge's record starts
+                    // from it, and a primary that lacks it (the session's last writes were
+                    // on a shadow) is handed it.
+                    if table.entry(key).is_none() {
+                        let body = sync::lookup_body(svc, key);
+                        if let Some(token) =
+                            sync::post(sync_cfg, "/v1/state/lookup", &body, sync_cfg.timeout_ms)
+                        {
+                            lookup =
+                                Some((token, key.clone(), decision != RedirectDecision::Shadow));
+                        }
+                    }
                     // A primary behind a shadow's writes gets the session's state.
                     // (Read from shared data, not a tick's copy: the shadow's write may
                     // have been captured on another worker a moment ago.)
@@ -154,26 +222,13 @@ impl HttpContext for AtreHttp {
                                 &super::HostStore,
                                 &sync::shadow_writes_key(&svc.name),
                             )
-                        && let Some(slot) = table.slot(key).filter(|s| s.from_shadow)
-                        && abi::replace_header(
-                            map::REQUEST_HEADERS,
-                            SESSION_STATE_HEADER,
-                            &encode_state(slot.v, &slot.state),
-                        )
-                        .is_ok()
+                        && hand_state(table.slot(key).filter(|s| s.from_shadow))
                     {
                         rt.metrics.state.injected.add(1);
                     }
                 }
                 StateRole::Subscriber => {
-                    if let Some(slot) = table.slot(key)
-                        && abi::replace_header(
-                            map::REQUEST_HEADERS,
-                            SESSION_STATE_HEADER,
-                            &encode_state(slot.v, &slot.state),
-                        )
-                        .is_ok()
-                    {
+                    if hand_state(table.slot(key)) {
                         rt.metrics.state.injected.add(1);
                     }
                 }
@@ -207,6 +262,16 @@ impl HttpContext for AtreHttp {
             start_ns: now_ns(),
             session: sync_session,
         });
+        if let Some((token, session, to_primary)) = lookup {
+            self.awaiting = Some(Awaiting {
+                token,
+                service: index,
+                session,
+                kind: AwaitKind::Lookup,
+                to_primary,
+            });
+            return Action::Pause;
+        }
         Action::Continue
     }
 
@@ -222,6 +287,19 @@ impl HttpContext for AtreHttp {
     fn on_log(&mut self) {
         self.finish();
     }
+}
+
+/// Hands the request its session's state (`x-shadowmesh-session-state`); false if there
+/// is none or the host refused the header.
+fn hand_state(slot: Option<crate::session_state::SessionSlot>) -> bool {
+    slot.is_some_and(|slot| {
+        abi::replace_header(
+            map::REQUEST_HEADERS,
+            SESSION_STATE_HEADER,
+            &encode_state(slot.app_version(), &slot.state),
+        )
+        .is_ok()
+    })
 }
 
 impl AtreHttp {
@@ -293,13 +371,7 @@ impl AtreHttp {
             }
         }
         if from_shadow {
-            let until = now_ms + sync::SHADOW_WRITES_MEMORY_MS;
-            let _ = crate::shared::SharedStore::set(
-                &super::HostStore,
-                &sync::shadow_writes_key(&svc.name),
-                &until.to_le_bytes(),
-                None,
-            );
+            sync::remember_shadow_writes(&svc.name, now_ms);
         }
         if sync_cfg.mode != SyncMode::Event {
             return Action::Continue;
@@ -311,7 +383,13 @@ impl AtreHttp {
         let body = sync::publish_body(&worker.config, svc, out, sync_cfg.timeout_ms / 2);
         match sync::post(sync_cfg, "/v1/state/publish", &body, sync_cfg.timeout_ms) {
             Some(token) => {
-                self.awaiting = Some((token, service, session));
+                self.awaiting = Some(Awaiting {
+                    token,
+                    service,
+                    session,
+                    kind: AwaitKind::Publish,
+                    to_primary: side == Side::Primary,
+                });
                 Action::Pause
             }
             None => {

@@ -76,6 +76,7 @@ impl RootContext for AtreRoot {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(now_ns());
         self.id = h.finish();
+        super::sync::claim_incarnation(self.id);
         let services = config
             .services
             .iter()

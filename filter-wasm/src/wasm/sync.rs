@@ -17,6 +17,17 @@ pub(super) fn table<'a>(svc: &'a ServiceConfig, sync: &StateSyncConfig) -> Sessi
     SessionTable::new(&HostStore, &svc.name, sync.max_sessions)
 }
 
+/// This Envoy's incarnation for state sync: the first worker to configure picks it (a
+/// random number), every worker reads the same — a restarted Envoy has a new one.
+const INCARNATION_KEY: &str = "shadowmesh.v1.ssm.incarnation";
+
+/// Claims the incarnation with `candidate` unless a worker of this Envoy already has.
+pub(super) fn claim_incarnation(candidate: u64) {
+    let _ = shared::update_json::<u64, _>(&HostStore, INCARNATION_KEY, |current| {
+        current.is_none().then_some(candidate.max(1))
+    });
+}
+
 fn epoch_key(service: &str) -> String {
     format!("shadowmesh.v1.ssm.{service}.epoch")
 }
@@ -29,6 +40,28 @@ pub(super) fn shadow_writes_key(service: &str) -> String {
 
 /// How long after a shadow's write the primary is handed that session's state.
 pub(super) const SHADOW_WRITES_MEMORY_MS: u64 = 30 * 60 * 1_000;
+
+/// A primary may be behind a shadow's writes from now on (for the memory's length).
+pub(super) fn remember_shadow_writes(service: &str, now_ms: u64) {
+    let until = now_ms + SHADOW_WRITES_MEMORY_MS;
+    let _ = HostStore.set(&shadow_writes_key(service), &until.to_le_bytes(), None);
+}
+
+/// The lookup of one session.
+pub(super) fn lookup_body(svc: &ServiceConfig, session: &str) -> Vec<u8> {
+    serde_json::to_vec(&shadowmesh_wire::StateLookup {
+        schema: STATE_SCHEMA.into(),
+        service: svc.name.clone(),
+        session: session.to_string(),
+    })
+    .unwrap_or_default()
+}
+
+/// A lookup's answer, if the call succeeded.
+pub(super) fn lookup_answer(body_size: usize) -> Option<shadowmesh_wire::StateLookupAnswer> {
+    let body = answer_body(body_size)?;
+    serde_json::from_slice(&body).ok()
+}
 
 fn cursor_key(service: &str) -> String {
     format!("shadowmesh.v1.ssm.{service}.cursor")
@@ -89,6 +122,7 @@ pub(super) fn publish_body(
         publisher: proxy_name(config),
         service: svc.name.clone(),
         epoch,
+        incarnation: shared::read_json(&HostStore, INCARNATION_KEY).unwrap_or(0),
         deltas: out.deltas,
         snapshots: out.snapshots,
         watch: out.watch,

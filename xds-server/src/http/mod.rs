@@ -52,11 +52,6 @@ pub use metrics::HttpMetrics;
 pub use serve::{ServeLimits, serve};
 pub use services::ServiceView;
 
-/// The wall clock in Unix milliseconds (0 before 1970).
-pub fn unix_now_ms() -> u64 {
-    services::now_ms()
-}
-
 use crate::forecaster::Forecaster;
 use crate::hub::TelemetryHub;
 use crate::registry::ShadowRegistry;

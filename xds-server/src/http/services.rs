@@ -60,9 +60,7 @@ fn view(name: &str, state: ServiceState, readiness: ShadowRecord) -> ServiceView
 }
 
 pub(super) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::clock::unix_now_ms()
 }
 
 fn current(api: &Api, name: &str) -> Result<Json<ServiceView>, ApiError> {

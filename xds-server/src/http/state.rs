@@ -8,7 +8,10 @@ use crate::relay::{RelayError, RelayStats, StateRelay};
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use shadowmesh_wire::{StatePublish, StatePublishAck, StatePull, StatePullAnswer};
+use shadowmesh_wire::{
+    STATE_SCHEMA, StateLookup, StateLookupAnswer, StatePublish, StatePublishAck, StatePull,
+    StatePullAnswer,
+};
 use std::time::Duration;
 
 pub(super) fn routes() -> Router<Api> {
@@ -16,6 +19,7 @@ pub(super) fn routes() -> Router<Api> {
         .route("/v1/state", get(stats))
         .route("/v1/state/publish", post(publish))
         .route("/v1/state/pull", post(pull))
+        .route("/v1/state/lookup", post(lookup))
 }
 
 fn refused(e: RelayError) -> ApiError {
@@ -29,7 +33,8 @@ async fn publish(
 ) -> Result<Json<StatePublishAck>, ApiError> {
     let message = parse_json::<StatePublish>(&body)?;
     let wait = Duration::from_millis(message.wait_ack_ms.min(api.relay.limits().max_wait_ms));
-    let (service, mut wanted) = (message.service.clone(), published_versions(&message));
+    let (service, incarnation) = (message.service.clone(), message.incarnation);
+    let mut wanted = published_versions(&message);
     let mut changes = api.relay.changes();
     changes.borrow_and_update();
     let mut ack = api.relay.publish(message, now_ms()).map_err(refused)?;
@@ -38,7 +43,7 @@ async fn publish(
     let deadline = tokio::time::Instant::now() + wait;
     let sessions: Vec<String> = wanted.iter().map(|(s, _)| s.clone()).collect();
     while !wanted.is_empty() {
-        let acked = api.relay.acked(&service, &sessions, now_ms());
+        let acked = api.relay.acked(&service, incarnation, &sessions, now_ms());
         let done = wanted
             .iter()
             .all(|(s, v)| acked.iter().any(|(a, av)| a == s && av >= v));
@@ -102,6 +107,24 @@ async fn pull(
             }
         }
     }
+}
+
+/// A session's whole state, for an edge that has no record of it (it restarted, or the
+/// session is new to it).
+async fn lookup(
+    State(api): State<Api>,
+    body: axum::body::Bytes,
+) -> Result<Json<StateLookupAnswer>, ApiError> {
+    let m = parse_json::<StateLookup>(&body)?;
+    if m.schema != STATE_SCHEMA {
+        return Err(ApiError::invalid(
+            "schema",
+            format!("expected {STATE_SCHEMA:?}"),
+        ));
+    }
+    Ok(Json(StateLookupAnswer {
+        state: api.relay.lookup(&m.service, &m.session),
+    }))
 }
 
 async fn stats(State(api): State<Api>) -> Json<RelayStats> {

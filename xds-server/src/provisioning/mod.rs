@@ -196,9 +196,7 @@ pub struct ProvisioningParts {
 }
 
 fn now_secs() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    crate::clock::unix_now_ms() as f64 / 1e3
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
