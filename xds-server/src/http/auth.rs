@@ -3,7 +3,7 @@
 //! | role | may |
 //! |---|---|
 //! | `operator` | everything: read and change services, shadows, capacities, events; read telemetry, forecasts, metrics |
-//! | `telemetry` | only `POST /v1/telemetry`, `POST /v1/state/publish` and `POST /v1/state/pull` (the filters; their configuration carries the token) |
+//! | `telemetry` | only `POST /v1/telemetry` and `POST /v1/state/{publish,pull,lookup}` (the filters; their configuration carries the token) |
 //!
 //! Tokens come from a file (`--tokens-file`, or `tokens_file` in the configuration), one
 //! `ROLE TOKEN` pair a line (`#` comments and blank lines allowed). Only their SHA-256 is

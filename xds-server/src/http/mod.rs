@@ -22,13 +22,14 @@
 //! | `GET` | `/v1/pool` | | every spare: spec, state, failures, pid |
 //! | `GET` | `/v1/provisioning` | | the provisioner's plan per service, expected cost and benefit, activations with their lead, the decision log (`?log=N` lines, default 100) |
 //! | `POST` | `/v1/state/publish` | a filter's `StatePublish` (session deltas, whole states, watched sessions) | `StatePublishAck`: acknowledged versions, sessions to resend whole ([`crate::relay`]) |
+//! | `POST` | `/v1/state/lookup` | a filter's `StateLookup` | `StateLookupAnswer`: the session's state, and whether its last change came from a shadow |
 //! | `POST` | `/v1/state/pull` | a shadow-side filter's `StatePull` (long poll, `wait_ms`) | `StatePullAnswer`: changes after its cursor, or a full snapshot |
 //! | `GET` | `/v1/state` | | the relay per service: sessions, sequence, gaps, resyncs, subscribers and how far behind |
 //! | `GET` | `/metrics` | | Prometheus text format |
 //! | `GET` | `/healthz` | | `ok` while the process serves (for liveness probes; no token) |
 //!
 //! Every route needs an operator token when tokens are configured, except `POST
-//! /v1/telemetry` and `POST /v1/state/{publish,pull}`, which a telemetry token may also use ([`auth`]), and `/healthz`, which
+//! /v1/telemetry` and `POST /v1/state/{publish,pull,lookup}`, which a telemetry token may also use ([`auth`]), and `/healthz`, which
 //! tells nothing but that the process answers.
 //!
 //! `E` is an endpoint `{"address": "10.0.0.7:8080", "healthy": true, "weight": 1}`; `S` a
