@@ -84,16 +84,13 @@ pub fn start_cart(
     port: u16,
     concurrency: usize,
     profile_bytes: usize,
+    service_ms: u64,
 ) -> Result<ChildGuard> {
     let bin = crate::workspace_binary("cart")?;
     let child = Command::new(bin)
         .args(["--name", name, "--port", &port.to_string()])
-        .args([
-            "--service-ms",
-            "20",
-            "--concurrency",
-            &concurrency.to_string(),
-        ])
+        .args(["--service-ms", &service_ms.to_string()])
+        .args(["--concurrency", &concurrency.to_string()])
         .args(["--profile-bytes", &profile_bytes.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -198,8 +195,15 @@ impl SyncStack {
             primary_port,
             options.primary_concurrency,
             options.profile_bytes,
+            options.service_ms,
         )?;
-        let shadow = start_cart("cart-shadow", shadow_port, 64, options.profile_bytes)?;
+        let shadow = start_cart(
+            "cart-shadow",
+            shadow_port,
+            64,
+            options.profile_bytes,
+            options.service_ms,
+        )?;
         let shadow_envoy = EnvoyProcess::launch(
             shadow_side_yaml(shadow_port, http.port(), shadow_listener, &options)?,
             EnvoyOptions::default(),
