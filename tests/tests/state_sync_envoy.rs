@@ -141,10 +141,11 @@ async fn a_restarted_relay_resynchronizes_publishers_and_subscribers() {
 /// tick die with the edge — documented, and the reason `event` exists.)
 ///
 /// KNOWN BUG, open: after the edge restarts, sessions that had moved between primary and
-/// shadow read older carts (≈1,500 of 3,100 requests; the primary misses the writes the
-/// session made on the shadow after the restart, though the edge hands it state). The
-/// relay's numbering across incarnations and the lookup of unknown sessions are in place;
-/// the remaining cause is not found yet. Run with `--ignored`.
+/// shadow read older carts (≈1,450 of 3,060 requests). The relay is consistent (no gaps,
+/// versions and write counts follow the clients); the primary misses writes the session
+/// made on the shadow after the restart — the hand-over to the primary does not reach it
+/// for those requests. The relay's numbering across incarnations and the lookup of unknown
+/// sessions are in place; the remaining cause is not found yet. Run with `--ignored`.
 #[ignore = "known bug: stale reads after an edge Envoy restart (see the doc comment)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_event_mode_a_restarted_edge_envoy_continues_its_sessions_without_stale_reads() {
@@ -178,25 +179,6 @@ async fn in_event_mode_a_restarted_edge_envoy_continues_its_sessions_without_sta
     )
     .await;
     eprintln!("{after:?}");
-    if let Some(ex) = after.stale_examples.first() {
-        let session = ex.split(':').next().unwrap();
-        let body = format!(
-            r#"{{"schema":"shadowmesh.state.v1","service":"checkout","session":"{session}"}}"#
-        );
-        eprintln!(
-            "DEBUG relay: {:?}",
-            s.api.call("POST", "/v1/state/lookup", Some(&body)).await
-        );
-        eprintln!(
-            "DEBUG edge stats: captured {} held {} injected {} pubs {} fails {}",
-            filter_stat(&s.edge, "state_captured_total"),
-            filter_stat(&s.edge, "state_held_on_primary_total"),
-            filter_stat(&s.edge, "state_injected_total"),
-            filter_stat(&s.edge, "state_publishes_total"),
-            filter_stat(&s.edge, "state_publish_failures_total")
-        );
-        eprintln!("DEBUG edge log: {}", s.edge.log_tail(20));
-    }
     assert_eq!(after.stale_reads, 0, "{:?}", after.stale_examples);
     assert!(
         after.by_shadow_after_writes > 50,
