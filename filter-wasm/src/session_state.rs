@@ -23,7 +23,7 @@ use crate::config::valid_state_key as valid_key;
 pub use crate::config::{StateRole, StateSyncConfig, SyncMode};
 use crate::shared::{SetError, SharedStore, update_json};
 use serde::{Deserialize, Serialize};
-use shadowmesh_wire::{SessionDelta, SessionSnapshot, StateOp};
+use shadowmesh_wire::{SessionDelta, SessionSnapshot, StateOp, apply_ops, state_bytes};
 use std::collections::BTreeMap;
 
 /// Response header the application marks state changes with.
@@ -180,6 +180,11 @@ impl SessionEntry {
     }
 }
 
+/// The rule of [`SessionTable::may_redirect`] for an entry already read.
+pub fn may_redirect(entry: Option<&SessionEntry>) -> bool {
+    entry.is_none_or(|e| e.replicated())
+}
+
 /// One session's state slot.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SessionSlot {
@@ -269,7 +274,7 @@ impl<'a> SessionTable<'a> {
     /// Whether a request of `session` may go to a shadow: a session this table does not
     /// hold has written nothing here; one it holds must be replicated.
     pub fn may_redirect(&self, session: &str) -> bool {
-        self.entry(session).is_none_or(|e| e.replicated())
+        may_redirect(self.entry(session).as_ref())
     }
 
     /// Finds or makes the session's entry; `f` changes it. Returns the entry as written.
@@ -352,13 +357,8 @@ impl<'a> SessionTable<'a> {
                 },
             };
             let mut next = slot.state.clone();
-            for op in &ops {
-                match &op.value {
-                    Some(v) => next.insert(op.key.clone(), v.clone()),
-                    None => next.remove(&op.key),
-                };
-            }
-            if next.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > max_session_bytes {
+            apply_ops(&mut next, &ops);
+            if state_bytes(&next) > max_session_bytes {
                 oversize = true;
                 return None;
             }
@@ -603,12 +603,7 @@ impl<'a> SessionTable<'a> {
                 gap = true;
                 return None;
             }
-            for op in &d.ops {
-                match &op.value {
-                    Some(v) => s.state.insert(op.key.clone(), v.clone()),
-                    None => s.state.remove(&op.key),
-                };
-            }
+            apply_ops(&mut s.state, &d.ops);
             s.v = d.version;
             Some(s)
         });

@@ -168,6 +168,28 @@ pub struct StateOp {
     pub value: Option<String>,
 }
 
+impl StateOp {
+    /// Bytes of its key and value (what a session's size limit counts).
+    pub fn bytes(&self) -> usize {
+        self.key.len() + self.value.as_ref().map_or(0, String::len)
+    }
+}
+
+/// Bytes of a session's keys and values (what a session's size limit counts).
+pub fn state_bytes(state: &std::collections::BTreeMap<String, String>) -> usize {
+    state.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// Applies `ops` to `state` in order: a value sets its key, `None` removes it.
+pub fn apply_ops(state: &mut std::collections::BTreeMap<String, String>, ops: &[StateOp]) {
+    for op in ops {
+        match &op.value {
+            Some(v) => state.insert(op.key.clone(), v.clone()),
+            None => state.remove(&op.key),
+        };
+    }
+}
+
 /// A session's changes since the version before `version`: applying `ops` to version
 /// `version − 1` gives version `version`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

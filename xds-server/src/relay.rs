@@ -27,7 +27,7 @@
 use serde::Serialize;
 use shadowmesh_wire::{
     STATE_SCHEMA, SessionDelta, SessionSnapshot, StatePublish, StatePublishAck, StatePull,
-    StatePullAnswer,
+    StatePullAnswer, apply_ops, state_bytes,
 };
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -158,7 +158,6 @@ struct Session {
     /// The relay's version (what subscribers see).
     version: u64,
     state: BTreeMap<String, String>,
-    bytes: usize,
     /// Sequence number of its last change.
     changed: u64,
     /// The publisher incarnation whose numbering applies, and its offset: relay version =
@@ -174,7 +173,6 @@ impl Session {
         Session {
             version: 0,
             state: BTreeMap::new(),
-            bytes: 0,
             changed: 0,
             origin,
             offset: 0,
@@ -420,10 +418,6 @@ impl MemoryRelay {
     }
 }
 
-fn state_bytes(state: &BTreeMap<String, String>) -> usize {
-    state.iter().map(|(k, v)| k.len() + v.len()).sum()
-}
-
 impl StateRelay for MemoryRelay {
     fn publish(&self, m: StatePublish, now_ms: u64) -> Result<StatePublishAck, RelayError> {
         self.check_names(&m.schema, ("publisher", &m.publisher), &m.service)?;
@@ -431,11 +425,7 @@ impl StateRelay for MemoryRelay {
         let max = self.limits.max_session_bytes;
         for (i, d) in m.deltas.iter().enumerate() {
             self.check_session(&format!("deltas[{i}].session"), &d.session)?;
-            let bytes: usize = d
-                .ops
-                .iter()
-                .map(|o| o.key.len() + o.value.as_ref().map_or(0, String::len))
-                .sum();
+            let bytes: usize = d.ops.iter().map(|o| o.bytes()).sum();
             if bytes > max {
                 return Err(refuse(
                     format!("deltas[{i}].ops"),
@@ -483,7 +473,6 @@ impl StateRelay for MemoryRelay {
                 continue;
             }
             session.version = relay_version;
-            session.bytes = bytes;
             session.state = state.clone();
             session.from_shadow = snap.from_shadow;
             snap.version = relay_version;
@@ -527,12 +516,7 @@ impl StateRelay for MemoryRelay {
                 continue;
             }
             let mut next = session.state.clone();
-            for op in &delta.ops {
-                match &op.value {
-                    Some(v) => next.insert(op.key.clone(), v.clone()),
-                    None => next.remove(&op.key),
-                };
-            }
+            apply_ops(&mut next, &delta.ops);
             let bytes = state_bytes(&next);
             if bytes > max {
                 // The publisher caps sessions too; one that got past it is resynchronized
@@ -541,7 +525,6 @@ impl StateRelay for MemoryRelay {
                 continue;
             }
             session.state = next;
-            session.bytes = bytes;
             session.version = delta.version + session.offset;
             session.from_shadow = delta.from_shadow;
             let mut delta = delta;
@@ -549,11 +532,7 @@ impl StateRelay for MemoryRelay {
             delta.version = session.version;
             let session_key = delta.session.clone();
             let at = delta.at_ms;
-            log.stats.replicated_bytes += delta
-                .ops
-                .iter()
-                .map(|o| (o.key.len() + o.value.as_ref().map_or(0, String::len)) as u64)
-                .sum::<u64>();
+            log.stats.replicated_bytes += delta.ops.iter().map(|o| o.bytes() as u64).sum::<u64>();
             log.stats.full_copy_bytes += bytes as u64;
             let seq = log.record(Change::Delta(delta), self.limits.backlog);
             log.unapplied.push_back((seq, at));

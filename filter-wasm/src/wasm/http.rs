@@ -194,9 +194,13 @@ impl HttpContext for AtreHttp {
             let table = sync::table(svc, sync_cfg);
             match sync_cfg.role {
                 StateRole::Publisher => {
+                    // One read of the session's index entry serves both checks below.
+                    let entry = table.entry(key);
                     // Read-your-writes: the shadow serves a session only once it has
                     // acknowledged the session's latest version.
-                    if decision == RedirectDecision::Shadow && !table.may_redirect(key) {
+                    if decision == RedirectDecision::Shadow
+                        && !crate::session_state::may_redirect(entry.as_ref())
+                    {
                         rt.metrics.state.held.add(1);
                         decision = RedirectDecision::Primary;
                     }
@@ -204,7 +208,7 @@ impl HttpContext for AtreHttp {
                     // is new): first ask the relay what it holds — the edge's record starts
                     // from it, and a primary that lacks it (the session's last writes were
                     // on a shadow) is handed it.
-                    if table.entry(key).is_none() {
+                    if entry.is_none() {
                         let body = sync::lookup_body(svc, key);
                         if let Some(token) =
                             sync::post(sync_cfg, "/v1/state/lookup", &body, sync_cfg.timeout_ms)
