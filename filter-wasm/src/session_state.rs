@@ -323,6 +323,12 @@ impl<'a> SessionTable<'a> {
         Ok(written)
     }
 
+    /// Keeps `session` on the primary and out of replication for as long as this table
+    /// holds it.
+    pub fn pin(&self, session: &str, now_ms: u64) {
+        let _ = self.with_entry(session, now_ms, |e| e.pinned = true);
+    }
+
     /// Records a change of `session` seen in a response (from a shadow when
     /// `from_shadow`): the next version, or the reason it was dropped.
     pub fn capture(
@@ -336,7 +342,7 @@ impl<'a> SessionTable<'a> {
         let ops = match changes {
             Ok(ops) => ops,
             Err(reason) => {
-                let _ = self.with_entry(session, now_ms, |e| e.pinned = true);
+                self.pin(session, now_ms);
                 return Capture::Dropped(reason);
             }
         };
@@ -684,6 +690,24 @@ mod tests {
         let state: BTreeMap<String, String> =
             [("cart".to_string(), "sku 1;2=%".to_string())].into();
         assert_eq!(decode_state(&encode_state(7, &state)), Some((7, state)));
+    }
+
+    #[test]
+    fn a_pinned_session_stays_on_the_primary_and_out_of_replication() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        // What a failed lookup does to a session this edge has no record of.
+        t.pin("s1", 1);
+        assert!(!t.may_redirect("s1"), "before any write");
+        let set = Ok(vec![StateOp {
+            key: "cart".into(),
+            value: Some("a".into()),
+        }]);
+        assert_eq!(t.capture("s1", set, false, 100, 2), Capture::Recorded(1));
+        assert!(!t.may_redirect("s1"), "after a write");
+        let out = t.take_outbound(100);
+        assert!(out.is_empty(), "{out:?}");
+        assert!(t.unacknowledged(100).is_empty());
     }
 
     #[test]

@@ -102,12 +102,16 @@ impl Context for AtreHttp {
                 let _ = abi::resume_response();
             }
             AwaitKind::Lookup => {
+                let now_ms = now_ns() / 1_000_000;
                 if let Some((w, svc)) = svc
                     && let Some(sync_cfg) = &svc.state_sync
-                    && let Some(answer) = sync::lookup_answer(body_size)
                 {
-                    let now_ms = now_ns() / 1_000_000;
                     let table = sync::table(svc, sync_cfg);
+                    let Some(answer) = sync::lookup_answer(body_size) else {
+                        lookup_failed(&table, &a.session, &w.services[a.service].metrics.state);
+                        let _ = abi::resume_request();
+                        return;
+                    };
                     let known = answer.state;
                     table.adopt(&a.session, known.as_ref(), now_ms);
                     // Its last writes were on a shadow: the primary lacks them.
@@ -210,11 +214,16 @@ impl HttpContext for AtreHttp {
                     // on a shadow) is handed it.
                     if entry.is_none() {
                         let body = sync::lookup_body(svc, key);
-                        if let Some(token) =
-                            sync::post(sync_cfg, "/v1/state/lookup", &body, sync_cfg.timeout_ms)
+                        match sync::post(sync_cfg, "/v1/state/lookup", &body, sync_cfg.timeout_ms)
                         {
-                            lookup =
-                                Some((token, key.clone(), decision != RedirectDecision::Shadow));
+                            Some(token) => {
+                                lookup = Some((
+                                    token,
+                                    key.clone(),
+                                    decision != RedirectDecision::Shadow,
+                                ))
+                            }
+                            None => lookup_failed(&table, key, &rt.metrics.state),
                         }
                     }
                     // A primary behind a shadow's writes gets the session's state.
@@ -291,6 +300,19 @@ impl HttpContext for AtreHttp {
     fn on_log(&mut self) {
         self.finish();
     }
+}
+
+/// The relay could not say what it holds of a session this edge has no record of. Without
+/// that, this edge's numbering of the session's next changes would restart below what the
+/// applications hold (and they would refuse its hand-overs): the session stays on the
+/// primary, unreplicated, while this edge holds it.
+fn lookup_failed(
+    table: &crate::session_state::SessionTable<'_>,
+    session: &str,
+    metrics: &super::metrics::StateMetrics,
+) {
+    metrics.lookup_failures.add(1);
+    table.pin(session, now_ns() / 1_000_000);
 }
 
 /// Hands the request its session's state (`x-shadowmesh-session-state`); false if there

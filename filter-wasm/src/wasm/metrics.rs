@@ -59,6 +59,8 @@ pub(super) struct StateMetrics {
     /// Publishes answered / failed.
     pub(super) publishes: Metric,
     pub(super) publish_failures: Metric,
+    /// Lookups of unknown sessions that failed (the session stays on the primary).
+    pub(super) lookup_failures: Metric,
     /// Changes applied from the relay (subscribers), gaps found, full resyncs.
     pub(super) applied: Metric,
     pub(super) gaps: Metric,
@@ -89,6 +91,7 @@ impl ServiceMetrics {
                 injected: counter("state_injected_total"),
                 publishes: counter("state_publishes_total"),
                 publish_failures: counter("state_publish_failures_total"),
+                lookup_failures: counter("state_lookup_failures_total"),
                 applied: counter("state_applied_total"),
                 gaps: counter("state_gaps_total"),
                 full_resyncs: counter("state_full_resyncs_total"),

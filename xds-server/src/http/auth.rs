@@ -129,7 +129,7 @@ fn required(method: &Method, path: &str) -> Role {
     if method == Method::POST
         && matches!(
             path,
-            "/v1/telemetry" | "/v1/state/publish" | "/v1/state/pull"
+            "/v1/telemetry" | "/v1/state/publish" | "/v1/state/pull" | "/v1/state/lookup"
         )
     {
         Role::Telemetry
