@@ -21,7 +21,7 @@
 
 use crate::config::valid_state_key as valid_key;
 pub use crate::config::{StateRole, StateSyncConfig, SyncMode};
-use crate::shared::{SetError, SharedStore, update_json};
+use crate::shared::{Encoding, SetError, SharedStore};
 use serde::{Deserialize, Serialize};
 use shadowmesh_wire::{SessionDelta, SessionSnapshot, StateOp, apply_ops, state_bytes};
 use std::collections::BTreeMap;
@@ -212,6 +212,22 @@ impl SessionSlot {
     }
 }
 
+/// The session tables' encoding in shared data: they are read and written on the request
+/// path.
+const ENCODING: Encoding = Encoding::Compact;
+
+fn read<T: serde::de::DeserializeOwned>(store: &dyn SharedStore, key: &str) -> Option<T> {
+    crate::shared::read_as(ENCODING, store, key)
+}
+
+fn update<T, F>(store: &dyn SharedStore, key: &str, f: F) -> Result<Option<T>, SetError>
+where
+    T: Serialize + serde::de::DeserializeOwned,
+    F: FnMut(Option<&T>) -> Option<T>,
+{
+    crate::shared::update_as(ENCODING, store, key, f)
+}
+
 /// A service's sessions in shared data.
 pub struct SessionTable<'a> {
     store: &'a dyn SharedStore,
@@ -259,7 +275,7 @@ impl<'a> SessionTable<'a> {
     /// The session's index entry.
     pub fn entry(&self, session: &str) -> Option<SessionEntry> {
         let entries: Vec<SessionEntry> =
-            crate::shared::read_json(self.store, &self.index_key(bucket_of(session)))?;
+            read(self.store, &self.index_key(bucket_of(session)))?;
         entries.into_iter().find(|e| e.s == session)
     }
 
@@ -267,7 +283,7 @@ impl<'a> SessionTable<'a> {
     pub fn slot(&self, session: &str) -> Option<SessionSlot> {
         let e = self.entry(session)?;
         let slot: SessionSlot =
-            crate::shared::read_json(self.store, &self.slot_key(bucket_of(session), e.slot))?;
+            read(self.store, &self.slot_key(bucket_of(session), e.slot))?;
         (slot.s == session).then_some(slot)
     }
 
@@ -286,7 +302,7 @@ impl<'a> SessionTable<'a> {
     ) -> Result<Option<SessionEntry>, SetError> {
         let bucket = bucket_of(session);
         let mut written = None;
-        update_json::<Vec<SessionEntry>, _>(self.store, &self.index_key(bucket), |cur| {
+        update::<Vec<SessionEntry>, _>(self.store, &self.index_key(bucket), |cur| {
             let mut entries = cur.cloned().unwrap_or_default();
             let i = match entries.iter().position(|e| e.s == session) {
                 Some(i) => i,
@@ -346,13 +362,18 @@ impl<'a> SessionTable<'a> {
                 return Capture::Dropped(reason);
             }
         };
-        let Ok(Some(entry)) = self.with_entry(session, now_ms, |e| e.t = now_ms) else {
-            return Capture::Dropped(DropReason::Full);
+        // The entry is written once, after the state: here it is only found (or made).
+        let entry = match self.entry(session) {
+            Some(e) => e,
+            None => match self.with_entry(session, now_ms, |_| {}) {
+                Ok(Some(e)) => e,
+                _ => return Capture::Dropped(DropReason::Full),
+            },
         };
         let key = self.slot_key(bucket_of(session), entry.slot);
         let mut version = 0;
         let mut oversize = false;
-        let written = update_json::<SessionSlot, _>(self.store, &key, |cur| {
+        let written = update::<SessionSlot, _>(self.store, &key, |cur| {
             let mut slot = match cur {
                 Some(s) if s.s == session => s.clone(),
                 // A reused slot, or none yet: this session starts here.
@@ -362,15 +383,13 @@ impl<'a> SessionTable<'a> {
                     ..SessionSlot::default()
                 },
             };
-            let mut next = slot.state.clone();
-            apply_ops(&mut next, &ops);
-            if state_bytes(&next) > max_session_bytes {
+            apply_ops(&mut slot.state, &ops);
+            if state_bytes(&slot.state) > max_session_bytes {
                 oversize = true;
                 return None;
             }
             slot.v += 1;
             version = slot.v;
-            slot.state = next;
             slot.from_shadow = from_shadow;
             slot.ops.push(SessionDelta {
                 session: session.to_string(),
@@ -389,7 +408,10 @@ impl<'a> SessionTable<'a> {
                 DropReason::Full
             });
         }
-        let _ = self.with_entry(session, now_ms, |e| e.v = e.v.max(version));
+        let _ = self.with_entry(session, now_ms, |e| {
+            e.v = e.v.max(version);
+            e.t = now_ms;
+        });
         Capture::Recorded(version)
     }
 
@@ -419,7 +441,7 @@ impl<'a> SessionTable<'a> {
     fn take_from(&self, bucket: u64, only: Option<&str>, max: usize, out: &mut Outbound) {
         let key = self.index_key(bucket);
         let mut taken: Vec<(String, u32, bool, u64)> = Vec::new();
-        let _ = update_json::<Vec<SessionEntry>, _>(self.store, &key, |cur| {
+        let _ = update::<Vec<SessionEntry>, _>(self.store, &key, |cur| {
             taken.clear();
             let mut entries = cur.cloned()?;
             let mut any = false;
@@ -440,7 +462,7 @@ impl<'a> SessionTable<'a> {
             let skey = self.slot_key(bucket, slot);
             let mut deltas = Vec::new();
             let mut snapshot = None;
-            let _ = update_json::<SessionSlot, _>(self.store, &skey, |cur| {
+            let _ = update::<SessionSlot, _>(self.store, &skey, |cur| {
                 let mut s = cur.filter(|s| s.s == session)?.clone();
                 deltas.clear();
                 snapshot = None;
@@ -470,7 +492,7 @@ impl<'a> SessionTable<'a> {
         let mut out = Vec::new();
         for bucket in 0..BUCKETS {
             let entries: Vec<SessionEntry> =
-                crate::shared::read_json(self.store, &self.index_key(bucket)).unwrap_or_default();
+                read(self.store, &self.index_key(bucket)).unwrap_or_default();
             out.extend(
                 entries
                     .into_iter()
@@ -508,7 +530,7 @@ impl<'a> SessionTable<'a> {
     pub fn reset_replication(&self) {
         for bucket in 0..BUCKETS {
             let _ =
-                update_json::<Vec<SessionEntry>, _>(self.store, &self.index_key(bucket), |cur| {
+                update::<Vec<SessionEntry>, _>(self.store, &self.index_key(bucket), |cur| {
                     let mut entries = cur.cloned()?;
                     for e in &mut entries {
                         e.full = true;
@@ -521,7 +543,7 @@ impl<'a> SessionTable<'a> {
 
     fn update_existing(&self, session: &str, mut f: impl FnMut(&mut SessionEntry)) {
         let key = self.index_key(bucket_of(session));
-        let _ = update_json::<Vec<SessionEntry>, _>(self.store, &key, |cur| {
+        let _ = update::<Vec<SessionEntry>, _>(self.store, &key, |cur| {
             let mut entries = cur.cloned()?;
             let e = entries.iter_mut().find(|e| e.s == session)?;
             f(e);
@@ -538,7 +560,7 @@ impl<'a> SessionTable<'a> {
         };
         let Some(known) = known else { return true };
         let key = self.slot_key(bucket_of(session), entry.slot);
-        update_json::<SessionSlot, _>(self.store, &key, |cur| {
+        update::<SessionSlot, _>(self.store, &key, |cur| {
             // A change captured meanwhile is newer than the relay's answer.
             if cur.is_some_and(|s| s.s == session && s.v > 0) {
                 return None;
@@ -558,7 +580,8 @@ impl<'a> SessionTable<'a> {
     /// Subscriber: drops every session (before a full snapshot).
     pub fn clear(&self) {
         for bucket in 0..BUCKETS {
-            let _ = self.store.set(&self.index_key(bucket), b"[]", None);
+            let empty: Vec<SessionEntry> = Vec::new();
+            let _ = update(self.store, &self.index_key(bucket), |_| Some(empty.clone()));
         }
     }
 
@@ -571,7 +594,7 @@ impl<'a> SessionTable<'a> {
             return false;
         };
         let key = self.slot_key(bucket_of(&snap.session), entry.slot);
-        update_json::<SessionSlot, _>(self.store, &key, |cur| {
+        update::<SessionSlot, _>(self.store, &key, |cur| {
             if cur.is_some_and(|s| s.s == snap.session && s.v > snap.version) {
                 return None;
             }
@@ -594,7 +617,7 @@ impl<'a> SessionTable<'a> {
         };
         let key = self.slot_key(bucket_of(&d.session), entry.slot);
         let mut gap = false;
-        let _ = update_json::<SessionSlot, _>(self.store, &key, |cur| {
+        let _ = update::<SessionSlot, _>(self.store, &key, |cur| {
             let mut s = match cur {
                 Some(s) if s.s == d.session => s.clone(),
                 _ => SessionSlot {

@@ -75,16 +75,62 @@ fn decode_u64(bytes: &[u8]) -> u64 {
     bytes.try_into().map(u64::from_le_bytes).unwrap_or(0)
 }
 
+/// How a shared value is encoded. JSON for the small values an operator may want to read
+/// in a dump; the compact binary form (postcard) for the state-sync tables, which are
+/// read and written on the request path and carry kilobytes of session state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// `serde_json`.
+    Json,
+    /// `postcard`: no field names, varint integers; several times cheaper to read and
+    /// write than JSON in the Wasm VM.
+    Compact,
+}
+
+impl Encoding {
+    fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Option<T> {
+        match self {
+            Encoding::Json => serde_json::from_slice(bytes).ok(),
+            Encoding::Compact => postcard::from_bytes(bytes).ok(),
+        }
+    }
+
+    fn encode<T: Serialize>(self, value: &T) -> Option<Vec<u8>> {
+        match self {
+            Encoding::Json => serde_json::to_vec(value).ok(),
+            Encoding::Compact => postcard::to_allocvec(value).ok(),
+        }
+    }
+}
+
 /// Reads a JSON value; absent, empty or unparsable values read as `None`.
 pub fn read_json<T: DeserializeOwned>(store: &dyn SharedStore, key: &str) -> Option<T> {
-    let bytes = store.get(key).0?;
-    serde_json::from_slice(&bytes).ok()
+    read_as(Encoding::Json, store, key)
+}
+
+/// Reads a value in `encoding`; absent, empty or unparsable values read as `None`.
+pub fn read_as<T: DeserializeOwned>(
+    encoding: Encoding,
+    store: &dyn SharedStore,
+    key: &str,
+) -> Option<T> {
+    encoding.decode(&store.get(key).0?)
 }
 
 /// Read-modify-write of a JSON value under CAS. `f` gets the current value (`None` when
 /// absent or unparsable) and returns the new one, or `None` to leave the key alone.
 /// Returns what the key held when the write succeeded.
-pub fn update_json<T, F>(
+pub fn update_json<T, F>(store: &dyn SharedStore, key: &str, f: F) -> Result<Option<T>, SetError>
+where
+    T: Serialize + DeserializeOwned,
+    F: FnMut(Option<&T>) -> Option<T>,
+{
+    update_as(Encoding::Json, store, key, f)
+}
+
+/// [`update_json`] for a value in `encoding`.
+pub fn update_as<T, F>(
+    encoding: Encoding,
     store: &dyn SharedStore,
     key: &str,
     mut f: F,
@@ -95,13 +141,11 @@ where
 {
     for _ in 0..MAX_CAS_RETRIES {
         let (bytes, cas) = store.get(key);
-        let current: Option<T> = bytes
-            .as_deref()
-            .and_then(|b| serde_json::from_slice(b).ok());
+        let current: Option<T> = bytes.as_deref().and_then(|b| encoding.decode(b));
         let Some(next) = f(current.as_ref()) else {
             return Ok(current);
         };
-        let encoded = serde_json::to_vec(&next).map_err(|_| SetError::Host)?;
+        let encoded = encoding.encode(&next).ok_or(SetError::Host)?;
         match store.set(key, &encoded, cas) {
             Ok(()) => return Ok(current),
             Err(SetError::CasMismatch) => continue,
