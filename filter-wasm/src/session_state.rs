@@ -274,16 +274,14 @@ impl<'a> SessionTable<'a> {
 
     /// The session's index entry.
     pub fn entry(&self, session: &str) -> Option<SessionEntry> {
-        let entries: Vec<SessionEntry> =
-            read(self.store, &self.index_key(bucket_of(session)))?;
+        let entries: Vec<SessionEntry> = read(self.store, &self.index_key(bucket_of(session)))?;
         entries.into_iter().find(|e| e.s == session)
     }
 
     /// The session's state slot.
     pub fn slot(&self, session: &str) -> Option<SessionSlot> {
         let e = self.entry(session)?;
-        let slot: SessionSlot =
-            read(self.store, &self.slot_key(bucket_of(session), e.slot))?;
+        let slot: SessionSlot = read(self.store, &self.slot_key(bucket_of(session), e.slot))?;
         (slot.s == session).then_some(slot)
     }
 
@@ -529,15 +527,14 @@ impl<'a> SessionTable<'a> {
     /// acknowledged until the shadows have it again.
     pub fn reset_replication(&self) {
         for bucket in 0..BUCKETS {
-            let _ =
-                update::<Vec<SessionEntry>, _>(self.store, &self.index_key(bucket), |cur| {
-                    let mut entries = cur.cloned()?;
-                    for e in &mut entries {
-                        e.full = true;
-                        e.acked = 0;
-                    }
-                    Some(entries)
-                });
+            let _ = update::<Vec<SessionEntry>, _>(self.store, &self.index_key(bucket), |cur| {
+                let mut entries = cur.cloned()?;
+                for e in &mut entries {
+                    e.full = true;
+                    e.acked = 0;
+                }
+                Some(entries)
+            });
         }
     }
 

@@ -10,10 +10,10 @@
 //! Parameters of the Shadowmesh model and of Holt-Winters are chosen on the training part
 //! only (grid search on the same rolling-origin MAE), then both run on unchanged.
 
-use crate::baselines::{Forecaster, HoltWinters, Naive, SeasonalNaive, Shadowmesh};
+use crate::baselines::{Forecaster, HoltWinters, Naive, Precomputed, SeasonalNaive, Shadowmesh};
 use crate::data::GridSeries;
 use crate::error::FieldError;
-use crate::model::{ModelConfig, Transform};
+use crate::model::{ModelConfig, SeasonCombination, Transform};
 use serde::Serialize;
 
 /// What to evaluate.
@@ -31,6 +31,40 @@ pub struct BacktestConfig {
     pub seasons: Vec<usize>,
     /// Fit parameters on the training part (else defaults / fixed baselines).
     pub fit: bool,
+    /// Scheduled events and holidays the Shadowmesh model is told about (`--events`).
+    #[serde(skip)]
+    pub events: std::sync::Arc<Vec<crate::events::ScheduledEvent>>,
+    /// Score the event days separately but do not tell the model about the events (the
+    /// "without the calendar" side of a comparison).
+    pub events_scored_only: bool,
+    /// Fit only this way of combining seasons (else both are tried).
+    pub combine: Option<SeasonCombination>,
+}
+
+/// Forecasts another tool made at the backtest's origins ([`origins`]): scored like the
+/// built-in models, on exactly the same origins and horizons.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PeerForecasts {
+    /// The peer's name in the table.
+    pub model: String,
+    /// Per origin, in the order of [`origins`]: the forecasts of steps 1..=horizon.
+    pub forecasts: Vec<Vec<f64>>,
+}
+
+/// The origins a backtest of `values` scores: every `origin_every`-th step after the
+/// training part that has a value and a step after it.
+pub fn origins(values: &[Option<f64>], cfg: &BacktestConfig) -> Vec<usize> {
+    let n = values.len();
+    let train = train_steps(n, cfg);
+    let every = cfg.origin_every.max(1);
+    (train..n.saturating_sub(1))
+        .filter(|&t| values[t].is_some() && (t - train).is_multiple_of(every))
+        .collect()
+}
+
+fn train_steps(n: usize, cfg: &BacktestConfig) -> usize {
+    ((n as f64 * cfg.train_fraction) as usize)
+        .clamp(cfg.horizon + 1, n.saturating_sub(1).max(cfg.horizon + 1))
 }
 
 /// Scores of one model.
@@ -46,6 +80,8 @@ pub struct ModelScore {
     pub smape: f64,
     /// Empirical coverage of the central interval, if the model has intervals.
     pub coverage: Option<f64>,
+    /// MASE over the forecasts whose target lies inside a calendar event (`--events`).
+    pub mase_on_events: Option<f64>,
     /// Forecasts scored.
     pub forecasts: u64,
 }
@@ -74,6 +110,8 @@ struct Accum {
     smape: f64,
     covered: u64,
     interval_n: u64,
+    event_abs: f64,
+    event_n: u64,
 }
 
 impl Accum {
@@ -90,7 +128,9 @@ impl Accum {
     }
 }
 
-/// Runs `models` over `values[..end]`, scoring origins in `[from, end)`.
+/// Runs `models` over `values[..end]`, scoring origins in `[from, end)`; `in_event[t]`
+/// marks the steps a calendar event covers (may be empty).
+#[allow(clippy::too_many_arguments)]
 fn evaluate(
     models: &mut [Box<dyn Forecaster + Send>],
     values: &[Option<f64>],
@@ -99,6 +139,7 @@ fn evaluate(
     horizon: usize,
     every: usize,
     coverage: Option<f64>,
+    in_event: &[bool],
 ) -> Vec<Accum> {
     let mut acc: Vec<Accum> = models.iter().map(|_| Accum::new(horizon)).collect();
     for t in 0..end {
@@ -118,6 +159,10 @@ fn evaluate(
                 let err = (y - f).abs();
                 a.abs[h] += err;
                 a.n[h] += 1;
+                if in_event.get(t + h + 1).copied().unwrap_or(false) {
+                    a.event_abs += err;
+                    a.event_n += 1;
+                }
                 let denom = y.abs() + f.abs();
                 if denom > 0.0 {
                     a.smape += 200.0 * err / denom;
@@ -171,7 +216,7 @@ fn best_of<C: Clone + Send + Sync>(
                         .enumerate()
                         .map(|(i, c)| {
                             let mut m = vec![build(c)];
-                            let a = evaluate(&mut m, values, from, end, horizon, 3, None);
+                            let a = evaluate(&mut m, values, from, end, horizon, 3, None, &[]);
                             (ci * chunk + i, a[0].mae())
                         })
                         .collect::<Vec<_>>()
@@ -191,20 +236,27 @@ fn best_of<C: Clone + Send + Sync>(
 }
 
 /// The Shadowmesh parameter grid around `base`.
-fn shadowmesh_grid(base: &ModelConfig) -> Vec<ModelConfig> {
+fn shadowmesh_grid(base: &ModelConfig, only: Option<SeasonCombination>) -> Vec<ModelConfig> {
     let mut out = Vec::new();
-    for transform in [Transform::Log1p, Transform::Sqrt, Transform::None] {
-        for level in [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4] {
-            for season in [0.02, 0.05, 0.1, 0.2, 0.3, 0.5] {
-                for ar in [0.4, 0.6, 0.8, 0.9, 0.95] {
-                    let mut c = base.clone();
-                    c.transform = transform;
-                    c.level_rate = level;
-                    c.ar = ar;
-                    for s in &mut c.seasons {
-                        s.rate = season;
+    let combines = match only {
+        Some(c) => vec![c],
+        None => vec![SeasonCombination::Nested, SeasonCombination::Additive],
+    };
+    for combine in combines {
+        for transform in [Transform::Log1p, Transform::Sqrt, Transform::None] {
+            for level in [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4] {
+                for season in [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5] {
+                    for ar in [0.4, 0.6, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999] {
+                        let mut c = base.clone();
+                        c.combine = combine;
+                        c.transform = transform;
+                        c.level_rate = level;
+                        c.ar = ar;
+                        for s in &mut c.seasons {
+                            s.rate = season;
+                        }
+                        out.push(c);
                     }
-                    out.push(c);
                 }
             }
         }
@@ -221,6 +273,7 @@ pub fn run(
     series: &GridSeries,
     cfg: &BacktestConfig,
     model: ModelConfig,
+    peers: Vec<PeerForecasts>,
 ) -> Result<BacktestReport, FieldError> {
     let values = &series.values;
     let n = values.len();
@@ -237,7 +290,7 @@ pub fn run(
             ),
         ));
     }
-    let train = ((n as f64 * cfg.train_fraction) as usize).clamp(cfg.horizon + 1, n - 1);
+    let train = train_steps(n, cfg);
     let m = cfg.seasons.first().copied().unwrap_or(1).max(1);
     // Fitting scores origins after one longest season of warm-up.
     let warm = cfg
@@ -248,10 +301,15 @@ pub fn run(
         .unwrap_or(m)
         .min(train / 2);
 
+    let told = if cfg.events_scored_only {
+        std::sync::Arc::default()
+    } else {
+        cfg.events.clone()
+    };
     let shadowmesh = if cfg.fit {
         best_of(
-            &shadowmesh_grid(&model),
-            |c| Box::new(Shadowmesh::new(c.clone(), series.t0)),
+            &shadowmesh_grid(&model, cfg.combine),
+            |c| Box::new(Shadowmesh::with_events(c.clone(), series.t0, told.clone())),
             values,
             warm,
             train,
@@ -282,12 +340,31 @@ pub fn run(
     };
 
     let mut models: Vec<Box<dyn Forecaster + Send>> = vec![
-        Box::new(Shadowmesh::new(shadowmesh.clone(), series.t0)),
+        Box::new(Shadowmesh::with_events(shadowmesh.clone(), series.t0, told)),
         Box::new(HoltWinters::new(hw.0, hw.1, hw.2, m)),
         Box::new(Naive::default()),
     ];
     for s in &cfg.seasons {
         models.push(Box::new(SeasonalNaive::new(*s, &format!("m={s}"))));
+    }
+    let at = origins(values, cfg);
+    for p in peers {
+        if p.forecasts.len() != at.len() || p.forecasts.iter().any(|f| f.len() < cfg.horizon) {
+            return Err(FieldError::new(
+                "peers",
+                format!(
+                    "{} answered {} origins; the backtest has {} of {} steps",
+                    p.model,
+                    p.forecasts.len(),
+                    at.len(),
+                    cfg.horizon
+                ),
+            ));
+        }
+        models.push(Box::new(Precomputed::new(
+            p.model,
+            at.iter().copied().zip(p.forecasts),
+        )));
     }
     let scale = seasonal_scale(values, m, train);
     if !(scale.is_finite() && scale > 0.0) {
@@ -298,6 +375,12 @@ pub fn run(
             ),
         ));
     }
+    let in_event: Vec<bool> = (0..n)
+        .map(|t| {
+            let ts = series.t0 + t as i64 * series.step_secs;
+            cfg.events.iter().any(|e| e.covers(ts))
+        })
+        .collect();
     let acc = evaluate(
         &mut models,
         values,
@@ -306,6 +389,7 @@ pub fn run(
         cfg.horizon,
         cfg.origin_every.max(1),
         Some(cfg.coverage),
+        &in_event,
     );
     let scores = models
         .iter()
@@ -323,6 +407,7 @@ pub fn run(
                     .collect(),
                 smape: a.smape / total.max(1) as f64,
                 coverage: (a.interval_n > 0).then(|| a.covered as f64 / a.interval_n as f64),
+                mase_on_events: (a.event_n > 0).then(|| a.event_abs / a.event_n as f64 / scale),
                 forecasts: total,
             }
         })

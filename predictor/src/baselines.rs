@@ -1,6 +1,7 @@
 //! Point forecasters the backtest compares: the Shadowmesh model and the classic
 //! baselines (naive, seasonal naive, plain Holt-Winters), behind one trait.
 
+use crate::events::{EventMemory, ScheduledEvent};
 use crate::model::{ModelConfig, SeasonalModel, normal_quantile};
 
 /// A model that learns one observation at a time and forecasts the next steps.
@@ -162,23 +163,49 @@ impl Forecaster for HoltWinters {
     }
 }
 
-/// The Shadowmesh model as a [`Forecaster`] on a regular grid starting at `t0`.
+/// The Shadowmesh model as a [`Forecaster`] on a regular grid starting at `t0`, with an
+/// events calendar handled as the analyzer does: observations inside an event are divided
+/// by its uplift (declared, or learned from its kind's past occurrences) before the model
+/// learns, and forecasts inside one are multiplied by it.
 #[derive(Debug, Clone)]
 pub struct Shadowmesh {
     /// Its configuration.
     pub config: ModelConfig,
     model: SeasonalModel,
     t0: i64,
+    events: std::sync::Arc<Vec<ScheduledEvent>>,
+    memory: EventMemory,
 }
+
+/// The series name events are matched against in a backtest (one series).
+const SERIES: &str = "backtest";
 
 impl Shadowmesh {
     /// A fresh model; grid step `t` is unix time `t0 + t·step`.
     pub fn new(config: ModelConfig, t0: i64) -> Shadowmesh {
+        Shadowmesh::with_events(config, t0, std::sync::Arc::default())
+    }
+
+    /// A fresh model that knows the calendar `events`.
+    pub fn with_events(
+        config: ModelConfig,
+        t0: i64,
+        events: std::sync::Arc<Vec<ScheduledEvent>>,
+    ) -> Shadowmesh {
         Shadowmesh {
             model: SeasonalModel::new(&config),
             config,
             t0,
+            events,
+            memory: EventMemory::default(),
         }
+    }
+
+    fn factor(&self, ts: i64) -> f64 {
+        if self.events.is_empty() {
+            return 1.0;
+        }
+        self.memory.effect(&self.events, SERIES, ts).factor
     }
 }
 
@@ -189,15 +216,22 @@ impl Forecaster for Shadowmesh {
     fn observe(&mut self, t: usize, y: Option<f64>) {
         if let Some(y) = y {
             let ts = self.t0 + t as i64 * self.config.step_secs;
+            let factor = self.factor(ts);
+            if !self.events.is_empty() {
+                let (model, config) = (&self.model, &self.config);
+                self.memory.record(&self.events, SERIES, ts, y, || {
+                    model.baseline_at(config, ts).unwrap_or(y)
+                });
+            }
             // The backtest feeds clean, ordered data; a refusal would be a bug there.
-            let _ = self.model.observe(&self.config, ts, y);
+            let _ = self.model.observe(&self.config, ts, y / factor);
         }
     }
     fn forecast(&self, steps: usize) -> Vec<f64> {
         self.model
             .forecast(&self.config, steps)
             .iter()
-            .map(|p| p.median)
+            .map(|p| p.median * self.factor(p.ts))
             .collect()
     }
     fn interval(&self, steps: usize, coverage: f64) -> Option<Vec<(f64, f64)>> {
@@ -207,8 +241,44 @@ impl Forecaster for Shadowmesh {
             self.model
                 .forecast(&self.config, steps)
                 .iter()
-                .map(|p| (p.quantile_at(tr, -z), p.quantile_at(tr, z)))
+                .map(|p| {
+                    let f = self.factor(p.ts);
+                    (p.quantile_at(tr, -z) * f, p.quantile_at(tr, z) * f)
+                })
                 .collect(),
         )
+    }
+}
+
+/// Forecasts made elsewhere (a peer library), looked up by origin.
+pub struct Precomputed {
+    name: String,
+    by_origin: std::collections::HashMap<usize, Vec<f64>>,
+    t: usize,
+}
+
+impl Precomputed {
+    /// `forecasts`: (origin, forecasts of steps 1..=H).
+    pub fn new(name: String, forecasts: impl IntoIterator<Item = (usize, Vec<f64>)>) -> Self {
+        Precomputed {
+            name,
+            by_origin: forecasts.into_iter().collect(),
+            t: 0,
+        }
+    }
+}
+
+impl Forecaster for Precomputed {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn observe(&mut self, t: usize, _: Option<f64>) {
+        self.t = t;
+    }
+    fn forecast(&self, steps: usize) -> Vec<f64> {
+        self.by_origin
+            .get(&self.t)
+            .map(|f| f[..steps.min(f.len())].to_vec())
+            .unwrap_or_default()
     }
 }

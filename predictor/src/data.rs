@@ -136,3 +136,74 @@ pub fn parse_csv(text: &str, step_secs: Option<i64>) -> Result<GridSeries> {
         values,
     })
 }
+
+/// Reads an events calendar: one event a line, either a date (`2014-01-27`: a whole-day
+/// `holiday`) or `start,duration,kind` (`2014-12-24T18:00:00Z,6h,sale`; the duration in
+/// seconds or with `s`, `m`, `h`, `d`). Blank lines and `#` comments are skipped; an error
+/// names the line.
+pub fn read_events(path: &std::path::Path) -> Result<Vec<crate::events::ScheduledEvent>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_events(&text).with_context(|| format!("in {}", path.display()))
+}
+
+/// [`read_events`] on text.
+pub fn parse_events(text: &str) -> Result<Vec<crate::events::ScheduledEvent>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let event = parse_event(line).with_context(|| format!("line {}: {line:?}", i + 1))?;
+        out.push(event);
+    }
+    if out.len() > crate::events::MAX_EVENTS {
+        bail!(
+            "{} events; a calendar holds at most {}",
+            out.len(),
+            crate::events::MAX_EVENTS
+        );
+    }
+    Ok(out)
+}
+
+fn parse_event(line: &str) -> Result<crate::events::ScheduledEvent> {
+    let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+    let (start, duration_secs, kind) = match fields.as_slice() {
+        [date] => (parse_timestamp(date)?, 86_400, "holiday".to_string()),
+        [start, duration, kind] if !kind.is_empty() => (
+            parse_timestamp(start)?,
+            parse_duration(duration)?,
+            kind.to_string(),
+        ),
+        _ => bail!("expected a date, or start,duration,kind"),
+    };
+    let event = crate::events::ScheduledEvent {
+        kind,
+        start,
+        duration_secs,
+        uplift: None,
+        series: None,
+    };
+    event.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(event)
+}
+
+fn parse_duration(s: &str) -> Result<i64> {
+    let (number, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let n: i64 = number.parse().with_context(|| format!("duration {s:?}"))?;
+    let unit = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        _ => bail!("duration {s:?}: the unit is one of s, m, h, d"),
+    };
+    n.checked_mul(unit)
+        .filter(|d| *d > 0)
+        .with_context(|| format!("duration {s:?} must be positive"))
+}

@@ -15,7 +15,8 @@
 //!   uplifts) beside it;
 //! * [`error`] — the one error shape of every input: [`error::FieldError`];
 //! * with the `cli` feature (on by default; the control plane turns it off):
-//!   `baselines`, `backtest`, `data` — the offline evaluation behind `predictor backtest`.
+//!   `baselines`, `backtest`, `data`, `peers` — the offline evaluation behind
+//!   `predictor backtest` (with other libraries' models as peers).
 //!
 //! ```
 //! use shadowmesh_predictor::analyzer::{Analyzer, AnalyzerConfig};
@@ -44,3 +45,5 @@ pub mod backtest;
 pub mod baselines;
 #[cfg(feature = "cli")]
 pub mod data;
+#[cfg(feature = "cli")]
+pub mod peers;

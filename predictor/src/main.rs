@@ -5,8 +5,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use shadowmesh_predictor::analyzer::{Analyzer, AnalyzerConfig};
 use shadowmesh_predictor::backtest::{self, BacktestConfig};
-use shadowmesh_predictor::data::read_csv;
-use shadowmesh_predictor::model::{ModelConfig, SeasonSpec};
+use shadowmesh_predictor::data::{read_csv, read_events};
+use shadowmesh_predictor::model::{ModelConfig, SeasonCombination, SeasonSpec};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -30,7 +30,8 @@ enum Command {
         #[arg(long)]
         step: Option<i64>,
         /// Season lengths in steps, comma-separated; the first is the MASE scale's and
-        /// Holt-Winters' season [default: 24,168 for hourly data, 7,365 for daily data].
+        /// Holt-Winters' season [default: a day and a week (24,168 for hourly data, 48,336
+        /// for half-hourly, 1440,10080 for minutes), 7,365 for daily data].
         #[arg(long, value_delimiter = ',')]
         seasons: Vec<usize>,
         /// Steps ahead; horizons 1..=H are all scored.
@@ -42,9 +43,31 @@ enum Command {
         /// Leading share of the series for fitting parameters and the MASE scale.
         #[arg(long, default_value_t = 0.2)]
         train: f64,
-        /// Score an origin every this many steps.
-        #[arg(long, default_value_t = 1)]
-        origin_every: usize,
+        /// Score an origin every this many steps [default: 1; with --peers, the first
+        /// season + 1, so that the origins sweep every phase of the season].
+        #[arg(long)]
+        origin_every: Option<usize>,
+        /// Scheduled events and holidays: one a line, a date (a whole-day `holiday`) or
+        /// `start,duration,kind` (duration in s, or with m/h/d).
+        #[arg(long)]
+        events: Option<PathBuf>,
+        /// With --events: score the event days separately, but do not tell the model
+        /// about the events (to measure what the calendar is worth).
+        #[arg(long, requires = "events")]
+        events_scored_only: bool,
+        /// Other libraries' models in the same table, on the same origins: `statsmodels`
+        /// (Holt-Winters and MSTL, refitted at every origin; installed into .venv on
+        /// demand by scripts/peers).
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<String>,
+        /// Values each peer refit sees [default: four longest seasons, at least eight of
+        /// the first].
+        #[arg(long)]
+        peer_window: Option<usize>,
+        /// Fit only this way of combining seasons: `additive` or `nested` [default: both
+        /// are tried on the training part].
+        #[arg(long, value_parser = parse_combine)]
+        combine: Option<SeasonCombination>,
         /// Use default parameters instead of fitting on the training part.
         #[arg(long)]
         no_fit: bool,
@@ -66,6 +89,14 @@ enum Command {
     },
 }
 
+fn parse_combine(s: &str) -> Result<SeasonCombination, String> {
+    match s {
+        "additive" => Ok(SeasonCombination::Additive),
+        "nested" => Ok(SeasonCombination::Nested),
+        _ => Err(format!("{s:?} is not additive or nested")),
+    }
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Backtest {
@@ -76,9 +107,32 @@ fn main() -> Result<()> {
             coverage,
             train,
             origin_every,
+            events,
+            events_scored_only,
+            peers,
+            peer_window,
+            combine,
             no_fit,
             json,
         } => {
+            for p in &peers {
+                if !shadowmesh_predictor::peers::KNOWN.contains(&p.as_str()) {
+                    bail!(
+                        "--peers: {p:?} is not one of {:?}",
+                        shadowmesh_predictor::peers::KNOWN
+                    );
+                }
+            }
+            if origin_every == Some(0) {
+                bail!("--origin-every must be at least 1");
+            }
+            if peer_window.is_some_and(|w| w < 2) {
+                bail!("--peer-window must be at least 2");
+            }
+            let events = match &events {
+                Some(path) => read_events(path).context("--events")?,
+                None => Vec::new(),
+            };
             if !(coverage > 0.0 && coverage < 1.0) {
                 bail!("--coverage: {coverage} is not in (0, 1)");
             }
@@ -89,7 +143,10 @@ fn main() -> Result<()> {
             let seasons = if seasons.is_empty() {
                 match series.step_secs {
                     86_400 => vec![7, 365],
-                    3_600 => vec![24, 168],
+                    // Sub-daily steps that divide the day: day and week at full resolution.
+                    s if s < 86_400 && 86_400 % s == 0 => {
+                        vec![(86_400 / s) as usize, (7 * 86_400 / s) as usize]
+                    }
                     s => vec![(86_400 / s).max(2) as usize],
                 }
             } else {
@@ -106,16 +163,43 @@ fn main() -> Result<()> {
                 .collect();
             model.calibrate_coverage = coverage;
             model.validate().context("model configuration")?;
+            let first = seasons.first().copied().unwrap_or(1);
             let cfg = BacktestConfig {
                 horizon,
                 coverage,
                 train_fraction: train,
-                origin_every,
-                seasons,
+                origin_every: origin_every.unwrap_or(if peers.is_empty() { 1 } else { first + 1 }),
+                seasons: seasons.clone(),
                 fit: !no_fit,
+                events: std::sync::Arc::new(events),
+                events_scored_only,
+                combine,
             };
+            if let Some(c) = combine {
+                model.combine = c;
+            }
             let started = Instant::now();
-            let report = backtest::run(&series, &cfg, model).map_err(|e| {
+            let mut peer_forecasts = Vec::new();
+            if !peers.is_empty() {
+                let origins = backtest::origins(&series.values, &cfg);
+                let longest = seasons.iter().copied().max().unwrap_or(first);
+                let window = peer_window.unwrap_or((4 * longest).max(8 * first));
+                eprintln!(
+                    "[peers] statsmodels: {} origins, refitted on the last {window} values each",
+                    origins.len()
+                );
+                peer_forecasts = shadowmesh_predictor::peers::statsmodels(
+                    &shadowmesh_predictor::peers::PeerRequest {
+                        values: &series.values,
+                        origins: &origins,
+                        horizon,
+                        seasons: &seasons,
+                        window,
+                    },
+                )
+                .map_err(|e| anyhow::anyhow!("--peers: {}", e.message))?;
+            }
+            let report = backtest::run(&series, &cfg, model, peer_forecasts).map_err(|e| {
                 let flag = if e.field == "csv" {
                     "--csv"
                 } else {
@@ -133,11 +217,20 @@ fn main() -> Result<()> {
                 coverage * 100.0,
                 started.elapsed().as_secs_f64()
             );
+            let on_events = !cfg.events.is_empty();
             println!(
-                "| model | MASE | vs seasonal naive | sMAPE % | {:.0}% coverage |",
-                coverage * 100.0
+                "| model | MASE | vs seasonal naive | sMAPE % | {:.0}% coverage |{}",
+                coverage * 100.0,
+                if on_events {
+                    " MASE on event days |"
+                } else {
+                    ""
+                }
             );
-            println!("|---|---:|---:|---:|---:|");
+            println!(
+                "|---|---:|---:|---:|---:|{}",
+                if on_events { "---:|" } else { "" }
+            );
             let best_snaive = report
                 .scores
                 .iter()
@@ -146,18 +239,24 @@ fn main() -> Result<()> {
                 .fold(f64::INFINITY, f64::min);
             for s in &report.scores {
                 println!(
-                    "| {} | {:.3} | {:+.1}% | {:.1} | {} |",
+                    "| {} | {:.3} | {:+.1}% | {:.1} | {} |{}",
                     s.model,
                     s.mase,
                     (s.mase / best_snaive - 1.0) * 100.0,
                     s.smape,
                     s.coverage
-                        .map_or("—".into(), |c| format!("{:.1}%", c * 100.0))
+                        .map_or("—".into(), |c| format!("{:.1}%", c * 100.0)),
+                    match (on_events, s.mase_on_events) {
+                        (false, _) => String::new(),
+                        (true, Some(m)) => format!(" {m:.3} |"),
+                        (true, None) => " — |".into(),
+                    }
                 );
             }
             let m = &report.shadowmesh;
             println!(
-                "Shadowmesh fitted: transform {:?}, level {}, seasons {:?}, ar {}",
+                "Shadowmesh fitted: {:?} seasons, transform {:?}, level {}, seasons {:?}, ar {}",
+                m.combine,
                 m.transform,
                 m.level_rate,
                 m.seasons.iter().map(|s| s.rate).collect::<Vec<_>>(),

@@ -108,6 +108,23 @@ pub struct ModelConfig {
     pub calibrate_coverage: f64,
     /// Anomaly detector.
     pub anomaly: CusumConfig,
+    /// How the seasons combine.
+    #[serde(default)]
+    pub combine: SeasonCombination,
+}
+
+/// How several seasons make the seasonal component.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeasonCombination {
+    /// Each season learns the whole seasonal shape; the longest one's bucket is used once
+    /// it has been seen a few times, the shorter ones' until then.
+    #[default]
+    Nested,
+    /// Each season learns what the shorter ones leave (the weekly season: how a weekday
+    /// differs from the daily shape); the component is their sum. The daily shape learns
+    /// from every day, the weekly deviations from every week.
+    Additive,
 }
 
 fn bad(field: impl Into<String>, message: impl Into<String>) -> FieldError {
@@ -128,16 +145,23 @@ pub const DAY: i64 = 86_400;
 pub const WEEK: i64 = 7 * DAY;
 
 impl ModelConfig {
-    /// Defaults for a series sampled every `step_secs`: daily and weekly seasons with at most
-    /// 24 / 168 buckets (hourly), log transform, horizon `horizon` steps.
+    /// Defaults for a series sampled every `step_secs`: a daily shape at the data's own
+    /// resolution (at most 1,440 buckets: one a minute) plus weekly deviations per hour
+    /// (168 buckets: how a weekday differs from the daily shape rarely needs finer),
+    /// combined additively; log transform, horizon `horizon` steps. ≈ 8 KB per series at
+    /// minute resolution, ≈ 1 KB at hourly.
     pub fn for_step(step_secs: i64, horizon: usize) -> ModelConfig {
-        let buckets = |period: i64, max: i64| (period / step_secs.max(1)).clamp(1, max) as usize;
+        // The most buckets up to `max` that still divide the period evenly.
+        let buckets = |period: i64, max: i64| {
+            let want = (period / step_secs.max(1)).clamp(1, max);
+            (1..=want).rev().find(|b| period % b == 0).unwrap_or(1) as usize
+        };
         ModelConfig {
             step_secs,
             seasons: vec![
                 SeasonSpec {
                     period_secs: DAY,
-                    buckets: buckets(DAY, 24),
+                    buckets: buckets(DAY, 1_440),
                     rate: 0.1,
                 },
                 SeasonSpec {
@@ -153,6 +177,7 @@ impl ModelConfig {
             clip: 3.0,
             calibrate_coverage: 0.8,
             anomaly: CusumConfig::default(),
+            combine: SeasonCombination::Additive,
         }
     }
 
@@ -368,6 +393,14 @@ impl SeasonalModel {
     /// shorter seasons' while that bucket has been seen fewer than [`TRUSTED_VISITS`] times
     /// (a new week borrows the average day).
     fn seasonal(&self, config: &ModelConfig, ts: i64) -> f64 {
+        if config.combine == SeasonCombination::Additive {
+            return config
+                .seasons
+                .iter()
+                .zip(&self.seasons)
+                .map(|(spec, s)| f64::from(s.values[Self::bucket(spec, ts)]))
+                .sum();
+        }
         let mut value = 0.0;
         for (spec, s) in config.seasons.iter().zip(&self.seasons) {
             let b = Self::bucket(spec, ts);
@@ -471,7 +504,7 @@ impl SeasonalModel {
                     .map(|v| f64::from(*v).max(0.0).sqrt())
                     .fold(sd, f64::max);
             self.touch_seasons(config, ts, z - previous, season_bound);
-            self.renormalize();
+            self.renormalize(config.combine);
         }
         // What the updated state still does not explain carries into the next steps
         // (decaying by φ per step); an outlier's excess is not carried.
@@ -491,18 +524,29 @@ impl SeasonalModel {
     /// Moves every season's bucket at `ts` towards `target` (the observation less the
     /// level, clipped), each at its own rate — faster while a bucket has few visits.
     fn touch_seasons(&mut self, config: &ModelConfig, ts: i64, target: f64, bound: f64) {
+        let additive = config.combine == SeasonCombination::Additive;
+        // Additive: each season learns what the others do not explain.
+        let mut others = if additive {
+            self.seasonal(config, ts)
+        } else {
+            0.0
+        };
         for (spec, s) in config.seasons.iter().zip(&mut self.seasons) {
             let b = Self::bucket(spec, ts);
             let visits = s.visits[b];
-            let current = f64::from(s.values[b]);
+            let own = f64::from(s.values[b]);
+            others -= if additive { own } else { 0.0 };
+            let current = own + others;
             let gamma = spec.rate.max(1.0 / (f64::from(visits) + 1.0));
             let step = if visits == 0 {
                 target - current
             } else {
                 (target - current).clamp(-bound, bound)
             };
-            s.values[b] = (current + gamma * step) as f32;
+            let next = own + gamma * step;
+            s.values[b] = next as f32;
             s.visits[b] = visits.saturating_add(1);
+            others += if additive { next } else { 0.0 };
         }
     }
 
@@ -510,7 +554,29 @@ impl SeasonalModel {
     /// the level, shifting every season alike so forecasts are unchanged. The level then
     /// *is* the mean demand, and profiles learned while the level was still settling stay
     /// consistent with it.
-    fn renormalize(&mut self) {
+    fn renormalize(&mut self, combine: SeasonCombination) {
+        if combine == SeasonCombination::Additive {
+            // Each season's mean is the level's: the deviations of each stay centred.
+            for s in &mut self.seasons {
+                let (sum, n) = s
+                    .values
+                    .iter()
+                    .zip(&s.visits)
+                    .filter(|(_, v)| **v > 0)
+                    .fold((0.0, 0u32), |(a, n), (x, _)| (a + f64::from(*x), n + 1));
+                if n == 0 {
+                    continue;
+                }
+                let mean = sum / f64::from(n);
+                self.level += mean;
+                for (x, v) in s.values.iter_mut().zip(&s.visits) {
+                    if *v > 0 {
+                        *x -= mean as f32;
+                    }
+                }
+            }
+            return;
+        }
         let Some(shortest) = self.seasons.first() else {
             return;
         };

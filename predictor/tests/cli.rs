@@ -165,3 +165,119 @@ fn bench_with_zero_ticks_or_series_is_an_error_naming_the_flag() {
         assert!(err.contains(flag) && !err.contains("panicked"), "{err}");
     }
 }
+
+/// Hourly weekly-seasonal data in which `holiday_days` (day indices) run at half demand.
+fn series_with_holidays(dir: &std::path::Path, holiday_days: &[i64]) -> std::path::PathBuf {
+    let path = dir.join("holidays.csv");
+    let mut csv = String::from("timestamp,value\n");
+    let mut x = 99u64;
+    for h in 0..24 * 7 * 12 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let u = (x >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+        let day = ((h % 24) as f64 / 24.0 * std::f64::consts::TAU).sin();
+        let week = if (h / 24) % 7 >= 5 { 0.6 } else { 1.0 };
+        let holiday = if holiday_days.contains(&(h / 24)) {
+            0.5
+        } else {
+            1.0
+        };
+        let v = (100.0 + 60.0 * day) * week * holiday + 4.0 * u;
+        writeln!(csv, "{},{v:.2}", 1_699_920_000 + h * 3600).unwrap();
+    }
+    std::fs::write(&path, csv).unwrap();
+    path
+}
+
+fn event_day_mase(text: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("| Shadowmesh"))
+        .unwrap_or_else(|| panic!("no Shadowmesh row:\n{text}"));
+    line.split('|').nth(6).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn the_events_calendar_lowers_the_error_on_event_days() {
+    let dir = std::env::temp_dir().join(format!("predictor-events-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Weekdays (1_699_920_000 is a Tuesday, 2023-11-14 00:00 UTC), two in the training part.
+    let days = [1, 8, 22, 29, 36, 43, 50, 57, 64, 71];
+    let csv = series_with_holidays(&dir, &days);
+    let calendar = dir.join("holidays.txt");
+    let mut text = String::from("# weekday holidays\n");
+    for d in days {
+        let date = chrono_free_date(1_699_920_000 + d * 86_400);
+        writeln!(text, "{date}").unwrap();
+    }
+    std::fs::write(&calendar, text).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "backtest",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--origin-every",
+            "6",
+            "--events",
+            calendar.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = predictor(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let told = event_day_mase(&run(&[]));
+    let blind = event_day_mase(&run(&["--events-scored-only"]));
+    assert!(
+        told < 0.8 * blind,
+        "with the calendar {told}, without {blind}"
+    );
+}
+
+/// `YYYY-MM-DD` of a unix time (days since the epoch → civil date).
+fn chrono_free_date(ts: i64) -> String {
+    let z = ts.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[test]
+fn a_bad_events_line_or_an_unknown_peer_is_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("predictor-bad-events-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = series_with_holidays(&dir, &[]);
+    let calendar = dir.join("bad.txt");
+    std::fs::write(&calendar, "2023-11-15\n2023-11-20,3x,sale\n").unwrap();
+    let out = predictor(&[
+        "backtest",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--events",
+        calendar.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--events") && err.contains("line 2"), "{err}");
+    let out = predictor(&[
+        "backtest",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--peers",
+        "prophet",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--peers") && err.contains("prophet"), "{err}");
+}

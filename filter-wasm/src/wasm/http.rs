@@ -214,14 +214,10 @@ impl HttpContext for AtreHttp {
                     // on a shadow) is handed it.
                     if entry.is_none() {
                         let body = sync::lookup_body(svc, key);
-                        match sync::post(sync_cfg, "/v1/state/lookup", &body, sync_cfg.timeout_ms)
-                        {
+                        match sync::post(sync_cfg, "/v1/state/lookup", &body, sync_cfg.timeout_ms) {
                             Some(token) => {
-                                lookup = Some((
-                                    token,
-                                    key.clone(),
-                                    decision != RedirectDecision::Shadow,
-                                ))
+                                lookup =
+                                    Some((token, key.clone(), decision != RedirectDecision::Shadow))
                             }
                             None => lookup_failed(&table, key, &rt.metrics.state),
                         }

@@ -265,9 +265,21 @@ mod tests {
                 StatusCode::UNAUTHORIZED,
             ),
             // The state relay is the filters' too.
-            ("POST", "/v1/state/publish", tm, "{}", StatusCode::BAD_REQUEST),
+            (
+                "POST",
+                "/v1/state/publish",
+                tm,
+                "{}",
+                StatusCode::BAD_REQUEST,
+            ),
             ("POST", "/v1/state/pull", tm, "{}", StatusCode::BAD_REQUEST),
-            ("POST", "/v1/state/lookup", tm, "{}", StatusCode::BAD_REQUEST),
+            (
+                "POST",
+                "/v1/state/lookup",
+                tm,
+                "{}",
+                StatusCode::BAD_REQUEST,
+            ),
             ("GET", "/v1/state", tm, "", StatusCode::FORBIDDEN),
         ] {
             assert_eq!(

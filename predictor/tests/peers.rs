@@ -1,0 +1,82 @@
+//! Peers' forecasts are scored on exactly the backtest's own origins.
+
+use shadowmesh_predictor::backtest::{self, BacktestConfig, PeerForecasts};
+use shadowmesh_predictor::data::GridSeries;
+use shadowmesh_predictor::model::ModelConfig;
+
+fn setup() -> (GridSeries, BacktestConfig, ModelConfig) {
+    let values: Vec<Option<f64>> = (0..24 * 7 * 4)
+        .map(|h| {
+            Some(
+                100.0
+                    + 50.0 * ((h % 24) as f64 / 24.0 * std::f64::consts::TAU).sin()
+                    + (h % 7) as f64,
+            )
+        })
+        .collect();
+    let series = GridSeries {
+        t0: 1_700_000_000,
+        step_secs: 3600,
+        values,
+    };
+    let cfg = BacktestConfig {
+        horizon: 6,
+        coverage: 0.8,
+        train_fraction: 0.25,
+        origin_every: 24,
+        seasons: vec![24, 168],
+        fit: false,
+        events: Default::default(),
+        events_scored_only: false,
+        combine: None,
+    };
+    (series, cfg, ModelConfig::for_step(3600, 6))
+}
+
+#[test]
+fn a_peer_that_knew_the_future_scores_zero_and_the_origins_are_the_backtests() {
+    let (series, cfg, model) = setup();
+    let origins = backtest::origins(&series.values, &cfg);
+    let train = (series.values.len() as f64 * cfg.train_fraction) as usize;
+    assert_eq!(origins.first(), Some(&train));
+    assert!(origins.windows(2).all(|w| w[1] - w[0] == 24));
+    let oracle = PeerForecasts {
+        model: "oracle".into(),
+        forecasts: origins
+            .iter()
+            .map(|&t| {
+                (1..=cfg.horizon)
+                    .map(|h| series.values.get(t + h).copied().flatten().unwrap_or(0.0))
+                    .collect()
+            })
+            .collect(),
+    };
+    let off = PeerForecasts {
+        model: "off by one".into(),
+        forecasts: origins
+            .iter()
+            .map(|&t| {
+                (1..=cfg.horizon)
+                    .map(|h| series.values[t + h - 1].unwrap())
+                    .collect()
+            })
+            .collect(),
+    };
+    let report = backtest::run(&series, &cfg, model, vec![oracle, off]).unwrap();
+    let score = |name: &str| report.scores.iter().find(|s| s.model == name).unwrap();
+    assert_eq!(score("oracle").mase, 0.0);
+    assert!(score("off by one").mase > 0.0);
+    // Same origins and horizons as every other model.
+    assert_eq!(score("oracle").forecasts, score("Shadowmesh").forecasts);
+}
+
+#[test]
+fn a_peer_answering_other_origins_is_refused_naming_peers() {
+    let (series, cfg, model) = setup();
+    let short = PeerForecasts {
+        model: "short".into(),
+        forecasts: vec![vec![1.0; cfg.horizon]],
+    };
+    let err = backtest::run(&series, &cfg, model, vec![short]).unwrap_err();
+    assert_eq!(err.field, "peers");
+}
