@@ -353,7 +353,7 @@ pub fn run(
             return Err(FieldError::new(
                 "peers",
                 format!(
-                    "{} answered {} origins; the backtest has {} of {} steps",
+                    "{} answered {} origins (the backtest has {}), or fewer than {} steps at one",
                     p.model,
                     p.forecasts.len(),
                     at.len(),
@@ -403,7 +403,14 @@ pub fn run(
                     .abs
                     .iter()
                     .zip(&a.n)
-                    .map(|(s, n)| s / (*n).max(1) as f64 / scale)
+                    // NaN (null in JSON): a horizon never scored is no score, not 0.
+                    .map(|(s, n)| {
+                        if *n == 0 {
+                            f64::NAN
+                        } else {
+                            s / *n as f64 / scale
+                        }
+                    })
                     .collect(),
                 smape: a.smape / total.max(1) as f64,
                 coverage: (a.interval_n > 0).then(|| a.covered as f64 / a.interval_n as f64),

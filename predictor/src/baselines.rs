@@ -173,8 +173,19 @@ pub struct Shadowmesh {
     pub config: ModelConfig,
     model: SeasonalModel,
     t0: i64,
+    /// The calendar, sorted by start.
     events: std::sync::Arc<Vec<ScheduledEvent>>,
+    /// Longest event: the ones covering `ts` start within this before it.
+    longest: i64,
     memory: EventMemory,
+}
+
+/// The events of `sorted` (by start; none longer than `longest`) that may cover `ts`: a
+/// binary search, not a scan — a backtest asks at every step of every candidate model.
+fn near(sorted: &[ScheduledEvent], longest: i64, ts: i64) -> &[ScheduledEvent] {
+    let from = sorted.partition_point(|e| e.start <= ts.saturating_sub(longest));
+    let to = sorted.partition_point(|e| e.start <= ts);
+    &sorted[from.min(to)..to]
 }
 
 /// The series name events are matched against in a backtest (one series).
@@ -192,10 +203,18 @@ impl Shadowmesh {
         t0: i64,
         events: std::sync::Arc<Vec<ScheduledEvent>>,
     ) -> Shadowmesh {
+        let events = if events.is_sorted_by_key(|e| e.start) {
+            events
+        } else {
+            let mut sorted = (*events).clone();
+            sorted.sort_by_key(|e| e.start);
+            std::sync::Arc::new(sorted)
+        };
         Shadowmesh {
             model: SeasonalModel::new(&config),
             config,
             t0,
+            longest: events.iter().map(|e| e.duration_secs).max().unwrap_or(0),
             events,
             memory: EventMemory::default(),
         }
@@ -205,7 +224,8 @@ impl Shadowmesh {
         if self.events.is_empty() {
             return 1.0;
         }
-        self.memory.effect(&self.events, SERIES, ts).factor
+        let near = near(&self.events, self.longest, ts);
+        self.memory.effect(near, SERIES, ts).factor
     }
 }
 
@@ -219,7 +239,8 @@ impl Forecaster for Shadowmesh {
             let factor = self.factor(ts);
             if !self.events.is_empty() {
                 let (model, config) = (&self.model, &self.config);
-                self.memory.record(&self.events, SERIES, ts, y, || {
+                let near = near(&self.events, self.longest, ts);
+                self.memory.record(near, SERIES, ts, y, || {
                     model.baseline_at(config, ts).unwrap_or(y)
                 });
             }

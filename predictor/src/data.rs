@@ -63,16 +63,36 @@ pub fn parse_timestamp(s: &str) -> Result<i64> {
     )
 }
 
+/// Largest CSV read (1 GiB: 20 million rows of a timestamp and a value fit well below).
+pub const MAX_CSV_BYTES: u64 = 1 << 30;
+
+/// Largest events calendar read (16 MiB: 10,000 events fit well below).
+pub const MAX_EVENTS_BYTES: u64 = 16 << 20;
+
+/// Reads a whole text file of at most `max` bytes.
+fn read_bounded(path: &std::path::Path, max: u64) -> Result<String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut text = String::new();
+    file.take(max + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if text.len() as u64 > max {
+        bail!("{} is larger than {max} bytes", path.display());
+    }
+    Ok(text)
+}
+
 /// Reads a CSV whose first column is a timestamp and second a value (header required).
 /// Rows must be in time order; empty values are missing.
 pub fn read_csv(path: &std::path::Path, step_secs: Option<i64>) -> Result<GridSeries> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("opening {}", path.display()))?;
+    let text = read_bounded(path, MAX_CSV_BYTES)?;
     parse_csv(&text, step_secs).with_context(|| path.display().to_string())
 }
 
 /// Parses CSV text as [`read_csv`] does. Errors name the row (counting the header as row
-/// 1) and column; values must be finite and within ±[`MAX_VALUE`]; the grid is at most [`MAX_GRID_POINTS`] long.
+/// 1) and column; values must be finite, not negative and at most [`MAX_VALUE`]; no two
+/// rows may fall on one grid step; the grid is at most [`MAX_GRID_POINTS`] long.
 pub fn parse_csv(text: &str, step_secs: Option<i64>) -> Result<GridSeries> {
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     let mut points: Vec<(i64, Option<f64>)> = Vec::new();
@@ -95,6 +115,11 @@ pub fn parse_csv(text: &str, step_secs: Option<i64>) -> Result<GridSeries> {
             if v.abs() > MAX_VALUE {
                 bail!("row {line}, column 2: {raw:?} is beyond ±{MAX_VALUE:e}");
             }
+            // Demand is never negative (and the model refuses it): say so here, by row,
+            // instead of letting the baselines learn what the model skipped.
+            if v < 0.0 {
+                bail!("row {line}, column 2: {raw:?} is negative; demand is at least 0");
+            }
             Some(v)
         };
         if let Some((last, _)) = points.last()
@@ -116,7 +141,7 @@ pub fn parse_csv(text: &str, step_secs: Option<i64>) -> Result<GridSeries> {
             .unwrap_or(1),
     };
     if step <= 0 {
-        bail!("step must be positive");
+        bail!("--step: {step} is not a positive number of seconds");
     }
     let t0 = points[0].0;
     let last = points.last().map(|p| p.0).unwrap_or(t0);
@@ -127,8 +152,17 @@ pub fn parse_csv(text: &str, step_secs: Option<i64>) -> Result<GridSeries> {
         );
     }
     let mut values = vec![None; n as usize];
-    for (ts, v) in points {
-        values[((ts - t0) / step) as usize] = v;
+    let mut filled = vec![false; n as usize];
+    for (i, (ts, v)) in points.into_iter().enumerate() {
+        let at = ((ts - t0) / step) as usize;
+        // Two rows on one grid step: one would silently replace the other.
+        if std::mem::replace(&mut filled[at], true) {
+            bail!(
+                "row {}: falls on the same {step} s step as the row before it (a --step coarser than the data?)",
+                i + 2
+            );
+        }
+        values[at] = v;
     }
     Ok(GridSeries {
         t0,
@@ -142,8 +176,7 @@ pub fn parse_csv(text: &str, step_secs: Option<i64>) -> Result<GridSeries> {
 /// seconds or with `s`, `m`, `h`, `d`). Blank lines and `#` comments are skipped; an error
 /// names the line.
 pub fn read_events(path: &std::path::Path) -> Result<Vec<crate::events::ScheduledEvent>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = read_bounded(path, MAX_EVENTS_BYTES)?;
     parse_events(&text).with_context(|| format!("in {}", path.display()))
 }
 
@@ -156,14 +189,14 @@ pub fn parse_events(text: &str) -> Result<Vec<crate::events::ScheduledEvent>> {
             continue;
         }
         let event = parse_event(line).with_context(|| format!("line {}: {line:?}", i + 1))?;
+        if out.len() == crate::events::MAX_EVENTS {
+            bail!(
+                "line {}: more than {} events; a calendar holds at most that many",
+                i + 1,
+                crate::events::MAX_EVENTS
+            );
+        }
         out.push(event);
-    }
-    if out.len() > crate::events::MAX_EVENTS {
-        bail!(
-            "{} events; a calendar holds at most {}",
-            out.len(),
-            crate::events::MAX_EVENTS
-        );
     }
     Ok(out)
 }
@@ -203,7 +236,11 @@ fn parse_duration(s: &str) -> Result<i64> {
         'd' => 86_400,
         _ => bail!("duration {s:?}: the unit is one of s, m, h, d"),
     };
-    n.checked_mul(unit)
-        .filter(|d| *d > 0)
-        .with_context(|| format!("duration {s:?} must be positive"))
+    let d = n
+        .checked_mul(unit)
+        .with_context(|| format!("duration {s:?} is too long"))?;
+    if d <= 0 {
+        bail!("duration {s:?} must be positive");
+    }
+    Ok(d)
 }

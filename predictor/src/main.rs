@@ -155,12 +155,18 @@ fn main() -> Result<()> {
             let mut model = ModelConfig::for_step(series.step_secs, horizon);
             model.seasons = seasons
                 .iter()
-                .map(|s| SeasonSpec {
-                    period_secs: *s as i64 * series.step_secs,
-                    buckets: *s,
-                    rate: 0.1,
+                .map(|s| {
+                    let period_secs = i64::try_from(*s)
+                        .ok()
+                        .and_then(|s| s.checked_mul(series.step_secs))
+                        .with_context(|| format!("--seasons: {s} steps is too long a season"))?;
+                    Ok(SeasonSpec {
+                        period_secs,
+                        buckets: *s,
+                        rate: 0.1,
+                    })
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             model.calibrate_coverage = coverage;
             model.validate().context("model configuration")?;
             let first = seasons.first().copied().unwrap_or(1);
@@ -179,9 +185,20 @@ fn main() -> Result<()> {
                 model.combine = c;
             }
             let started = Instant::now();
+            if let Some(path) = &json {
+                // Before minutes of work, not after.
+                std::fs::File::create(path)
+                    .with_context(|| format!("--json {}", path.display()))?;
+            }
             let mut peer_forecasts = Vec::new();
             if !peers.is_empty() {
                 let origins = backtest::origins(&series.values, &cfg);
+                if origins.is_empty() || series.values.len() < horizon + 2 {
+                    bail!(
+                        "--horizon: the series has {} steps and no origin to forecast {horizon} steps from",
+                        series.values.len()
+                    );
+                }
                 let longest = seasons.iter().copied().max().unwrap_or(first);
                 let window = peer_window.unwrap_or((4 * longest).max(8 * first));
                 eprintln!(

@@ -55,11 +55,13 @@ pub fn statsmodels(request: &PeerRequest<'_>) -> Result<Vec<PeerForecasts>, Fiel
     let cache = root.join(format!("target/peers/cache-{key:016x}.json"));
     if let Ok(bytes) = std::fs::read(&cache)
         && let Ok(models) = serde_json::from_slice::<Vec<PeerForecasts>>(&bytes)
+        && check(&models, request).is_ok()
     {
         eprintln!("[peers] statsmodels: cached answer {}", cache.display());
         return Ok(models);
     }
     let models = run_statsmodels(&root, &script, request)?;
+    check(&models, request).map_err(failed)?;
     if let Some(dir) = cache.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -67,6 +69,45 @@ pub fn statsmodels(request: &PeerRequest<'_>) -> Result<Vec<PeerForecasts>, Fiel
         let _ = std::fs::write(&cache, bytes);
     }
     Ok(models)
+}
+
+/// An answer is used (and cached) only if it has a forecast of every horizon at every
+/// origin, each a finite number within the range a series may hold.
+fn check(models: &[PeerForecasts], request: &PeerRequest<'_>) -> Result<(), String> {
+    if models.is_empty() {
+        return Err("the statsmodels peer answered no model".into());
+    }
+    for m in models {
+        if m.forecasts.len() != request.origins.len() {
+            return Err(format!(
+                "{} answered {} origins of {}",
+                m.model,
+                m.forecasts.len(),
+                request.origins.len()
+            ));
+        }
+        for (origin, f) in request.origins.iter().zip(&m.forecasts) {
+            if f.len() < request.horizon {
+                return Err(format!(
+                    "{} answered {} of {} steps at origin {origin}",
+                    m.model,
+                    f.len(),
+                    request.horizon
+                ));
+            }
+            if let Some(v) = f
+                .iter()
+                .find(|v| !v.is_finite() || v.abs() > crate::data::MAX_VALUE)
+            {
+                return Err(format!(
+                    "{} forecast {v} at origin {origin}: not a finite number within ±{:e}",
+                    m.model,
+                    crate::data::MAX_VALUE
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -133,4 +174,41 @@ fn run_statsmodels(
         );
     }
     Ok(answer.models)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_whole_finite_answer_is_used_or_cached() {
+        let values = vec![Some(1.0); 10];
+        let request = PeerRequest {
+            values: &values,
+            origins: &[3, 5],
+            horizon: 2,
+            seasons: &[2],
+            window: 4,
+        };
+        let answer = |forecasts: Vec<Vec<f64>>| {
+            vec![PeerForecasts {
+                model: "p".into(),
+                forecasts,
+            }]
+        };
+        assert!(check(&answer(vec![vec![1.0, 2.0]; 2]), &request).is_ok());
+        assert!(check(&[], &request).is_err(), "no model");
+        assert!(
+            check(&answer(vec![vec![1.0, 2.0]]), &request).is_err(),
+            "an origin short"
+        );
+        assert!(
+            check(&answer(vec![vec![1.0]; 2]), &request).is_err(),
+            "a step short"
+        );
+        for bad in [f64::NAN, f64::INFINITY, 1e308] {
+            let e = check(&answer(vec![vec![1.0, bad]; 2]), &request).unwrap_err();
+            assert!(e.contains("origin 3"), "{e}");
+        }
+    }
 }
