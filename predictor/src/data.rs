@@ -90,9 +90,9 @@ pub fn read_csv(path: &std::path::Path, step_secs: Option<i64>) -> Result<GridSe
     parse_csv(&text, step_secs).with_context(|| path.display().to_string())
 }
 
-/// Parses CSV text as [`read_csv`] does. Errors name the row (counting the header as row
-/// 1) and column; values must be finite, not negative and at most [`MAX_VALUE`]; no two
-/// rows may fall on one grid step; the grid is at most [`MAX_GRID_POINTS`] long.
+/// Parses CSV text as [`read_csv`] does. Errors name the row (the header is row 1) and
+/// the column; values must be finite, not negative and at most [`MAX_VALUE`]; no two rows
+/// may fall on one grid step; the grid is at most [`MAX_GRID_POINTS`] long.
 pub fn parse_csv(text: &str, step_secs: Option<i64>) -> Result<GridSeries> {
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     let mut points: Vec<(i64, Option<f64>)> = Vec::new();

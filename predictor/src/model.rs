@@ -741,3 +741,62 @@ impl ForecastPoint {
         1.0 - normal_cdf((transform.forward(threshold.max(0.0)) - self.z_mean) / self.z_sd)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn additive_seasons_stay_centred_and_unseen_buckets_stay_zero() {
+        let config = ModelConfig::for_step(3600, 6);
+        assert_eq!(config.combine, SeasonCombination::Additive);
+        let mut m = SeasonalModel::new(&config);
+        let mut x = 7u64;
+        for h in 0..30i64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let noise = (x >> 40) as f64 / (1u64 << 24) as f64;
+            let y = 100.0 + 40.0 * ((h % 24) as f64 / 24.0 * std::f64::consts::TAU).sin();
+            m.observe(&config, h * 3600, y + 10.0 * noise).unwrap();
+        }
+        for s in &m.seasons {
+            let seen: Vec<f64> = s
+                .values
+                .iter()
+                .zip(&s.visits)
+                .filter(|(_, v)| **v > 0)
+                .map(|(x, _)| f64::from(*x))
+                .collect();
+            let mean = seen.iter().sum::<f64>() / seen.len() as f64;
+            assert!(
+                mean.abs() < 1e-4,
+                "a season's mean belongs to the level: {mean}"
+            );
+            assert!(
+                s.values
+                    .iter()
+                    .zip(&s.visits)
+                    .all(|(x, v)| *v > 0 || *x == 0.0),
+                "a bucket never seen holds no deviation"
+            );
+        }
+    }
+
+    #[test]
+    fn default_buckets_follow_the_step_and_divide_the_period() {
+        let at = |step: i64| {
+            let c = ModelConfig::for_step(step, 6);
+            c.validate().unwrap();
+            (c.seasons[0].buckets, c.seasons[1].buckets)
+        };
+        assert_eq!(
+            at(60),
+            (1_440, 168),
+            "minutes: a bucket a minute, weekdays per hour"
+        );
+        assert_eq!(at(1_800), (48, 168));
+        assert_eq!(at(3_600), (24, 168));
+        // 86,400 / 420 = 205.7: the most buckets that divide the day evenly.
+        assert_eq!(at(420).0, 200);
+        assert_eq!(at(1), (1_440, 168));
+    }
+}

@@ -93,3 +93,39 @@ fn a_far_timestamp_is_an_error_not_an_allocation() {
     let e = parse_csv("ts,v\n0,1\n60,NaN\n", None).unwrap_err();
     assert!(format!("{e:#}").contains("row 3, column 2"), "{e:#}");
 }
+
+#[test]
+fn calendar_lines_become_the_events_they_say() {
+    use shadowmesh_predictor::data::parse_events;
+    let events = parse_events(
+        "2014-01-27\n2014-12-24T18:00:00Z,6h,sale\n2014-12-25T00:00:00Z,90,blip\n2014-12-26,2d,x\n2014-12-28,30m,y\n",
+    )
+    .unwrap();
+    let got: Vec<(i64, &str)> = events
+        .iter()
+        .map(|e| (e.duration_secs, e.kind.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (86_400, "holiday"),
+            (21_600, "sale"),
+            (90, "blip"),
+            (172_800, "x"),
+            (1_800, "y")
+        ]
+    );
+    assert_eq!(events[0].start, parse_timestamp("2014-01-27").unwrap());
+    let max = shadowmesh_predictor::events::MAX_EVENTS;
+    let full = "2014-01-27\n".repeat(max);
+    assert_eq!(
+        parse_events(&full).unwrap().len(),
+        max,
+        "a full calendar is fine"
+    );
+    let err = parse_events(&format!("{full}2014-01-28\n")).unwrap_err();
+    assert!(
+        format!("{err:#}").contains(&format!("line {}", max + 1)),
+        "{err:#}"
+    );
+}

@@ -80,3 +80,75 @@ fn a_peer_answering_other_origins_is_refused_naming_peers() {
     let err = backtest::run(&series, &cfg, model, vec![short]).unwrap_err();
     assert_eq!(err.field, "peers");
 }
+
+#[test]
+fn origins_are_the_steps_evaluate_scores() {
+    let (mut series, mut cfg, _) = setup();
+    cfg.origin_every = 1;
+    let train = (series.values.len() as f64 * cfg.train_fraction) as usize;
+    series.values[train + 5] = None;
+    let n = series.values.len();
+    let at = backtest::origins(&series.values, &cfg);
+    assert!(
+        at.iter().all(|&t| t + 1 < n),
+        "the last step has nothing after it"
+    );
+    assert!(at.iter().all(|&t| series.values[t].is_some()));
+    assert_eq!(at.len(), n - 1 - train - 1);
+}
+
+#[test]
+fn a_peer_with_every_origin_but_short_forecasts_is_refused() {
+    let (series, cfg, model) = setup();
+    let origins = backtest::origins(&series.values, &cfg);
+    let short = PeerForecasts {
+        model: "short".into(),
+        forecasts: vec![vec![1.0; cfg.horizon - 1]; origins.len()],
+    };
+    let err = backtest::run(&series, &cfg, model, vec![short]).unwrap_err();
+    assert_eq!(err.field, "peers");
+}
+
+#[test]
+fn event_day_mase_is_the_error_on_event_targets_over_the_scale() {
+    let (series, mut cfg, model) = setup();
+    // One event covering grid steps [e0, e1).
+    let (e0, e1) = (500usize, 530usize);
+    let ts = |t: usize| series.t0 + t as i64 * series.step_secs;
+    cfg.events = std::sync::Arc::new(vec![shadowmesh_predictor::events::ScheduledEvent {
+        kind: "sale".into(),
+        start: ts(e0),
+        duration_secs: (e1 - e0) as i64 * series.step_secs,
+        uplift: None,
+        series: None,
+    }]);
+    let origins = backtest::origins(&series.values, &cfg);
+    // Exactly right everywhere, off by exactly 1 on the event's steps.
+    let peer = PeerForecasts {
+        model: "off on events".into(),
+        forecasts: origins
+            .iter()
+            .map(|&t| {
+                (1..=cfg.horizon)
+                    .map(|h| {
+                        let target = t + h;
+                        let y = series.values.get(target).copied().flatten().unwrap_or(0.0);
+                        y + if (e0..e1).contains(&target) { 1.0 } else { 0.0 }
+                    })
+                    .collect()
+            })
+            .collect(),
+    };
+    let report = backtest::run(&series, &cfg, model, vec![peer]).unwrap();
+    let s = report
+        .scores
+        .iter()
+        .find(|s| s.model == "off on events")
+        .unwrap();
+    let on_events = s.mase_on_events.unwrap();
+    assert!(
+        (on_events - 1.0 / report.scale).abs() < 1e-9,
+        "{on_events} vs 1/{}",
+        report.scale
+    );
+}
