@@ -248,6 +248,28 @@ struct SeasonState {
     visits: Vec<u8>,
 }
 
+impl SeasonState {
+    /// Mean of the buckets seen so far (`None` before any).
+    fn seen_mean(&self) -> Option<f64> {
+        let (sum, n) = self
+            .values
+            .iter()
+            .zip(&self.visits)
+            .filter(|(_, v)| **v > 0)
+            .fold((0.0, 0u32), |(s, n), (x, _)| (s + f64::from(*x), n + 1));
+        (n > 0).then(|| sum / f64::from(n))
+    }
+
+    /// Lowers every bucket seen so far by `by` (one never seen holds no deviation).
+    fn shift_seen(&mut self, by: f64) {
+        for (x, v) in self.values.iter_mut().zip(&self.visits) {
+            if *v > 0 {
+                *x -= by as f32;
+            }
+        }
+    }
+}
+
 /// A fixed ring of the last `n` values, newest last.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Ring {
@@ -558,45 +580,19 @@ impl SeasonalModel {
         if combine == SeasonCombination::Additive {
             // Each season's mean is the level's: the deviations of each stay centred.
             for s in &mut self.seasons {
-                let (sum, n) = s
-                    .values
-                    .iter()
-                    .zip(&s.visits)
-                    .filter(|(_, v)| **v > 0)
-                    .fold((0.0, 0u32), |(a, n), (x, _)| (a + f64::from(*x), n + 1));
-                if n == 0 {
-                    continue;
-                }
-                let mean = sum / f64::from(n);
-                self.level += mean;
-                for (x, v) in s.values.iter_mut().zip(&s.visits) {
-                    if *v > 0 {
-                        *x -= mean as f32;
-                    }
+                if let Some(mean) = s.seen_mean() {
+                    self.level += mean;
+                    s.shift_seen(mean);
                 }
             }
             return;
         }
-        let Some(shortest) = self.seasons.first() else {
+        let Some(mean) = self.seasons.first().and_then(SeasonState::seen_mean) else {
             return;
         };
-        let (sum, n) = shortest
-            .values
-            .iter()
-            .zip(&shortest.visits)
-            .filter(|(_, v)| **v > 0)
-            .fold((0.0, 0u32), |(s, n), (x, _)| (s + f64::from(*x), n + 1));
-        if n == 0 {
-            return;
-        }
-        let mean = sum / f64::from(n);
         self.level += mean;
         for s in &mut self.seasons {
-            for (x, v) in s.values.iter_mut().zip(&s.visits) {
-                if *v > 0 {
-                    *x -= mean as f32;
-                }
-            }
+            s.shift_seen(mean);
         }
     }
 

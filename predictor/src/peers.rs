@@ -42,16 +42,16 @@ fn failed(message: impl Into<String>) -> FieldError {
 pub fn statsmodels(request: &PeerRequest<'_>) -> Result<Vec<PeerForecasts>, FieldError> {
     let root = root();
     let script = root.join("predictor/peers/statsmodels_peer.py");
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "values": request.values,
         "origins": request.origins,
         "horizon": request.horizon,
         "seasons": request.seasons,
         "window": request.window,
-    })
-    .to_string();
+    });
     // The script is part of the key: a changed peer is a different peer.
-    let key = fnv1a(body.as_bytes()) ^ fnv1a(&std::fs::read(&script).unwrap_or_default());
+    let key =
+        fnv1a(body.to_string().as_bytes()) ^ fnv1a(&std::fs::read(&script).unwrap_or_default());
     let cache = root.join(format!("target/peers/cache-{key:016x}.json"));
     if let Ok(bytes) = std::fs::read(&cache)
         && let Ok(models) = serde_json::from_slice::<Vec<PeerForecasts>>(&bytes)
@@ -60,7 +60,11 @@ pub fn statsmodels(request: &PeerRequest<'_>) -> Result<Vec<PeerForecasts>, Fiel
         eprintln!("[peers] statsmodels: cached answer {}", cache.display());
         return Ok(models);
     }
-    let models = run_statsmodels(&root, &script, request)?;
+    // How many processes fit is not part of the question.
+    body["workers"] = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .into();
+    let models = run_statsmodels(&root, &script, &body.to_string())?;
     check(&models, request).map_err(failed)?;
     if let Some(dir) = cache.parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -119,7 +123,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 fn run_statsmodels(
     root: &std::path::Path,
     script: &std::path::Path,
-    request: &PeerRequest<'_>,
+    body: &str,
 ) -> Result<Vec<PeerForecasts>, FieldError> {
     let status = Command::new(root.join("scripts/peers"))
         .status()
@@ -129,15 +133,6 @@ fn run_statsmodels(
             "scripts/peers could not install statsmodels into .venv ({status})"
         )));
     }
-    let body = serde_json::json!({
-        "values": request.values,
-        "origins": request.origins,
-        "horizon": request.horizon,
-        "seasons": request.seasons,
-        "window": request.window,
-        "workers": std::thread::available_parallelism().map_or(1, |n| n.get()),
-    })
-    .to_string();
     let mut child = Command::new(root.join(".venv/bin/python"))
         .arg(script)
         .stdin(Stdio::piped())
