@@ -578,7 +578,7 @@ impl<'a> SessionTable<'a> {
     pub fn clear(&self) {
         for bucket in 0..BUCKETS {
             let empty: Vec<SessionEntry> = Vec::new();
-            let _ = update(self.store, &self.index_key(bucket), |_| Some(empty.clone()));
+            let _ = crate::shared::write_as(ENCODING, self.store, &self.index_key(bucket), &empty);
         }
     }
 

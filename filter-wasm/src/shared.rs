@@ -117,6 +117,16 @@ pub fn read_as<T: DeserializeOwned>(
     encoding.decode(&store.get(key).0?)
 }
 
+/// Writes `value` in `encoding`, whatever the key held.
+pub fn write_as<T: Serialize>(
+    encoding: Encoding,
+    store: &dyn SharedStore,
+    key: &str,
+    value: &T,
+) -> Result<(), SetError> {
+    store.set(key, &encoding.encode(value).ok_or(SetError::Host)?, None)
+}
+
 /// Read-modify-write of a JSON value under CAS. `f` gets the current value (`None` when
 /// absent or unparsable) and returns the new one, or `None` to leave the key alone.
 /// Returns what the key held when the write succeeded.

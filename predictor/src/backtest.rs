@@ -51,15 +51,57 @@ pub struct PeerForecasts {
     pub forecasts: Vec<Vec<f64>>,
 }
 
+impl PeerForecasts {
+    /// Whether these are forecasts of every step 1..=`horizon` at every one of `origins`,
+    /// each a finite number within ±[`crate::data::MAX_VALUE`]; the error says where not.
+    pub fn check(&self, origins: &[usize], horizon: usize) -> Result<(), String> {
+        if self.forecasts.len() != origins.len() {
+            return Err(format!(
+                "{} answered {} origins of {}",
+                self.model,
+                self.forecasts.len(),
+                origins.len()
+            ));
+        }
+        for (origin, f) in origins.iter().zip(&self.forecasts) {
+            if f.len() < horizon {
+                return Err(format!(
+                    "{} answered {} of {horizon} steps at origin {origin}",
+                    self.model,
+                    f.len()
+                ));
+            }
+            if let Some(v) = f
+                .iter()
+                .find(|v| !v.is_finite() || v.abs() > crate::data::MAX_VALUE)
+            {
+                return Err(format!(
+                    "{} forecast {v} at origin {origin}: not a finite number within ±{:e}",
+                    self.model,
+                    crate::data::MAX_VALUE
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The origins a backtest of `values` scores: every `origin_every`-th step after the
 /// training part that has a value and a step after it.
 pub fn origins(values: &[Option<f64>], cfg: &BacktestConfig) -> Vec<usize> {
     let n = values.len();
     let train = train_steps(n, cfg);
     let every = cfg.origin_every.max(1);
-    (train..n.saturating_sub(1))
-        .filter(|&t| values[t].is_some() && (t - train).is_multiple_of(every))
+    (0..n)
+        .filter(|&t| is_origin(values, t, train, n, every))
         .collect()
+}
+
+/// Whether step `t` of `values[..end]` is an origin when origins start at `from` and
+/// come every `every` steps: it has a value and a step after it. The one rule of
+/// [`origins`] and of the scoring loop.
+fn is_origin(values: &[Option<f64>], t: usize, from: usize, end: usize, every: usize) -> bool {
+    t >= from && t + 1 < end && values[t].is_some() && (t - from).is_multiple_of(every)
 }
 
 fn train_steps(n: usize, cfg: &BacktestConfig) -> usize {
@@ -146,7 +188,7 @@ fn evaluate(
         for m in models.iter_mut() {
             m.observe(t, values[t]);
         }
-        if t < from || values[t].is_none() || !(t - from).is_multiple_of(every) || t + 1 >= end {
+        if !is_origin(values, t, from, end, every) {
             continue;
         }
         for (m, a) in models.iter().zip(acc.iter_mut()) {
@@ -233,6 +275,37 @@ fn best_of<C: Clone + Send + Sync>(
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .map_or(0, |b| b.0);
     candidates[best].clone()
+}
+
+/// Which steps of `series` an event covers: each event marks where its steps begin and
+/// end, one pass adds them up — O(steps + events), whatever the calendar's size.
+fn event_steps(series: &GridSeries, events: &[crate::events::ScheduledEvent]) -> Vec<bool> {
+    let n = series.values.len();
+    let step = series.step_secs;
+    // The first step at or after `ts`, within 0..=n.
+    let step_at = |ts: i64| {
+        let d = ts.saturating_sub(series.t0);
+        usize::try_from(d.saturating_add(step - 1).div_euclid(step)).map_or(0, |i| i.min(n))
+    };
+    let mut edges = vec![0i64; n + 1];
+    for e in events {
+        let (from, to) = (
+            step_at(e.start),
+            step_at(e.start.saturating_add(e.duration_secs)),
+        );
+        if from < to {
+            edges[from] += 1;
+            edges[to] -= 1;
+        }
+    }
+    let mut open = 0;
+    edges[..n]
+        .iter()
+        .map(|d| {
+            open += d;
+            open > 0
+        })
+        .collect()
 }
 
 /// The Shadowmesh parameter grid around `base`.
@@ -349,18 +422,8 @@ pub fn run(
     }
     let at = origins(values, cfg);
     for p in peers {
-        if p.forecasts.len() != at.len() || p.forecasts.iter().any(|f| f.len() < cfg.horizon) {
-            return Err(FieldError::new(
-                "peers",
-                format!(
-                    "{} answered {} origins (the backtest has {}), or fewer than {} steps at one",
-                    p.model,
-                    p.forecasts.len(),
-                    at.len(),
-                    cfg.horizon
-                ),
-            ));
-        }
+        p.check(&at, cfg.horizon)
+            .map_err(|message| FieldError::new("peers", message))?;
         models.push(Box::new(Precomputed::new(
             p.model,
             at.iter().copied().zip(p.forecasts),
@@ -375,12 +438,7 @@ pub fn run(
             ),
         ));
     }
-    let in_event: Vec<bool> = (0..n)
-        .map(|t| {
-            let ts = series.t0 + t as i64 * series.step_secs;
-            cfg.events.iter().any(|e| e.covers(ts))
-        })
-        .collect();
+    let in_event = event_steps(series, &cfg.events);
     let acc = evaluate(
         &mut models,
         values,

@@ -81,37 +81,9 @@ fn check(models: &[PeerForecasts], request: &PeerRequest<'_>) -> Result<(), Stri
     if models.is_empty() {
         return Err("the statsmodels peer answered no model".into());
     }
-    for m in models {
-        if m.forecasts.len() != request.origins.len() {
-            return Err(format!(
-                "{} answered {} origins of {}",
-                m.model,
-                m.forecasts.len(),
-                request.origins.len()
-            ));
-        }
-        for (origin, f) in request.origins.iter().zip(&m.forecasts) {
-            if f.len() < request.horizon {
-                return Err(format!(
-                    "{} answered {} of {} steps at origin {origin}",
-                    m.model,
-                    f.len(),
-                    request.horizon
-                ));
-            }
-            if let Some(v) = f
-                .iter()
-                .find(|v| !v.is_finite() || v.abs() > crate::data::MAX_VALUE)
-            {
-                return Err(format!(
-                    "{} forecast {v} at origin {origin}: not a finite number within ±{:e}",
-                    m.model,
-                    crate::data::MAX_VALUE
-                ));
-            }
-        }
-    }
-    Ok(())
+    models
+        .iter()
+        .try_for_each(|m| m.check(request.origins, request.horizon))
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -5,7 +5,7 @@
 
 use shadowmesh_testkit::envoy::EnvoyOptions;
 use shadowmesh_testkit::state_sync::{
-    EdgeFilter, SyncOptions, SyncStack, filter_stat, run_sessions,
+    EdgeFilter, SessionsReport, SyncOptions, SyncStack, filter_stat, run_sessions,
 };
 use shadowmesh_testkit::xds_process::eventually;
 use std::time::Duration;
@@ -23,20 +23,27 @@ async fn stack(name: &str, options: SyncOptions) -> SyncStack {
         .expect("the deployment starts")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_moved_to_the_shadow_mid_surge_see_their_latest_state() {
-    let _alone = shadowmesh_testkit::load_test_lock().write_owned().await;
-    let s = stack("surge", SyncOptions::default()).await;
+/// `SESSIONS` shoppers through the edge for `secs` seconds (session keys `prefix-NNNN`):
+/// their report, once it is clear that none read a cart older than it wrote.
+async fn shop(s: &SyncStack, secs: u64, prefix: &str) -> SessionsReport {
     let report = run_sessions(
         s.edge.listener,
         SESSIONS,
-        Duration::from_secs(8),
-        "surge",
+        Duration::from_secs(secs),
+        prefix,
         THINK,
     )
     .await;
     eprintln!("{report:?}");
     assert_eq!(report.stale_reads, 0, "{:?}", report.stale_examples);
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_moved_to_the_shadow_mid_surge_see_their_latest_state() {
+    let _alone = shadowmesh_testkit::load_test_lock().write_owned().await;
+    let s = stack("surge", SyncOptions::default()).await;
+    let report = shop(&s, 8, "surge").await;
     assert!(
         report.by_shadow_after_writes > 100,
         "state had to follow: {report:?}"
@@ -61,15 +68,7 @@ async fn sessions_moved_to_the_shadow_mid_surge_see_their_latest_state() {
 async fn a_restarted_shadow_side_envoy_is_resynchronized_in_full() {
     let _alone = shadowmesh_testkit::load_test_lock().write_owned().await;
     let mut s = stack("shadow-restart", SyncOptions::default()).await;
-    let before = run_sessions(
-        s.edge.listener,
-        SESSIONS,
-        Duration::from_secs(5),
-        "restart",
-        THINK,
-    )
-    .await;
-    assert_eq!(before.stale_reads, 0, "{:?}", before.stale_examples);
+    let before = shop(&s, 5, "restart").await;
     assert!(before.by_shadow_after_writes > 0, "{before:?}");
     s.restart_shadow_envoy().await.unwrap();
     // The new one starts empty and gets the whole state from the relay.
@@ -77,16 +76,7 @@ async fn a_restarted_shadow_side_envoy_is_resynchronized_in_full() {
         (filter_stat(s.shadow_envoy(), "state_full_resyncs_total") >= 1).then_some(())
     })
     .await;
-    let after = run_sessions(
-        s.edge.listener,
-        SESSIONS,
-        Duration::from_secs(6),
-        "restart",
-        THINK,
-    )
-    .await;
-    eprintln!("{after:?}");
-    assert_eq!(after.stale_reads, 0, "{:?}", after.stale_examples);
+    let after = shop(&s, 6, "restart").await;
     assert!(
         after.by_shadow_after_writes > 50,
         "the same sessions on the shadow again: {after:?}"
@@ -97,15 +87,7 @@ async fn a_restarted_shadow_side_envoy_is_resynchronized_in_full() {
 async fn a_restarted_relay_resynchronizes_publishers_and_subscribers() {
     let _alone = shadowmesh_testkit::load_test_lock().write_owned().await;
     let mut s = stack("relay-restart", SyncOptions::default()).await;
-    let before = run_sessions(
-        s.edge.listener,
-        SESSIONS,
-        Duration::from_secs(5),
-        "relay",
-        THINK,
-    )
-    .await;
-    assert_eq!(before.stale_reads, 0, "{:?}", before.stale_examples);
+    shop(&s, 5, "relay").await;
     let epoch = s.relay_state().await.unwrap()["epoch"].clone();
     s.restart_relay().await.unwrap();
     let during = tokio::spawn(run_sessions(
@@ -151,31 +133,14 @@ async fn in_event_mode_a_restarted_edge_envoy_continues_its_sessions_without_sta
         ..SyncOptions::default()
     };
     let mut s = stack("edge-restart", options).await;
-    let before = run_sessions(
-        s.edge.listener,
-        SESSIONS,
-        Duration::from_secs(5),
-        "edge",
-        THINK,
-    )
-    .await;
-    assert_eq!(before.stale_reads, 0, "{:?}", before.stale_examples);
+    let before = shop(&s, 5, "edge").await;
     assert!(before.by_shadow_after_writes > 0, "{before:?}");
     // The new edge knows no session: it asks the relay for each (and hands a primary the
     // state it lacks when a session's last writes were on the shadow), counts versions
     // from 1 again — the relay continues each session's numbering, and its old versions
     // must not acknowledge the new writes.
     s.restart_edge().await.unwrap();
-    let after = run_sessions(
-        s.edge.listener,
-        SESSIONS,
-        Duration::from_secs(6),
-        "edge",
-        THINK,
-    )
-    .await;
-    eprintln!("{after:?}");
-    assert_eq!(after.stale_reads, 0, "{:?}", after.stale_examples);
+    let after = shop(&s, 6, "edge").await;
     assert!(
         after.by_shadow_after_writes > 50,
         "sessions moved again: {after:?}"
@@ -194,16 +159,7 @@ async fn a_change_outside_the_allowlist_is_dropped_and_keeps_its_session_on_the_
         ..SyncOptions::default()
     };
     let s = stack("allowlist", options).await;
-    let report = run_sessions(
-        s.edge.listener,
-        SESSIONS,
-        Duration::from_secs(5),
-        "pinned",
-        THINK,
-    )
-    .await;
-    eprintln!("{report:?}");
-    assert_eq!(report.stale_reads, 0, "{:?}", report.stale_examples);
+    let report = shop(&s, 5, "pinned").await;
     assert_eq!(report.by_shadow_after_writes, 0, "{report:?}");
     assert!(filter_stat(&s.edge, "state_dropped_total") >= SESSIONS as u64);
     assert!(

@@ -102,34 +102,10 @@ impl Context for AtreHttp {
                 let _ = abi::resume_response();
             }
             AwaitKind::Lookup => {
-                let now_ms = now_ns() / 1_000_000;
                 if let Some((w, svc)) = svc
                     && let Some(sync_cfg) = &svc.state_sync
                 {
-                    let table = sync::table(svc, sync_cfg);
-                    let Some(answer) = sync::lookup_answer(body_size) else {
-                        lookup_failed(&table, &a.session, &w.services[a.service].metrics.state);
-                        let _ = abi::resume_request();
-                        return;
-                    };
-                    let known = answer.state;
-                    table.adopt(&a.session, known.as_ref(), now_ms);
-                    // Its last writes were on a shadow: the primary lacks them.
-                    if let Some(k) = known.filter(|k| k.from_shadow) {
-                        sync::remember_shadow_writes(&svc.name, now_ms);
-                        if a.to_primary
-                            && hand_state(Some(crate::session_state::SessionSlot {
-                                s: k.session,
-                                v: 0,
-                                state: k.state,
-                                ops: vec![],
-                                from_shadow: true,
-                                base: k.version,
-                            }))
-                        {
-                            w.services[a.service].metrics.state.injected.add(1);
-                        }
-                    }
+                    on_lookup_answer(w, svc, sync_cfg, &a, body_size);
                 }
                 let _ = abi::resume_request();
             }
@@ -295,6 +271,43 @@ impl HttpContext for AtreHttp {
 
     fn on_log(&mut self) {
         self.finish();
+    }
+}
+
+/// The relay's answer to the lookup of a session this edge had no record of: the edge's
+/// record starts from it, and a primary about to serve a session whose last writes were on
+/// a shadow is handed the state.
+fn on_lookup_answer(
+    w: &Worker,
+    svc: &crate::config::ServiceConfig,
+    sync_cfg: &crate::session_state::StateSyncConfig,
+    a: &Awaiting,
+    body_size: usize,
+) {
+    let table = sync::table(svc, sync_cfg);
+    let metrics = &w.services[a.service].metrics.state;
+    let Some(answer) = sync::lookup_answer(body_size) else {
+        lookup_failed(&table, &a.session, metrics);
+        return;
+    };
+    let now_ms = now_ns() / 1_000_000;
+    let known = answer.state;
+    table.adopt(&a.session, known.as_ref(), now_ms);
+    // Its last writes were on a shadow: the primary lacks them.
+    if let Some(k) = known.filter(|k| k.from_shadow) {
+        sync::remember_shadow_writes(&svc.name, now_ms);
+        if a.to_primary
+            && hand_state(Some(crate::session_state::SessionSlot {
+                s: k.session,
+                v: 0,
+                state: k.state,
+                ops: vec![],
+                from_shadow: true,
+                base: k.version,
+            }))
+        {
+            metrics.injected.add(1);
+        }
     }
 }
 
