@@ -171,13 +171,41 @@ pub struct SessionEntry {
     pub pinned: bool,
     /// Last write (ms).
     pub t: u64,
+    /// Workers whose [`CaptureQueue`] holds changes of this session not in the table yet:
+    /// while any does, no shadow may serve the session and the primary is never handed the
+    /// table's (older) state.
+    pub pending: u32,
+    /// The table's latest change came from a shadow: the primary may be behind it.
+    pub from_shadow: bool,
 }
 
 impl SessionEntry {
-    /// Whether a shadow may serve this session: every version written is acknowledged.
+    /// Whether a shadow may serve this session: every change captured is in the table and
+    /// every version written is acknowledged.
     pub fn replicated(&self) -> bool {
-        !self.pinned && self.acked >= self.v
+        !self.pinned && self.pending == 0 && self.acked >= self.v
     }
+
+    /// Takes in what recording a change in the slot came to.
+    fn took(&mut self, recorded: Result<Option<Recorded>, DropReason>) {
+        match recorded {
+            Ok(Some(r)) => {
+                self.v = self.v.max(r.version);
+                self.from_shadow = r.from_shadow;
+            }
+            Ok(None) => {}
+            Err(_) => self.pinned = true,
+        }
+    }
+}
+
+/// A change recorded in a session's slot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Recorded {
+    /// Its version.
+    version: u64,
+    /// The slot's newest change is a shadow's.
+    from_shadow: bool,
 }
 
 /// The rule of [`SessionTable::may_redirect`] for an entry already read.
@@ -201,8 +229,14 @@ pub struct SessionSlot {
     /// The relay's version of the state this edge started from (a session it adopted
     /// after a restart): `base + v` is the session's version as the application sees it,
     /// which never goes back.
-    #[serde(default)]
     pub base: u64,
+    /// Per key, the capture stamp (ns) of its last change: a change older than that is
+    /// skipped. Two workers' queues may reach the table in either order; the stamps put a
+    /// client's changes back in the order it made them (a response is captured before
+    /// the client can send its next request).
+    pub stamps: BTreeMap<String, u64>,
+    /// Stamp of the newest change applied (whose side `from_shadow` tells).
+    pub newest_ns: u64,
 }
 
 impl SessionSlot {
@@ -210,6 +244,112 @@ impl SessionSlot {
     pub fn app_version(&self) -> u64 {
         self.base + self.v
     }
+}
+
+/// One captured state change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateWrite {
+    /// Its operations, in order.
+    pub ops: Vec<StateOp>,
+    /// When it was captured (ns, Envoy's clock): orders a session's changes.
+    pub stamp_ns: u64,
+    /// Captured from a shadow's response.
+    pub from_shadow: bool,
+}
+
+/// A change waiting in a [`CaptureQueue`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedWrite {
+    /// Its session.
+    pub session: String,
+    /// The change.
+    pub write: StateWrite,
+}
+
+/// One worker's captured changes on their way to the table (async mode), moved there by
+/// [`SessionTable::flush`] at the worker's next tick. On the response path a capture then
+/// touches only the session's small index entry (its `pending` count) — not its state,
+/// which is kilobytes to decode, change and encode again.
+#[derive(Debug, Default)]
+pub struct CaptureQueue {
+    writes: Vec<QueuedWrite>,
+    /// Sessions whose entries count this worker's queued changes as pending (one mark per
+    /// session and flush, however many changes it made meanwhile).
+    marked: std::collections::BTreeSet<String>,
+}
+
+impl CaptureQueue {
+    /// Changes held at most; past it captures go to the table directly (bounded memory).
+    pub const LIMIT: usize = 4_096;
+
+    /// Whether a capture must go to the table directly.
+    pub fn is_full(&self) -> bool {
+        self.writes.len() >= Self::LIMIT
+    }
+
+    /// Whether `session`'s entry already counts this queue's changes as pending.
+    pub fn is_marked(&self, session: &str) -> bool {
+        self.marked.contains(session)
+    }
+
+    /// Queues a change of a session whose entry counts this queue as pending
+    /// ([`SessionTable::note_pending`] when not [`CaptureQueue::is_marked`]).
+    pub fn push(&mut self, session: String, write: StateWrite) {
+        if !self.marked.contains(&session) {
+            self.marked.insert(session.clone());
+        }
+        self.writes.push(QueuedWrite { session, write });
+    }
+
+    /// Everything queued, in capture order, for [`SessionTable::flush`].
+    pub fn take(&mut self) -> Vec<QueuedWrite> {
+        self.marked.clear();
+        std::mem::take(&mut self.writes)
+    }
+
+    /// Puts back changes a flush could not write, ahead of newer ones (their sessions'
+    /// entries still count them).
+    pub fn requeue(&mut self, mut retry: Vec<QueuedWrite>) {
+        self.marked.extend(retry.iter().map(|q| q.session.clone()));
+        retry.append(&mut self.writes);
+        self.writes = retry;
+    }
+
+    /// Number of queued changes.
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// Nothing queued.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+}
+
+/// The index buckets that may hold sessions waiting for an acknowledgement, one bit each:
+/// kept by the publishing worker between ticks. Every bucket when it starts (a worker
+/// that just took the publishing over knows nothing yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watched(u64);
+
+impl Default for Watched {
+    fn default() -> Self {
+        Watched(u64::MAX)
+    }
+}
+
+// One bit per bucket in the dirty and watched masks.
+const _: () = assert!(BUCKETS == 64);
+
+/// What a [`SessionTable::flush`] did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Flushed {
+    /// New versions written.
+    pub versions: u64,
+    /// Sessions whose changes were dropped (their sessions are pinned to the primary).
+    pub dropped: Vec<(String, DropReason)>,
+    /// Changes to flush again next tick (the host refused a write).
+    pub retry: Vec<QueuedWrite>,
 }
 
 /// The session tables' encoding in shared data: they are read and written on the request
@@ -250,6 +390,8 @@ pub fn bucket_of(session: &str) -> u64 {
 pub enum Capture {
     /// Recorded as this version.
     Recorded(u64),
+    /// Queued for the table (async mode): its version is given at the worker's tick.
+    Queued,
     /// Dropped; the session is pinned to the primary.
     Dropped(DropReason),
 }
@@ -265,11 +407,13 @@ impl<'a> SessionTable<'a> {
     }
 
     fn index_key(&self, bucket: u64) -> String {
-        format!("shadowmesh.v1.ssm.{}.idx.{bucket}", self.service)
+        // v2: entries with `pending`, slots with stamps (a reloaded filter sharing this
+        // Envoy's memory with an older one must not misread its tables).
+        format!("shadowmesh.v2.ssm.{}.idx.{bucket}", self.service)
     }
 
     fn slot_key(&self, bucket: u64, slot: u32) -> String {
-        format!("shadowmesh.v1.ssm.{}.slot.{bucket}.{slot}", self.service)
+        format!("shadowmesh.v2.ssm.{}.slot.{bucket}.{slot}", self.service)
     }
 
     /// The session's index entry.
@@ -280,9 +424,13 @@ impl<'a> SessionTable<'a> {
 
     /// The session's state slot.
     pub fn slot(&self, session: &str) -> Option<SessionSlot> {
-        let e = self.entry(session)?;
-        let slot: SessionSlot = read(self.store, &self.slot_key(bucket_of(session), e.slot))?;
-        (slot.s == session).then_some(slot)
+        self.slot_of(&self.entry(session)?)
+    }
+
+    /// The state slot of an entry already read.
+    pub fn slot_of(&self, entry: &SessionEntry) -> Option<SessionSlot> {
+        let slot: SessionSlot = read(self.store, &self.slot_key(bucket_of(&entry.s), entry.slot))?;
+        (slot.s == entry.s).then_some(slot)
     }
 
     /// Whether a request of `session` may go to a shadow: a session this table does not
@@ -326,6 +474,8 @@ impl<'a> SessionTable<'a> {
                         full: false,
                         pinned: false,
                         t: now_ms,
+                        pending: 0,
+                        from_shadow: false,
                     });
                     entries.len() - 1
                 }
@@ -343,18 +493,18 @@ impl<'a> SessionTable<'a> {
         let _ = self.with_entry(session, now_ms, |e| e.pinned = true);
     }
 
-    /// Records a change of `session` seen in a response (from a shadow when
-    /// `from_shadow`): the next version, or the reason it was dropped.
+    /// Records a change of `session` seen in a response directly in the table: the next
+    /// version (the current one if newer changes superseded all of it), or the reason it
+    /// was dropped.
     pub fn capture(
         &self,
         session: &str,
-        changes: Result<Vec<StateOp>, DropReason>,
-        from_shadow: bool,
+        change: Result<StateWrite, DropReason>,
         max_session_bytes: usize,
         now_ms: u64,
     ) -> Capture {
-        let ops = match changes {
-            Ok(ops) => ops,
+        let write = match change {
+            Ok(w) => w,
             Err(reason) => {
                 self.pin(session, now_ms);
                 return Capture::Dropped(reason);
@@ -368,9 +518,135 @@ impl<'a> SessionTable<'a> {
                 _ => return Capture::Dropped(DropReason::Full),
             },
         };
+        let recorded = self.record(&entry, std::slice::from_ref(&write), max_session_bytes);
+        let written = self.with_entry(session, now_ms, |e| {
+            e.took(recorded);
+            e.t = now_ms;
+        });
+        if let (Ok(Some(_)), Ok(Some(_))) = (recorded, &written) {
+            self.mark_dirty(session);
+        }
+        match (recorded, written) {
+            (Err(reason), _) => Capture::Dropped(reason),
+            (Ok(_), Ok(Some(e))) => Capture::Recorded(e.v),
+            (Ok(_), _) => Capture::Dropped(DropReason::Full),
+        }
+    }
+
+    /// Async capture, on the response path, of a worker's first change of the session
+    /// since its last flush: the session's entry counts one more worker with changes on
+    /// their way (made if new). The changes wait in the worker's [`CaptureQueue`].
+    pub fn note_pending(&self, session: &str, now_ms: u64) -> Result<(), DropReason> {
+        match self.with_entry(session, now_ms, |e| {
+            e.pending = e.pending.saturating_add(1);
+            e.t = now_ms;
+        }) {
+            Ok(Some(_)) => Ok(()),
+            _ => Err(DropReason::Full),
+        }
+    }
+
+    /// Moves a worker's queued changes into the table: per session one new version with
+    /// the operations newer changes did not supersede, and its pending count lowered by
+    /// one (this worker's batch). A session over its cap is pinned to the primary.
+    pub fn flush(
+        &self,
+        queued: Vec<QueuedWrite>,
+        max_session_bytes: usize,
+        now_ms: u64,
+    ) -> Flushed {
+        let mut by_session: BTreeMap<String, Vec<StateWrite>> = BTreeMap::new();
+        for q in queued {
+            by_session.entry(q.session).or_default().push(q.write);
+        }
+        let mut out = Flushed::default();
+        let mut dirty = 0u64;
+        for (session, mut writes) in by_session {
+            writes.sort_by_key(|w| w.stamp_ns);
+            let entry = self.entry(&session).unwrap_or_else(|| SessionEntry {
+                // Not in the table (it never is while pending): a new slot is found below.
+                s: session.clone(),
+                slot: u32::MAX,
+                v: 0,
+                sent: 0,
+                acked: 0,
+                full: false,
+                pinned: false,
+                t: now_ms,
+                pending: 0,
+                from_shadow: false,
+            });
+            let entry = if entry.slot == u32::MAX {
+                match self.with_entry(&session, now_ms, |_| {}) {
+                    Ok(Some(e)) => e,
+                    _ => {
+                        out.retry
+                            .extend(writes.into_iter().map(|write| QueuedWrite {
+                                session: session.clone(),
+                                write,
+                            }));
+                        continue;
+                    }
+                }
+            } else {
+                entry
+            };
+            let recorded = self.record(&entry, &writes, max_session_bytes);
+            if recorded == Err(DropReason::Full) {
+                // The host refused the slot's write: nothing changed, try again.
+                out.retry
+                    .extend(writes.into_iter().map(|write| QueuedWrite {
+                        session: session.clone(),
+                        write,
+                    }));
+                continue;
+            }
+            let written = self.with_entry(&session, now_ms, |e| {
+                e.took(recorded);
+                e.pending = e.pending.saturating_sub(1);
+                e.t = now_ms;
+            });
+            match (recorded, written) {
+                (_, Err(_) | Ok(None)) => {
+                    // The state is written but the entry still counts the changes as
+                    // pending: writing them again is harmless (the same operations with
+                    // the same stamps), forgetting them would hold the session for good.
+                    out.retry
+                        .extend(writes.into_iter().map(|write| QueuedWrite {
+                            session: session.clone(),
+                            write,
+                        }));
+                }
+                (Err(reason), _) => out.dropped.push((session, reason)),
+                (Ok(Some(_)), _) => {
+                    dirty |= 1 << bucket_of(&session);
+                    out.versions += 1;
+                }
+                (Ok(None), _) => {}
+            }
+        }
+        if dirty != 0 {
+            self.mark_dirty_mask(dirty);
+        }
+        out
+    }
+
+    /// Applies `writes` (in stamp order) to the session's slot as one new version: each
+    /// operation unless its key changed later (a newer stamp). `Ok(None)` if nothing was
+    /// left to apply; `Oversize` if the state would outgrow its cap (the slot is kept as
+    /// it was); `Full` if the host refused the write.
+    fn record(
+        &self,
+        entry: &SessionEntry,
+        writes: &[StateWrite],
+        max_session_bytes: usize,
+    ) -> Result<Option<Recorded>, DropReason> {
+        let Some(first) = writes.first() else {
+            return Ok(None);
+        };
+        let session = entry.s.as_str();
         let key = self.slot_key(bucket_of(session), entry.slot);
-        let mut version = 0;
-        let mut oversize = false;
+        let mut outcome = Ok(None);
         let written = update::<SessionSlot, _>(self.store, &key, |cur| {
             let mut slot = match cur {
                 Some(s) if s.s == session => s.clone(),
@@ -381,51 +657,108 @@ impl<'a> SessionTable<'a> {
                     ..SessionSlot::default()
                 },
             };
+            let mut ops = Vec::new();
+            for w in writes {
+                let mut any = false;
+                for op in &w.ops {
+                    let last = slot.stamps.get(&op.key).copied().unwrap_or(0);
+                    if w.stamp_ns < last {
+                        continue;
+                    }
+                    slot.stamps.insert(op.key.clone(), w.stamp_ns);
+                    ops.push(op.clone());
+                    any = true;
+                }
+                if any && w.stamp_ns >= slot.newest_ns {
+                    slot.newest_ns = w.stamp_ns;
+                    slot.from_shadow = w.from_shadow;
+                }
+            }
+            if ops.is_empty() {
+                outcome = Ok(None);
+                return None;
+            }
             apply_ops(&mut slot.state, &ops);
             if state_bytes(&slot.state) > max_session_bytes {
-                oversize = true;
+                outcome = Err(DropReason::Oversize);
                 return None;
             }
             slot.v += 1;
-            version = slot.v;
-            slot.from_shadow = from_shadow;
+            outcome = Ok(Some(Recorded {
+                version: slot.v,
+                from_shadow: slot.from_shadow,
+            }));
             slot.ops.push(SessionDelta {
                 session: session.to_string(),
-                version,
-                ops: ops.clone(),
-                at_ms: now_ms,
-                from_shadow,
+                version: slot.v,
+                ops,
+                // Lag is measured from the capture, queueing included.
+                at_ms: first.stamp_ns / 1_000_000,
+                from_shadow: slot.from_shadow,
             });
             Some(slot)
         });
-        if oversize || written.is_err() {
-            let _ = self.with_entry(session, now_ms, |e| e.pinned = true);
-            return Capture::Dropped(if oversize {
-                DropReason::Oversize
-            } else {
-                DropReason::Full
-            });
+        match written {
+            Ok(_) => outcome,
+            Err(_) => Err(DropReason::Full),
         }
-        let _ = self.with_entry(session, now_ms, |e| {
-            e.v = e.v.max(version);
-            e.t = now_ms;
-        });
-        Capture::Recorded(version)
     }
 
     /// What to send the relay: deltas of sessions with unsent versions (or their whole
     /// state), and the sessions waiting for an acknowledgement. Marks what it takes as
-    /// sent. At most `max` sessions.
-    pub fn take_outbound(&self, max: usize) -> Outbound {
+    /// sent. At most `max` sessions. Reads only the buckets marked dirty and the ones
+    /// `watched` (the publisher's between ticks): a tick costs what changed, not the
+    /// table's size.
+    pub fn take_outbound(&self, max: usize, watched: &mut Watched) -> Outbound {
         let mut out = Outbound::default();
-        for bucket in 0..BUCKETS {
+        let mut dirty = self.take_dirty();
+        while dirty != 0 {
+            let bucket = u64::from(dirty.trailing_zeros());
             if out.sessions.len() >= max {
+                // Left for the next tick.
+                self.mark_dirty_mask(dirty);
                 break;
             }
+            dirty &= !(1 << bucket);
+            let before = out.sessions.len();
             self.take_from(bucket, None, max, &mut out);
+            if out.sessions.len() > before {
+                watched.0 |= 1 << bucket;
+            }
+            if out.sessions.len() >= max {
+                // The bucket may hold more than fitted.
+                self.mark_dirty_mask(1 << bucket);
+            }
         }
-        out.watch = self.unacknowledged(max);
+        out.watch = self.unacknowledged(max, watched);
         out
+    }
+
+    fn dirty_key(&self) -> String {
+        format!("shadowmesh.v2.ssm.{}.dirty", self.service)
+    }
+
+    /// Marks buckets as holding something to send.
+    fn mark_dirty_mask(&self, mask: u64) {
+        let _ = update::<u64, _>(self.store, &self.dirty_key(), |cur| {
+            let cur = cur.copied().unwrap_or(0);
+            (cur | mask != cur).then_some(cur | mask)
+        });
+    }
+
+    fn mark_dirty(&self, session: &str) {
+        self.mark_dirty_mask(1 << bucket_of(session));
+    }
+
+    /// The dirty buckets, cleared. A bucket marked after this is read next tick; one
+    /// changed before it and marked after is read then too (marking follows the change).
+    fn take_dirty(&self) -> u64 {
+        let mut taken = 0;
+        let _ = update::<u64, _>(self.store, &self.dirty_key(), |cur| {
+            taken = cur.copied().unwrap_or(0);
+            (taken != 0).then_some(0)
+        });
+        taken
     }
 
     /// Like [`SessionTable::take_outbound`] for one session (event mode).
@@ -485,23 +818,31 @@ impl<'a> SessionTable<'a> {
         }
     }
 
-    /// Sessions with versions the shadows have not acknowledged (at most `max`).
-    pub fn unacknowledged(&self, max: usize) -> Vec<String> {
+    /// Sessions with versions the shadows have not acknowledged (at most `max`), looked
+    /// for in the `watched` buckets; a bucket found without any is no longer watched.
+    pub fn unacknowledged(&self, max: usize, watched: &mut Watched) -> Vec<String> {
         let mut out = Vec::new();
         for bucket in 0..BUCKETS {
+            if watched.0 & (1 << bucket) == 0 {
+                continue;
+            }
+            if out.len() >= max {
+                break;
+            }
             let entries: Vec<SessionEntry> =
                 read(self.store, &self.index_key(bucket)).unwrap_or_default();
+            let before = out.len();
             out.extend(
                 entries
                     .into_iter()
                     .filter(|e| !e.pinned && e.acked < e.v)
                     .map(|e| e.s),
             );
-            if out.len() >= max {
-                out.truncate(max);
-                break;
+            if out.len() == before {
+                watched.0 &= !(1 << bucket);
             }
         }
+        out.truncate(max);
         out
     }
 
@@ -513,6 +854,7 @@ impl<'a> SessionTable<'a> {
         }
         for session in resync {
             self.update_existing(session, |e| e.full = true);
+            self.mark_dirty(session);
         }
     }
 
@@ -520,6 +862,7 @@ impl<'a> SessionTable<'a> {
     pub fn resend_whole(&self, sessions: &[String]) {
         for session in sessions {
             self.update_existing(session, |e| e.full = true);
+            self.mark_dirty(session);
         }
     }
 
@@ -536,6 +879,7 @@ impl<'a> SessionTable<'a> {
                 Some(entries)
             });
         }
+        self.mark_dirty_mask(u64::MAX);
     }
 
     fn update_existing(&self, session: &str, mut f: impl FnMut(&mut SessionEntry)) {
@@ -557,11 +901,14 @@ impl<'a> SessionTable<'a> {
         };
         let Some(known) = known else { return true };
         let key = self.slot_key(bucket_of(session), entry.slot);
-        update::<SessionSlot, _>(self.store, &key, |cur| {
+        let mut adopted = false;
+        let written = update::<SessionSlot, _>(self.store, &key, |cur| {
             // A change captured meanwhile is newer than the relay's answer.
             if cur.is_some_and(|s| s.s == session && s.v > 0) {
+                adopted = false;
                 return None;
             }
+            adopted = true;
             Some(SessionSlot {
                 s: session.to_string(),
                 v: 0,
@@ -569,9 +916,13 @@ impl<'a> SessionTable<'a> {
                 ops: vec![],
                 from_shadow: known.from_shadow,
                 base: known.version,
+                ..SessionSlot::default()
             })
-        })
-        .is_ok()
+        });
+        if adopted && written.is_ok() && known.from_shadow {
+            self.update_existing(session, |e| e.from_shadow = true);
+        }
+        written.is_ok()
     }
 
     /// Subscriber: drops every session (before a full snapshot).
@@ -602,6 +953,7 @@ impl<'a> SessionTable<'a> {
                 ops: vec![],
                 from_shadow: false,
                 base: 0,
+                ..SessionSlot::default()
             })
         })
         .is_ok()
@@ -665,6 +1017,15 @@ mod tests {
     use super::*;
     use crate::shared::memory::MemoryStore;
 
+    /// A primary's change captured at `stamp`.
+    fn w(ops: Result<Vec<StateOp>, DropReason>, stamp: u64) -> Result<StateWrite, DropReason> {
+        ops.map(|ops| StateWrite {
+            ops,
+            stamp_ns: stamp,
+            from_shadow: false,
+        })
+    }
+
     fn cfg() -> StateSyncConfig {
         serde_json::from_value(serde_json::json!({
             "role": "publisher", "cluster": "control", "keys": ["cart", "writes"],
@@ -723,11 +1084,11 @@ mod tests {
             key: "cart".into(),
             value: Some("a".into()),
         }]);
-        assert_eq!(t.capture("s1", set, false, 100, 2), Capture::Recorded(1));
+        assert_eq!(t.capture("s1", w(set, 2), 100, 2), Capture::Recorded(1));
         assert!(!t.may_redirect("s1"), "after a write");
-        let out = t.take_outbound(100);
+        let out = t.take_outbound(100, &mut Watched::default());
         assert!(out.is_empty(), "{out:?}");
-        assert!(t.unacknowledged(100).is_empty());
+        assert!(t.unacknowledged(100, &mut Watched::default()).is_empty());
     }
 
     #[test]
@@ -742,21 +1103,26 @@ mod tests {
             }])
         };
         assert_eq!(
-            t.capture("s1", ops("a"), false, 100, 1),
+            t.capture("s1", w(ops("a"), 1), 100, 1),
             Capture::Recorded(1)
         );
         assert_eq!(
-            t.capture("s1", ops("ab"), false, 100, 2),
+            t.capture("s1", w(ops("ab"), 2), 100, 2),
             Capture::Recorded(2)
         );
         assert!(!t.may_redirect("s1"));
-        let out = t.take_outbound(100);
+        let out = t.take_outbound(100, &mut Watched::default());
         assert_eq!(
             out.deltas.iter().map(|d| d.version).collect::<Vec<_>>(),
             vec![1, 2]
         );
         assert_eq!(out.watch, vec!["s1".to_string()]);
-        assert!(t.take_outbound(100).deltas.is_empty(), "sent once");
+        assert!(
+            t.take_outbound(100, &mut Watched::default())
+                .deltas
+                .is_empty(),
+            "sent once"
+        );
         t.on_ack(&[("s1".into(), 1)], &[]);
         assert!(!t.may_redirect("s1"), "version 2 is not acknowledged yet");
         t.on_ack(&[("s1".into(), 2)], &[]);
@@ -769,7 +1135,7 @@ mod tests {
             value: Some("x".repeat(97)),
         }]);
         assert_eq!(
-            t.capture("s1", big, false, 100, 3),
+            t.capture("s1", w(big, 3), 100, 3),
             Capture::Dropped(DropReason::Oversize)
         );
         assert!(!t.may_redirect("s1"));
@@ -785,18 +1151,20 @@ mod tests {
                 value: Some(v.into()),
             }])
         };
-        t.capture("s1", ops("a"), false, 100, 1);
-        let lost = t.take_outbound(100);
+        t.capture("s1", w(ops("a"), 1), 100, 1);
+        let lost = t.take_outbound(100, &mut Watched::default());
         t.resend_whole(&lost.sessions);
-        t.capture("s1", ops("ab"), false, 100, 2);
-        let again = t.take_outbound(100);
+        t.capture("s1", w(ops("ab"), 2), 100, 2);
+        let again = t.take_outbound(100, &mut Watched::default());
         assert!(again.deltas.is_empty());
         assert_eq!(again.snapshots.len(), 1);
         assert_eq!(again.snapshots[0].version, 2);
         assert_eq!(again.snapshots[0].state["cart"], "ab");
         t.on_ack(&[], &["s1".to_string()]);
         assert_eq!(
-            t.take_outbound(100).snapshots.len(),
+            t.take_outbound(100, &mut Watched::default())
+                .snapshots
+                .len(),
             1,
             "resync asked by the relay"
         );
@@ -850,23 +1218,191 @@ mod tests {
             .map(|i| format!("s{i}"))
             .find(|s| bucket_of(s) == bucket_of(&first))
             .unwrap();
+        assert_eq!(t.capture(&first, w(ops(), 1), 100, 1), Capture::Recorded(1));
         assert_eq!(
-            t.capture(&first, ops(), false, 100, 1),
-            Capture::Recorded(1)
-        );
-        assert_eq!(
-            t.capture(&other, ops(), false, 100, 2),
+            t.capture(&other, w(ops(), 2), 100, 2),
             Capture::Dropped(DropReason::Full)
         );
-        t.take_outbound(100);
+        t.take_outbound(100, &mut Watched::default());
         t.on_ack(&[(first.clone(), 1)], &[]);
-        assert_eq!(
-            t.capture(&other, ops(), false, 100, 3),
-            Capture::Recorded(1)
-        );
+        assert_eq!(t.capture(&other, w(ops(), 3), 100, 3), Capture::Recorded(1));
         assert!(
             t.entry(&first).is_none(),
             "the replicated one was forgotten"
         );
+    }
+
+    fn queued(session: &str, v: &str, stamp: u64) -> QueuedWrite {
+        QueuedWrite {
+            session: session.into(),
+            write: StateWrite {
+                ops: vec![StateOp {
+                    key: "cart".into(),
+                    value: Some(v.into()),
+                }],
+                stamp_ns: stamp,
+                from_shadow: false,
+            },
+        }
+    }
+
+    #[test]
+    fn a_queued_change_holds_its_session_until_flushed_and_acknowledged() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        t.note_pending("s1", 1).unwrap();
+        assert!(!t.may_redirect("s1"), "a change on its way");
+        assert!(
+            t.take_outbound(100, &mut Watched::default())
+                .deltas
+                .is_empty(),
+            "nothing in the table yet"
+        );
+        let flushed = t.flush(vec![queued("s1", "a", 10)], 100, 2);
+        assert_eq!(flushed.versions, 1);
+        assert!(flushed.retry.is_empty() && flushed.dropped.is_empty());
+        let e = t.entry("s1").unwrap();
+        assert_eq!((e.v, e.pending), (1, 0));
+        assert!(!t.may_redirect("s1"), "flushed, not acknowledged");
+        let out = t.take_outbound(100, &mut Watched::default());
+        assert_eq!(out.deltas.len(), 1);
+        assert_eq!(
+            out.deltas[0].at_ms, 0,
+            "lag counts from the capture (10 ns)"
+        );
+        t.on_ack(&[("s1".into(), 1)], &[]);
+        assert!(t.may_redirect("s1"));
+    }
+
+    #[test]
+    fn two_workers_flushing_out_of_order_keep_the_clients_order() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        // The client wrote "a" (captured on worker A), then "ab" (on worker B); B's
+        // tick comes first.
+        t.note_pending("s1", 1).unwrap();
+        t.note_pending("s1", 2).unwrap();
+        assert_eq!(t.flush(vec![queued("s1", "ab", 200)], 100, 3).versions, 1);
+        assert!(!t.may_redirect("s1"), "A's change is still on its way");
+        let late = t.flush(vec![queued("s1", "a", 100)], 100, 4);
+        assert_eq!(late.versions, 0, "superseded: no new version");
+        let slot = t.slot("s1").unwrap();
+        assert_eq!(slot.state["cart"], "ab");
+        assert_eq!(slot.v, 1);
+        assert_eq!(t.entry("s1").unwrap().pending, 0);
+        // A later change of another key still applies; one of the same key only if newer.
+        let mut other = queued("s1", "x", 150);
+        other.write.ops[0].key = "writes".into();
+        t.note_pending("s1", 5).unwrap();
+        assert_eq!(
+            t.flush(vec![other, queued("s1", "abc", 300)], 100, 5)
+                .versions,
+            1
+        );
+        let slot = t.slot("s1").unwrap();
+        assert_eq!(slot.state["cart"], "abc");
+        assert_eq!(slot.state["writes"], "x");
+    }
+
+    #[test]
+    fn a_flush_over_the_session_cap_pins_the_session() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        t.note_pending("s1", 1).unwrap();
+        let flushed = t.flush(vec![queued("s1", &"x".repeat(101), 1)], 100, 2);
+        assert_eq!(
+            flushed.dropped,
+            vec![("s1".to_string(), DropReason::Oversize)]
+        );
+        let e = t.entry("s1").unwrap();
+        assert!(e.pinned && e.pending == 0 && e.v == 0, "{e:?}");
+        assert!(!t.may_redirect("s1"));
+    }
+
+    #[test]
+    fn the_newest_change_decides_whether_the_primary_is_behind() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        let on_shadow = StateWrite {
+            ops: vec![StateOp {
+                key: "cart".into(),
+                value: Some("s".into()),
+            }],
+            stamp_ns: 200,
+            from_shadow: true,
+        };
+        t.capture("s1", Ok(on_shadow), 100, 1);
+        assert!(t.slot("s1").unwrap().from_shadow);
+        // An older primary change reaching the table later does not hide the shadow's.
+        t.note_pending("s1", 2).unwrap();
+        t.flush(vec![queued("s1", "p", 100)], 100, 3);
+        assert!(t.slot("s1").unwrap().from_shadow);
+        t.note_pending("s1", 4).unwrap();
+        t.flush(vec![queued("s1", "p2", 300)], 100, 5);
+        assert!(!t.slot("s1").unwrap().from_shadow);
+    }
+
+    #[test]
+    fn a_full_bucket_never_forgets_a_session_with_changes_on_their_way() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        let first = "s0".to_string();
+        let other = (1..10_000)
+            .map(|i| format!("s{i}"))
+            .find(|s| bucket_of(s) == bucket_of(&first))
+            .unwrap();
+        t.note_pending(&first, 1).unwrap();
+        assert_eq!(t.note_pending(&other, 2), Err(DropReason::Full));
+        assert_eq!(t.entry(&first).unwrap().pending, 1);
+    }
+
+    #[test]
+    fn a_tick_reads_the_buckets_that_changed_and_leaves_the_rest_for_later() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        let mut watched = Watched::default();
+        // Three sessions in three buckets.
+        let mut sessions: Vec<String> = Vec::new();
+        for i in 0..1_000 {
+            let s = format!("s{i}");
+            if sessions.iter().all(|o| bucket_of(o) != bucket_of(&s)) {
+                sessions.push(s);
+            }
+            if sessions.len() == 3 {
+                break;
+            }
+        }
+        for (i, s) in sessions.iter().enumerate() {
+            let ops = vec![StateOp {
+                key: "cart".into(),
+                value: Some("a".into()),
+            }];
+            t.capture(s, w(Ok(ops), i as u64 + 1), 100, 1);
+        }
+        let first = t.take_outbound(1, &mut watched);
+        assert_eq!(first.sessions.len(), 1, "the batch is full");
+        let rest = t.take_outbound(10, &mut watched);
+        assert_eq!(rest.sessions.len(), 2, "the others stayed dirty: {rest:?}");
+        assert_eq!(rest.watch.len(), 3, "all three wait for acknowledgements");
+        for s in &sessions {
+            t.on_ack(&[(s.clone(), 1)], &[]);
+        }
+        let idle = t.take_outbound(10, &mut watched);
+        assert!(idle.is_empty(), "{idle:?}");
+        assert_eq!(watched, Watched(0), "nothing left to watch");
+        // A lost publish: its session is dirty again.
+        t.resend_whole(&sessions[..1]);
+        let again = t.take_outbound(10, &mut watched);
+        assert_eq!(again.snapshots.len(), 1);
+        // A new version: sent, and its bucket watched until acknowledged.
+        let ops = vec![StateOp {
+            key: "cart".into(),
+            value: Some("b".into()),
+        }];
+        t.capture(&sessions[0], w(Ok(ops), 9), 100, 2);
+        let next = t.take_outbound(10, &mut watched);
+        assert_eq!(next.deltas.len(), 1);
+        assert_eq!(next.watch, vec![sessions[0].clone()]);
+        assert_eq!(watched, Watched(1 << bucket_of(&sessions[0])));
     }
 }

@@ -371,6 +371,95 @@ impl std::fmt::Debug for SessionsReport {
     }
 }
 
+/// One shopping session: adds, reads and removes items in turn and checks every answer's
+/// write count against its own.
+struct Shopper {
+    session: String,
+    headers: Vec<(String, String)>,
+    writes: u64,
+    n: u64,
+    served: BTreeMap<String, u64>,
+}
+
+impl Shopper {
+    fn new(session: String) -> Shopper {
+        Shopper {
+            headers: vec![("x-session-id".to_string(), session.clone())],
+            session,
+            writes: 0,
+            n: 0,
+            served: BTreeMap::new(),
+        }
+    }
+
+    /// One request through `edge`, accounted in `report`.
+    async fn step(
+        &mut self,
+        client: &HttpClient,
+        edge: SocketAddr,
+        report: &Mutex<SessionsReport>,
+    ) {
+        self.n += 1;
+        let n = self.n;
+        let (method, path) = match n % 4 {
+            0 => ("GET", "/cart".to_string()),
+            1 | 2 => ("POST", format!("/cart/add?sku=sku-{}", n % 3)),
+            _ => ("POST", format!("/cart/remove?sku=sku-{}", (n + 1) % 3)),
+        };
+        let t0 = Instant::now();
+        let answer = loadgen::request_with(client, method, edge, &path, None, &self.headers).await;
+        let took = t0.elapsed().as_micros() as u64;
+        let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
+        r.latencies_us.push(took);
+        let Ok((200, body)) = answer else {
+            r.errors += 1;
+            return;
+        };
+        r.ok += 1;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let seen = v["writes"].as_u64().unwrap_or(0);
+        let by = v["served_by"].as_str().unwrap_or("").to_string();
+        let expected = if method == "POST" {
+            self.writes + 1
+        } else {
+            self.writes
+        };
+        if seen < expected {
+            r.stale_reads += 1;
+            if by == "cart-shadow" {
+                r.stale_on_shadow += 1;
+            }
+            if r.stale_examples.len() < 5 {
+                r.stale_examples.push(format!(
+                    "{}: {method} {path} served by {by} saw {seen} writes, {expected} made",
+                    self.session
+                ));
+            }
+        }
+        if by == "cart-shadow" {
+            r.by_shadow += 1;
+            if self.writes > 0 {
+                r.by_shadow_after_writes += 1;
+            }
+        }
+        *self.served.entry(by).or_default() += 1;
+        if method == "POST" {
+            // The session's count follows what the service says it has now.
+            self.writes = seen.max(expected);
+        }
+    }
+
+    /// At the end: counts the session as moved if both sides served it.
+    fn finish(self, report: &Mutex<SessionsReport>) {
+        if self.served.len() > 1 {
+            report
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sessions_moved += 1;
+        }
+    }
+}
+
 /// Runs `sessions` shopping sessions through `edge` for `duration`, each waiting `think`
 /// between requests: each adds, reads and removes items in turn and checks every answer's
 /// write count against its own.
@@ -381,71 +470,62 @@ pub async fn run_sessions(
     prefix: &str,
     think: Duration,
 ) -> SessionsReport {
-    let report = Arc::new(Mutex::new(SessionsReport::default()));
+    run_interleaved(&[edge], sessions, duration, prefix, think)
+        .await
+        .pop()
+        .unwrap_or_default()
+}
+
+/// Like [`run_sessions`] through several edges at once, finely interleaved: each of the
+/// `sessions` tasks sends one request through each edge in turn (its own session per edge,
+/// the order rotating), then waits `think`. Every edge sees the same load at the same
+/// moments, so a machine whose speed drifts slows them alike: the reports (one per edge)
+/// compare like with like.
+pub async fn run_interleaved(
+    edges: &[SocketAddr],
+    sessions: usize,
+    duration: Duration,
+    prefix: &str,
+    think: Duration,
+) -> Vec<SessionsReport> {
+    let reports: Arc<Vec<Mutex<SessionsReport>>> =
+        Arc::new(edges.iter().map(|_| Mutex::default()).collect());
     let client: HttpClient = loadgen::client();
     let deadline = Instant::now() + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..sessions {
-        let (client, report) = (client.clone(), report.clone());
-        let session = format!("{prefix}-{i:04}");
+        let (client, reports, edges) = (client.clone(), reports.clone(), edges.to_vec());
+        let mut shoppers: Vec<Shopper> = (0..edges.len())
+            .map(|e| {
+                Shopper::new(if edges.len() == 1 {
+                    format!("{prefix}-{i:04}")
+                } else {
+                    format!("{prefix}-{e}-{i:04}")
+                })
+            })
+            .collect();
         tasks.spawn(async move {
-            let headers = vec![("x-session-id".to_string(), session.clone())];
-            let mut writes = 0u64;
-            let mut served: BTreeMap<String, u64> = BTreeMap::new();
-            let mut n = 0u64;
+            let mut first = true;
+            let mut turn = i;
             while Instant::now() < deadline {
-                if n > 0 && !think.is_zero() {
+                if !first && !think.is_zero() {
                     tokio::time::sleep(think).await;
                 }
-                n += 1;
-                let (method, path) = match n % 4 {
-                    0 => ("GET", "/cart".to_string()),
-                    1 | 2 => ("POST", format!("/cart/add?sku=sku-{}", n % 3)),
-                    _ => ("POST", format!("/cart/remove?sku=sku-{}", (n + 1) % 3)),
-                };
-                let t0 = Instant::now();
-                let answer = loadgen::request_with(&client, method, edge, &path, None, &headers).await;
-                let took = t0.elapsed().as_micros() as u64;
-                let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
-                r.latencies_us.push(took);
-                let Ok((200, body)) = answer else {
-                    r.errors += 1;
-                    continue;
-                };
-                r.ok += 1;
-                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                let seen = v["writes"].as_u64().unwrap_or(0);
-                let by = v["served_by"].as_str().unwrap_or("").to_string();
-                let expected = if method == "POST" { writes + 1 } else { writes };
-                if seen < expected {
-                    r.stale_reads += 1;
-                    if by == "cart-shadow" {
-                        r.stale_on_shadow += 1;
-                    }
-                    if r.stale_examples.len() < 5 {
-                        r.stale_examples.push(format!(
-                            "{session}: {method} {path} served by {by} saw {seen} writes, {expected} made"
-                        ));
-                    }
+                first = false;
+                for k in 0..edges.len() {
+                    let e = (turn + k) % edges.len();
+                    shoppers[e].step(&client, edges[e], &reports[e]).await;
                 }
-                if by == "cart-shadow" {
-                    r.by_shadow += 1;
-                    if writes > 0 {
-                        r.by_shadow_after_writes += 1;
-                    }
-                }
-                *served.entry(by).or_default() += 1;
-                if method == "POST" {
-                    // The session's count follows what the service says it has now.
-                    writes = seen.max(expected);
-                }
+                turn += 1;
             }
-            if served.len() > 1 {
-                report.lock().unwrap_or_else(|e| e.into_inner()).sessions_moved += 1;
+            for (shopper, report) in shoppers.into_iter().zip(reports.iter()) {
+                shopper.finish(report);
             }
         });
     }
     while tasks.join_next().await.is_some() {}
-    let mut guard = report.lock().unwrap_or_else(|e| e.into_inner());
-    std::mem::take(&mut *guard)
+    reports
+        .iter()
+        .map(|r| std::mem::take(&mut *r.lock().unwrap_or_else(|e| e.into_inner())))
+        .collect()
 }

@@ -8,17 +8,23 @@
 //! and p99. Measured by the sessions: stale reads (an answer with fewer writes than the
 //! client made).
 //!
-//! **Added latency**: the same light, unsaturated load (carts answer at once) through three
-//! edges side by side — no filter, ATRE, ATRE with state sync — in interleaved rounds; per
-//! variant the median of the rounds' p50. ATRE's own cost is `atre − none`; state sync's
-//! is `sync − none`; target: at most 1.3× ATRE's own.
+//! **Added latency**: a light, unsaturated load (carts answer at once) through three edges
+//! side by side — no filter, ATRE, ATRE with state sync — interleaved request by request
+//! (each session takes the three edges in turn, the order rotating), in rounds after a
+//! warm-up. A round's p50 of a variant minus the same round's p50 without a filter is what
+//! the filter added in that round; the medians of those paired differences are ATRE's own
+//! cost (`atre − none`) and state sync's (`sync − none`); target: at most 1.3× ATRE's own.
+//! Interleaving matters on a shared machine: its speed drifts by more than the difference
+//! measured, and drift slows the three edges alike.
 //!
 //! Prints a table and writes `target/bench/ssm.json` with `bytes_delta`, `bytes_full`,
 //! `lag_p99_ms_async`, `lag_p99_ms_event`, `stale_reads`, `added_p50_us` (and more).
 
 use anyhow::Result;
 use clap::Parser;
-use shadowmesh_testkit::state_sync::{EdgeFilter, SyncOptions, SyncStack, run_sessions};
+use shadowmesh_testkit::state_sync::{
+    EdgeFilter, SyncOptions, SyncStack, run_interleaved, run_sessions,
+};
 use std::time::Duration;
 
 /// Measures State Synchronization through real Envoy.
@@ -34,13 +40,17 @@ struct Args {
     /// Bytes of each session's profile (state written once).
     #[arg(long, default_value_t = 4_096)]
     profile_bytes: usize,
-    /// Interleaved latency rounds.
-    #[arg(long, default_value_t = 5)]
+    /// Latency rounds.
+    #[arg(long, default_value_t = 9)]
     rounds: usize,
-    /// Seconds per variant and round.
+    /// Seconds per round (all three edges at once, request by request).
     #[arg(long, default_value_t = 3)]
     round_secs: u64,
 }
+
+/// Sessions of the latency runs, each taking the three edges in turn: together as light a
+/// load as one edge's eight sessions.
+const LATENCY_SESSIONS: usize = 4;
 
 struct Replication {
     bytes_delta: u64,
@@ -128,23 +138,35 @@ async fn main() -> Result<()> {
             SyncStack::start("lat-sync", light(EdgeFilter::AtreWithSync)).await?,
         ),
     ];
+    let edges: Vec<_> = variants.iter().map(|(_, s)| s.edge.listener).collect();
+    let think = Duration::from_millis(5);
+    // Sessions known to the edges, connections open, code paths warm.
+    run_interleaved(
+        &edges,
+        LATENCY_SESSIONS,
+        Duration::from_secs(2),
+        "lat",
+        think,
+    )
+    .await;
     let mut p50s: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-    for round in 0..args.rounds {
-        for (i, (_, s)) in variants.iter().enumerate() {
-            let mut r = run_sessions(
-                s.edge.listener,
-                8,
-                Duration::from_secs(args.round_secs),
-                &format!("lat-{round}"),
-                Duration::from_millis(5),
-            )
-            .await;
+    for _ in 0..args.rounds {
+        let reports = run_interleaved(
+            &edges,
+            LATENCY_SESSIONS,
+            Duration::from_secs(args.round_secs),
+            "lat",
+            think,
+        )
+        .await;
+        for (i, mut r) in reports.into_iter().enumerate() {
             p50s[i].push(percentile(&mut r.latencies_us, 0.5));
         }
     }
     let [none, atre, sync] = [0, 1, 2].map(|i| median(p50s[i].clone()));
-    let atre_added = atre - none;
-    let sync_added = sync - none;
+    let added = |i: usize| median(p50s[i].iter().zip(&p50s[0]).map(|(v, n)| v - n).collect());
+    let atre_added = added(1);
+    let sync_added = added(2);
     let ratio = if atre_added > 0.0 {
         sync_added / atre_added
     } else {
@@ -169,7 +191,7 @@ async fn main() -> Result<()> {
         );
     }
     println!(
-        "\n| edge filter | p50 µs (median of {} rounds) | added over none µs |",
+        "\n| edge filter | p50 µs (median of {} rounds) | added over none µs (median of the rounds' differences) |",
         args.rounds
     );
     println!("|---|---:|---:|");
@@ -193,6 +215,7 @@ async fn main() -> Result<()> {
         "atre_added_p50_us": atre_added,
         "added_ratio_to_atre": ratio,
         "p50_us": {"none": none, "atre": atre, "sync": sync},
+        "round_p50_us": {"none": p50s[0], "atre": p50s[1], "sync": p50s[2]},
         "sessions": args.sessions,
         "profile_bytes": args.profile_bytes,
     });

@@ -1,14 +1,14 @@
 //! The per-request context: pick primary or shadow, write the routing header only on a
 //! redirect, and account the request (in-flight, latency, ORCA) for the controller.
 
-use super::abi::{self, level, log, map, now_ns};
+use super::abi::{self, map, now_ns};
 use super::{Side, Worker, sync};
 use crate::config::SessionKeySource;
 use crate::decision::{RedirectDecision, cookie_value, decide, session_point};
 use crate::orca::{ORCA_HEADER, OrcaReport};
 use crate::session_state::{
-    Capture, SESSION_STATE_HEADER, STATE_CHANGE_HEADER, StateRole, SyncMode, encode_state,
-    parse_changes,
+    Capture, SESSION_STATE_HEADER, STATE_CHANGE_HEADER, StateRole, StateWrite, SyncMode,
+    encode_state, parse_changes,
 };
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -198,16 +198,13 @@ impl HttpContext for AtreHttp {
                             None => lookup_failed(&table, key, &rt.metrics.state),
                         }
                     }
-                    // A primary behind a shadow's writes gets the session's state.
-                    // (Read from shared data, not a tick's copy: the shadow's write may
-                    // have been captured on another worker a moment ago.)
+                    // A primary behind a shadow's writes gets the session's state (a
+                    // shadow's change goes to the table at once, whichever worker saw
+                    // it). Not while a change is on its way to the table: the primary
+                    // made that change after the shadow's, so its own state is newer.
                     if decision != RedirectDecision::Shadow
-                        && now_ns() / 1_000_000
-                            < crate::shared::read_counter(
-                                &super::HostStore,
-                                &sync::shadow_writes_key(&svc.name),
-                            )
-                        && hand_state(table.slot(key).filter(|s| s.from_shadow))
+                        && let Some(e) = entry.as_ref().filter(|e| e.from_shadow && e.pending == 0)
+                        && hand_state(table.slot_of(e))
                     {
                         rt.metrics.state.injected.add(1);
                     }
@@ -294,20 +291,19 @@ fn on_lookup_answer(
     let known = answer.state;
     table.adopt(&a.session, known.as_ref(), now_ms);
     // Its last writes were on a shadow: the primary lacks them.
-    if let Some(k) = known.filter(|k| k.from_shadow) {
-        sync::remember_shadow_writes(&svc.name, now_ms);
-        if a.to_primary
-            && hand_state(Some(crate::session_state::SessionSlot {
-                s: k.session,
-                v: 0,
-                state: k.state,
-                ops: vec![],
-                from_shadow: true,
-                base: k.version,
-            }))
-        {
-            metrics.injected.add(1);
-        }
+    if let Some(k) = known.filter(|k| k.from_shadow)
+        && a.to_primary
+        && hand_state(Some(crate::session_state::SessionSlot {
+            s: k.session,
+            v: 0,
+            state: k.state,
+            ops: vec![],
+            from_shadow: true,
+            base: k.version,
+            ..Default::default()
+        }))
+    {
+        metrics.injected.add(1);
     }
 }
 
@@ -356,12 +352,16 @@ impl AtreHttp {
     }
 
     /// Publisher: the application's state-change header leaves the response and becomes
-    /// the session's next version. In event mode the response waits for the relay.
+    /// the session's next version. In async mode a primary's change waits in this worker's
+    /// queue for the tick (only its session's entry learns of it now); a shadow's change
+    /// goes to the table at once (a primary may be handed it on the next request), and in
+    /// event mode the response waits for the relay.
     fn capture_state(&mut self, service: usize, side: Side, session: Option<String>) -> Action {
         let shared = self.worker.clone();
-        let Ok(worker) = shared.try_borrow() else {
+        let Ok(mut guard) = shared.try_borrow_mut() else {
             return Action::Continue;
         };
+        let worker = &mut *guard;
         let svc = &worker.config.services[service];
         let Some(sync_cfg) = svc
             .state_sync
@@ -375,38 +375,43 @@ impl AtreHttp {
         };
         // Whatever happens next, the marker never reaches the client.
         let _ = abi::remove_header(map::RESPONSE_HEADERS, STATE_CHANGE_HEADER);
-        let metrics = worker.services[service].metrics.state;
+        let rt = &mut worker.services[service];
+        let metrics = rt.metrics.state;
         let Some(session) = session else {
             metrics.dropped.add(1);
             return Action::Continue;
         };
-        let now_ms = now_ns() / 1_000_000;
+        let stamp_ns = now_ns();
+        let now_ms = stamp_ns / 1_000_000;
         let table = sync::table(svc, sync_cfg);
         let from_shadow = side == Side::Shadow;
-        let captured = table.capture(
-            &session,
-            parse_changes(&value, sync_cfg),
+        let change = parse_changes(&value, sync_cfg).map(|ops| StateWrite {
+            ops,
+            stamp_ns,
             from_shadow,
-            sync_cfg.max_session_bytes,
-            now_ms,
-        );
+        });
+        let queued = sync_cfg.mode == SyncMode::Async && !from_shadow && !rt.state_queue.is_full();
+        let captured = match change {
+            Ok(write) if queued => {
+                // Only a session's first change since this worker's last flush touches
+                // shared data: its entry learns that changes are on their way.
+                let marked = rt.state_queue.is_marked(&session)
+                    || table.note_pending(&session, now_ms).is_ok();
+                if marked {
+                    rt.state_queue.push(session.clone(), write);
+                    Capture::Queued
+                } else {
+                    Capture::Dropped(crate::session_state::DropReason::Full)
+                }
+            }
+            change => table.capture(&session, change, sync_cfg.max_session_bytes, now_ms),
+        };
         match captured {
-            Capture::Recorded(_) => metrics.captured.add(1),
+            Capture::Recorded(_) | Capture::Queued => metrics.captured.add(1),
             Capture::Dropped(reason) => {
-                metrics.dropped.add(1);
-                log(
-                    level::WARN,
-                    &format!(
-                        "shadowmesh: state change of service {} dropped ({}); the session stays on the primary",
-                        svc.name,
-                        reason.as_str()
-                    ),
-                );
+                sync::dropped(svc, &metrics, reason);
                 return Action::Continue;
             }
-        }
-        if from_shadow {
-            sync::remember_shadow_writes(&svc.name, now_ms);
         }
         if sync_cfg.mode != SyncMode::Event {
             return Action::Continue;

@@ -75,6 +75,8 @@ struct ServiceRuntime {
     /// Shared-data keys of the in-flight counters (primary, shadow), built once.
     in_flight_keys: [String; 2],
     metrics: ServiceMetrics,
+    /// State changes captured on this worker, on their way to the session table.
+    state_queue: crate::session_state::CaptureQueue,
     /// Used only while this worker holds the controller lease.
     controller: RedirectController,
 }

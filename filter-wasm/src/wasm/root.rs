@@ -33,6 +33,17 @@ pub(super) struct AtreRoot {
 }
 
 impl Context for AtreRoot {
+    /// The VM is going away (a new filter configuration replaces it): the changes still
+    /// queued on this worker reach the table, which outlives the VM in Envoy's shared data.
+    fn on_done(&mut self) -> bool {
+        if let Some(worker) = &self.worker
+            && let Ok(mut w) = worker.try_borrow_mut()
+        {
+            super::sync::flush_captures(&mut w, now_ns() / 1_000_000);
+        }
+        true
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -66,6 +77,13 @@ impl RootContext for AtreRoot {
                 return false;
             }
         };
+        // Changes captured under the old configuration reach the table first: their
+        // sessions' entries count them as pending until they do.
+        if let Some(old) = self.worker.take()
+            && let Ok(mut w) = old.try_borrow_mut()
+        {
+            super::sync::flush_captures(&mut w, now_ns() / 1_000_000);
+        }
         // `node.id` is resolved at the first report: not every host exposes it this early.
         self.reporter = Some(Reporter::new(
             config.proxy_id.clone().unwrap_or_default(),
@@ -92,6 +110,7 @@ impl RootContext for AtreRoot {
                     keys::in_flight(&s.name, "shadow"),
                 ],
                 metrics: ServiceMetrics::define(&s.name),
+                state_queue: Default::default(),
                 controller: RedirectController::default(),
             })
             .collect();
@@ -118,10 +137,14 @@ impl RootContext for AtreRoot {
         let worker = &mut *guard;
         let now_ms = now_ns() / 1_000_000;
         flush_local(worker);
+        // Before the lease holder's publish, so this worker's changes go in this tick.
+        super::sync::flush_captures(worker, now_ms);
         let ttl = worker.config.tick_ms * 3;
         if shared::acquire_lease(&HostStore, self.id, now_ms, ttl) {
             self.control(worker, now_ms);
             self.sync.tick(worker, now_ms);
+        } else {
+            self.sync.idle();
         }
         for (svc, rt) in worker
             .config

@@ -5,7 +5,7 @@
 use super::abi::{self, buffer, level, log, map};
 use super::{HostStore, Worker};
 use crate::config::{PluginConfig, ServiceConfig};
-use crate::session_state::{Outbound, SessionTable, StateRole, StateSyncConfig};
+use crate::session_state::{Outbound, SessionTable, StateRole, StateSyncConfig, Watched};
 use crate::shared::{self, SharedStore};
 use shadowmesh_wire::{STATE_SCHEMA, StatePublish, StatePublishAck, StatePull, StatePullAnswer};
 
@@ -30,21 +30,6 @@ pub(super) fn claim_incarnation(candidate: u64) {
 
 fn epoch_key(service: &str) -> String {
     format!("shadowmesh.v1.ssm.{service}.epoch")
-}
-
-/// Until when (ms) a primary may be behind a shadow's writes: set on each change captured
-/// from a shadow's response, so the request path looks for such sessions only then.
-pub(super) fn shadow_writes_key(service: &str) -> String {
-    format!("shadowmesh.v1.ssm.{service}.shadow_writes_until")
-}
-
-/// How long after a shadow's write the primary is handed that session's state.
-pub(super) const SHADOW_WRITES_MEMORY_MS: u64 = 30 * 60 * 1_000;
-
-/// A primary may be behind a shadow's writes from now on (for the memory's length).
-pub(super) fn remember_shadow_writes(service: &str, now_ms: u64) {
-    let until = now_ms + SHADOW_WRITES_MEMORY_MS;
-    let _ = HostStore.set(&shadow_writes_key(service), &until.to_le_bytes(), None);
 }
 
 /// The lookup of one session.
@@ -184,10 +169,53 @@ pub(super) fn on_publish_answer(
     t.on_ack(&ack.acked, &ack.resync);
 }
 
+/// A dropped state change: counted and logged; its session stays on the primary.
+pub(super) fn dropped(
+    svc: &ServiceConfig,
+    metrics: &super::metrics::StateMetrics,
+    reason: crate::session_state::DropReason,
+) {
+    metrics.dropped.add(1);
+    log(
+        level::WARN,
+        &format!(
+            "shadowmesh: state change of service {} dropped ({}); the session stays on the primary",
+            svc.name,
+            reason.as_str()
+        ),
+    );
+}
+
+/// Per tick, on every worker: moves the changes captured on it into the session tables
+/// (what the host refused stays queued for the next tick).
+pub(super) fn flush_captures(worker: &mut Worker, now_ms: u64) {
+    for (svc, rt) in worker
+        .config
+        .services
+        .iter()
+        .zip(worker.services.iter_mut())
+    {
+        let Some(sync) = &svc.state_sync else {
+            continue;
+        };
+        if rt.state_queue.is_empty() {
+            continue;
+        }
+        let flushed = table(svc, sync).flush(rt.state_queue.take(), sync.max_session_bytes, now_ms);
+        for (_, reason) in &flushed.dropped {
+            dropped(svc, &rt.metrics.state, *reason);
+        }
+        rt.state_queue.requeue(flushed.retry);
+    }
+}
+
 /// The lease holder's state-sync calls in flight.
 #[derive(Default)]
 pub(super) struct Syncer {
     pending: Vec<Call>,
+    /// Per service, the buckets that may hold unacknowledged sessions; `None` while this
+    /// worker does not publish (it starts from every bucket when it takes over).
+    watched: Option<Vec<Watched>>,
 }
 
 struct Call {
@@ -210,8 +238,19 @@ impl Syncer {
         self.pending.iter().any(|c| c.service == service)
     }
 
+    /// Per tick on a worker without the lease: another worker publishes.
+    pub(super) fn idle(&mut self) {
+        self.watched = None;
+    }
+
     /// Per tick, on the lease holder: publish what changed, or pull what the relay has.
     pub(super) fn tick(&mut self, worker: &Worker, now_ms: u64) {
+        let services = worker.config.services.len();
+        let mut watched = self
+            .watched
+            .take()
+            .unwrap_or_else(|| vec![Watched::default(); services]);
+        watched.resize(services, Watched::default());
         for (i, svc) in worker.config.services.iter().enumerate() {
             let Some(sync) = &svc.state_sync else {
                 continue;
@@ -221,7 +260,7 @@ impl Syncer {
                     if self.busy(i, now_ms, 2 * sync.timeout_ms) {
                         continue;
                     }
-                    let out = table(svc, sync).take_outbound(MAX_BATCH);
+                    let out = table(svc, sync).take_outbound(MAX_BATCH, &mut watched[i]);
                     if out.is_empty() {
                         continue;
                     }
@@ -247,6 +286,7 @@ impl Syncer {
                 }
             }
         }
+        self.watched = Some(watched);
     }
 
     fn pull(&mut self, worker: &Worker, i: usize, now_ms: u64) {
