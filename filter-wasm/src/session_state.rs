@@ -95,6 +95,10 @@ pub fn parse_changes(value: &str, cfg: &StateSyncConfig) -> Result<Vec<StateOp>,
     if ops.is_empty() {
         return Err(DropReason::Malformed);
     }
+    // One change larger than a whole session's state cannot fit it (and would only cost).
+    if ops_bytes(&ops) > cfg.max_session_bytes {
+        return Err(DropReason::Oversize);
+    }
     Ok(ops)
 }
 
@@ -194,8 +198,15 @@ impl SessionEntry {
                 self.from_shadow = r.from_shadow;
             }
             Ok(None) => {}
-            Err(_) => self.pinned = true,
+            Err(_) => self.pin(),
         }
+    }
+
+    /// A change of the session is not in the table: it stays on the primary, and the
+    /// primary — which may hold that change — is never handed the table's state.
+    fn pin(&mut self) {
+        self.pinned = true;
+        self.from_shadow = false;
     }
 }
 
@@ -206,11 +217,6 @@ struct Recorded {
     version: u64,
     /// The slot's newest change is a shadow's.
     from_shadow: bool,
-}
-
-/// The rule of [`SessionTable::may_redirect`] for an entry already read.
-pub fn may_redirect(entry: Option<&SessionEntry>) -> bool {
-    entry.is_none_or(|e| e.replicated())
 }
 
 /// One session's state slot.
@@ -257,6 +263,16 @@ pub struct StateWrite {
     pub from_shadow: bool,
 }
 
+fn write_bytes(w: &StateWrite) -> usize {
+    ops_bytes(&w.ops)
+}
+
+fn ops_bytes(ops: &[StateOp]) -> usize {
+    ops.iter()
+        .map(|op| op.key.len() + op.value.as_ref().map_or(0, String::len))
+        .sum()
+}
+
 /// A change waiting in a [`CaptureQueue`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueuedWrite {
@@ -273,6 +289,10 @@ pub struct QueuedWrite {
 #[derive(Debug, Default)]
 pub struct CaptureQueue {
     writes: Vec<QueuedWrite>,
+    /// Bytes of the queued operations' keys and values.
+    bytes: usize,
+    /// The last stamp given: a worker's stamps never go back, even if the clock does.
+    last_stamp: u64,
     /// Sessions whose entries count this worker's queued changes as pending (one mark per
     /// session and flush, however many changes it made meanwhile).
     marked: std::collections::BTreeSet<String>,
@@ -281,10 +301,18 @@ pub struct CaptureQueue {
 impl CaptureQueue {
     /// Changes held at most; past it captures go to the table directly (bounded memory).
     pub const LIMIT: usize = 4_096;
+    /// Bytes of operations held at most, likewise.
+    pub const LIMIT_BYTES: usize = 4 << 20;
 
     /// Whether a capture must go to the table directly.
     pub fn is_full(&self) -> bool {
-        self.writes.len() >= Self::LIMIT
+        self.writes.len() >= Self::LIMIT || self.bytes >= Self::LIMIT_BYTES
+    }
+
+    /// The stamp of a change captured at `now_ns`: never below one given before.
+    pub fn stamp(&mut self, now_ns: u64) -> u64 {
+        self.last_stamp = now_ns.max(self.last_stamp.saturating_add(1));
+        self.last_stamp
     }
 
     /// Whether `session`'s entry already counts this queue's changes as pending.
@@ -298,12 +326,14 @@ impl CaptureQueue {
         if !self.marked.contains(&session) {
             self.marked.insert(session.clone());
         }
+        self.bytes += write_bytes(&write);
         self.writes.push(QueuedWrite { session, write });
     }
 
     /// Everything queued, in capture order, for [`SessionTable::flush`].
     pub fn take(&mut self) -> Vec<QueuedWrite> {
         self.marked.clear();
+        self.bytes = 0;
         std::mem::take(&mut self.writes)
     }
 
@@ -311,6 +341,7 @@ impl CaptureQueue {
     /// entries still count them).
     pub fn requeue(&mut self, mut retry: Vec<QueuedWrite>) {
         self.marked.extend(retry.iter().map(|q| q.session.clone()));
+        self.bytes += retry.iter().map(|q| write_bytes(&q.write)).sum::<usize>();
         retry.append(&mut self.writes);
         self.writes = retry;
     }
@@ -351,6 +382,20 @@ pub struct Flushed {
     /// Changes to flush again next tick (the host refused a write).
     pub retry: Vec<QueuedWrite>,
 }
+
+impl Flushed {
+    fn retry_all(&mut self, session: &str, writes: Vec<StateWrite>) {
+        self.retry
+            .extend(writes.into_iter().map(|write| QueuedWrite {
+                session: session.to_string(),
+                write,
+            }));
+    }
+}
+
+/// How late a worker's queued change may reach the table and still be ordered by its
+/// stamp (queues are flushed every tick; the rest is the clock stepping back).
+pub const REORDER_WINDOW_NS: u64 = 10_000_000_000;
 
 /// The session tables' encoding in shared data: they are read and written on the request
 /// path.
@@ -433,10 +478,13 @@ impl<'a> SessionTable<'a> {
         (slot.s == entry.s).then_some(slot)
     }
 
-    /// Whether a request of `session` may go to a shadow: a session this table does not
-    /// hold has written nothing here; one it holds must be replicated.
+    /// Whether a request of `session` may go to a shadow: one this table holds must be
+    /// replicated; one it does not hold must have written nothing here.
     pub fn may_redirect(&self, session: &str) -> bool {
-        may_redirect(self.entry(session).as_ref())
+        match self.entry(session) {
+            Some(e) => e.replicated(),
+            None => self.may_redirect_unknown(session),
+        }
     }
 
     /// Finds or makes the session's entry; `f` changes it. Returns the entry as written.
@@ -484,13 +532,29 @@ impl<'a> SessionTable<'a> {
             written = Some(entries[i].clone());
             Some(entries)
         })?;
+        if written.is_none() {
+            // No room: whatever this session writes is not in the table, so it must never
+            // be taken for a session that wrote nothing (fail closed).
+            self.mark_mask(&self.overflow_key(), 1 << bucket);
+        }
         Ok(written)
+    }
+
+    fn overflow_key(&self) -> String {
+        format!("shadowmesh.v2.ssm.{}.overflow", self.service)
+    }
+
+    /// Whether a session this table holds no entry of may go to a shadow: only if its
+    /// bucket never turned a session away (then it has written nothing here).
+    pub fn may_redirect_unknown(&self, session: &str) -> bool {
+        let mask: u64 = read(self.store, &self.overflow_key()).unwrap_or(0);
+        mask & (1 << bucket_of(session)) == 0
     }
 
     /// Keeps `session` on the primary and out of replication for as long as this table
     /// holds it.
     pub fn pin(&self, session: &str, now_ms: u64) {
-        let _ = self.with_entry(session, now_ms, |e| e.pinned = true);
+        let _ = self.with_entry(session, now_ms, SessionEntry::pin);
     }
 
     /// Records a change of `session` seen in a response directly in the table: the next
@@ -563,42 +627,27 @@ impl<'a> SessionTable<'a> {
         let mut dirty = 0u64;
         for (session, mut writes) in by_session {
             writes.sort_by_key(|w| w.stamp_ns);
-            let entry = self.entry(&session).unwrap_or_else(|| SessionEntry {
-                // Not in the table (it never is while pending): a new slot is found below.
-                s: session.clone(),
-                slot: u32::MAX,
-                v: 0,
-                sent: 0,
-                acked: 0,
-                full: false,
-                pinned: false,
-                t: now_ms,
-                pending: 0,
-                from_shadow: false,
-            });
-            let entry = if entry.slot == u32::MAX {
-                match self.with_entry(&session, now_ms, |_| {}) {
-                    Ok(Some(e)) => e,
-                    _ => {
-                        out.retry
-                            .extend(writes.into_iter().map(|write| QueuedWrite {
-                                session: session.clone(),
-                                write,
-                            }));
-                        continue;
-                    }
+            // Never evicted while pending; made again if it was anyway.
+            let entry = match self.entry(&session) {
+                Some(e) => Ok(Some(e)),
+                None => self.with_entry(&session, now_ms, |_| {}),
+            };
+            let entry = match entry {
+                Ok(Some(e)) => e,
+                Ok(None) => {
+                    // No room (its bucket is marked: the session stays on the primary).
+                    out.dropped.push((session, DropReason::Full));
+                    continue;
                 }
-            } else {
-                entry
+                Err(_) => {
+                    out.retry_all(&session, writes);
+                    continue;
+                }
             };
             let recorded = self.record(&entry, &writes, max_session_bytes);
             if recorded == Err(DropReason::Full) {
                 // The host refused the slot's write: nothing changed, try again.
-                out.retry
-                    .extend(writes.into_iter().map(|write| QueuedWrite {
-                        session: session.clone(),
-                        write,
-                    }));
+                out.retry_all(&session, writes);
                 continue;
             }
             let written = self.with_entry(&session, now_ms, |e| {
@@ -611,11 +660,7 @@ impl<'a> SessionTable<'a> {
                     // The state is written but the entry still counts the changes as
                     // pending: writing them again is harmless (the same operations with
                     // the same stamps), forgetting them would hold the session for good.
-                    out.retry
-                        .extend(writes.into_iter().map(|write| QueuedWrite {
-                            session: session.clone(),
-                            write,
-                        }));
+                    out.retry_all(&session, writes);
                 }
                 (Err(reason), _) => out.dropped.push((session, reason)),
                 (Ok(Some(_)), _) => {
@@ -662,7 +707,10 @@ impl<'a> SessionTable<'a> {
                 let mut any = false;
                 for op in &w.ops {
                     let last = slot.stamps.get(&op.key).copied().unwrap_or(0);
-                    if w.stamp_ns < last {
+                    // Older than the key's last change: a worker's queue reached the
+                    // table late — unless by more than any queue waits, which is the
+                    // clock stepping back (the change is newer; applying it loses nothing).
+                    if w.stamp_ns < last && last - w.stamp_ns <= REORDER_WINDOW_NS {
                         continue;
                     }
                     slot.stamps.insert(op.key.clone(), w.stamp_ns);
@@ -688,6 +736,11 @@ impl<'a> SessionTable<'a> {
                 version: slot.v,
                 from_shadow: slot.from_shadow,
             }));
+            if entry.pinned {
+                // Never sent: keeping them would only grow the slot.
+                slot.ops.clear();
+                return Some(slot);
+            }
             slot.ops.push(SessionDelta {
                 session: session.to_string(),
                 version: slot.v,
@@ -740,7 +793,17 @@ impl<'a> SessionTable<'a> {
 
     /// Marks buckets as holding something to send.
     fn mark_dirty_mask(&self, mask: u64) {
-        let _ = update::<u64, _>(self.store, &self.dirty_key(), |cur| {
+        self.mark_mask(&self.dirty_key(), mask);
+    }
+
+    /// Marks every bucket dirty: the publisher's periodic sweep, so that a mark the host
+    /// refused delays a version, never strands it.
+    pub fn sweep(&self) {
+        self.mark_dirty_mask(u64::MAX);
+    }
+
+    fn mark_mask(&self, key: &str, mask: u64) {
+        let _ = update::<u64, _>(self.store, key, |cur| {
             let cur = cur.copied().unwrap_or(0);
             (cur | mask != cur).then_some(cur | mask)
         });
@@ -879,7 +942,7 @@ impl<'a> SessionTable<'a> {
                 Some(entries)
             });
         }
-        self.mark_dirty_mask(u64::MAX);
+        self.sweep();
     }
 
     fn update_existing(&self, session: &str, mut f: impl FnMut(&mut SessionEntry)) {
@@ -1404,5 +1467,331 @@ mod tests {
         assert_eq!(next.deltas.len(), 1);
         assert_eq!(next.watch, vec![sessions[0].clone()]);
         assert_eq!(watched, Watched(1 << bucket_of(&sessions[0])));
+    }
+    fn same_bucket_pair() -> (String, String) {
+        let first = "s0".to_string();
+        let other = (1..10_000)
+            .map(|i| format!("s{i}"))
+            .find(|s| bucket_of(s) == bucket_of(&first))
+            .unwrap();
+        (first, other)
+    }
+
+    #[test]
+    fn the_queue_marks_its_sessions_once_per_flush_and_retries_go_first() {
+        let mut q = CaptureQueue::default();
+        q.push("s1".into(), queued("s1", "a", 1).write);
+        assert!(q.is_marked("s1"));
+        let taken = q.take();
+        assert!(!q.is_marked("s1") && q.is_empty());
+        q.push("s2".into(), queued("s2", "b", 5).write);
+        q.requeue(taken);
+        assert!(q.is_marked("s1"));
+        let all = q.take();
+        assert_eq!(
+            all.iter().map(|w| w.session.as_str()).collect::<Vec<_>>(),
+            vec!["s1", "s2"]
+        );
+    }
+
+    #[test]
+    fn the_entry_knows_whether_the_newest_change_was_a_shadows() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        let mut sw = queued("s1", "s", 200).write;
+        sw.from_shadow = true;
+        t.capture("s1", Ok(sw), 100, 1);
+        assert!(t.entry("s1").unwrap().from_shadow);
+        t.note_pending("s1", 2).unwrap();
+        t.flush(vec![queued("s1", "p", 100)], 100, 3);
+        assert!(t.entry("s1").unwrap().from_shadow);
+        t.note_pending("s1", 4).unwrap();
+        t.flush(vec![queued("s1", "p2", 300)], 100, 5);
+        assert!(!t.entry("s1").unwrap().from_shadow);
+    }
+
+    #[test]
+    fn recording_never_lowers_the_entrys_version() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        t.note_pending("s1", 1).unwrap();
+        let mut e = t.entry("s1").unwrap();
+        e.v = 5;
+        e.took(Ok(Some(Recorded {
+            version: 3,
+            from_shadow: false,
+        })));
+        assert_eq!(e.v, 5);
+    }
+
+    #[test]
+    fn a_refused_state_write_is_retried_not_dropped() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        t.note_pending("s1", 1).unwrap();
+        *store.conflicts.borrow_mut() = 16;
+        let f = t.flush(vec![queued("s1", "a", 10)], 100, 2);
+        assert_eq!(f.retry.len(), 1);
+        assert!(f.dropped.is_empty());
+        let e = t.entry("s1").unwrap();
+        assert!(!e.pinned && e.pending == 1, "{e:?}");
+        let f = t.flush(f.retry, 100, 3);
+        assert_eq!(f.versions, 1);
+        assert_eq!(t.entry("s1").unwrap().pending, 0);
+    }
+
+    struct FailIdx {
+        inner: MemoryStore,
+        fail: std::cell::Cell<bool>,
+    }
+    impl SharedStore for FailIdx {
+        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+            if self.fail.get() && key.contains(".idx.") {
+                return Err(SetError::Host);
+            }
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_refused_entry_write_is_retried_and_the_session_stays_pending() {
+        let store = FailIdx {
+            inner: MemoryStore::default(),
+            fail: false.into(),
+        };
+        let t = SessionTable::new(&store, "cart", 64);
+        t.note_pending("s1", 1).unwrap();
+        store.fail.set(true);
+        let f = t.flush(vec![queued("s1", "a", 10)], 100, 2);
+        assert_eq!(f.retry.len(), 1);
+        assert_eq!(t.entry("s1").unwrap().pending, 1);
+        store.fail.set(false);
+        t.flush(f.retry, 100, 3);
+        assert_eq!(t.entry("s1").unwrap().pending, 0);
+    }
+
+    #[test]
+    fn a_change_without_room_is_dropped_and_its_bucket_fails_closed() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        let (first, other) = same_bucket_pair();
+        assert!(t.may_redirect(&other), "nothing written yet");
+        t.note_pending(&first, 1).unwrap();
+        let f = t.flush(vec![queued(&other, "a", 10)], 100, 2);
+        assert_eq!(f.dropped, vec![(other.clone(), DropReason::Full)]);
+        assert!(f.retry.is_empty());
+        assert!(
+            !t.may_redirect(&other),
+            "a session whose change found no room must not pass for one that wrote nothing"
+        );
+    }
+
+    #[test]
+    fn two_operations_on_one_key_in_one_change_apply_in_order() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        let mut q = queued("s1", "a", 10);
+        q.write.ops.push(StateOp {
+            key: "cart".into(),
+            value: Some("b".into()),
+        });
+        t.note_pending("s1", 1).unwrap();
+        t.flush(vec![q], 100, 2);
+        assert_eq!(t.slot("s1").unwrap().state["cart"], "b");
+    }
+
+    #[test]
+    fn a_bucket_with_more_than_a_batch_is_read_again() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 128);
+        let (first, other) = same_bucket_pair();
+        t.capture(&first, w(Ok(queued("x", "a", 1).write.ops), 1), 100, 1);
+        t.capture(&other, w(Ok(queued("x", "a", 2).write.ops), 2), 100, 1);
+        let mut wt = Watched::default();
+        assert_eq!(t.take_outbound(1, &mut wt).sessions.len(), 1);
+        assert_eq!(t.take_outbound(1, &mut wt).sessions.len(), 1);
+    }
+
+    #[test]
+    fn a_relay_restart_resends_every_session() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        let mut wt = Watched::default();
+        t.capture("s1", w(Ok(queued("x", "a", 1).write.ops), 1), 100, 1);
+        t.take_outbound(10, &mut wt);
+        t.on_ack(&[("s1".into(), 1)], &[]);
+        assert!(t.take_outbound(10, &mut wt).is_empty());
+        t.reset_replication();
+        assert_eq!(t.take_outbound(10, &mut wt).snapshots.len(), 1);
+    }
+
+    #[test]
+    fn adopting_a_shadows_state_marks_the_entry() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        let snap = SessionSnapshot {
+            session: "s1".into(),
+            version: 7,
+            state: Default::default(),
+            from_shadow: true,
+        };
+        assert!(t.adopt("s1", Some(&snap), 1));
+        assert!(t.entry("s1").unwrap().from_shadow);
+    }
+
+    #[test]
+    fn a_new_publisher_asks_for_every_unacknowledged_session() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        t.capture("s1", w(Ok(queued("x", "a", 1).write.ops), 1), 100, 1);
+        t.take_outbound(10, &mut Watched::default());
+        assert_eq!(
+            t.take_outbound(10, &mut Watched::default()).watch,
+            vec!["s1".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_state_at_its_cap_is_kept() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        // "cart" (4) + 96 = 100 bytes
+        let ops = vec![StateOp {
+            key: "cart".into(),
+            value: Some("x".repeat(96)),
+        }];
+        assert_eq!(t.capture("s1", w(Ok(ops), 1), 100, 1), Capture::Recorded(1));
+    }
+
+    #[test]
+    fn lag_counts_from_the_oldest_change() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        t.note_pending("s1", 1).unwrap();
+        t.flush(
+            vec![queued("s1", "a", 1_000_000), queued("s1", "b", 9_000_000)],
+            100,
+            2,
+        );
+        assert_eq!(
+            t.take_outbound(10, &mut Watched::default()).deltas[0].at_ms,
+            1
+        );
+    }
+
+    #[test]
+    fn a_tick_clears_the_dirty_mask() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        t.capture("s1", w(Ok(queued("x", "a", 1).write.ops), 1), 100, 1);
+        t.take_outbound(10, &mut Watched::default());
+        assert_eq!(t.take_dirty(), 0);
+    }
+
+    struct Counting {
+        inner: MemoryStore,
+        idx_gets: std::cell::Cell<usize>,
+    }
+    impl SharedStore for Counting {
+        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            if key.contains(".idx.") {
+                self.idx_gets.set(self.idx_gets.get() + 1);
+            }
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+            self.inner.set(key, value, cas)
+        }
+    }
+    #[test]
+    fn an_idle_tick_reads_no_bucket() {
+        let store = Counting {
+            inner: MemoryStore::default(),
+            idx_gets: 0.into(),
+        };
+        let t = SessionTable::new(&store, "cart", 64);
+        let mut wt = Watched::default();
+        t.capture("s1", w(Ok(queued("x", "a", 1).write.ops), 1), 100, 1);
+        t.take_outbound(10, &mut wt);
+        t.on_ack(&[("s1".into(), 1)], &[]);
+        t.take_outbound(10, &mut wt);
+        store.idx_gets.set(0);
+        assert!(t.take_outbound(10, &mut wt).is_empty());
+        assert_eq!(store.idx_gets.get(), 0);
+    }
+
+    #[test]
+    fn a_clock_stepping_back_does_not_lose_a_change() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        t.note_pending("s1", 1).unwrap();
+        t.flush(vec![queued("s1", "a", 100 * REORDER_WINDOW_NS)], 100, 2);
+        t.take_outbound(10, &mut Watched::default());
+        t.on_ack(&[("s1".into(), 1)], &[]);
+        // The clock stepped back by far more than any queue waits.
+        t.note_pending("s1", 3).unwrap();
+        let f = t.flush(vec![queued("s1", "b", 1)], 100, 3);
+        assert_eq!(f.versions, 1);
+        assert_eq!(t.slot("s1").unwrap().state["cart"], "b");
+        assert!(!t.may_redirect("s1"), "version 2 is not acknowledged");
+        // A worker's own stamps never go back.
+        let mut q = CaptureQueue::default();
+        assert_eq!(q.stamp(1_000), 1_000);
+        assert_eq!(q.stamp(10), 1_001);
+        assert_eq!(q.stamp(5_000), 5_000);
+    }
+
+    #[test]
+    fn a_dropped_primary_change_is_never_overwritten_by_the_tables_older_state() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        let mut on_shadow = queued("s1", "s", 10).write;
+        on_shadow.from_shadow = true;
+        t.capture("s1", Ok(on_shadow), 100, 1);
+        assert!(t.entry("s1").unwrap().from_shadow);
+        // The primary's next change is too big: dropped, the session pinned — and the
+        // primary, which holds that change, must not be handed the shadow's older state.
+        t.note_pending("s1", 2).unwrap();
+        let f = t.flush(vec![queued("s1", &"x".repeat(200), 20)], 100, 3);
+        assert_eq!(f.dropped, vec![("s1".to_string(), DropReason::Oversize)]);
+        let e = t.entry("s1").unwrap();
+        assert!(e.pinned && !e.from_shadow, "{e:?}");
+    }
+
+    #[test]
+    fn a_pinned_sessions_slot_does_not_grow() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        t.pin("s1", 1);
+        for i in 0..50 {
+            let ops = vec![StateOp {
+                key: "cart".into(),
+                value: Some(format!("v{i}")),
+            }];
+            t.capture("s1", w(Ok(ops), i + 1), 100, 2);
+        }
+        assert!(t.slot("s1").unwrap().ops.is_empty());
+    }
+
+    #[test]
+    fn changes_are_bounded_in_size_and_the_queue_in_bytes() {
+        let c = cfg();
+        // max_session_bytes is 100: one change may not exceed it.
+        let big = (0..30)
+            .map(|i| format!("set cart={i}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        assert!(big.len() > 100);
+        assert_eq!(parse_changes(&big, &c), Err(DropReason::Oversize));
+        let mut q = CaptureQueue::default();
+        let huge = queued("s1", &"x".repeat(CaptureQueue::LIMIT_BYTES), 1);
+        assert!(!q.is_full());
+        q.push("s1".into(), huge.write);
+        assert!(q.is_full());
+        q.take();
+        assert!(!q.is_full());
     }
 }

@@ -21,6 +21,10 @@ struct Routed {
     start_ns: u64,
     /// The session key, when the service has state sync.
     session: Option<String>,
+    /// Publisher: the session's latest change in the table was a shadow's when the request
+    /// came (its next change goes to the table at once, so the table stays whole for the
+    /// primary's hand-over).
+    behind_shadow: bool,
 }
 
 pub(super) struct AtreHttp {
@@ -170,17 +174,21 @@ impl HttpContext for AtreHttp {
         let rt = &mut worker.services[index];
         let mut decision = decide(&rt.plan, rt.shadow.ready, point, &mut rt.spreader);
         let mut lookup: Option<(u32, String, bool)> = None;
+        let mut behind_shadow = false;
         if let (Some(sync_cfg), Some(key)) = (&svc.state_sync, &sync_session) {
             let table = sync::table(svc, sync_cfg);
             match sync_cfg.role {
                 StateRole::Publisher => {
                     // One read of the session's index entry serves both checks below.
                     let entry = table.entry(key);
+                    behind_shadow = entry.as_ref().is_some_and(|e| e.from_shadow);
                     // Read-your-writes: the shadow serves a session only once it has
                     // acknowledged the session's latest version.
-                    if decision == RedirectDecision::Shadow
-                        && !crate::session_state::may_redirect(entry.as_ref())
-                    {
+                    let may_redirect = |e: Option<&crate::session_state::SessionEntry>| match e {
+                        Some(e) => e.replicated(),
+                        None => table.may_redirect_unknown(key),
+                    };
+                    if decision == RedirectDecision::Shadow && !may_redirect(entry.as_ref()) {
                         rt.metrics.state.held.add(1);
                         decision = RedirectDecision::Primary;
                     }
@@ -243,6 +251,7 @@ impl HttpContext for AtreHttp {
             side,
             start_ns: now_ns(),
             session: sync_session,
+            behind_shadow,
         });
         if let Some((token, session, to_primary)) = lookup {
             self.awaiting = Some(Awaiting {
@@ -261,9 +270,10 @@ impl HttpContext for AtreHttp {
         let Some(r) = &self.routed else {
             return Action::Continue;
         };
-        let (service, side, session) = (r.service, r.side, r.session.clone());
+        let (service, side, session, behind_shadow) =
+            (r.service, r.side, r.session.clone(), r.behind_shadow);
         self.account_orca(service, side);
-        self.capture_state(service, side, session)
+        self.capture_state(service, side, session, behind_shadow)
     }
 
     fn on_log(&mut self) {
@@ -356,7 +366,13 @@ impl AtreHttp {
     /// queue for the tick (only its session's entry learns of it now); a shadow's change
     /// goes to the table at once (a primary may be handed it on the next request), and in
     /// event mode the response waits for the relay.
-    fn capture_state(&mut self, service: usize, side: Side, session: Option<String>) -> Action {
+    fn capture_state(
+        &mut self,
+        service: usize,
+        side: Side,
+        session: Option<String>,
+        behind_shadow: bool,
+    ) -> Action {
         let shared = self.worker.clone();
         let Ok(mut guard) = shared.try_borrow_mut() else {
             return Action::Continue;
@@ -381,7 +397,7 @@ impl AtreHttp {
             metrics.dropped.add(1);
             return Action::Continue;
         };
-        let stamp_ns = now_ns();
+        let stamp_ns = rt.state_queue.stamp(now_ns());
         let now_ms = stamp_ns / 1_000_000;
         let table = sync::table(svc, sync_cfg);
         let from_shadow = side == Side::Shadow;
@@ -390,19 +406,19 @@ impl AtreHttp {
             stamp_ns,
             from_shadow,
         });
-        let queued = sync_cfg.mode == SyncMode::Async && !from_shadow && !rt.state_queue.is_full();
+        // Only a session's first change since this worker's last flush touches shared
+        // data: its entry learns that changes are on their way. If it cannot, the change
+        // goes to the table at once (which pins the session if that fails too).
+        let queued = change.is_ok()
+            && sync_cfg.mode == SyncMode::Async
+            && !from_shadow
+            && !behind_shadow
+            && !rt.state_queue.is_full()
+            && (rt.state_queue.is_marked(&session) || table.note_pending(&session, now_ms).is_ok());
         let captured = match change {
             Ok(write) if queued => {
-                // Only a session's first change since this worker's last flush touches
-                // shared data: its entry learns that changes are on their way.
-                let marked = rt.state_queue.is_marked(&session)
-                    || table.note_pending(&session, now_ms).is_ok();
-                if marked {
-                    rt.state_queue.push(session.clone(), write);
-                    Capture::Queued
-                } else {
-                    Capture::Dropped(crate::session_state::DropReason::Full)
-                }
+                rt.state_queue.push(session.clone(), write);
+                Capture::Queued
             }
             change => table.capture(&session, change, sync_cfg.max_session_bytes, now_ms),
         };

@@ -216,7 +216,13 @@ pub(super) struct Syncer {
     /// Per service, the buckets that may hold unacknowledged sessions; `None` while this
     /// worker does not publish (it starts from every bucket when it takes over).
     watched: Option<Vec<Watched>>,
+    /// Ticks since this worker took the publishing over.
+    ticks: u64,
 }
+
+/// Every this many publishing ticks every bucket is read once (a dirty mark the host
+/// refused delays a version by at most this, never strands it).
+const SWEEP_TICKS: u64 = 50;
 
 struct Call {
     token: u32,
@@ -241,6 +247,7 @@ impl Syncer {
     /// Per tick on a worker without the lease: another worker publishes.
     pub(super) fn idle(&mut self) {
         self.watched = None;
+        self.ticks = 0;
     }
 
     /// Per tick, on the lease holder: publish what changed, or pull what the relay has.
@@ -251,6 +258,11 @@ impl Syncer {
             .take()
             .unwrap_or_else(|| vec![Watched::default(); services]);
         watched.resize(services, Watched::default());
+        let sweep = self.ticks.is_multiple_of(SWEEP_TICKS);
+        self.ticks += 1;
+        if sweep {
+            watched.fill(Watched::default());
+        }
         for (i, svc) in worker.config.services.iter().enumerate() {
             let Some(sync) = &svc.state_sync else {
                 continue;
@@ -260,7 +272,11 @@ impl Syncer {
                     if self.busy(i, now_ms, 2 * sync.timeout_ms) {
                         continue;
                     }
-                    let out = table(svc, sync).take_outbound(MAX_BATCH, &mut watched[i]);
+                    let t = table(svc, sync);
+                    if sweep {
+                        t.sweep();
+                    }
+                    let out = t.take_outbound(MAX_BATCH, &mut watched[i]);
                     if out.is_empty() {
                         continue;
                     }
