@@ -41,7 +41,7 @@ struct Args {
     #[arg(long, default_value_t = 4_096)]
     profile_bytes: usize,
     /// Latency rounds.
-    #[arg(long, default_value_t = 9)]
+    #[arg(long, default_value_t = 15)]
     rounds: usize,
     /// Seconds per round (all three edges at once, request by request).
     #[arg(long, default_value_t = 3)]
