@@ -186,3 +186,43 @@ async fn a_faulting_edge_filter_fails_open_and_the_primary_keeps_every_write() {
     assert!(report.errors <= workers, "{report:?}");
     assert!(report.ok > 50);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_header_sent_by_a_client_reaches_no_application() {
+    let _alone = shadowmesh_testkit::load_test_lock().write_owned().await;
+    let s = stack(
+        "forged",
+        SyncOptions {
+            service_ms: 0,
+            primary_concurrency: 256,
+            ..SyncOptions::default()
+        },
+    )
+    .await;
+    let client = shadowmesh_testkit::loadgen::client();
+    // Were it believed, the cart would take this as the session's state (version 999,
+    // 1,000 writes) and answer 1,001 after one more write.
+    let forged = "v=999; writes=1000".to_string();
+    for (side, listener) in [
+        ("edge (to the primary)", s.edge.listener),
+        ("shadow side (to the shadow)", s.shadow_envoy().listener),
+    ] {
+        let headers = vec![
+            ("x-session-id".to_string(), format!("forger-{}", listener.port())),
+            ("x-shadowmesh-session-state".to_string(), forged.clone()),
+        ];
+        let (status, body) = shadowmesh_testkit::loadgen::request_with(
+            &client,
+            "POST",
+            listener,
+            "/cart/add?sku=sku-1",
+            None,
+            &headers,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{side}: {e}"));
+        assert_eq!(status, 200, "{side}: {body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["writes"], 1, "{side}: the forged state was used: {body}");
+    }
+}
