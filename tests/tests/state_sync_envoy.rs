@@ -208,7 +208,10 @@ async fn a_state_header_sent_by_a_client_reaches_no_application() {
         ("shadow side (to the shadow)", s.shadow_envoy().listener),
     ] {
         let headers = vec![
-            ("x-session-id".to_string(), format!("forger-{}", listener.port())),
+            (
+                "x-session-id".to_string(),
+                format!("forger-{}", listener.port()),
+            ),
             ("x-shadowmesh-session-state".to_string(), forged.clone()),
         ];
         let (status, body) = shadowmesh_testkit::loadgen::request_with(
@@ -223,6 +226,9 @@ async fn a_state_header_sent_by_a_client_reaches_no_application() {
         .unwrap_or_else(|e| panic!("{side}: {e}"));
         assert_eq!(status, 200, "{side}: {body}");
         let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(answer["writes"], 1, "{side}: the forged state was used: {body}");
+        assert_eq!(
+            answer["writes"], 1,
+            "{side}: the forged state was used: {body}"
+        );
     }
 }
