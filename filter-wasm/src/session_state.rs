@@ -372,6 +372,46 @@ impl Default for Watched {
 // One bit per bucket in the dirty and watched masks.
 const _: () = assert!(BUCKETS == 64);
 
+/// Sessions one worker has seen in the table, not behind a shadow, as of one table
+/// [`SessionTable::generation`]: for them a request to the primary has nothing to look up
+/// and nothing to be handed, so the worker need not read their entries — until the
+/// generation moves on (a session forgotten, or one newly behind a shadow), which forgets
+/// them all. A shadow's change moves it before its response reaches the client, so the
+/// client's next request sees the new generation.
+#[derive(Debug, Default)]
+pub struct SeenSessions {
+    generation: u64,
+    sessions: std::collections::HashSet<String>,
+}
+
+impl SeenSessions {
+    /// Sessions remembered at most (then all are forgotten).
+    pub const LIMIT: usize = 16_384;
+
+    /// Whether `session` was seen as of `generation` (forgets everything seen before if
+    /// the generation moved on).
+    pub fn fresh(&mut self, generation: u64, session: &str) -> bool {
+        if generation != self.generation {
+            self.sessions.clear();
+            self.generation = generation;
+            return false;
+        }
+        self.sessions.contains(session)
+    }
+
+    /// Remembers `entry`'s session if it is plain (in the table, not behind a shadow), as
+    /// of `generation` — read before the entry was.
+    pub fn saw(&mut self, generation: u64, entry: &SessionEntry) {
+        if generation != self.generation || entry.from_shadow {
+            return;
+        }
+        if self.sessions.len() >= Self::LIMIT {
+            self.sessions.clear();
+        }
+        self.sessions.insert(entry.s.clone());
+    }
+}
+
 /// What a [`SessionTable::flush`] did.
 #[derive(Debug, Default, PartialEq)]
 pub struct Flushed {
@@ -496,7 +536,11 @@ impl<'a> SessionTable<'a> {
     ) -> Result<Option<SessionEntry>, SetError> {
         let bucket = bucket_of(session);
         let mut written = None;
+        // A session forgotten, or newly behind a shadow: views of entries seen before are
+        // no longer good (the table's generation moves on).
+        let mut moved_on = false;
         update::<Vec<SessionEntry>, _>(self.store, &self.index_key(bucket), |cur| {
+            moved_on = false;
             let mut entries = cur.cloned().unwrap_or_default();
             let i = match entries.iter().position(|e| e.s == session) {
                 Some(i) => i,
@@ -511,6 +555,7 @@ impl<'a> SessionTable<'a> {
                             .enumerate()
                             .filter(|(_, e)| e.replicated() && e.sent >= e.v)
                             .min_by_key(|(_, e)| e.t)?;
+                        moved_on = true;
                         entries.remove(old).slot
                     };
                     entries.push(SessionEntry {
@@ -528,16 +573,36 @@ impl<'a> SessionTable<'a> {
                     entries.len() - 1
                 }
             };
+            let was_behind = entries[i].from_shadow;
             f(&mut entries[i]);
+            moved_on |= entries[i].from_shadow && !was_behind;
             written = Some(entries[i].clone());
             Some(entries)
         })?;
+        if moved_on {
+            self.bump_generation();
+        }
         if written.is_none() {
             // No room: whatever this session writes is not in the table, so it must never
             // be taken for a session that wrote nothing (fail closed).
             self.mark_mask(&self.overflow_key(), 1 << bucket);
         }
         Ok(written)
+    }
+
+    fn generation_key(&self) -> String {
+        format!("shadowmesh.v2.ssm.{}.generation", self.service)
+    }
+
+    /// The table's generation: it changes whenever a session leaves the table or its
+    /// newest change becomes a shadow's — the only changes that make an entry seen before
+    /// wrong for the primary's path (see [`SessionTable::generation`]).
+    pub fn generation(&self) -> u64 {
+        crate::shared::read_counter(self.store, &self.generation_key())
+    }
+
+    fn bump_generation(&self) {
+        let _ = crate::shared::add_counter(self.store, &self.generation_key(), 1);
     }
 
     fn overflow_key(&self) -> String {
@@ -984,6 +1049,7 @@ impl<'a> SessionTable<'a> {
         });
         if adopted && written.is_ok() && known.from_shadow {
             self.update_existing(session, |e| e.from_shadow = true);
+            self.bump_generation();
         }
         written.is_ok()
     }
@@ -1776,5 +1842,78 @@ mod tests {
         assert!(q.is_full());
         q.take();
         assert!(!q.is_full());
+    }
+
+    #[test]
+    fn the_generation_moves_only_when_a_seen_entry_could_mislead_the_primarys_path() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        let (first, other) = same_bucket_pair();
+        let g0 = t.generation();
+        t.note_pending(&first, 1).unwrap();
+        t.flush(vec![queued(&first, "a", 10)], 100, 2);
+        assert_eq!(t.generation(), g0, "a primary's change leaves views good");
+        let mut on_shadow = queued(&first, "s", 20).write;
+        on_shadow.from_shadow = true;
+        t.capture(&first, Ok(on_shadow.clone()), 100, 3);
+        let g1 = t.generation();
+        assert_ne!(g1, g0, "newly behind a shadow");
+        t.capture(
+            &first,
+            Ok(StateWrite {
+                stamp_ns: 30,
+                ..on_shadow
+            }),
+            100,
+            4,
+        );
+        assert_eq!(t.generation(), g1, "already behind: nothing new");
+        // Replicated and the oldest: forgotten for a new session in its bucket.
+        t.take_outbound(10, &mut Watched::default());
+        let v = t.entry(&first).unwrap().v;
+        t.on_ack(&[(first.clone(), v)], &[]);
+        t.note_pending(&other, 5).unwrap();
+        assert!(t.entry(&first).is_none());
+        assert_ne!(t.generation(), g1, "a session forgotten");
+        let g2 = t.generation();
+        let snap = SessionSnapshot {
+            session: "s9".into(),
+            version: 3,
+            state: Default::default(),
+            from_shadow: true,
+        };
+        t.adopt("s9", Some(&snap), 6);
+        assert_ne!(t.generation(), g2, "adopted behind a shadow");
+    }
+
+    #[test]
+    fn seen_sessions_last_only_while_the_generation_stands() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        t.note_pending("s1", 1).unwrap();
+        let plain = t.entry("s1").unwrap();
+        let mut seen = SeenSessions::default();
+        assert!(!seen.fresh(0, "s1"));
+        seen.saw(0, &plain);
+        assert!(seen.fresh(0, "s1"));
+        assert!(!seen.fresh(1, "s1"), "the generation moved on");
+        assert!(
+            !seen.fresh(1, "s1"),
+            "and everything seen before is forgotten"
+        );
+        seen.saw(0, &plain);
+        assert!(
+            !seen.fresh(1, "s1"),
+            "a view older than the generation is not kept"
+        );
+        let behind = SessionEntry {
+            from_shadow: true,
+            ..plain
+        };
+        seen.saw(1, &behind);
+        assert!(
+            !seen.fresh(1, "s1"),
+            "a session behind a shadow is never plain"
+        );
     }
 }

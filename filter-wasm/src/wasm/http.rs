@@ -179,42 +179,63 @@ impl HttpContext for AtreHttp {
             let table = sync::table(svc, sync_cfg);
             match sync_cfg.role {
                 StateRole::Publisher => {
-                    // One read of the session's index entry serves both checks below.
-                    let entry = table.entry(key);
-                    behind_shadow = entry.as_ref().is_some_and(|e| e.from_shadow);
-                    // Read-your-writes: the shadow serves a session only once it has
-                    // acknowledged the session's latest version.
-                    let may_redirect = |e: Option<&crate::session_state::SessionEntry>| match e {
-                        Some(e) => e.replicated(),
-                        None => table.may_redirect_unknown(key),
-                    };
-                    if decision == RedirectDecision::Shadow && !may_redirect(entry.as_ref()) {
-                        rt.metrics.state.held.add(1);
-                        decision = RedirectDecision::Primary;
-                    }
-                    // A session this edge has no record of (it restarted, or the session
-                    // is new): first ask the relay what it holds — the edge's record starts
-                    // from it, and a primary that lacks it (the session's last writes were
-                    // on a shadow) is handed it.
-                    if entry.is_none() {
-                        let body = sync::lookup_body(svc, key);
-                        match sync::post(sync_cfg, "/v1/state/lookup", &body, sync_cfg.timeout_ms) {
-                            Some(token) => {
-                                lookup =
-                                    Some((token, key.clone(), decision != RedirectDecision::Shadow))
-                            }
-                            None => lookup_failed(&table, key, &rt.metrics.state),
+                    // A session this worker saw in the table, not behind a shadow, while
+                    // the table's generation stood still: on the primary's path there is
+                    // nothing to look up or hand over, and its entry need not be read.
+                    let generation = table.generation();
+                    let plain =
+                        decision != RedirectDecision::Shadow && rt.seen.fresh(generation, key);
+                    if !plain {
+                        // One read of the session's index entry serves both checks below.
+                        let entry = table.entry(key);
+                        behind_shadow = entry.as_ref().is_some_and(|e| e.from_shadow);
+                        // Read-your-writes: the shadow serves a session only once it has
+                        // acknowledged the session's latest version.
+                        let may_redirect = |e: Option<&crate::session_state::SessionEntry>| match e
+                        {
+                            Some(e) => e.replicated(),
+                            None => table.may_redirect_unknown(key),
+                        };
+                        if decision == RedirectDecision::Shadow && !may_redirect(entry.as_ref()) {
+                            rt.metrics.state.held.add(1);
+                            decision = RedirectDecision::Primary;
                         }
-                    }
-                    // A primary behind a shadow's writes gets the session's state (a
-                    // shadow's change goes to the table at once, whichever worker saw
-                    // it). Not while a change is on its way to the table: the primary
-                    // made that change after the shadow's, so its own state is newer.
-                    if decision != RedirectDecision::Shadow
-                        && let Some(e) = entry.as_ref().filter(|e| e.from_shadow && e.pending == 0)
-                        && hand_state(table.slot_of(e))
-                    {
-                        rt.metrics.state.injected.add(1);
+                        // A session this edge has no record of (it restarted, or the session
+                        // is new): first ask the relay what it holds — the edge's record starts
+                        // from it, and a primary that lacks it (the session's last writes were
+                        // on a shadow) is handed it.
+                        if entry.is_none() {
+                            let body = sync::lookup_body(svc, key);
+                            match sync::post(
+                                sync_cfg,
+                                "/v1/state/lookup",
+                                &body,
+                                sync_cfg.timeout_ms,
+                            ) {
+                                Some(token) => {
+                                    lookup = Some((
+                                        token,
+                                        key.clone(),
+                                        decision != RedirectDecision::Shadow,
+                                    ))
+                                }
+                                None => lookup_failed(&table, key, &rt.metrics.state),
+                            }
+                        }
+                        // A primary behind a shadow's writes gets the session's state (a
+                        // shadow's change goes to the table at once, whichever worker saw
+                        // it). Not while a change is on its way to the table: the primary
+                        // made that change after the shadow's, so its own state is newer.
+                        if decision != RedirectDecision::Shadow
+                            && let Some(e) =
+                                entry.as_ref().filter(|e| e.from_shadow && e.pending == 0)
+                            && hand_state(table.slot_of(e))
+                        {
+                            rt.metrics.state.injected.add(1);
+                        }
+                        if let Some(e) = &entry {
+                            rt.seen.saw(generation, e);
+                        }
                     }
                 }
                 StateRole::Subscriber => {

@@ -77,6 +77,8 @@ struct ServiceRuntime {
     metrics: ServiceMetrics,
     /// State changes captured on this worker, on their way to the session table.
     state_queue: crate::session_state::CaptureQueue,
+    /// Sessions whose entries the primary's path need not read (state sync).
+    seen: crate::session_state::SeenSessions,
     /// Used only while this worker holds the controller lease.
     controller: RedirectController,
 }

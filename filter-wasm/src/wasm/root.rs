@@ -111,6 +111,7 @@ impl RootContext for AtreRoot {
                 ],
                 metrics: ServiceMetrics::define(&s.name),
                 state_queue: Default::default(),
+                seen: Default::default(),
                 controller: RedirectController::default(),
             })
             .collect();
