@@ -346,11 +346,6 @@ impl CaptureQueue {
         self.writes = retry;
     }
 
-    /// Number of queued changes.
-    pub fn len(&self) -> usize {
-        self.writes.len()
-    }
-
     /// Nothing queued.
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
@@ -521,7 +516,12 @@ impl<'a> SessionTable<'a> {
     /// Whether a request of `session` may go to a shadow: one this table holds must be
     /// replicated; one it does not hold must have written nothing here.
     pub fn may_redirect(&self, session: &str) -> bool {
-        match self.entry(session) {
+        self.may_redirect_entry(session, self.entry(session).as_ref())
+    }
+
+    /// [`SessionTable::may_redirect`] with the session's entry already read.
+    pub fn may_redirect_entry(&self, session: &str, entry: Option<&SessionEntry>) -> bool {
+        match entry {
             Some(e) => e.replicated(),
             None => self.may_redirect_unknown(session),
         }
@@ -596,7 +596,7 @@ impl<'a> SessionTable<'a> {
 
     /// The table's generation: it changes whenever a session leaves the table or its
     /// newest change becomes a shadow's — the only changes that make an entry seen before
-    /// wrong for the primary's path (see [`SessionTable::generation`]).
+    /// wrong for the primary's path (see [`SeenSessions`]).
     pub fn generation(&self) -> u64 {
         crate::shared::read_counter(self.store, &self.generation_key())
     }
@@ -614,6 +614,14 @@ impl<'a> SessionTable<'a> {
     pub fn may_redirect_unknown(&self, session: &str) -> bool {
         let mask: u64 = read(self.store, &self.overflow_key()).unwrap_or(0);
         mask & (1 << bucket_of(session)) == 0
+    }
+
+    /// The session's entry, made if there is none (`Ok(None)`: no room).
+    fn entry_or_make(&self, session: &str, now_ms: u64) -> Result<Option<SessionEntry>, SetError> {
+        match self.entry(session) {
+            Some(e) => Ok(Some(e)),
+            None => self.with_entry(session, now_ms, |_| {}),
+        }
     }
 
     /// Keeps `session` on the primary and out of replication for as long as this table
@@ -640,12 +648,8 @@ impl<'a> SessionTable<'a> {
             }
         };
         // The entry is written once, after the state: here it is only found (or made).
-        let entry = match self.entry(session) {
-            Some(e) => e,
-            None => match self.with_entry(session, now_ms, |_| {}) {
-                Ok(Some(e)) => e,
-                _ => return Capture::Dropped(DropReason::Full),
-            },
+        let Ok(Some(entry)) = self.entry_or_make(session, now_ms) else {
+            return Capture::Dropped(DropReason::Full);
         };
         let recorded = self.record(&entry, std::slice::from_ref(&write), max_session_bytes);
         let written = self.with_entry(session, now_ms, |e| {
@@ -693,11 +697,7 @@ impl<'a> SessionTable<'a> {
         for (session, mut writes) in by_session {
             writes.sort_by_key(|w| w.stamp_ns);
             // Never evicted while pending; made again if it was anyway.
-            let entry = match self.entry(&session) {
-                Some(e) => Ok(Some(e)),
-                None => self.with_entry(&session, now_ms, |_| {}),
-            };
-            let entry = match entry {
+            let entry = match self.entry_or_make(&session, now_ms) {
                 Ok(Some(e)) => e,
                 Ok(None) => {
                     // No room (its bucket is marked: the session stays on the primary).
@@ -980,17 +980,18 @@ impl<'a> SessionTable<'a> {
         for (session, v) in acked {
             self.update_existing(session, |e| e.acked = e.acked.max(*v));
         }
-        for session in resync {
-            self.update_existing(session, |e| e.full = true);
-            self.mark_dirty(session);
-        }
+        self.resend_whole(resync);
     }
 
     /// After a failed publish: the sessions it carried go whole next time.
     pub fn resend_whole(&self, sessions: &[String]) {
+        let mut dirty = 0u64;
         for session in sessions {
             self.update_existing(session, |e| e.full = true);
-            self.mark_dirty(session);
+            dirty |= 1 << bucket_of(session);
+        }
+        if dirty != 0 {
+            self.mark_dirty_mask(dirty);
         }
     }
 
@@ -1048,8 +1049,9 @@ impl<'a> SessionTable<'a> {
             })
         });
         if adopted && written.is_ok() && known.from_shadow {
-            self.update_existing(session, |e| e.from_shadow = true);
-            self.bump_generation();
+            // Through `with_entry`, which moves the generation on for a session newly
+            // behind a shadow.
+            let _ = self.with_entry(session, now_ms, |e| e.from_shadow = true);
         }
         written.is_ok()
     }
@@ -1657,8 +1659,8 @@ mod tests {
         let store = MemoryStore::default();
         let t = SessionTable::new(&store, "cart", 128);
         let (first, other) = same_bucket_pair();
-        t.capture(&first, w(Ok(queued("x", "a", 1).write.ops), 1), 100, 1);
-        t.capture(&other, w(Ok(queued("x", "a", 2).write.ops), 2), 100, 1);
+        t.capture(&first, Ok(queued("x", "a", 1).write), 100, 1);
+        t.capture(&other, Ok(queued("x", "a", 2).write), 100, 1);
         let mut wt = Watched::default();
         assert_eq!(t.take_outbound(1, &mut wt).sessions.len(), 1);
         assert_eq!(t.take_outbound(1, &mut wt).sessions.len(), 1);
@@ -1669,7 +1671,7 @@ mod tests {
         let store = MemoryStore::default();
         let t = SessionTable::new(&store, "cart", 64);
         let mut wt = Watched::default();
-        t.capture("s1", w(Ok(queued("x", "a", 1).write.ops), 1), 100, 1);
+        t.capture("s1", Ok(queued("x", "a", 1).write), 100, 1);
         t.take_outbound(10, &mut wt);
         t.on_ack(&[("s1".into(), 1)], &[]);
         assert!(t.take_outbound(10, &mut wt).is_empty());
@@ -1695,7 +1697,7 @@ mod tests {
     fn a_new_publisher_asks_for_every_unacknowledged_session() {
         let store = MemoryStore::default();
         let t = SessionTable::new(&store, "cart", 64);
-        t.capture("s1", w(Ok(queued("x", "a", 1).write.ops), 1), 100, 1);
+        t.capture("s1", Ok(queued("x", "a", 1).write), 100, 1);
         t.take_outbound(10, &mut Watched::default());
         assert_eq!(
             t.take_outbound(10, &mut Watched::default()).watch,
@@ -1735,7 +1737,7 @@ mod tests {
     fn a_tick_clears_the_dirty_mask() {
         let store = MemoryStore::default();
         let t = SessionTable::new(&store, "cart", 64);
-        t.capture("s1", w(Ok(queued("x", "a", 1).write.ops), 1), 100, 1);
+        t.capture("s1", Ok(queued("x", "a", 1).write), 100, 1);
         t.take_outbound(10, &mut Watched::default());
         assert_eq!(t.take_dirty(), 0);
     }
@@ -1763,7 +1765,7 @@ mod tests {
         };
         let t = SessionTable::new(&store, "cart", 64);
         let mut wt = Watched::default();
-        t.capture("s1", w(Ok(queued("x", "a", 1).write.ops), 1), 100, 1);
+        t.capture("s1", Ok(queued("x", "a", 1).write), 100, 1);
         t.take_outbound(10, &mut wt);
         t.on_ack(&[("s1".into(), 1)], &[]);
         t.take_outbound(10, &mut wt);

@@ -191,12 +191,9 @@ impl HttpContext for AtreHttp {
                         behind_shadow = entry.as_ref().is_some_and(|e| e.from_shadow);
                         // Read-your-writes: the shadow serves a session only once it has
                         // acknowledged the session's latest version.
-                        let may_redirect = |e: Option<&crate::session_state::SessionEntry>| match e
+                        if decision == RedirectDecision::Shadow
+                            && !table.may_redirect_entry(key, entry.as_ref())
                         {
-                            Some(e) => e.replicated(),
-                            None => table.may_redirect_unknown(key),
-                        };
-                        if decision == RedirectDecision::Shadow && !may_redirect(entry.as_ref()) {
                             rt.metrics.state.held.add(1);
                             decision = RedirectDecision::Primary;
                         }

@@ -36,10 +36,8 @@ impl Context for AtreRoot {
     /// The VM is going away (a new filter configuration replaces it): the changes still
     /// queued on this worker reach the table, which outlives the VM in Envoy's shared data.
     fn on_done(&mut self) -> bool {
-        if let Some(worker) = &self.worker
-            && let Ok(mut w) = worker.try_borrow_mut()
-        {
-            super::sync::flush_captures(&mut w, now_ns() / 1_000_000);
+        if let Some(worker) = &self.worker {
+            flush_before_leaving(worker);
         }
         true
     }
@@ -79,10 +77,8 @@ impl RootContext for AtreRoot {
         };
         // Changes captured under the old configuration reach the table first: their
         // sessions' entries count them as pending until they do.
-        if let Some(old) = self.worker.take()
-            && let Ok(mut w) = old.try_borrow_mut()
-        {
-            super::sync::flush_captures(&mut w, now_ns() / 1_000_000);
+        if let Some(old) = self.worker.take() {
+            flush_before_leaving(&old);
         }
         // `node.id` is resolved at the first report: not every host exposes it this early.
         self.reporter = Some(Reporter::new(
@@ -165,6 +161,14 @@ impl RootContext for AtreRoot {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// A worker about to be replaced or dropped: its queued state changes reach the table
+/// (which lives on in Envoy's shared data) first.
+fn flush_before_leaving(worker: &Rc<RefCell<Worker>>) {
+    if let Ok(mut w) = worker.try_borrow_mut() {
+        super::sync::flush_captures(&mut w, now_ns() / 1_000_000);
     }
 }
 

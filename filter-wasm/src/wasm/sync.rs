@@ -213,10 +213,10 @@ pub(super) fn flush_captures(worker: &mut Worker, now_ms: u64) {
 #[derive(Default)]
 pub(super) struct Syncer {
     pending: Vec<Call>,
-    /// Per service, the buckets that may hold unacknowledged sessions; `None` while this
-    /// worker does not publish (it starts from every bucket when it takes over).
-    watched: Option<Vec<Watched>>,
-    /// Ticks since this worker took the publishing over.
+    /// Per service, the buckets that may hold unacknowledged sessions (every bucket at a
+    /// sweep, so also when this worker takes the publishing over).
+    watched: Vec<Watched>,
+    /// Ticks since this worker took the publishing over (0: it just did — sweep).
     ticks: u64,
 }
 
@@ -246,17 +246,13 @@ impl Syncer {
 
     /// Per tick on a worker without the lease: another worker publishes.
     pub(super) fn idle(&mut self) {
-        self.watched = None;
         self.ticks = 0;
     }
 
     /// Per tick, on the lease holder: publish what changed, or pull what the relay has.
     pub(super) fn tick(&mut self, worker: &Worker, now_ms: u64) {
         let services = worker.config.services.len();
-        let mut watched = self
-            .watched
-            .take()
-            .unwrap_or_else(|| vec![Watched::default(); services]);
+        let mut watched = std::mem::take(&mut self.watched);
         watched.resize(services, Watched::default());
         let sweep = self.ticks.is_multiple_of(SWEEP_TICKS);
         self.ticks += 1;
@@ -302,7 +298,7 @@ impl Syncer {
                 }
             }
         }
-        self.watched = Some(watched);
+        self.watched = watched;
     }
 
     fn pull(&mut self, worker: &Worker, i: usize, now_ms: u64) {
