@@ -263,33 +263,35 @@ pub struct StateWrite {
     pub from_shadow: bool,
 }
 
-fn write_bytes(w: &StateWrite) -> usize {
-    ops_bytes(&w.ops)
-}
-
 fn ops_bytes(ops: &[StateOp]) -> usize {
     ops.iter()
         .map(|op| op.key.len() + op.value.as_ref().map_or(0, String::len))
         .sum()
 }
 
-/// A change waiting in a [`CaptureQueue`].
+/// A primary's change waiting in a [`CaptureQueue`], as the application wrote it: it is
+/// parsed and checked at the worker's tick ([`SessionTable::flush`]), not on the response
+/// path.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueuedWrite {
     /// Its session.
     pub session: String,
-    /// The change.
-    pub write: StateWrite,
+    /// The `x-shadowmesh-state` value.
+    pub header: String,
+    /// When it was captured (ns): orders the session's changes.
+    pub stamp_ns: u64,
 }
 
 /// One worker's captured changes on their way to the table (async mode), moved there by
 /// [`SessionTable::flush`] at the worker's next tick. On the response path a capture then
 /// touches only the session's small index entry (its `pending` count) — not its state,
-/// which is kilobytes to decode, change and encode again.
+/// which is kilobytes to decode, change and encode again — and does not even parse the
+/// change: a change the flush refuses pins its session then, which stays on the primary
+/// meanwhile anyway (its change is pending).
 #[derive(Debug, Default)]
 pub struct CaptureQueue {
     writes: Vec<QueuedWrite>,
-    /// Bytes of the queued operations' keys and values.
+    /// Bytes of the queued headers.
     bytes: usize,
     /// The last stamp given: a worker's stamps never go back, even if the clock does.
     last_stamp: u64,
@@ -322,12 +324,12 @@ impl CaptureQueue {
 
     /// Queues a change of a session whose entry counts this queue as pending
     /// ([`SessionTable::note_pending`] when not [`CaptureQueue::is_marked`]).
-    pub fn push(&mut self, session: String, write: StateWrite) {
-        if !self.marked.contains(&session) {
-            self.marked.insert(session.clone());
+    pub fn push(&mut self, write: QueuedWrite) {
+        if !self.marked.contains(&write.session) {
+            self.marked.insert(write.session.clone());
         }
-        self.bytes += write_bytes(&write);
-        self.writes.push(QueuedWrite { session, write });
+        self.bytes += write.header.len();
+        self.writes.push(write);
     }
 
     /// Everything queued, in capture order, for [`SessionTable::flush`].
@@ -341,7 +343,7 @@ impl CaptureQueue {
     /// entries still count them).
     pub fn requeue(&mut self, mut retry: Vec<QueuedWrite>) {
         self.marked.extend(retry.iter().map(|q| q.session.clone()));
-        self.bytes += retry.iter().map(|q| write_bytes(&q.write)).sum::<usize>();
+        self.bytes += retry.iter().map(|q| q.header.len()).sum::<usize>();
         retry.append(&mut self.writes);
         self.writes = retry;
     }
@@ -385,7 +387,10 @@ impl SeenSessions {
 
     /// Whether `session` was seen as of `generation` (forgets everything seen before if
     /// the generation moved on).
-    pub fn fresh(&mut self, generation: u64, session: &str) -> bool {
+    pub fn fresh(&mut self, generation: Option<u64>, session: &str) -> bool {
+        let Some(generation) = generation else {
+            return false;
+        };
         if generation != self.generation {
             self.sessions.clear();
             self.generation = generation;
@@ -396,8 +401,8 @@ impl SeenSessions {
 
     /// Remembers `entry`'s session if it is plain (in the table, not behind a shadow), as
     /// of `generation` — read before the entry was.
-    pub fn saw(&mut self, generation: u64, entry: &SessionEntry) {
-        if generation != self.generation || entry.from_shadow {
+    pub fn saw(&mut self, generation: Option<u64>, entry: &SessionEntry) {
+        if generation != Some(self.generation) || entry.from_shadow {
             return;
         }
         if self.sessions.len() >= Self::LIMIT {
@@ -412,20 +417,12 @@ impl SeenSessions {
 pub struct Flushed {
     /// New versions written.
     pub versions: u64,
+    /// Changes taken into the table (applied, or superseded by newer ones).
+    pub captured: u64,
     /// Sessions whose changes were dropped (their sessions are pinned to the primary).
     pub dropped: Vec<(String, DropReason)>,
     /// Changes to flush again next tick (the host refused a write).
     pub retry: Vec<QueuedWrite>,
-}
-
-impl Flushed {
-    fn retry_all(&mut self, session: &str, writes: Vec<StateWrite>) {
-        self.retry
-            .extend(writes.into_iter().map(|write| QueuedWrite {
-                session: session.to_string(),
-                write,
-            }));
-    }
 }
 
 /// How late a worker's queued change may reach the table and still be ordered by its
@@ -470,8 +467,6 @@ pub fn bucket_of(session: &str) -> u64 {
 pub enum Capture {
     /// Recorded as this version.
     Recorded(u64),
-    /// Queued for the table (async mode): its version is given at the worker's tick.
-    Queued,
     /// Dropped; the session is pinned to the primary.
     Dropped(DropReason),
 }
@@ -590,19 +585,24 @@ impl<'a> SessionTable<'a> {
         Ok(written)
     }
 
-    fn generation_key(&self) -> String {
-        format!("shadowmesh.v2.ssm.{}.generation", self.service)
+    /// The name of `service`'s table generation: also an Envoy stat, hence the
+    /// stats-tag form.
+    pub fn generation_name(service: &str) -> String {
+        format!("shadowmesh.service.{service}.state_generation")
     }
 
     /// The table's generation: it changes whenever a session leaves the table or its
     /// newest change becomes a shadow's — the only changes that make an entry seen before
-    /// wrong for the primary's path (see [`SeenSessions`]).
-    pub fn generation(&self) -> u64 {
-        crate::shared::read_counter(self.store, &self.generation_key())
+    /// wrong for the primary's path (see [`SeenSessions`]). `None` if it cannot be read:
+    /// then nothing counts as seen.
+    pub fn generation(&self) -> Option<u64> {
+        self.store.read_signal(&Self::generation_name(self.service))
     }
 
     fn bump_generation(&self) {
-        let _ = crate::shared::add_counter(self.store, &self.generation_key(), 1);
+        let _ = self
+            .store
+            .raise_signal(&Self::generation_name(self.service));
     }
 
     fn overflow_key(&self) -> String {
@@ -681,20 +681,40 @@ impl<'a> SessionTable<'a> {
 
     /// Moves a worker's queued changes into the table: per session one new version with
     /// the operations newer changes did not supersede, and its pending count lowered by
-    /// one (this worker's batch). A session over its cap is pinned to the primary.
-    pub fn flush(
-        &self,
-        queued: Vec<QueuedWrite>,
-        max_session_bytes: usize,
-        now_ms: u64,
-    ) -> Flushed {
-        let mut by_session: BTreeMap<String, Vec<StateWrite>> = BTreeMap::new();
+    /// one (this worker's batch). A session with a change the contract refuses (see
+    /// [`parse_changes`]), or over its cap, is pinned to the primary.
+    pub fn flush(&self, queued: Vec<QueuedWrite>, cfg: &StateSyncConfig, now_ms: u64) -> Flushed {
+        let mut by_session: BTreeMap<String, Vec<QueuedWrite>> = BTreeMap::new();
         for q in queued {
-            by_session.entry(q.session).or_default().push(q.write);
+            by_session.entry(q.session.clone()).or_default().push(q);
         }
         let mut out = Flushed::default();
         let mut dirty = 0u64;
-        for (session, mut writes) in by_session {
+        for (session, queued) in by_session {
+            let parsed: Result<Vec<StateWrite>, DropReason> = queued
+                .iter()
+                .map(|q| {
+                    parse_changes(&q.header, cfg).map(|ops| StateWrite {
+                        ops,
+                        stamp_ns: q.stamp_ns,
+                        from_shadow: false,
+                    })
+                })
+                .collect();
+            let mut writes = match parsed {
+                Ok(writes) => writes,
+                Err(reason) => {
+                    match self.with_entry(&session, now_ms, |e| {
+                        e.pin();
+                        e.pending = e.pending.saturating_sub(1);
+                    }) {
+                        Err(_) => out.retry.extend(queued),
+                        // Made or not (no room marks its bucket), it stays on the primary.
+                        Ok(_) => out.dropped.push((session, reason)),
+                    }
+                    continue;
+                }
+            };
             writes.sort_by_key(|w| w.stamp_ns);
             // Never evicted while pending; made again if it was anyway.
             let entry = match self.entry_or_make(&session, now_ms) {
@@ -705,14 +725,14 @@ impl<'a> SessionTable<'a> {
                     continue;
                 }
                 Err(_) => {
-                    out.retry_all(&session, writes);
+                    out.retry.extend(queued);
                     continue;
                 }
             };
-            let recorded = self.record(&entry, &writes, max_session_bytes);
+            let recorded = self.record(&entry, &writes, cfg.max_session_bytes);
             if recorded == Err(DropReason::Full) {
                 // The host refused the slot's write: nothing changed, try again.
-                out.retry_all(&session, writes);
+                out.retry.extend(queued);
                 continue;
             }
             let written = self.with_entry(&session, now_ms, |e| {
@@ -725,14 +745,15 @@ impl<'a> SessionTable<'a> {
                     // The state is written but the entry still counts the changes as
                     // pending: writing them again is harmless (the same operations with
                     // the same stamps), forgetting them would hold the session for good.
-                    out.retry_all(&session, writes);
+                    out.retry.extend(queued);
                 }
                 (Err(reason), _) => out.dropped.push((session, reason)),
                 (Ok(Some(_)), _) => {
                     dirty |= 1 << bucket_of(&session);
                     out.versions += 1;
+                    out.captured += writes.len() as u64;
                 }
-                (Ok(None), _) => {}
+                (Ok(None), _) => out.captured += writes.len() as u64,
             }
         }
         if dirty != 0 {
@@ -1359,17 +1380,30 @@ mod tests {
         );
     }
 
+    /// A primary's change of `cart` to `v`, captured at `stamp`.
+    fn change(v: &str, stamp: u64) -> StateWrite {
+        StateWrite {
+            ops: vec![StateOp {
+                key: "cart".into(),
+                value: Some(v.into()),
+            }],
+            stamp_ns: stamp,
+            from_shadow: false,
+        }
+    }
+
+    /// The same change queued as the application wrote it.
     fn queued(session: &str, v: &str, stamp: u64) -> QueuedWrite {
+        let mut header = "set cart=".to_string();
+        percent_encode_into(v, &mut header);
+        queued_header(session, &header, stamp)
+    }
+
+    fn queued_header(session: &str, header: &str, stamp: u64) -> QueuedWrite {
         QueuedWrite {
             session: session.into(),
-            write: StateWrite {
-                ops: vec![StateOp {
-                    key: "cart".into(),
-                    value: Some(v.into()),
-                }],
-                stamp_ns: stamp,
-                from_shadow: false,
-            },
+            header: header.into(),
+            stamp_ns: stamp,
         }
     }
 
@@ -1385,7 +1419,7 @@ mod tests {
                 .is_empty(),
             "nothing in the table yet"
         );
-        let flushed = t.flush(vec![queued("s1", "a", 10)], 100, 2);
+        let flushed = t.flush(vec![queued("s1", "a", 10)], &cfg(), 2);
         assert_eq!(flushed.versions, 1);
         assert!(flushed.retry.is_empty() && flushed.dropped.is_empty());
         let e = t.entry("s1").unwrap();
@@ -1409,20 +1443,22 @@ mod tests {
         // tick comes first.
         t.note_pending("s1", 1).unwrap();
         t.note_pending("s1", 2).unwrap();
-        assert_eq!(t.flush(vec![queued("s1", "ab", 200)], 100, 3).versions, 1);
+        assert_eq!(
+            t.flush(vec![queued("s1", "ab", 200)], &cfg(), 3).versions,
+            1
+        );
         assert!(!t.may_redirect("s1"), "A's change is still on its way");
-        let late = t.flush(vec![queued("s1", "a", 100)], 100, 4);
+        let late = t.flush(vec![queued("s1", "a", 100)], &cfg(), 4);
         assert_eq!(late.versions, 0, "superseded: no new version");
         let slot = t.slot("s1").unwrap();
         assert_eq!(slot.state["cart"], "ab");
         assert_eq!(slot.v, 1);
         assert_eq!(t.entry("s1").unwrap().pending, 0);
         // A later change of another key still applies; one of the same key only if newer.
-        let mut other = queued("s1", "x", 150);
-        other.write.ops[0].key = "writes".into();
+        let other = queued_header("s1", "set writes=x", 150);
         t.note_pending("s1", 5).unwrap();
         assert_eq!(
-            t.flush(vec![other, queued("s1", "abc", 300)], 100, 5)
+            t.flush(vec![other, queued("s1", "abc", 300)], &cfg(), 5)
                 .versions,
             1
         );
@@ -1436,7 +1472,15 @@ mod tests {
         let store = MemoryStore::default();
         let t = SessionTable::new(&store, "cart", 64);
         t.note_pending("s1", 1).unwrap();
-        let flushed = t.flush(vec![queued("s1", &"x".repeat(101), 1)], 100, 2);
+        // Each change within the value cap (64), together over the session's (100).
+        let flushed = t.flush(
+            vec![
+                queued("s1", &"x".repeat(60), 1),
+                queued_header("s1", &format!("set writes={}", "y".repeat(60)), 2),
+            ],
+            &cfg(),
+            2,
+        );
         assert_eq!(
             flushed.dropped,
             vec![("s1".to_string(), DropReason::Oversize)]
@@ -1444,6 +1488,30 @@ mod tests {
         let e = t.entry("s1").unwrap();
         assert!(e.pinned && e.pending == 0 && e.v == 0, "{e:?}");
         assert!(!t.may_redirect("s1"));
+    }
+
+    #[test]
+    fn a_queued_change_the_contract_refuses_pins_its_session_at_the_flush() {
+        for (header, reason) in [
+            ("set coupon=x", DropReason::NotAllowed),
+            ("bogus", DropReason::Malformed),
+            ("set cart=%zz", DropReason::Malformed),
+        ] {
+            let store = MemoryStore::default();
+            let t = SessionTable::new(&store, "cart", 64);
+            t.note_pending("s1", 1).unwrap();
+            assert!(!t.may_redirect("s1"), "held while the change is on its way");
+            let flushed = t.flush(
+                vec![queued("s1", "a", 1), queued_header("s1", header, 2)],
+                &cfg(),
+                2,
+            );
+            assert_eq!(flushed.dropped, vec![("s1".to_string(), reason)]);
+            assert_eq!((flushed.versions, flushed.captured), (0, 0));
+            let e = t.entry("s1").unwrap();
+            assert!(e.pinned && e.pending == 0 && e.v == 0, "{header}: {e:?}");
+            assert!(!t.may_redirect("s1"), "{header}: pinned to the primary");
+        }
     }
 
     #[test]
@@ -1468,10 +1536,10 @@ mod tests {
         assert!(behind(&t));
         // An older primary change reaching the table later does not hide the shadow's.
         t.note_pending("s1", 2).unwrap();
-        t.flush(vec![queued("s1", "p", 100)], 100, 3);
+        t.flush(vec![queued("s1", "p", 100)], &cfg(), 3);
         assert!(behind(&t));
         t.note_pending("s1", 4).unwrap();
-        t.flush(vec![queued("s1", "p2", 300)], 100, 5);
+        t.flush(vec![queued("s1", "p2", 300)], &cfg(), 5);
         assert!(!behind(&t));
     }
 
@@ -1547,11 +1615,11 @@ mod tests {
     #[test]
     fn the_queue_marks_its_sessions_once_per_flush_and_retries_go_first() {
         let mut q = CaptureQueue::default();
-        q.push("s1".into(), queued("s1", "a", 1).write);
+        q.push(queued("s1", "a", 1));
         assert!(q.is_marked("s1"));
         let taken = q.take();
         assert!(!q.is_marked("s1") && q.is_empty());
-        q.push("s2".into(), queued("s2", "b", 5).write);
+        q.push(queued("s2", "b", 5));
         q.requeue(taken);
         assert!(q.is_marked("s1"));
         let all = q.take();
@@ -1581,12 +1649,12 @@ mod tests {
         let t = SessionTable::new(&store, "cart", 64);
         t.note_pending("s1", 1).unwrap();
         *store.conflicts.borrow_mut() = 16;
-        let f = t.flush(vec![queued("s1", "a", 10)], 100, 2);
+        let f = t.flush(vec![queued("s1", "a", 10)], &cfg(), 2);
         assert_eq!(f.retry.len(), 1);
         assert!(f.dropped.is_empty());
         let e = t.entry("s1").unwrap();
         assert!(!e.pinned && e.pending == 1, "{e:?}");
-        let f = t.flush(f.retry, 100, 3);
+        let f = t.flush(f.retry, &cfg(), 3);
         assert_eq!(f.versions, 1);
         assert_eq!(t.entry("s1").unwrap().pending, 0);
     }
@@ -1616,11 +1684,11 @@ mod tests {
         let t = SessionTable::new(&store, "cart", 64);
         t.note_pending("s1", 1).unwrap();
         store.fail.set(true);
-        let f = t.flush(vec![queued("s1", "a", 10)], 100, 2);
+        let f = t.flush(vec![queued("s1", "a", 10)], &cfg(), 2);
         assert_eq!(f.retry.len(), 1);
         assert_eq!(t.entry("s1").unwrap().pending, 1);
         store.fail.set(false);
-        t.flush(f.retry, 100, 3);
+        t.flush(f.retry, &cfg(), 3);
         assert_eq!(t.entry("s1").unwrap().pending, 0);
     }
 
@@ -1631,7 +1699,7 @@ mod tests {
         let (first, other) = same_bucket_pair();
         assert!(t.may_redirect(&other), "nothing written yet");
         t.note_pending(&first, 1).unwrap();
-        let f = t.flush(vec![queued(&other, "a", 10)], 100, 2);
+        let f = t.flush(vec![queued(&other, "a", 10)], &cfg(), 2);
         assert_eq!(f.dropped, vec![(other.clone(), DropReason::Full)]);
         assert!(f.retry.is_empty());
         assert!(
@@ -1644,13 +1712,9 @@ mod tests {
     fn two_operations_on_one_key_in_one_change_apply_in_order() {
         let store = MemoryStore::default();
         let t = SessionTable::new(&store, "cart", 64);
-        let mut q = queued("s1", "a", 10);
-        q.write.ops.push(StateOp {
-            key: "cart".into(),
-            value: Some("b".into()),
-        });
+        let q = queued_header("s1", "set cart=a; set cart=b", 10);
         t.note_pending("s1", 1).unwrap();
-        t.flush(vec![q], 100, 2);
+        t.flush(vec![q], &cfg(), 2);
         assert_eq!(t.slot("s1").unwrap().state["cart"], "b");
     }
 
@@ -1659,8 +1723,8 @@ mod tests {
         let store = MemoryStore::default();
         let t = SessionTable::new(&store, "cart", 128);
         let (first, other) = same_bucket_pair();
-        t.capture(&first, Ok(queued("x", "a", 1).write), 100, 1);
-        t.capture(&other, Ok(queued("x", "a", 2).write), 100, 1);
+        t.capture(&first, Ok(change("a", 1)), 100, 1);
+        t.capture(&other, Ok(change("a", 2)), 100, 1);
         let mut wt = Watched::default();
         assert_eq!(t.take_outbound(1, &mut wt).sessions.len(), 1);
         assert_eq!(t.take_outbound(1, &mut wt).sessions.len(), 1);
@@ -1671,7 +1735,7 @@ mod tests {
         let store = MemoryStore::default();
         let t = SessionTable::new(&store, "cart", 64);
         let mut wt = Watched::default();
-        t.capture("s1", Ok(queued("x", "a", 1).write), 100, 1);
+        t.capture("s1", Ok(change("a", 1)), 100, 1);
         t.take_outbound(10, &mut wt);
         t.on_ack(&[("s1".into(), 1)], &[]);
         assert!(t.take_outbound(10, &mut wt).is_empty());
@@ -1697,7 +1761,7 @@ mod tests {
     fn a_new_publisher_asks_for_every_unacknowledged_session() {
         let store = MemoryStore::default();
         let t = SessionTable::new(&store, "cart", 64);
-        t.capture("s1", Ok(queued("x", "a", 1).write), 100, 1);
+        t.capture("s1", Ok(change("a", 1)), 100, 1);
         t.take_outbound(10, &mut Watched::default());
         assert_eq!(
             t.take_outbound(10, &mut Watched::default()).watch,
@@ -1724,7 +1788,7 @@ mod tests {
         t.note_pending("s1", 1).unwrap();
         t.flush(
             vec![queued("s1", "a", 1_000_000), queued("s1", "b", 9_000_000)],
-            100,
+            &cfg(),
             2,
         );
         assert_eq!(
@@ -1737,7 +1801,7 @@ mod tests {
     fn a_tick_clears_the_dirty_mask() {
         let store = MemoryStore::default();
         let t = SessionTable::new(&store, "cart", 64);
-        t.capture("s1", Ok(queued("x", "a", 1).write), 100, 1);
+        t.capture("s1", Ok(change("a", 1)), 100, 1);
         t.take_outbound(10, &mut Watched::default());
         assert_eq!(t.take_dirty(), 0);
     }
@@ -1765,7 +1829,7 @@ mod tests {
         };
         let t = SessionTable::new(&store, "cart", 64);
         let mut wt = Watched::default();
-        t.capture("s1", Ok(queued("x", "a", 1).write), 100, 1);
+        t.capture("s1", Ok(change("a", 1)), 100, 1);
         t.take_outbound(10, &mut wt);
         t.on_ack(&[("s1".into(), 1)], &[]);
         t.take_outbound(10, &mut wt);
@@ -1779,12 +1843,12 @@ mod tests {
         let store = MemoryStore::default();
         let t = SessionTable::new(&store, "cart", 64);
         t.note_pending("s1", 1).unwrap();
-        t.flush(vec![queued("s1", "a", 100 * REORDER_WINDOW_NS)], 100, 2);
+        t.flush(vec![queued("s1", "a", 100 * REORDER_WINDOW_NS)], &cfg(), 2);
         t.take_outbound(10, &mut Watched::default());
         t.on_ack(&[("s1".into(), 1)], &[]);
         // The clock stepped back by far more than any queue waits.
         t.note_pending("s1", 3).unwrap();
-        let f = t.flush(vec![queued("s1", "b", 1)], 100, 3);
+        let f = t.flush(vec![queued("s1", "b", 1)], &cfg(), 3);
         assert_eq!(f.versions, 1);
         assert_eq!(t.slot("s1").unwrap().state["cart"], "b");
         assert!(!t.may_redirect("s1"), "version 2 is not acknowledged");
@@ -1799,14 +1863,14 @@ mod tests {
     fn a_dropped_primary_change_is_never_overwritten_by_the_tables_older_state() {
         let store = MemoryStore::default();
         let t = SessionTable::new(&store, "cart", 64);
-        let mut on_shadow = queued("s1", "s", 10).write;
+        let mut on_shadow = change("s", 10);
         on_shadow.from_shadow = true;
         t.capture("s1", Ok(on_shadow), 100, 1);
         assert!(t.entry("s1").unwrap().from_shadow);
         // The primary's next change is too big: dropped, the session pinned — and the
         // primary, which holds that change, must not be handed the shadow's older state.
         t.note_pending("s1", 2).unwrap();
-        let f = t.flush(vec![queued("s1", &"x".repeat(200), 20)], 100, 3);
+        let f = t.flush(vec![queued("s1", &"x".repeat(200), 20)], &cfg(), 3);
         assert_eq!(f.dropped, vec![("s1".to_string(), DropReason::Oversize)]);
         let e = t.entry("s1").unwrap();
         assert!(e.pinned && !e.from_shadow, "{e:?}");
@@ -1840,7 +1904,7 @@ mod tests {
         let mut q = CaptureQueue::default();
         let huge = queued("s1", &"x".repeat(CaptureQueue::LIMIT_BYTES), 1);
         assert!(!q.is_full());
-        q.push("s1".into(), huge.write);
+        q.push(huge);
         assert!(q.is_full());
         q.take();
         assert!(!q.is_full());
@@ -1853,9 +1917,9 @@ mod tests {
         let (first, other) = same_bucket_pair();
         let g0 = t.generation();
         t.note_pending(&first, 1).unwrap();
-        t.flush(vec![queued(&first, "a", 10)], 100, 2);
+        t.flush(vec![queued(&first, "a", 10)], &cfg(), 2);
         assert_eq!(t.generation(), g0, "a primary's change leaves views good");
-        let mut on_shadow = queued(&first, "s", 20).write;
+        let mut on_shadow = change("s", 20);
         on_shadow.from_shadow = true;
         t.capture(&first, Ok(on_shadow.clone()), 100, 3);
         let g1 = t.generation();
@@ -1895,27 +1959,33 @@ mod tests {
         t.note_pending("s1", 1).unwrap();
         let plain = t.entry("s1").unwrap();
         let mut seen = SeenSessions::default();
-        assert!(!seen.fresh(0, "s1"));
-        seen.saw(0, &plain);
-        assert!(seen.fresh(0, "s1"));
-        assert!(!seen.fresh(1, "s1"), "the generation moved on");
+        assert!(!seen.fresh(Some(0), "s1"));
+        seen.saw(Some(0), &plain);
+        assert!(seen.fresh(Some(0), "s1"));
+        assert!(!seen.fresh(Some(1), "s1"), "the generation moved on");
         assert!(
-            !seen.fresh(1, "s1"),
+            !seen.fresh(Some(1), "s1"),
             "and everything seen before is forgotten"
         );
-        seen.saw(0, &plain);
+        seen.saw(Some(0), &plain);
         assert!(
-            !seen.fresh(1, "s1"),
+            !seen.fresh(Some(1), "s1"),
             "a view older than the generation is not kept"
         );
         let behind = SessionEntry {
             from_shadow: true,
-            ..plain
+            ..plain.clone()
         };
-        seen.saw(1, &behind);
+        seen.saw(Some(1), &behind);
         assert!(
-            !seen.fresh(1, "s1"),
+            !seen.fresh(Some(1), "s1"),
             "a session behind a shadow is never plain"
+        );
+        seen.saw(Some(1), &plain);
+        assert!(seen.fresh(Some(1), "s1"));
+        assert!(
+            !seen.fresh(None, "s1"),
+            "without a readable generation nothing counts as seen"
         );
     }
 }

@@ -23,6 +23,19 @@ pub trait SharedStore {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
     /// Writes `value` if the key's CAS token is still `cas` (`None`: unconditionally).
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError>;
+
+    /// A counter that only goes up, that every worker reads on the request path and that
+    /// is raised rarely (the session table's generation); `None` if it cannot be read.
+    /// Here in shared data; Envoy keeps it where a read costs less (a gauge: no lock, no
+    /// copy into the VM).
+    fn read_signal(&self, name: &str) -> Option<u64> {
+        Some(read_counter(self, name))
+    }
+
+    /// Raises the counter [`SharedStore::read_signal`] reads by one.
+    fn raise_signal(&self, name: &str) -> Result<(), SetError> {
+        add_counter(self, name, 1).map(drop)
+    }
 }
 
 /// Bounded CAS retries: contention is between a handful of workers, so a long retry
@@ -52,7 +65,11 @@ pub mod keys {
 }
 
 /// Adds `delta` to a little-endian u64 counter, saturating at 0; returns the new value.
-pub fn add_counter(store: &dyn SharedStore, key: &str, delta: i64) -> Result<u64, SetError> {
+pub fn add_counter<S: SharedStore + ?Sized>(
+    store: &S,
+    key: &str,
+    delta: i64,
+) -> Result<u64, SetError> {
     for _ in 0..MAX_CAS_RETRIES {
         let (value, cas) = store.get(key);
         let current = value.as_deref().map_or(0, decode_u64);
@@ -67,7 +84,7 @@ pub fn add_counter(store: &dyn SharedStore, key: &str, delta: i64) -> Result<u64
 }
 
 /// Reads a counter written by [`add_counter`] (0 when absent or malformed).
-pub fn read_counter(store: &dyn SharedStore, key: &str) -> u64 {
+pub fn read_counter<S: SharedStore + ?Sized>(store: &S, key: &str) -> u64 {
     store.get(key).0.as_deref().map_or(0, decode_u64)
 }
 

@@ -467,7 +467,7 @@ impl EnvoyProcess {
                 envoy.admin = addr;
                 if let Ok(body) = envoy.admin_get("/ready")
                     && body.trim() == "LIVE"
-                    && let Some(l) = envoy.find_listener("ingress")?
+                    && let Some(l) = envoy.listener_named("ingress")?
                 {
                     envoy.listener = l;
                     return Ok(envoy);
@@ -529,7 +529,8 @@ impl EnvoyProcess {
             .and_then(|s| s["value"].as_u64()))
     }
 
-    fn find_listener(&self, name: &str) -> Result<Option<std::net::SocketAddr>> {
+    /// The address of the listener `name`, once it is bound.
+    pub fn listener_named(&self, name: &str) -> Result<Option<std::net::SocketAddr>> {
         let body = self.admin_get("/listeners?format=json")?;
         let v: serde_json::Value = serde_json::from_str(&body)?;
         let found = v["listener_statuses"].as_array().and_then(|ls| {

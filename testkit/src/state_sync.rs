@@ -46,10 +46,11 @@ pub struct SyncOptions {
 pub enum EdgeFilter {
     /// ATRE with state synchronization (the deployment under test).
     AtreWithSync,
-    /// ATRE alone (the latency baseline of state sync).
-    Atre,
-    /// No Wasm filter (the latency baseline of ATRE).
-    None,
+    /// Three listeners side by side, for latency comparisons: no Wasm filter (`ingress`),
+    /// ATRE alone (`ingress-atre`) and ATRE with state sync (`ingress-sync`) — one Envoy,
+    /// so all three share its worker threads, the carts and the shadow side
+    /// ([`SyncStack::side_by_side`]).
+    SideBySide,
     /// A filter whose VM faults (the fail-open check).
     Faulting,
 }
@@ -164,7 +165,60 @@ fn shadow_side_yaml(
     ))
 }
 
+/// The front-proxy bootstrap `base` (its listener `ingress`) with the listeners of the
+/// bootstraps `more` beside it, each renamed `ingress-<name>` and given a Wasm VM of its own
+/// (`vm_id: shadowmesh-<name>`: a VM's shared data is its own, so two filters configured
+/// for the same service do not share a load window, lease or session table).
+fn side_by_side_yaml(base: &str, more: &[(&str, &str)]) -> Result<String> {
+    const LISTENERS: &str = "  listeners:\n";
+    const CLUSTERS: &str = "\n  clusters:\n";
+    const INGRESS: &str = "  - name: ingress\n";
+    const VM_ID: &str = "vm_id: shadowmesh\n";
+    let mut listeners = String::new();
+    for (name, yaml) in more {
+        let start = yaml
+            .find(LISTENERS)
+            .context("no listeners in the bootstrap")?
+            + LISTENERS.len();
+        let end = yaml
+            .find(CLUSTERS)
+            .context("no clusters in the bootstrap")?;
+        let block = &yaml[start..end];
+        anyhow::ensure!(
+            block.matches(INGRESS).count() == 1 && block.matches(VM_ID).count() == 1,
+            "expected one ingress listener with one Wasm VM"
+        );
+        listeners.push('\n');
+        listeners.push_str(
+            &block
+                .replace(INGRESS, &format!("  - name: ingress-{name}\n"))
+                .replace(VM_ID, &format!("vm_id: shadowmesh-{name}\n")),
+        );
+    }
+    anyhow::ensure!(
+        base.matches(CLUSTERS).count() == 1,
+        "no clusters in the bootstrap"
+    );
+    Ok(base.replacen(CLUSTERS, &format!("{listeners}{CLUSTERS}"), 1))
+}
+
 impl SyncStack {
+    /// The listeners of an [`EdgeFilter::SideBySide`] edge: no filter, ATRE, ATRE with
+    /// state sync.
+    pub async fn side_by_side(&self) -> [SocketAddr; 3] {
+        let mut out = [self.edge.listener; 3];
+        for (slot, name) in out
+            .iter_mut()
+            .zip(["ingress", "ingress-atre", "ingress-sync"])
+        {
+            *slot = eventually(name, Duration::from_secs(30), async || {
+                self.edge.listener_named(name).ok().flatten()
+            })
+            .await;
+        }
+        out
+    }
+
     /// Starts everything in `dir` (created).
     pub async fn start(name: &str, options: SyncOptions) -> Result<SyncStack> {
         let dir =
@@ -209,26 +263,39 @@ impl SyncStack {
             EnvoyOptions::default(),
         )
         .await?;
-        let mut plugin = crate::atre_plugin(16);
-        plugin["proxy_id"] = "edge-1".into();
-        plugin["telemetry"]["token"] = TELEMETRY_TOKEN.into();
-        if options.edge == EdgeFilter::AtreWithSync {
-            plugin["services"][0]["state_sync"] = state_sync("publisher", &options);
-        }
-        let edge_yaml = Bootstrap {
+        let edge_plugin = |proxy_id: &str, sync: bool| {
+            let mut plugin = crate::atre_plugin(16);
+            plugin["proxy_id"] = proxy_id.into();
+            plugin["telemetry"]["token"] = TELEMETRY_TOKEN.into();
+            if sync {
+                plugin["services"][0]["state_sync"] = state_sync("publisher", &options);
+            }
+            FilterChoice::Atre(plugin.to_string())
+        };
+        let edge_bootstrap = |filter| Bootstrap {
             node_id: "edge-1".into(),
             primary_port,
             shadow_port: shadow_listener,
             control_port: http.port(),
-            filter: match options.edge {
-                EdgeFilter::Faulting => FilterChoice::Faulting,
-                EdgeFilter::None => FilterChoice::None,
-                EdgeFilter::Atre | EdgeFilter::AtreWithSync => {
-                    FilterChoice::Atre(plugin.to_string())
-                }
-            },
-        }
-        .render()?;
+            filter,
+        };
+        let edge_yaml = match options.edge {
+            EdgeFilter::AtreWithSync => edge_bootstrap(edge_plugin("edge-1", true)).render()?,
+            EdgeFilter::Faulting => edge_bootstrap(FilterChoice::Faulting).render()?,
+            EdgeFilter::SideBySide => side_by_side_yaml(
+                &edge_bootstrap(FilterChoice::None).render()?,
+                &[
+                    (
+                        "atre",
+                        &edge_bootstrap(edge_plugin("edge-atre", false)).render()?,
+                    ),
+                    (
+                        "sync",
+                        &edge_bootstrap(edge_plugin("edge-sync", true)).render()?,
+                    ),
+                ],
+            )?,
+        };
         let edge = EnvoyProcess::launch(edge_yaml.clone(), EnvoyOptions::default()).await?;
         let stack = SyncStack {
             edge_yaml,

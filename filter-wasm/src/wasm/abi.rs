@@ -107,6 +107,7 @@ unsafe extern "C" {
     fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
+    fn proxy_get_metric(id: u32, value: *mut u64) -> u32;
 }
 
 fn check(code: u32) -> Result<(), Status> {
@@ -251,6 +252,14 @@ pub fn increment_metric(id: u32, offset: i64) -> Result<(), Status> {
 pub fn record_metric(id: u32, value: u64) -> Result<(), Status> {
     // SAFETY: plain values.
     check(unsafe { proxy_record_metric(id, value) })
+}
+
+/// Reads a counter or gauge.
+pub fn get_metric(id: u32) -> Result<u64, Status> {
+    let mut value = 0;
+    // SAFETY: plain value and out-pointer.
+    check(unsafe { proxy_get_metric(id, &mut value) })?;
+    Ok(value)
 }
 
 /// Resumes the current stream's request, paused by returning `Action::Pause`.

@@ -7,8 +7,8 @@ use crate::config::SessionKeySource;
 use crate::decision::{RedirectDecision, cookie_value, decide, session_point};
 use crate::orca::{ORCA_HEADER, OrcaReport};
 use crate::session_state::{
-    Capture, SESSION_STATE_HEADER, STATE_CHANGE_HEADER, StateRole, StateWrite, SyncMode,
-    encode_state, parse_changes,
+    Capture, QueuedWrite, SESSION_STATE_HEADER, STATE_CHANGE_HEADER, StateRole, StateWrite,
+    SyncMode, encode_state, parse_changes,
 };
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -182,7 +182,7 @@ impl HttpContext for AtreHttp {
                     // A session this worker saw in the table, not behind a shadow, while
                     // the table's generation stood still: on the primary's path there is
                     // nothing to look up or hand over, and its entry need not be read.
-                    let generation = table.generation();
+                    let generation = rt.generation.read();
                     let plain =
                         decision != RedirectDecision::Shadow && rt.seen.fresh(generation, key);
                     if !plain {
@@ -419,29 +419,30 @@ impl AtreHttp {
         let now_ms = stamp_ns / 1_000_000;
         let table = sync::table(svc, sync_cfg);
         let from_shadow = side == Side::Shadow;
+        // A primary's change waits in the queue as it came (parsed at the tick). Only a
+        // session's first change since this worker's last flush touches shared data: its
+        // entry learns that changes are on their way. If it cannot, the change goes to the
+        // table at once (which pins the session if that fails too).
+        let queued = sync_cfg.mode == SyncMode::Async
+            && !from_shadow
+            && !behind_shadow
+            && !rt.state_queue.is_full()
+            && (rt.state_queue.is_marked(&session) || table.note_pending(&session, now_ms).is_ok());
+        if queued {
+            rt.state_queue.push(QueuedWrite {
+                session,
+                header: value,
+                stamp_ns,
+            });
+            return Action::Continue;
+        }
         let change = parse_changes(&value, sync_cfg).map(|ops| StateWrite {
             ops,
             stamp_ns,
             from_shadow,
         });
-        // Only a session's first change since this worker's last flush touches shared
-        // data: its entry learns that changes are on their way. If it cannot, the change
-        // goes to the table at once (which pins the session if that fails too).
-        let queued = change.is_ok()
-            && sync_cfg.mode == SyncMode::Async
-            && !from_shadow
-            && !behind_shadow
-            && !rt.state_queue.is_full()
-            && (rt.state_queue.is_marked(&session) || table.note_pending(&session, now_ms).is_ok());
-        let captured = match change {
-            Ok(write) if queued => {
-                rt.state_queue.push(session.clone(), write);
-                Capture::Queued
-            }
-            change => table.capture(&session, change, sync_cfg.max_session_bytes, now_ms),
-        };
-        match captured {
-            Capture::Recorded(_) | Capture::Queued => metrics.captured.add(1),
+        match table.capture(&session, change, sync_cfg.max_session_bytes, now_ms) {
+            Capture::Recorded(_) => rt.captured += 1,
             Capture::Dropped(reason) => {
                 sync::dropped(svc, &metrics, reason);
                 return Action::Continue;

@@ -28,6 +28,7 @@ use crate::config::{PluginConfig, ServiceConfig};
 use crate::control::{RedirectController, ShadowView};
 use crate::decision::Spreader;
 use crate::plan::RedirectPlan;
+use crate::session_state::SessionTable;
 use crate::shared::{self, SetError, SharedStore, keys};
 use crate::window::{ClusterWindow, ServiceWindow};
 use metrics::{GlobalMetrics, ServiceMetrics};
@@ -54,6 +55,58 @@ impl SharedStore for HostStore {
             Err(_) => Err(SetError::Host),
         }
     }
+
+    /// A gauge of that name: Envoy keeps one per name for the whole process, so every
+    /// worker reads what any raised, without the shared-data lock or a copy into the VM.
+    /// (Filters of other VMs with the same service share it: their raises only make this
+    /// one forget sessions it saw, which costs reads, never correctness.) Defining a
+    /// gauge fails only for an invalid type, so if it fails it fails for every worker
+    /// alike: none reads it (nothing counts as seen) and none can raise it.
+    fn read_signal(&self, name: &str) -> Option<u64> {
+        abi::get_metric(signal_gauge(name)?).ok()
+    }
+
+    fn raise_signal(&self, name: &str) -> Result<(), SetError> {
+        let id = signal_gauge(name).ok_or(SetError::Host)?;
+        abi::increment_metric(id, 1).map_err(|_| SetError::Host)
+    }
+}
+
+/// The session table's generation as the request path reads it: the id of its gauge,
+/// defined when the worker is configured (a name formatted and looked up per request
+/// cost more than the read itself). The same gauge [`HostStore`]'s `raise_signal` raises.
+#[derive(Debug, Clone, Copy, Default)]
+struct GenerationGauge(Option<u32>);
+
+impl GenerationGauge {
+    /// The gauge of `service`'s table ([`SessionTable::generation_name`]).
+    fn define(service: &str) -> GenerationGauge {
+        GenerationGauge(signal_gauge(&SessionTable::generation_name(service)))
+    }
+
+    /// [`SessionTable::generation`], without the lookup.
+    fn read(self) -> Option<u64> {
+        abi::get_metric(self.0?).ok()
+    }
+}
+
+thread_local! {
+    /// Gauge ids of the signals this worker's VM defined, by name.
+    static SIGNAL_GAUGES: std::cell::RefCell<std::collections::HashMap<String, Option<u32>>> =
+        std::cell::RefCell::default();
+}
+
+/// The id of the signal gauge `name`, defined on first use.
+fn signal_gauge(name: &str) -> Option<u32> {
+    SIGNAL_GAUGES.with(|gauges| {
+        let mut gauges = gauges.try_borrow_mut().ok()?;
+        if let Some(id) = gauges.get(name) {
+            return *id;
+        }
+        let id = abi::define_metric(abi::metric::GAUGE, name).ok();
+        gauges.insert(name.to_string(), id);
+        id
+    })
 }
 
 /// What one worker knows about one service.
@@ -67,6 +120,9 @@ struct ServiceRuntime {
     window: ServiceWindow,
     /// Requests started on this worker since the last metric flush.
     started: u64,
+    /// State changes captured on this worker since the last metric flush (a metric
+    /// update is a hostcall: the response path only counts).
+    captured: u64,
     /// Net change of this worker's in-flight requests (primary, shadow) since it last
     /// added them to the shared counters. Batched per tick: only the controller reads the
     /// shared counters, once per tick, so per-request CAS round trips on Envoy's
@@ -79,6 +135,8 @@ struct ServiceRuntime {
     state_queue: crate::session_state::CaptureQueue,
     /// Sessions whose entries the primary's path need not read (state sync).
     seen: crate::session_state::SeenSessions,
+    /// The session table's generation, read on the primary's path (state sync).
+    generation: GenerationGauge,
     /// Used only while this worker holds the controller lease.
     controller: RedirectController,
 }

@@ -7,7 +7,7 @@ use super::http::AtreHttp;
 use super::metrics::{GlobalMetrics, ServiceMetrics};
 use super::report::Reporter;
 use super::sync::Syncer;
-use super::{HostStore, ServiceRuntime, Worker, read_plan, read_shadow};
+use super::{GenerationGauge, HostStore, ServiceRuntime, Worker, read_plan, read_shadow};
 use crate::config::PluginConfig;
 use crate::control::{RedirectController, ShadowView, TickInput};
 use crate::decision::Spreader;
@@ -100,6 +100,7 @@ impl RootContext for AtreRoot {
                 spreader: Spreader::default(),
                 window: ServiceWindow::default(),
                 started: 0,
+                captured: 0,
                 in_flight_delta: [0, 0],
                 in_flight_keys: [
                     keys::in_flight(&s.name, "primary"),
@@ -108,6 +109,10 @@ impl RootContext for AtreRoot {
                 metrics: ServiceMetrics::define(&s.name),
                 state_queue: Default::default(),
                 seen: Default::default(),
+                generation: match &s.state_sync {
+                    Some(_) => GenerationGauge::define(&s.name),
+                    None => GenerationGauge::default(),
+                },
                 controller: RedirectController::default(),
             })
             .collect();
@@ -182,6 +187,10 @@ fn flush_local(worker: &mut Worker) {
         .zip(worker.services.iter_mut())
     {
         rt.metrics.requests.add(std::mem::take(&mut rt.started));
+        rt.metrics
+            .state
+            .captured
+            .add(std::mem::take(&mut rt.captured));
         for (delta, key) in rt.in_flight_delta.iter_mut().zip(rt.in_flight_keys.iter()) {
             if *delta != 0 {
                 match shared::add_counter(&HostStore, key, *delta) {

@@ -201,7 +201,8 @@ pub(super) fn flush_captures(worker: &mut Worker, now_ms: u64) {
         if rt.state_queue.is_empty() {
             continue;
         }
-        let flushed = table(svc, sync).flush(rt.state_queue.take(), sync.max_session_bytes, now_ms);
+        let flushed = table(svc, sync).flush(rt.state_queue.take(), sync, now_ms);
+        rt.metrics.state.captured.add(flushed.captured);
         for (_, reason) in &flushed.dropped {
             dropped(svc, &rt.metrics.state, *reason);
         }
