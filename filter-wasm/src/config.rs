@@ -273,6 +273,9 @@ impl TelemetryConfig {
 fn default_route_header() -> String {
     DEFAULT_ROUTE_HEADER.into()
 }
+/// The longest tick state synchronization works with (its reorder window is 10 s).
+pub const MAX_STATE_SYNC_TICK_MS: u64 = 2_000;
+
 fn default_tick_ms() -> u64 {
     100
 }
@@ -355,6 +358,16 @@ impl PluginConfig {
         }
         if let Some(t) = &self.telemetry {
             t.validate(self.tick_ms)?;
+        }
+        // Queued state changes reach the table at the next tick and are ordered by their
+        // capture stamps within a window of 10 s: a tick must fit in it several times.
+        if self.tick_ms > MAX_STATE_SYNC_TICK_MS
+            && self.services.iter().any(|s| s.state_sync.is_some())
+        {
+            return Err(err(
+                "tick_ms",
+                format!("must be at most {MAX_STATE_SYNC_TICK_MS} with state_sync"),
+            ));
         }
         Ok(())
     }
@@ -655,6 +668,29 @@ mod tests {
         );
         assert_eq!(field_of("not json"), "");
         assert_eq!(field_of(r#"{"services":[]}"#), "services");
+    }
+
+    #[test]
+    fn state_sync_bounds_the_tick() {
+        // Reports at most once a minute, so only the tick's own bound applies.
+        let good = GOOD.replace(
+            "\"telemetry\":{\"cluster\":\"cp\"}",
+            "\"telemetry\":{\"cluster\":\"cp\",\"interval_ms\":60000}",
+        );
+        let with_sync = good.replace(
+            "\"session\":{\"cookie\":\"sid\"}",
+            "\"session\":{\"cookie\":\"sid\"},\"state_sync\":{\"role\":\"publisher\",\"cluster\":\"cp\",\"keys\":[\"cart\"]}",
+        );
+        let tick = |ms: u64| {
+            with_sync.replace("{\"services\"", &format!("{{\"tick_ms\":{ms},\"services\""))
+        };
+        assert!(PluginConfig::parse(tick(MAX_STATE_SYNC_TICK_MS).as_bytes()).is_ok());
+        assert_eq!(field_of(&tick(MAX_STATE_SYNC_TICK_MS + 1)), "tick_ms");
+        let without = good.replace("{\"services\"", "{\"tick_ms\":60000,\"services\"");
+        assert!(
+            PluginConfig::parse(without.as_bytes()).is_ok(),
+            "only with state_sync"
+        );
     }
 
     #[test]

@@ -145,8 +145,12 @@ pub fn percent_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            let hex = bytes.get(i + 1..i + 3)?;
+            // Two hex digits exactly (`from_str_radix` alone would take `+A`).
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -207,6 +211,17 @@ impl SessionEntry {
     fn pin(&mut self) {
         self.pinned = true;
         self.from_shadow = false;
+    }
+
+    /// [`SessionEntry::pin`] for a refused change captured at `stamp_ns` while the table's
+    /// newest change is `newest_ns`: a shadow's change newer than the refused one is still
+    /// one the primary lacks, so the hand-over stays armed.
+    fn pin_at(&mut self, stamp_ns: u64, newest_ns: u64) {
+        if stamp_ns >= newest_ns {
+            self.pin();
+        } else {
+            self.pinned = true;
+        }
     }
 }
 
@@ -282,6 +297,11 @@ pub struct QueuedWrite {
     pub stamp_ns: u64,
 }
 
+/// What a queued change holds in memory (twice the session key: it is also marked).
+fn queued_bytes(q: &QueuedWrite) -> usize {
+    q.header.len() + 2 * q.session.len()
+}
+
 /// One worker's captured changes on their way to the table (async mode), moved there by
 /// [`SessionTable::flush`] at the worker's next tick. On the response path a capture then
 /// touches only the session's small index entry (its `pending` count) — not its state,
@@ -291,7 +311,7 @@ pub struct QueuedWrite {
 #[derive(Debug, Default)]
 pub struct CaptureQueue {
     writes: Vec<QueuedWrite>,
-    /// Bytes of the queued headers.
+    /// Bytes of the queued headers and session keys.
     bytes: usize,
     /// The last stamp given: a worker's stamps never go back, even if the clock does.
     last_stamp: u64,
@@ -328,7 +348,7 @@ impl CaptureQueue {
         if !self.marked.contains(&write.session) {
             self.marked.insert(write.session.clone());
         }
-        self.bytes += write.header.len();
+        self.bytes += queued_bytes(&write);
         self.writes.push(write);
     }
 
@@ -343,7 +363,7 @@ impl CaptureQueue {
     /// entries still count them).
     pub fn requeue(&mut self, mut retry: Vec<QueuedWrite>) {
         self.marked.extend(retry.iter().map(|q| q.session.clone()));
-        self.bytes += retry.iter().map(|q| q.header.len()).sum::<usize>();
+        self.bytes += retry.iter().map(queued_bytes).sum::<usize>();
         retry.append(&mut self.writes);
         self.writes = retry;
     }
@@ -482,13 +502,15 @@ impl<'a> SessionTable<'a> {
     }
 
     fn index_key(&self, bucket: u64) -> String {
-        // v2: entries with `pending`, slots with stamps (a reloaded filter sharing this
-        // Envoy's memory with an older one must not misread its tables).
-        format!("shadowmesh.v2.ssm.{}.idx.{bucket}", self.service)
+        // v3: the generation in an Envoy gauge (v2: in shared data; entries with
+        // `pending`, slots with stamps). A reloaded filter sharing this Envoy's memory
+        // with an older one must not use its tables: the two would not see each other's
+        // generation moves.
+        format!("shadowmesh.v3.ssm.{}.idx.{bucket}", self.service)
     }
 
     fn slot_key(&self, bucket: u64, slot: u32) -> String {
-        format!("shadowmesh.v2.ssm.{}.slot.{bucket}.{slot}", self.service)
+        format!("shadowmesh.v3.ssm.{}.slot.{bucket}.{slot}", self.service)
     }
 
     /// The session's index entry.
@@ -500,6 +522,11 @@ impl<'a> SessionTable<'a> {
     /// The session's state slot.
     pub fn slot(&self, session: &str) -> Option<SessionSlot> {
         self.slot_of(&self.entry(session)?)
+    }
+
+    /// Stamp of the newest change in the session's slot (0 if none).
+    fn newest_ns(&self, entry: &SessionEntry) -> u64 {
+        self.slot_of(entry).map_or(0, |s| s.newest_ns)
     }
 
     /// The state slot of an entry already read.
@@ -606,7 +633,7 @@ impl<'a> SessionTable<'a> {
     }
 
     fn overflow_key(&self) -> String {
-        format!("shadowmesh.v2.ssm.{}.overflow", self.service)
+        format!("shadowmesh.v3.ssm.{}.overflow", self.service)
     }
 
     /// Whether a session this table holds no entry of may go to a shadow: only if its
@@ -704,8 +731,11 @@ impl<'a> SessionTable<'a> {
             let mut writes = match parsed {
                 Ok(writes) => writes,
                 Err(reason) => {
+                    let refused_ns = queued.iter().map(|q| q.stamp_ns).max().unwrap_or(0);
                     match self.with_entry(&session, now_ms, |e| {
-                        e.pin();
+                        // Read again on every attempt: a shadow's change recorded
+                        // meanwhile moves the entry, and the write retries.
+                        e.pin_at(refused_ns, self.newest_ns(e));
                         e.pending = e.pending.saturating_sub(1);
                     }) {
                         Err(_) => out.retry.extend(queued),
@@ -735,8 +765,12 @@ impl<'a> SessionTable<'a> {
                 out.retry.extend(queued);
                 continue;
             }
+            let latest_ns = writes.last().map_or(0, |w| w.stamp_ns);
             let written = self.with_entry(&session, now_ms, |e| {
-                e.took(recorded);
+                match recorded {
+                    Err(_) => e.pin_at(latest_ns, self.newest_ns(e)),
+                    took => e.took(took),
+                }
                 e.pending = e.pending.saturating_sub(1);
                 e.t = now_ms;
             });
@@ -874,7 +908,7 @@ impl<'a> SessionTable<'a> {
     }
 
     fn dirty_key(&self) -> String {
-        format!("shadowmesh.v2.ssm.{}.dirty", self.service)
+        format!("shadowmesh.v3.ssm.{}.dirty", self.service)
     }
 
     /// Marks buckets as holding something to send.
@@ -1692,6 +1726,104 @@ mod tests {
         assert_eq!(t.entry("s1").unwrap().pending, 0);
     }
 
+    fn failing_index() -> FailIdx {
+        FailIdx {
+            inner: MemoryStore::default(),
+            fail: false.into(),
+        }
+    }
+
+    #[test]
+    fn a_refused_change_whose_pinning_write_fails_is_retried_then_pinned() {
+        let store = failing_index();
+        let t = SessionTable::new(&store, "cart", 64);
+        t.note_pending("s1", 1).unwrap();
+        store.fail.set(true);
+        let f = t.flush(vec![queued_header("s1", "bogus", 1)], &cfg(), 2);
+        assert_eq!(f.retry.len(), 1, "not lost");
+        assert!(f.dropped.is_empty());
+        let e = t.entry("s1").unwrap();
+        assert!(!e.pinned && e.pending == 1, "{e:?}");
+        assert!(!t.may_redirect("s1"), "still pending");
+        store.fail.set(false);
+        let f = t.flush(f.retry, &cfg(), 3);
+        assert_eq!(f.dropped, vec![("s1".to_string(), DropReason::Malformed)]);
+        let e = t.entry("s1").unwrap();
+        assert!(e.pinned && e.pending == 0, "{e:?}");
+    }
+
+    #[test]
+    fn a_change_whose_entry_cannot_be_made_is_retried() {
+        let store = failing_index();
+        let t = SessionTable::new(&store, "cart", 64);
+        store.fail.set(true);
+        let f = t.flush(vec![queued("s1", "a", 1)], &cfg(), 2);
+        assert_eq!(f.retry, vec![queued("s1", "a", 1)]);
+        assert!(f.dropped.is_empty());
+    }
+
+    #[test]
+    fn a_flush_counts_the_changes_it_took_in() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        t.note_pending("s1", 1).unwrap();
+        let f = t.flush(
+            vec![queued("s1", "a", 10), queued("s1", "b", 20)],
+            &cfg(),
+            2,
+        );
+        assert_eq!((f.versions, f.captured), (1, 2), "two changes, one version");
+        t.note_pending("s1", 3).unwrap();
+        let f = t.flush(vec![queued("s1", "old", 5)], &cfg(), 4);
+        assert_eq!(
+            (f.versions, f.captured),
+            (0, 1),
+            "superseded, still taken in"
+        );
+    }
+
+    #[test]
+    fn the_queue_is_full_at_its_limits_and_counts_requeued_bytes() {
+        let mut q = CaptureQueue::default();
+        q.push(queued_header(
+            "s1",
+            &"x".repeat(CaptureQueue::LIMIT_BYTES - 5),
+            1,
+        ));
+        assert!(!q.is_full());
+        q.push(queued_header("s1", "x", 2));
+        assert!(q.is_full(), "at the byte limit");
+        let taken = q.take();
+        assert!(!q.is_full());
+        q.requeue(taken);
+        assert!(q.is_full(), "requeued bytes count");
+        let mut q = CaptureQueue::default();
+        for i in 0..CaptureQueue::LIMIT - 1 {
+            q.push(queued_header("s1", "", i as u64));
+        }
+        assert!(!q.is_full());
+        q.push(queued_header("s1", "", 9_999));
+        assert!(q.is_full(), "at the count limit");
+    }
+
+    #[test]
+    fn queued_changes_apply_in_stamp_order_whatever_order_they_come_in() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        t.note_pending("s1", 1).unwrap();
+        t.flush(
+            vec![queued("s1", "b", 9_000_000), queued("s1", "a", 1_000_000)],
+            &cfg(),
+            2,
+        );
+        assert_eq!(t.slot("s1").unwrap().state["cart"], "b");
+        assert_eq!(
+            t.take_outbound(10, &mut Watched::default()).deltas[0].at_ms,
+            1,
+            "lag from the oldest change"
+        );
+    }
+
     #[test]
     fn a_change_without_room_is_dropped_and_its_bucket_fails_closed() {
         let store = MemoryStore::default();
@@ -1877,6 +2009,49 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_change_older_than_a_shadows_leaves_the_primary_to_be_handed_it() {
+        for queued_first in [false, true] {
+            let store = MemoryStore::default();
+            let t = SessionTable::new(&store, "cart", 64);
+            // The primary's refused change (stamp 10) and a shadow's change (stamp 20) of
+            // one session in flight together; the worker's tick comes after either.
+            t.note_pending("s1", 1).unwrap();
+            let mut on_shadow = change("sh", 20);
+            on_shadow.from_shadow = true;
+            let refused = vec![queued_header("s1", "set coupon=x", 10)];
+            if queued_first {
+                t.flush(refused, &cfg(), 3);
+                t.capture("s1", Ok(on_shadow), 100, 4);
+            } else {
+                t.capture("s1", Ok(on_shadow), 100, 2);
+                t.flush(refused, &cfg(), 3);
+            }
+            let e = t.entry("s1").unwrap();
+            assert!(e.pinned && e.pending == 0, "{e:?}");
+            assert!(
+                e.from_shadow,
+                "the shadow's newer change is still the primary's to get"
+            );
+        }
+    }
+
+    #[test]
+    fn a_change_over_the_cap_older_than_a_shadows_leaves_the_primary_to_be_handed_it() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        let mut on_shadow = change(&"y".repeat(60), 20);
+        on_shadow.from_shadow = true;
+        t.note_pending("s1", 1).unwrap();
+        t.capture("s1", Ok(on_shadow), 100, 2);
+        // The primary's change (stamp 10) of another key takes the state over its cap.
+        let over = format!("set writes={}", "z".repeat(60));
+        let f = t.flush(vec![queued_header("s1", &over, 10)], &cfg(), 3);
+        assert_eq!(f.dropped, vec![("s1".to_string(), DropReason::Oversize)]);
+        let e = t.entry("s1").unwrap();
+        assert!(e.pinned && e.pending == 0 && e.from_shadow, "{e:?}");
+    }
+
+    #[test]
     fn a_pinned_sessions_slot_does_not_grow() {
         let store = MemoryStore::default();
         let t = SessionTable::new(&store, "cart", 64);
@@ -1901,6 +2076,19 @@ mod tests {
             .join("; ");
         assert!(big.len() > 100);
         assert_eq!(parse_changes(&big, &c), Err(DropReason::Oversize));
+        assert_eq!(
+            parse_changes("set cart=%+A", &c),
+            Err(DropReason::Malformed)
+        );
+        assert_eq!(percent_decode("%2a%2B"), Some("*+".into()));
+        // Session keys count too: a long key with empty changes still fills the queue.
+        let mut q = CaptureQueue::default();
+        let key = "k".repeat(64 << 10);
+        for i in 0..CaptureQueue::LIMIT_BYTES / (2 << 16) {
+            assert!(!q.is_full());
+            q.push(queued_header(&key, "", i as u64));
+        }
+        assert!(q.is_full());
         let mut q = CaptureQueue::default();
         let huge = queued("s1", &"x".repeat(CaptureQueue::LIMIT_BYTES), 1);
         assert!(!q.is_full());
@@ -1981,11 +2169,18 @@ mod tests {
             !seen.fresh(Some(1), "s1"),
             "a session behind a shadow is never plain"
         );
-        seen.saw(Some(1), &plain);
-        assert!(seen.fresh(Some(1), "s1"));
+        let mut seen = SeenSessions::default();
+        seen.saw(Some(0), &plain);
+        assert!(seen.fresh(Some(0), "s1"));
         assert!(
             !seen.fresh(None, "s1"),
             "without a readable generation nothing counts as seen"
+        );
+        let mut seen = SeenSessions::default();
+        seen.saw(None, &plain);
+        assert!(
+            !seen.fresh(Some(0), "s1"),
+            "nor is a session remembered without one"
         );
     }
 }

@@ -79,9 +79,19 @@ impl SharedStore for HostStore {
 struct GenerationGauge(Option<u32>);
 
 impl GenerationGauge {
-    /// The gauge of `service`'s table ([`SessionTable::generation_name`]).
+    /// The gauge of `service`'s table ([`SessionTable::generation_name`]), if it works:
+    /// raising it must show. (An operator's `stats_matcher` that rejects the name makes
+    /// Envoy hand out a gauge that ignores raises and always reads 0; trusting it would
+    /// let a worker take a session newly behind a shadow for one it saw plain. A raise
+    /// here costs only re-reads.) Otherwise the request path reads entries every time.
     fn define(service: &str) -> GenerationGauge {
-        GenerationGauge(signal_gauge(&SessionTable::generation_name(service)))
+        let working = || {
+            let id = signal_gauge(&SessionTable::generation_name(service))?;
+            let before = abi::get_metric(id).ok()?;
+            abi::increment_metric(id, 1).ok()?;
+            (abi::get_metric(id).ok()? > before).then_some(id)
+        };
+        GenerationGauge(working())
     }
 
     /// [`SessionTable::generation`], without the lookup.
