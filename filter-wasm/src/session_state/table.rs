@@ -1,164 +1,14 @@
-//! State Synchronization (SSM) in the filter: the application's state-change header, the
-//! per-session table in Envoy's shared data, and the messages to and from the relay.
-//!
-//! **The contract** (language-agnostic; `filter-wasm/README.md`):
-//!
-//! * The service marks changes of a session's critical state in a response header,
-//!   `x-shadowmesh-state: set cart=sku-1%3A2; set writes=3; del coupon` — operations
-//!   separated by `;`, values percent-encoded. The filter on the primary's path strips it,
-//!   gives the session its next version and emits the delta. Keys outside the allowlist,
-//!   values or sessions over their caps are dropped and counted, and the session stays on
-//!   the primary from then on (a shadow could not have its state).
-//! * In front of a shadow, the filter adds the session's current state to each request:
-//!   `x-shadowmesh-session-state: v=7; cart=sku-1%3A2; writes=3` — so the shadow needs no
-//!   database of its own. Any value a client sent in that header is removed first.
-//!
-//! **The table.** Sessions live in [`BUCKETS`] index keys per service (small: version,
-//! what was sent, what the shadows acknowledged) and one state slot each (the state and the
-//! operations not sent yet). Slots are reused, so the number of shared-data keys is bounded
-//! however many sessions come and go; a bucket that is full forgets its oldest session whose
-//! state every shadow has (that state lives on there), never one whose state is unreplicated.
+//! The session table in Envoy's shared data: index buckets and state slots, the capture
+//! and flush of changes, what is sent to the relay and acknowledged, and the subscriber's
+//! side (snapshots and deltas applied).
 
-use crate::config::valid_state_key as valid_key;
-pub use crate::config::{StateRole, StateSyncConfig, SyncMode};
+use super::contract::{DropReason, parse_changes};
+use super::worker::QueuedWrite;
+use super::{BUCKETS, StateSyncConfig};
 use crate::shared::{Encoding, SetError, SharedStore};
 use serde::{Deserialize, Serialize};
 use shadowmesh_wire::{SessionDelta, SessionSnapshot, StateOp, apply_ops, state_bytes};
 use std::collections::BTreeMap;
-
-/// Response header the application marks state changes with.
-pub const STATE_CHANGE_HEADER: &str = "x-shadowmesh-state";
-/// Request header carrying a session's state to the application.
-pub const SESSION_STATE_HEADER: &str = "x-shadowmesh-session-state";
-/// Index buckets per service.
-pub const BUCKETS: u64 = crate::config::STATE_BUCKETS;
-
-/// Why a state-change header was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// Not `set k=v` / `del k` operations, or bad percent-encoding.
-    Malformed,
-    /// A key outside the allowlist.
-    NotAllowed,
-    /// A value, or the session's whole state, over its cap.
-    Oversize,
-    /// No room left for the session.
-    Full,
-}
-
-impl DropReason {
-    /// The reason as a metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::Malformed => "malformed",
-            DropReason::NotAllowed => "not_allowed",
-            DropReason::Oversize => "oversize",
-            DropReason::Full => "full",
-        }
-    }
-}
-
-/// Parses an `x-shadowmesh-state` value against the allowlist and the value cap.
-pub fn parse_changes(value: &str, cfg: &StateSyncConfig) -> Result<Vec<StateOp>, DropReason> {
-    let mut ops = Vec::new();
-    for part in value.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-        let (verb, rest) = part.split_once(' ').ok_or(DropReason::Malformed)?;
-        let op = match verb {
-            "set" => {
-                let (k, v) = rest.trim().split_once('=').ok_or(DropReason::Malformed)?;
-                StateOp {
-                    key: k.trim().to_string(),
-                    value: Some(percent_decode(v.trim()).ok_or(DropReason::Malformed)?),
-                }
-            }
-            "del" => StateOp {
-                key: rest.trim().to_string(),
-                value: None,
-            },
-            _ => return Err(DropReason::Malformed),
-        };
-        if !valid_key(&op.key) {
-            return Err(DropReason::Malformed);
-        }
-        if !cfg.keys.contains(&op.key) {
-            return Err(DropReason::NotAllowed);
-        }
-        if op
-            .value
-            .as_ref()
-            .is_some_and(|v| v.len() > cfg.max_value_bytes)
-        {
-            return Err(DropReason::Oversize);
-        }
-        ops.push(op);
-    }
-    if ops.is_empty() {
-        return Err(DropReason::Malformed);
-    }
-    // One change larger than a whole session's state cannot fit it (and would only cost).
-    if ops_bytes(&ops) > cfg.max_session_bytes {
-        return Err(DropReason::Oversize);
-    }
-    Ok(ops)
-}
-
-/// The `x-shadowmesh-session-state` value: `v=VERSION` then `key=value` pairs.
-pub fn encode_state(version: u64, state: &BTreeMap<String, String>) -> String {
-    let mut out = format!("v={version}");
-    for (k, v) in state {
-        out.push_str("; ");
-        out.push_str(k);
-        out.push('=');
-        percent_encode_into(v, &mut out);
-    }
-    out
-}
-
-/// Parses an `x-shadowmesh-session-state` value (for applications written in Rust, and
-/// tests): the version and the state.
-pub fn decode_state(value: &str) -> Option<(u64, BTreeMap<String, String>)> {
-    let mut parts = value.split(';').map(str::trim);
-    let version = parts.next()?.strip_prefix("v=")?.parse().ok()?;
-    let mut state = BTreeMap::new();
-    for p in parts.filter(|p| !p.is_empty()) {
-        let (k, v) = p.split_once('=')?;
-        state.insert(k.to_string(), percent_decode(v)?);
-    }
-    Some((version, state))
-}
-
-/// Percent-encodes everything but unreserved characters (RFC 3986).
-pub fn percent_encode_into(s: &str, out: &mut String) {
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-}
-
-/// Decodes `%XX` escapes; `None` for a broken escape or invalid UTF-8.
-pub fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            // Two hex digits exactly (`from_str_radix` alone would take `+A`).
-            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                return None;
-            }
-            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
 
 /// One session in an index bucket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,7 +29,7 @@ pub struct SessionEntry {
     pub pinned: bool,
     /// Last write (ms).
     pub t: u64,
-    /// Workers whose [`CaptureQueue`] holds changes of this session not in the table yet:
+    /// Workers whose [`CaptureQueue`](super::CaptureQueue) holds changes of this session not in the table yet:
     /// while any does, no shadow may serve the session and the primary is never handed the
     /// table's (older) state.
     pub pending: u32,
@@ -278,102 +128,6 @@ pub struct StateWrite {
     pub from_shadow: bool,
 }
 
-fn ops_bytes(ops: &[StateOp]) -> usize {
-    ops.iter()
-        .map(|op| op.key.len() + op.value.as_ref().map_or(0, String::len))
-        .sum()
-}
-
-/// A primary's change waiting in a [`CaptureQueue`], as the application wrote it: it is
-/// parsed and checked at the worker's tick ([`SessionTable::flush`]), not on the response
-/// path.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QueuedWrite {
-    /// Its session.
-    pub session: String,
-    /// The `x-shadowmesh-state` value.
-    pub header: String,
-    /// When it was captured (ns): orders the session's changes.
-    pub stamp_ns: u64,
-}
-
-/// What a queued change holds in memory (twice the session key: it is also marked).
-fn queued_bytes(q: &QueuedWrite) -> usize {
-    q.header.len() + 2 * q.session.len()
-}
-
-/// One worker's captured changes on their way to the table (async mode), moved there by
-/// [`SessionTable::flush`] at the worker's next tick. On the response path a capture then
-/// touches only the session's small index entry (its `pending` count) — not its state,
-/// which is kilobytes to decode, change and encode again — and does not even parse the
-/// change: a change the flush refuses pins its session then, which stays on the primary
-/// meanwhile anyway (its change is pending).
-#[derive(Debug, Default)]
-pub struct CaptureQueue {
-    writes: Vec<QueuedWrite>,
-    /// Bytes of the queued headers and session keys.
-    bytes: usize,
-    /// The last stamp given: a worker's stamps never go back, even if the clock does.
-    last_stamp: u64,
-    /// Sessions whose entries count this worker's queued changes as pending (one mark per
-    /// session and flush, however many changes it made meanwhile).
-    marked: std::collections::BTreeSet<String>,
-}
-
-impl CaptureQueue {
-    /// Changes held at most; past it captures go to the table directly (bounded memory).
-    pub const LIMIT: usize = 4_096;
-    /// Bytes of operations held at most, likewise.
-    pub const LIMIT_BYTES: usize = 4 << 20;
-
-    /// Whether a capture must go to the table directly.
-    pub fn is_full(&self) -> bool {
-        self.writes.len() >= Self::LIMIT || self.bytes >= Self::LIMIT_BYTES
-    }
-
-    /// The stamp of a change captured at `now_ns`: never below one given before.
-    pub fn stamp(&mut self, now_ns: u64) -> u64 {
-        self.last_stamp = now_ns.max(self.last_stamp.saturating_add(1));
-        self.last_stamp
-    }
-
-    /// Whether `session`'s entry already counts this queue's changes as pending.
-    pub fn is_marked(&self, session: &str) -> bool {
-        self.marked.contains(session)
-    }
-
-    /// Queues a change of a session whose entry counts this queue as pending
-    /// ([`SessionTable::note_pending`] when not [`CaptureQueue::is_marked`]).
-    pub fn push(&mut self, write: QueuedWrite) {
-        if !self.marked.contains(&write.session) {
-            self.marked.insert(write.session.clone());
-        }
-        self.bytes += queued_bytes(&write);
-        self.writes.push(write);
-    }
-
-    /// Everything queued, in capture order, for [`SessionTable::flush`].
-    pub fn take(&mut self) -> Vec<QueuedWrite> {
-        self.marked.clear();
-        self.bytes = 0;
-        std::mem::take(&mut self.writes)
-    }
-
-    /// Puts back changes a flush could not write, ahead of newer ones (their sessions'
-    /// entries still count them).
-    pub fn requeue(&mut self, mut retry: Vec<QueuedWrite>) {
-        self.marked.extend(retry.iter().map(|q| q.session.clone()));
-        self.bytes += retry.iter().map(queued_bytes).sum::<usize>();
-        retry.append(&mut self.writes);
-        self.writes = retry;
-    }
-
-    /// Nothing queued.
-    pub fn is_empty(&self) -> bool {
-        self.writes.is_empty()
-    }
-}
-
 /// The index buckets that may hold sessions waiting for an acknowledgement, one bit each:
 /// kept by the publishing worker between ticks. Every bucket when it starts (a worker
 /// that just took the publishing over knows nothing yet).
@@ -388,49 +142,6 @@ impl Default for Watched {
 
 // One bit per bucket in the dirty and watched masks.
 const _: () = assert!(BUCKETS == 64);
-
-/// Sessions one worker has seen in the table, not behind a shadow, as of one table
-/// [`SessionTable::generation`]: for them a request to the primary has nothing to look up
-/// and nothing to be handed, so the worker need not read their entries — until the
-/// generation moves on (a session forgotten, or one newly behind a shadow), which forgets
-/// them all. A shadow's change moves it before its response reaches the client, so the
-/// client's next request sees the new generation.
-#[derive(Debug, Default)]
-pub struct SeenSessions {
-    generation: u64,
-    sessions: std::collections::HashSet<String>,
-}
-
-impl SeenSessions {
-    /// Sessions remembered at most (then all are forgotten).
-    pub const LIMIT: usize = 16_384;
-
-    /// Whether `session` was seen as of `generation` (forgets everything seen before if
-    /// the generation moved on).
-    pub fn fresh(&mut self, generation: Option<u64>, session: &str) -> bool {
-        let Some(generation) = generation else {
-            return false;
-        };
-        if generation != self.generation {
-            self.sessions.clear();
-            self.generation = generation;
-            return false;
-        }
-        self.sessions.contains(session)
-    }
-
-    /// Remembers `entry`'s session if it is plain (in the table, not behind a shadow), as
-    /// of `generation` — read before the entry was.
-    pub fn saw(&mut self, generation: Option<u64>, entry: &SessionEntry) {
-        if generation != Some(self.generation) || entry.from_shadow {
-            return;
-        }
-        if self.sessions.len() >= Self::LIMIT {
-            self.sessions.clear();
-        }
-        self.sessions.insert(entry.s.clone());
-    }
-}
 
 /// What a [`SessionTable::flush`] did.
 #[derive(Debug, Default, PartialEq)]
@@ -620,7 +331,7 @@ impl<'a> SessionTable<'a> {
 
     /// The table's generation: it changes whenever a session leaves the table or its
     /// newest change becomes a shadow's — the only changes that make an entry seen before
-    /// wrong for the primary's path (see [`SeenSessions`]). `None` if it cannot be read:
+    /// wrong for the primary's path (see [`SeenSessions`](super::SeenSessions)). `None` if it cannot be read:
     /// then nothing counts as seen.
     pub fn generation(&self) -> Option<u64> {
         self.store.read_signal(&Self::generation_name(self.service))
@@ -695,7 +406,7 @@ impl<'a> SessionTable<'a> {
 
     /// Async capture, on the response path, of a worker's first change of the session
     /// since its last flush: the session's entry counts one more worker with changes on
-    /// their way (made if new). The changes wait in the worker's [`CaptureQueue`].
+    /// their way (made if new). The changes wait in the worker's [`CaptureQueue`](super::CaptureQueue).
     pub fn note_pending(&self, session: &str, now_ms: u64) -> Result<(), DropReason> {
         match self.with_entry(session, now_ms, |e| {
             e.pending = e.pending.saturating_add(1);
@@ -1201,63 +912,9 @@ impl Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session_state::CaptureQueue;
+    use crate::session_state::test_support::*;
     use crate::shared::memory::MemoryStore;
-
-    /// A primary's change captured at `stamp`.
-    fn w(ops: Result<Vec<StateOp>, DropReason>, stamp: u64) -> Result<StateWrite, DropReason> {
-        ops.map(|ops| StateWrite {
-            ops,
-            stamp_ns: stamp,
-            from_shadow: false,
-        })
-    }
-
-    fn cfg() -> StateSyncConfig {
-        serde_json::from_value(serde_json::json!({
-            "role": "publisher", "cluster": "control", "keys": ["cart", "writes"],
-            "max_value_bytes": 64, "max_session_bytes": 100, "max_sessions": 64,
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn the_header_contract_parses_and_refuses_what_it_must() {
-        let c = cfg();
-        assert_eq!(
-            parse_changes("set cart=a%3B1; del writes", &c).unwrap(),
-            vec![
-                StateOp {
-                    key: "cart".into(),
-                    value: Some("a;1".into())
-                },
-                StateOp {
-                    key: "writes".into(),
-                    value: None
-                },
-            ]
-        );
-        assert_eq!(
-            parse_changes("set coupon=1", &c),
-            Err(DropReason::NotAllowed)
-        );
-        assert_eq!(
-            parse_changes(&format!("set cart={}", "x".repeat(65)), &c),
-            Err(DropReason::Oversize)
-        );
-        for bad in [
-            "",
-            "cart=1",
-            "put cart=1",
-            "set cart",
-            "set cart=%zz",
-            "set c art=1",
-        ] {
-            assert!(parse_changes(bad, &c).is_err(), "{bad:?}");
-        }
-        let state: BTreeMap<String, String> =
-            [("cart".to_string(), "sku 1;2=%".to_string())].into();
-        assert_eq!(decode_state(&encode_state(7, &state)), Some((7, state)));
-    }
 
     #[test]
     fn a_pinned_session_stays_on_the_primary_and_out_of_replication() {
@@ -1412,33 +1069,6 @@ mod tests {
             t.entry(&first).is_none(),
             "the replicated one was forgotten"
         );
-    }
-
-    /// A primary's change of `cart` to `v`, captured at `stamp`.
-    fn change(v: &str, stamp: u64) -> StateWrite {
-        StateWrite {
-            ops: vec![StateOp {
-                key: "cart".into(),
-                value: Some(v.into()),
-            }],
-            stamp_ns: stamp,
-            from_shadow: false,
-        }
-    }
-
-    /// The same change queued as the application wrote it.
-    fn queued(session: &str, v: &str, stamp: u64) -> QueuedWrite {
-        let mut header = "set cart=".to_string();
-        percent_encode_into(v, &mut header);
-        queued_header(session, &header, stamp)
-    }
-
-    fn queued_header(session: &str, header: &str, stamp: u64) -> QueuedWrite {
-        QueuedWrite {
-            session: session.into(),
-            header: header.into(),
-            stamp_ns: stamp,
-        }
     }
 
     #[test]
@@ -1636,32 +1266,6 @@ mod tests {
         assert_eq!(next.watch, vec![sessions[0].clone()]);
         assert_eq!(watched, Watched(1 << bucket_of(&sessions[0])));
     }
-    /// Two sessions in the same index bucket.
-    fn same_bucket_pair() -> (String, String) {
-        let first = "s0".to_string();
-        let other = (1..10_000)
-            .map(|i| format!("s{i}"))
-            .find(|s| bucket_of(s) == bucket_of(&first))
-            .unwrap();
-        (first, other)
-    }
-
-    #[test]
-    fn the_queue_marks_its_sessions_once_per_flush_and_retries_go_first() {
-        let mut q = CaptureQueue::default();
-        q.push(queued("s1", "a", 1));
-        assert!(q.is_marked("s1"));
-        let taken = q.take();
-        assert!(!q.is_marked("s1") && q.is_empty());
-        q.push(queued("s2", "b", 5));
-        q.requeue(taken);
-        assert!(q.is_marked("s1"));
-        let all = q.take();
-        assert_eq!(
-            all.iter().map(|w| w.session.as_str()).collect::<Vec<_>>(),
-            vec!["s1", "s2"]
-        );
-    }
 
     #[test]
     fn recording_never_lowers_the_entrys_version() {
@@ -1693,22 +1297,6 @@ mod tests {
         assert_eq!(t.entry("s1").unwrap().pending, 0);
     }
 
-    struct FailIdx {
-        inner: MemoryStore,
-        fail: std::cell::Cell<bool>,
-    }
-    impl SharedStore for FailIdx {
-        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            self.inner.get(key)
-        }
-        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
-            if self.fail.get() && key.contains(".idx.") {
-                return Err(SetError::Host);
-            }
-            self.inner.set(key, value, cas)
-        }
-    }
-
     #[test]
     fn a_refused_entry_write_is_retried_and_the_session_stays_pending() {
         let store = FailIdx {
@@ -1724,13 +1312,6 @@ mod tests {
         store.fail.set(false);
         t.flush(f.retry, &cfg(), 3);
         assert_eq!(t.entry("s1").unwrap().pending, 0);
-    }
-
-    fn failing_index() -> FailIdx {
-        FailIdx {
-            inner: MemoryStore::default(),
-            fail: false.into(),
-        }
     }
 
     #[test]
@@ -1780,30 +1361,6 @@ mod tests {
             (0, 1),
             "superseded, still taken in"
         );
-    }
-
-    #[test]
-    fn the_queue_is_full_at_its_limits_and_counts_requeued_bytes() {
-        let mut q = CaptureQueue::default();
-        q.push(queued_header(
-            "s1",
-            &"x".repeat(CaptureQueue::LIMIT_BYTES - 5),
-            1,
-        ));
-        assert!(!q.is_full());
-        q.push(queued_header("s1", "x", 2));
-        assert!(q.is_full(), "at the byte limit");
-        let taken = q.take();
-        assert!(!q.is_full());
-        q.requeue(taken);
-        assert!(q.is_full(), "requeued bytes count");
-        let mut q = CaptureQueue::default();
-        for i in 0..CaptureQueue::LIMIT - 1 {
-            q.push(queued_header("s1", "", i as u64));
-        }
-        assert!(!q.is_full());
-        q.push(queued_header("s1", "", 9_999));
-        assert!(q.is_full(), "at the count limit");
     }
 
     #[test]
@@ -1942,6 +1499,7 @@ mod tests {
         inner: MemoryStore,
         idx_gets: std::cell::Cell<usize>,
     }
+
     impl SharedStore for Counting {
         fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
             if key.contains(".idx.") {
@@ -1953,6 +1511,7 @@ mod tests {
             self.inner.set(key, value, cas)
         }
     }
+
     #[test]
     fn an_idle_tick_reads_no_bucket() {
         let store = Counting {
@@ -2067,38 +1626,6 @@ mod tests {
     }
 
     #[test]
-    fn changes_are_bounded_in_size_and_the_queue_in_bytes() {
-        let c = cfg();
-        // max_session_bytes is 100: one change may not exceed it.
-        let big = (0..30)
-            .map(|i| format!("set cart={i}"))
-            .collect::<Vec<_>>()
-            .join("; ");
-        assert!(big.len() > 100);
-        assert_eq!(parse_changes(&big, &c), Err(DropReason::Oversize));
-        assert_eq!(
-            parse_changes("set cart=%+A", &c),
-            Err(DropReason::Malformed)
-        );
-        assert_eq!(percent_decode("%2a%2B"), Some("*+".into()));
-        // Session keys count too: a long key with empty changes still fills the queue.
-        let mut q = CaptureQueue::default();
-        let key = "k".repeat(64 << 10);
-        for i in 0..CaptureQueue::LIMIT_BYTES / (2 << 16) {
-            assert!(!q.is_full());
-            q.push(queued_header(&key, "", i as u64));
-        }
-        assert!(q.is_full());
-        let mut q = CaptureQueue::default();
-        let huge = queued("s1", &"x".repeat(CaptureQueue::LIMIT_BYTES), 1);
-        assert!(!q.is_full());
-        q.push(huge);
-        assert!(q.is_full());
-        q.take();
-        assert!(!q.is_full());
-    }
-
-    #[test]
     fn the_generation_moves_only_when_a_seen_entry_could_mislead_the_primarys_path() {
         let store = MemoryStore::default();
         let t = SessionTable::new(&store, "cart", 64);
@@ -2138,49 +1665,5 @@ mod tests {
         };
         t.adopt("s9", Some(&snap), 6);
         assert_ne!(t.generation(), g2, "adopted behind a shadow");
-    }
-
-    #[test]
-    fn seen_sessions_last_only_while_the_generation_stands() {
-        let store = MemoryStore::default();
-        let t = SessionTable::new(&store, "cart", 64);
-        t.note_pending("s1", 1).unwrap();
-        let plain = t.entry("s1").unwrap();
-        let mut seen = SeenSessions::default();
-        assert!(!seen.fresh(Some(0), "s1"));
-        seen.saw(Some(0), &plain);
-        assert!(seen.fresh(Some(0), "s1"));
-        assert!(!seen.fresh(Some(1), "s1"), "the generation moved on");
-        assert!(
-            !seen.fresh(Some(1), "s1"),
-            "and everything seen before is forgotten"
-        );
-        seen.saw(Some(0), &plain);
-        assert!(
-            !seen.fresh(Some(1), "s1"),
-            "a view older than the generation is not kept"
-        );
-        let behind = SessionEntry {
-            from_shadow: true,
-            ..plain.clone()
-        };
-        seen.saw(Some(1), &behind);
-        assert!(
-            !seen.fresh(Some(1), "s1"),
-            "a session behind a shadow is never plain"
-        );
-        let mut seen = SeenSessions::default();
-        seen.saw(Some(0), &plain);
-        assert!(seen.fresh(Some(0), "s1"));
-        assert!(
-            !seen.fresh(None, "s1"),
-            "without a readable generation nothing counts as seen"
-        );
-        let mut seen = SeenSessions::default();
-        seen.saw(None, &plain);
-        assert!(
-            !seen.fresh(Some(0), "s1"),
-            "nor is a session remembered without one"
-        );
     }
 }
