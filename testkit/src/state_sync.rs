@@ -39,6 +39,9 @@ pub struct SyncOptions {
     pub edge: EdgeFilter,
     /// Time the carts take per request (ms).
     pub service_ms: u64,
+    /// Stats the edge Envoy rejects (`stats_matcher` exclusion by name suffix), as an
+    /// operator's stats filter would: Envoy then hands out null stats for them.
+    pub edge_rejected_stats: Vec<&'static str>,
 }
 
 /// What runs in the edge Envoy.
@@ -65,6 +68,7 @@ impl Default for SyncOptions {
             primary_concurrency: 8,
             edge: EdgeFilter::AtreWithSync,
             service_ms: 20,
+            edge_rejected_stats: Vec::new(),
         }
     }
 }
@@ -163,6 +167,20 @@ fn shadow_side_yaml(
         &format!("    address: {{socket_address: {{address: 127.0.0.1, port_value: {listener}}}}}\n    filter_chains:"),
         1,
     ))
+}
+
+/// `yaml` with a `stats_matcher` that rejects stats whose names end with `suffixes`.
+fn reject_stats(yaml: &str, suffixes: &[&str]) -> Result<String> {
+    const STATS_CONFIG: &str = "stats_config:\n";
+    anyhow::ensure!(
+        yaml.matches(STATS_CONFIG).count() == 1,
+        "expected one stats_config in the bootstrap"
+    );
+    let mut matcher = String::from("  stats_matcher:\n    exclusion_list:\n      patterns:\n");
+    for s in suffixes {
+        matcher.push_str(&format!("      - suffix: {}\n", serde_json::to_string(s)?));
+    }
+    Ok(yaml.replacen(STATS_CONFIG, &format!("{STATS_CONFIG}{matcher}"), 1))
 }
 
 /// The front-proxy bootstrap `base` (its listener `ingress`) with the listeners of the
@@ -279,7 +297,7 @@ impl SyncStack {
             control_port: http.port(),
             filter,
         };
-        let edge_yaml = match options.edge {
+        let mut edge_yaml = match options.edge {
             EdgeFilter::AtreWithSync => edge_bootstrap(edge_plugin("edge-1", true)).render()?,
             EdgeFilter::Faulting => edge_bootstrap(FilterChoice::Faulting).render()?,
             EdgeFilter::SideBySide => side_by_side_yaml(
@@ -296,6 +314,9 @@ impl SyncStack {
                 ],
             )?,
         };
+        if !options.edge_rejected_stats.is_empty() {
+            edge_yaml = reject_stats(&edge_yaml, &options.edge_rejected_stats)?;
+        }
         let edge = EnvoyProcess::launch(edge_yaml.clone(), EnvoyOptions::default()).await?;
         let stack = SyncStack {
             edge_yaml,

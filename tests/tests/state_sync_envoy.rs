@@ -151,6 +151,34 @@ async fn in_event_mode_a_restarted_edge_envoy_continues_its_sessions_without_sta
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_whose_stats_filter_drops_the_generation_gauge_still_hands_primaries_the_shadows_writes()
+ {
+    let _alone = shadowmesh_testkit::load_test_lock().write_owned().await;
+    // An operator's stats filter that rejects the table generation's gauge: Envoy hands
+    // the filter a null gauge (raises vanish, reads say 0). Trusted, it would let the
+    // primary's path take sessions back from the shadow as ones it saw plain.
+    let options = SyncOptions {
+        edge_rejected_stats: vec!["state_generation"],
+        ..SyncOptions::default()
+    };
+    let s = stack("nullgauge", options).await;
+    let report = shop(&s, 8, "nullgauge").await;
+    assert!(report.sessions_moved >= 5, "{report:?}");
+    assert!(report.by_shadow_after_writes > 100, "{report:?}");
+    assert!(
+        filter_stat(&s.edge, "state_injected_total") > 0,
+        "sessions back from the shadow were handed its writes"
+    );
+    assert_eq!(
+        s.edge
+            .stat("wasmcustom.shadowmesh.service.checkout.state_generation")
+            .unwrap(),
+        None,
+        "the stats filter rejected the gauge"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_outside_the_allowlist_is_dropped_and_keeps_its_session_on_the_primary() {
     let _alone = shadowmesh_testkit::load_test_lock().write_owned().await;
     // The cart writes a profile with its first write; `profile` is not allowlisted.

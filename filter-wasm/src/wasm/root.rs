@@ -170,10 +170,18 @@ impl RootContext for AtreRoot {
 }
 
 /// A worker about to be replaced or dropped: its queued state changes reach the table
-/// (which lives on in Envoy's shared data) first.
+/// (which lives on in Envoy's shared data) first. There is no next tick to retry what the
+/// host refused (a lost race, mostly), so it tries a few times now: a change left behind
+/// would keep its session pending — on the primary — for as long as the table holds it.
 fn flush_before_leaving(worker: &Rc<RefCell<Worker>>) {
+    const ATTEMPTS: usize = 3;
     if let Ok(mut w) = worker.try_borrow_mut() {
-        super::sync::flush_captures(&mut w, now_ns() / 1_000_000);
+        for _ in 0..ATTEMPTS {
+            super::sync::flush_captures(&mut w, now_ns() / 1_000_000);
+            if w.services.iter().all(|rt| rt.state_queue.is_empty()) {
+                break;
+            }
+        }
     }
 }
 
