@@ -158,29 +158,36 @@ fn shadow_side_yaml(
         filter: FilterChoice::Atre(plugin.to_string()),
     }
     .render()?;
-    // The ingress listener is the first `port_value: 0` indented as a listener address.
-    let listener_line =
-        "    address: {socket_address: {address: 127.0.0.1, port_value: 0}}\n    filter_chains:";
-    anyhow::ensure!(yaml.contains(listener_line), "listener address not found");
-    Ok(yaml.replacen(
-        listener_line,
-        &format!("    address: {{socket_address: {{address: 127.0.0.1, port_value: {listener}}}}}\n    filter_chains:"),
-        1,
-    ))
+    // The ingress listener is the one `port_value: 0` indented as a listener address.
+    replace_once(
+        &yaml,
+        "    address: {socket_address: {address: 127.0.0.1, port_value: 0}}\n    filter_chains:",
+        &format!(
+            "    address: {{socket_address: {{address: 127.0.0.1, port_value: {listener}}}}}\n    filter_chains:"
+        ),
+    )
+}
+
+/// `text` with `what`, which must occur exactly once, replaced by `with`: the bootstrap
+/// edits here are textual, and a template that changed shape must fail loudly.
+fn replace_once(text: &str, what: &str, with: &str) -> Result<String> {
+    let found = text.matches(what).count();
+    anyhow::ensure!(
+        found == 1,
+        "expected `{}` once in the bootstrap, found it {found} times",
+        what.trim()
+    );
+    Ok(text.replacen(what, with, 1))
 }
 
 /// `yaml` with a `stats_matcher` that rejects stats whose names end with `suffixes`.
 fn reject_stats(yaml: &str, suffixes: &[&str]) -> Result<String> {
     const STATS_CONFIG: &str = "stats_config:\n";
-    anyhow::ensure!(
-        yaml.matches(STATS_CONFIG).count() == 1,
-        "expected one stats_config in the bootstrap"
-    );
     let mut matcher = String::from("  stats_matcher:\n    exclusion_list:\n      patterns:\n");
     for s in suffixes {
         matcher.push_str(&format!("      - suffix: {}\n", serde_json::to_string(s)?));
     }
-    Ok(yaml.replacen(STATS_CONFIG, &format!("{STATS_CONFIG}{matcher}"), 1))
+    replace_once(yaml, STATS_CONFIG, &format!("{STATS_CONFIG}{matcher}"))
 }
 
 /// The front-proxy bootstrap `base` (its listener `ingress`) with the listeners of the
@@ -201,23 +208,19 @@ fn side_by_side_yaml(base: &str, more: &[(&str, &str)]) -> Result<String> {
         let end = yaml
             .find(CLUSTERS)
             .context("no clusters in the bootstrap")?;
-        let block = &yaml[start..end];
-        anyhow::ensure!(
-            block.matches(INGRESS).count() == 1 && block.matches(VM_ID).count() == 1,
-            "expected one ingress listener with one Wasm VM"
-        );
+        let block = replace_once(
+            &yaml[start..end],
+            INGRESS,
+            &format!("  - name: ingress-{name}\n"),
+        )?;
         listeners.push('\n');
-        listeners.push_str(
-            &block
-                .replace(INGRESS, &format!("  - name: ingress-{name}\n"))
-                .replace(VM_ID, &format!("vm_id: shadowmesh-{name}\n")),
-        );
+        listeners.push_str(&replace_once(
+            &block,
+            VM_ID,
+            &format!("vm_id: shadowmesh-{name}\n"),
+        )?);
     }
-    anyhow::ensure!(
-        base.matches(CLUSTERS).count() == 1,
-        "no clusters in the bootstrap"
-    );
-    Ok(base.replacen(CLUSTERS, &format!("{listeners}{CLUSTERS}"), 1))
+    replace_once(base, CLUSTERS, &format!("{listeners}{CLUSTERS}"))
 }
 
 impl SyncStack {

@@ -59,9 +59,9 @@ impl SharedStore for HostStore {
     /// A gauge of that name: Envoy keeps one per name for the whole process, so every
     /// worker reads what any raised, without the shared-data lock or a copy into the VM.
     /// (Filters of other VMs with the same service share it: their raises only make this
-    /// one forget sessions it saw, which costs reads, never correctness.) Defining a
-    /// gauge fails only for an invalid type, so if it fails it fails for every worker
-    /// alike: none reads it (nothing counts as seen) and none can raise it.
+    /// one forget sessions it saw, which costs reads, never correctness.) A gauge that
+    /// does not work ([`signal_gauge`]) does so for every worker alike: none reads it
+    /// (nothing counts as seen) and none can raise it.
     fn read_signal(&self, name: &str) -> Option<u64> {
         abi::get_metric(signal_gauge(name)?).ok()
     }
@@ -79,19 +79,10 @@ impl SharedStore for HostStore {
 struct GenerationGauge(Option<u32>);
 
 impl GenerationGauge {
-    /// The gauge of `service`'s table ([`SessionTable::generation_name`]), if it works:
-    /// raising it must show. (An operator's `stats_matcher` that rejects the name makes
-    /// Envoy hand out a gauge that ignores raises and always reads 0; trusting it would
-    /// let a worker take a session newly behind a shadow for one it saw plain. A raise
-    /// here costs only re-reads.) Otherwise the request path reads entries every time.
+    /// The gauge of `service`'s table ([`SessionTable::generation_name`]), if it works;
+    /// otherwise the request path reads entries every time.
     fn define(service: &str) -> GenerationGauge {
-        let working = || {
-            let id = signal_gauge(&SessionTable::generation_name(service))?;
-            let before = abi::get_metric(id).ok()?;
-            abi::increment_metric(id, 1).ok()?;
-            (abi::get_metric(id).ok()? > before).then_some(id)
-        };
-        GenerationGauge(working())
+        GenerationGauge(signal_gauge(&SessionTable::generation_name(service)))
     }
 
     /// [`SessionTable::generation`], without the lookup.
@@ -106,14 +97,24 @@ thread_local! {
         std::cell::RefCell::default();
 }
 
-/// The id of the signal gauge `name`, defined on first use.
+/// The id of the signal gauge `name`, defined on first use — if it works: raising it
+/// must show. (An operator's `stats_matcher` that rejects the name makes Envoy hand out a
+/// gauge that ignores raises and always reads 0; trusting it would let a worker take a
+/// session newly behind a shadow for one it saw plain. The raise here costs only
+/// re-reads.)
 fn signal_gauge(name: &str) -> Option<u32> {
     SIGNAL_GAUGES.with(|gauges| {
         let mut gauges = gauges.try_borrow_mut().ok()?;
         if let Some(id) = gauges.get(name) {
             return *id;
         }
-        let id = abi::define_metric(abi::metric::GAUGE, name).ok();
+        let working = || {
+            let id = abi::define_metric(abi::metric::GAUGE, name).ok()?;
+            let before = abi::get_metric(id).ok()?;
+            abi::increment_metric(id, 1).ok()?;
+            (abi::get_metric(id).ok()? > before).then_some(id)
+        };
+        let id = working();
         gauges.insert(name.to_string(), id);
         id
     })

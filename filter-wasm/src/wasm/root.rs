@@ -12,6 +12,7 @@ use crate::config::PluginConfig;
 use crate::control::{RedirectController, ShadowView, TickInput};
 use crate::decision::Spreader;
 use crate::plan::RedirectPlan;
+use crate::session_state::StateRole;
 use crate::shared::{self, SharedStore, keys};
 use crate::window::ServiceWindow;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -109,9 +110,10 @@ impl RootContext for AtreRoot {
                 metrics: ServiceMetrics::define(&s.name),
                 state_queue: Default::default(),
                 seen: Default::default(),
+                // Only a publisher's request path reads it.
                 generation: match &s.state_sync {
-                    Some(_) => GenerationGauge::define(&s.name),
-                    None => GenerationGauge::default(),
+                    Some(c) if c.role == StateRole::Publisher => GenerationGauge::define(&s.name),
+                    _ => GenerationGauge::default(),
                 },
                 controller: RedirectController::default(),
             })
