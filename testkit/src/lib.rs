@@ -48,6 +48,13 @@ pub fn bench_dir() -> std::io::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
+/// The median of `values` (the upper middle one of an even count; 0 if there are none).
+/// Benchmarks report medians of rounds: on a shared machine a mean follows its outliers.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// A binary of this workspace (`upstream`, `shadowmesh-xds`), built on first use in this
 /// process with the same profile as the caller — so a test never runs a stale one.
 pub fn workspace_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {

@@ -15,6 +15,7 @@ use shadowmesh_testkit::envoy::{
     Bootstrap, EnvoyOptions, EnvoyProcess, FilterChoice, default_plugin_config,
 };
 use shadowmesh_testkit::loadgen;
+use shadowmesh_testkit::median;
 use shadowmesh_testkit::upstream::{self, OrcaMode, UpstreamConfig};
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 #[command(version, about)]
 struct Args {
     /// Rounds; each runs all three variants, the median is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     rounds: usize,
     /// Seconds of saturation per variant and round.
     #[arg(long, default_value_t = 4)]
@@ -76,11 +77,6 @@ struct Report {
     latency_ratio_p99: f64,
     /// 1 − throughput_atre / throughput_none
     throughput_loss_vs_none: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 async fn measure(

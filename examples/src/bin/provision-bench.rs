@@ -26,6 +26,7 @@ use clap::Parser;
 use serde::Serialize;
 use shadowmesh_predictor::data::read_csv;
 use shadowmesh_provisioner::{Mode, Settings};
+use shadowmesh_testkit::median;
 use shadowmesh_testkit::scenario::{self, EventPlan, Outcome, Scenario, SparePlan, Strategy};
 use shadowmesh_xds::provisioning::ProbeConfig;
 use std::path::PathBuf;
@@ -127,11 +128,6 @@ fn parse_window(s: &str, flag: &str) -> Result<Option<(usize, usize, usize, f64)
 }
 
 const CAPACITY: f64 = 300.0;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
 
 fn main() -> Result<()> {
     let args = Args::parse();

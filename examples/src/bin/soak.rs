@@ -26,6 +26,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use shadowmesh_testkit::median;
 use shadowmesh_testkit::xds_process::{ApiClient, XdsProcess, free_addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -228,14 +229,6 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .next()?
         .parse()
         .ok()
-}
-
-fn median(mut v: Vec<u64>) -> u64 {
-    if v.is_empty() {
-        return 0;
-    }
-    v.sort_unstable();
-    v[v.len() / 2]
 }
 
 /// The value of the Prometheus sample whose line starts with `prefix`.
@@ -477,9 +470,9 @@ async fn main() -> Result<()> {
             samples
                 .iter()
                 .filter(|(t, _)| (from..to).contains(t))
-                .map(|s| s.1)
+                .map(|s| s.1 as f64)
                 .collect(),
-        )
+        ) as u64
     };
     let rss_warm = window(warmup, warmup + 30.0);
     let rss_end = window(soak_took - 30.0, f64::MAX);
@@ -612,7 +605,7 @@ async fn main() -> Result<()> {
         ("acknowledged writes lost", lost_total.to_string()),
         (
             "restart to healthy, median (ms)",
-            median(restart_ms.clone()).to_string(),
+            (median(restart_ms.iter().map(|&ms| ms as f64).collect()) as u64).to_string(),
         ),
     ];
     for (k, v) in rows {

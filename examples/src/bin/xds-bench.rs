@@ -16,6 +16,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use shadowmesh_testkit::ads_client::{self, Received, SimProxy};
 use shadowmesh_testkit::envoy::{AdsBootstrap, EnvoyOptions, EnvoyProcess, FilterChoice};
+use shadowmesh_testkit::median;
 use shadowmesh_testkit::upstream::{self, OrcaMode, UpstreamConfig};
 use shadowmesh_xds::ControlPlane;
 use shadowmesh_xds::registry::ShadowSet;
@@ -441,7 +442,7 @@ async fn fan_out(args: &Args, n: usize, delta: bool) -> Result<FanOut> {
         endpoints: args.clusters * args.endpoints_per_cluster,
         connect_ms,
         initial_sync_ms,
-        all_acked_ms_median: times[times.len() / 2],
+        all_acked_ms_median: median(times.clone()),
         all_acked_ms_max: *times.last().unwrap_or(&0.0),
         server_rss_kib_per_proxy: (rss_after - rss_before) / n as f64,
         bytes_per_proxy_per_push: bytes.iter().sum::<f64>() / bytes.len().max(1) as f64,

@@ -18,6 +18,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use shadowmesh_testkit::loadgen;
+use shadowmesh_testkit::median;
 use shadowmesh_xds::registry::{ServiceChange, ServiceSpec, ShadowRegistry, ShadowSet};
 use shadowmesh_xds::xds::SnapshotCache;
 use shadowmesh_xds::xds::builders::EndpointSpec;
@@ -35,7 +36,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1000,4000,10000")]
     services: Vec<usize>,
     /// Rounds; the counts are interleaved within each round.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     rounds: usize,
     /// Changes measured per count and round.
     #[arg(long, default_value_t = 200)]
@@ -206,11 +207,6 @@ fn registry_changes(n: usize, changes: usize, h: &mut Histogram<u64>) -> Result<
     Ok(())
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -250,7 +246,7 @@ async fn main() -> Result<()> {
         .enumerate()
         .map(|(i, &n)| Row {
             services: n,
-            startup_ms: median(&mut startup[i]),
+            startup_ms: median(startup[i].clone()),
             put_p50_ms: put[i].value_at_quantile(0.5) as f64 / 1e3,
             put_p99_ms: put[i].value_at_quantile(0.99) as f64 / 1e3,
             publish_p50_us: publish[i].value_at_quantile(0.5) as f64 / 1e3,
