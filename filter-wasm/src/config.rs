@@ -273,7 +273,9 @@ impl TelemetryConfig {
 fn default_route_header() -> String {
     DEFAULT_ROUTE_HEADER.into()
 }
-/// The longest tick state synchronization works with (its reorder window is 10 s).
+/// The longest tick state synchronization works with: its queued changes must reach the
+/// table well within the reorder window (`session_state::REORDER_WINDOW_NS`, 10 s; the
+/// two bounds are checked against each other there).
 pub const MAX_STATE_SYNC_TICK_MS: u64 = 2_000;
 
 fn default_tick_ms() -> u64 {

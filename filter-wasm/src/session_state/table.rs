@@ -160,6 +160,11 @@ pub struct Flushed {
 /// stamp (queues are flushed every tick; the rest is the clock stepping back).
 pub const REORDER_WINDOW_NS: u64 = 10_000_000_000;
 
+// A queued change reaches the table a tick after its capture (a few when a flush is
+// retried): the longest tick the configuration accepts with state sync must fit in the
+// window several times. Checked here, where both bounds meet, so neither moves alone.
+const _: () = assert!(REORDER_WINDOW_NS >= 5 * crate::config::MAX_STATE_SYNC_TICK_MS * 1_000_000);
+
 /// The session tables' encoding in shared data: they are read and written on the request
 /// path.
 const ENCODING: Encoding = Encoding::Compact;
