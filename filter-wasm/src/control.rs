@@ -3,8 +3,8 @@
 //! accumulate the telemetry report.
 
 use crate::config::{PluginConfig, ServiceConfig, ShadowConfig};
-use crate::load::{Ewma, LoadScore, LoadSignals, concurrency};
-use crate::plan::{PlanInputs, RedirectPlan};
+use crate::load::{CapacityEstimate, Ewma, KneeFinding, LoadScore, LoadSignals, TickLoad};
+use crate::plan::{PlanInputs, RedirectPlan, SESSION_MIX_MS, SessionMix};
 use crate::window::{ClusterWindow, ServiceWindow};
 use shadowmesh_wire::{ServiceTelemetry, ShadowRecord};
 
@@ -58,6 +58,9 @@ pub fn supersedes(incoming: &ShadowRecord, current: Option<&ShadowRecord>, now_m
 pub struct RedirectController {
     latency: [Ewma; 2],
     orca: [Option<(f64, u64)>; 2],
+    capacity: [CapacityEstimate; 2],
+    sessions: SessionMix,
+    findings: [Option<KneeFinding>; 2],
     last_tick_ms: Option<u64>,
     /// Traffic accumulated since the last report.
     pub report: ServiceWindow,
@@ -117,13 +120,22 @@ impl RedirectController {
             let orca = self.orca[i]
                 .filter(|(_, at)| input.now_ms.saturating_sub(*at) <= config.orca_stale_ms)
                 .map(|(u, _)| u);
-            let signals = LoadSignals {
-                concurrency: concurrency(
-                    w.latency.sum_us as f64 / 1e3,
-                    elapsed,
-                    input.in_flight[i],
-                ),
+            let concurrency = w.busy_us as f64 / 1e3 / elapsed;
+            let finding = self.capacity[i].observe(
+                TickLoad {
+                    completed: w.latency.count,
+                    latency_sum_ms: w.latency.sum_us as f64 / 1e3,
+                    concurrency,
+                    elapsed_ms: elapsed,
+                },
                 max_in_flight,
+            );
+            if finding.is_some() {
+                self.findings[i] = finding;
+            }
+            let signals = LoadSignals {
+                concurrency,
+                capacity: self.capacity[i].effective(max_in_flight),
                 latency_ewma_ms: self.latency[i].get(),
                 latency_slo_ms: slo,
                 orca_utilization: orca,
@@ -131,15 +143,44 @@ impl RedirectController {
             self.scores[i] = signals.score();
         }
         self.in_flight = input.in_flight;
+        let alpha = 1.0 - (-elapsed / SESSION_MIX_MS).exp();
+        self.sessions
+            .observe(&input.window.routed, &input.window.spread, alpha);
+        // Arrivals per ms × the unloaded latency = the concurrency they would cause.
+        let offered = self.capacity[0].base_latency_ms().map(|base| {
+            input.window.routed.total() as f64 / elapsed * base
+                / self.capacity[0].effective(svc.primary.max_in_flight)
+        });
         self.report.merge(&input.window);
         plan.next(
             PlanInputs {
                 primary: self.scores[0],
                 shadow: self.scores[1],
                 shadow_ready: input.shadow.ready,
+                routed: input.window.routed,
+                sessions: &self.sessions,
+                now_ms: input.now_ms,
+                elapsed_ms: elapsed,
+                tick_ms: config.tick_ms,
+                offered,
             },
             svc,
         )
+    }
+
+    /// What the capacity checks found since the last call, primary first: a cluster seen
+    /// to queue below its `max_in_flight`.
+    pub fn take_findings(&mut self) -> [Option<KneeFinding>; 2] {
+        std::mem::take(&mut self.findings)
+    }
+
+    /// The capacity load is counted against, primary first: `max_in_flight`, or the
+    /// concurrency at which the cluster was seen to queue where that is lower.
+    pub fn capacities(&self, svc: &ServiceConfig, shadow: &ShadowView) -> [f64; 2] {
+        [
+            self.capacity[0].effective(svc.primary.max_in_flight),
+            self.capacity[1].effective(shadow.max_in_flight),
+        ]
     }
 
     /// Turns the accumulated traffic into a report entry and starts a new one.
@@ -150,19 +191,29 @@ impl RedirectController {
         plan: &RedirectPlan,
     ) -> ServiceTelemetry {
         let w = std::mem::take(&mut self.report);
+        let below = |i: usize, max_in_flight: u32| {
+            let c = self.capacity[i].effective(max_in_flight);
+            (c < f64::from(max_in_flight)).then_some(c)
+        };
         ServiceTelemetry {
             service: svc.name.clone(),
             requests: w.primary.latency.count + w.shadow.latency.count,
-            redirected: w.redirected,
+            redirected: w.redirected(),
             fallbacks: w.fallbacks,
             state: plan.state,
             redirect_share: plan.share,
-            primary: w
-                .primary
-                .telemetry(&svc.primary.cluster, self.in_flight[0], self.scores[0].0),
-            shadow: w
-                .shadow
-                .telemetry(&shadow.cluster, self.in_flight[1], self.scores[1].0),
+            primary: w.primary.telemetry(
+                &svc.primary.cluster,
+                self.in_flight[0],
+                self.scores[0].0,
+                below(0, svc.primary.max_in_flight),
+            ),
+            shadow: w.shadow.telemetry(
+                &shadow.cluster,
+                self.in_flight[1],
+                self.scores[1].0,
+                below(1, shadow.max_in_flight),
+            ),
         }
     }
 }
@@ -209,11 +260,15 @@ mod tests {
         .unwrap()
     }
 
-    fn window_with(requests: u64, latency_us: u64) -> ServiceWindow {
+    /// A tick's window: `requests` completed on the primary, each `latency_us`, and
+    /// `busy_us` of in-flight time.
+    fn window_with(requests: u64, latency_us: u64, busy_us: u64) -> ServiceWindow {
         let mut w = ServiceWindow::default();
         for _ in 0..requests {
             w.primary.latency.record(latency_us);
+            w.count_route(None, crate::window::Side::Primary, false);
         }
+        w.primary.busy_us = busy_us;
         w
     }
 
@@ -223,14 +278,14 @@ mod tests {
         let svc = &c.services[0];
         let shadow = ShadowView::resolve(&svc.shadow, None, 0);
         let mut ctl = RedirectController::default();
-        // 100 requests of 12 ms in 100 ms = 12 concurrent on a capacity of 10.
+        // 1.2 s of in-flight time in 100 ms = 12 concurrent on a capacity of 10.
         let plan = ctl.tick(
             &c,
             svc,
             &RedirectPlan::default(),
             TickInput {
                 now_ms: 100,
-                window: window_with(100, 12_000),
+                window: window_with(100, 12_000, 1_200_000),
                 in_flight: [12, 0],
                 shadow: &shadow,
             },

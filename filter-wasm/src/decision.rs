@@ -49,34 +49,45 @@ pub fn session_point(key: &[u8]) -> f64 {
     (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Decides one request.
+/// Decides one request at `now_ms`.
 ///
 /// A request with a session goes to the shadow iff its session point falls below the
-/// surge's pinned share; one without is spread by `spreader` at the current share.
+/// threshold the plan's [`SessionPins`](crate::plan::SessionPins) put in force at `now_ms`
+/// — the same instant on every worker, and a threshold that only rises during a surge, so
+/// a session sent to the shadow stays there; one without a session is spread by
+/// `spreader` at the plan's session-less share, only while redirecting.
 ///
 /// ```
 /// use shadowmesh_filter::decision::{decide, RedirectDecision, Spreader};
-/// use shadowmesh_filter::plan::RedirectPlan;
+/// use shadowmesh_filter::plan::{RedirectPlan, SessionPins};
 /// use shadowmesh_wire::RedirectState;
-/// let plan = RedirectPlan { state: RedirectState::Redirecting, share: 0.5, session_share: 0.5, ..Default::default() };
+/// let plan = RedirectPlan {
+///     state: RedirectState::Redirecting,
+///     plain_share: 0.5,
+///     pins: SessionPins { before: 0.0, after: 0.5, from_ms: 1_000 },
+///     ..Default::default()
+/// };
 /// let mut s = Spreader::default();
-/// let sent: Vec<_> = (0..4).map(|_| decide(&plan, true, None, &mut s)).collect();
+/// let sent: Vec<_> = (0..4).map(|_| decide(&plan, 1_000, true, None, &mut s)).collect();
 /// assert_eq!(sent.iter().filter(|d| **d == RedirectDecision::Shadow).count(), 2);
-/// // A session pinned to the shadow falls back to the primary when the shadow is not ready.
-/// assert_eq!(decide(&plan, false, Some(0.1), &mut s), RedirectDecision::Fallback);
+/// // A session below the threshold goes to the shadow once the threshold is in force…
+/// assert_eq!(decide(&plan, 999, true, Some(0.1), &mut s), RedirectDecision::Primary);
+/// assert_eq!(decide(&plan, 1_000, true, Some(0.1), &mut s), RedirectDecision::Shadow);
+/// // …and falls back to the primary when the shadow is not ready.
+/// assert_eq!(decide(&plan, 1_000, false, Some(0.1), &mut s), RedirectDecision::Fallback);
 /// ```
 pub fn decide(
     plan: &RedirectPlan,
+    now_ms: u64,
     shadow_ready: bool,
     session_point: Option<f64>,
     spreader: &mut Spreader,
 ) -> RedirectDecision {
-    if plan.state != RedirectState::Redirecting {
-        return RedirectDecision::Primary;
-    }
     let wants_shadow = match session_point {
-        Some(p) => p < plan.session_share,
-        None => spreader.take(plan.share),
+        // Pins stay in force until the instant the plan set for their release, in either
+        // state: every worker lets its sessions go at the same moment.
+        Some(p) => p < plan.pins.at(now_ms),
+        None => plan.state == RedirectState::Redirecting && spreader.take(plan.plain_share),
     };
     match (wants_shadow, shadow_ready) {
         (false, _) => RedirectDecision::Primary,
@@ -96,12 +107,18 @@ pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::SessionPins;
 
     fn redirecting(share: f64) -> RedirectPlan {
         RedirectPlan {
             state: RedirectState::Redirecting,
             share,
-            session_share: share,
+            plain_share: share,
+            pins: SessionPins {
+                before: share,
+                after: share,
+                from_ms: 0,
+            },
             ..Default::default()
         }
     }
@@ -111,20 +128,51 @@ mod tests {
         let mut s = Spreader::default();
         let plan = redirecting(0.3);
         let shadow = (0..1000)
-            .filter(|_| decide(&plan, true, None, &mut s) == RedirectDecision::Shadow)
+            .filter(|_| decide(&plan, 0, true, None, &mut s) == RedirectDecision::Shadow)
             .count();
         assert!((299..=301).contains(&shadow), "{shadow}");
     }
 
     #[test]
-    fn normal_state_never_redirects() {
+    fn normal_state_never_redirects_session_less_requests() {
         let mut s = Spreader::default();
         let plan = RedirectPlan {
-            share: 0.9,
+            plain_share: 0.9,
             ..Default::default()
         };
         assert!(
-            (0..100).all(|_| decide(&plan, true, Some(0.0), &mut s) == RedirectDecision::Primary)
+            (0..100).all(|_| decide(&plan, 0, true, None, &mut s) == RedirectDecision::Primary)
+        );
+        assert!(
+            (0..100)
+                .all(|_| decide(&plan, 0, true, Some(0.0), &mut s) == RedirectDecision::Primary),
+            "no pins, no session goes"
+        );
+    }
+
+    #[test]
+    fn pins_release_sessions_at_their_instant_even_after_the_exit() {
+        let mut s = Spreader::default();
+        // The plan left redirection at 1,000 and releases the sessions at 1,200.
+        let plan = RedirectPlan {
+            pins: SessionPins {
+                before: 0.5,
+                after: 0.0,
+                from_ms: 1_200,
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            decide(&plan, 1_199, true, Some(0.2), &mut s),
+            RedirectDecision::Shadow
+        );
+        assert_eq!(
+            decide(&plan, 1_200, true, Some(0.2), &mut s),
+            RedirectDecision::Primary
+        );
+        assert_eq!(
+            decide(&plan, 1_199, true, None, &mut s),
+            RedirectDecision::Primary
         );
     }
 
@@ -136,10 +184,10 @@ mod tests {
         for i in 0..10_000 {
             let key = format!("session-{i}");
             let p = session_point(key.as_bytes());
-            let first = decide(&plan, true, Some(p), &mut s);
+            let first = decide(&plan, 0, true, Some(p), &mut s);
             assert_eq!(
                 first,
-                decide(&plan, true, Some(session_point(key.as_bytes())), &mut s)
+                decide(&plan, 0, true, Some(session_point(key.as_bytes())), &mut s)
             );
             if first == RedirectDecision::Shadow {
                 shadow += 1;

@@ -9,65 +9,425 @@
 //! the tick frequency while the shadow (sized for the excess, not the whole) is flooded.
 //!
 //! Instead the plan estimates the *demand* `D`: the load the primary would carry alone.
-//! With a share `s` already redirected, the primary sees `L = D·(1−s)`, so `D = L/(1−s)`.
-//! The share that keeps the primary at its `target` is `1 − target/D`: exactly the excess.
-//! The share moves towards it with a gain below one, which damps measurement noise, and
-//! it is capped by how much more the shadow can take (`shadow_max`).
+//! With a share `s` of the requests actually sent to the shadow — **measured** over the
+//! last tick, whatever the plan meant to send — the primary sees `L = D·(1−s)`, so
+//! `D = L/(1−s)`. The share that keeps the primary at its `target` is `1 − target/D`:
+//! exactly the excess. The share moves towards it with a gain below one, which damps
+//! measurement noise, and it is capped by how much more the shadow can take
+//! (`shadow_max`).
 //!
-//! Hysteresis keeps the *state* from flapping: redirection starts only when the primary
-//! reaches `enter`, and ends only after the demand has stayed under `exit` for
-//! `exit_hold_ticks` ticks. In between, the share follows demand smoothly, down to 0.
+//! ## Sessions and session-less requests
+//!
+//! A request with a session key goes to the shadow when its key's point
+//! ([`crate::decision::session_point`]) lies below the plan's [`SessionPins`] threshold,
+//! which only rises during a surge: a session sent to the shadow stays there until the
+//! surge ends. Session-less requests are spread at [`RedirectPlan::plain_share`]. The two
+//! are set together so that *all* traffic on the shadow is the excess, for any mix:
+//!
+//! * sessions carry their proportional part of the excess: the threshold is the one under
+//!   which that share of the session *traffic* lies ([`SessionMix::threshold_for`] — keys
+//!   are few or many, busy or idle), chosen on a demand smoothed over about a second
+//!   (`steady_demand`) because it cannot be taken back;
+//! * session-less requests carry the rest, moment to moment: what the sessions below the
+//!   threshold do not carry, less those held on the primary by read-your-writes.
+//!
+//! Estimating demand from the plan's *intent* instead (the session-less share alone, as the
+//! first version did) made session-heavy traffic flap: with every request in a session the
+//! session-less share fell to zero, demand looked low, the plan left redirection and every
+//! session returned to the primary at once.
+//!
+//! ## Hysteresis
+//!
+//! Redirection starts only when the primary reaches `enter`, and ends only after the demand
+//! has stayed under `exit` for `exit_hold_ticks` ticks. In between, the share follows demand
+//! smoothly, down to 0.
 
 use crate::config::ServiceConfig;
 use crate::load::LoadScore;
+use crate::window::{RouteCounts, SPREAD_SLICES, SessionSpread};
 use serde::{Deserialize, Serialize};
 use shadowmesh_wire::RedirectState;
 
 /// The shared, per-service plan.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RedirectPlan {
     /// Normal or redirecting.
     pub state: RedirectState,
-    /// Share of session-less traffic sent to the shadow, 0..=`max_share`.
+    /// Share of all the service's traffic meant for the shadow: the excess, 0..=`max_share`.
     pub share: f64,
-    /// Share of sessions pinned to the shadow: the highest `share` of this surge, so a
-    /// session moved to the shadow stays there until the surge ends.
-    pub session_share: f64,
+    /// Share of session-less requests sent to the shadow: what the pinned sessions do not
+    /// carry of `share`. Takes effect when a worker reads the plan.
+    pub plain_share: f64,
+    /// Which sessions the shadow serves; a change takes effect on every worker at once.
+    pub pins: SessionPins,
     /// Counts surges; a new surge re-pins sessions from scratch.
     pub surge: u64,
     /// Consecutive ticks the demand has been below `exit`.
     pub below_exit_ticks: u32,
-    /// Estimated demand (load the primary would carry alone) at the last update.
+    /// Estimated demand (load the primary would carry alone) over the last tick: the
+    /// offered demand × `inflation` once the primary's unloaded latency is known,
+    /// `L/(1−s)` for the share `s` that really left it until then.
     pub demand: f64,
+    /// The demand sessions are pinned on: the offered demand (arrivals × unloaded latency /
+    /// capacity — no backlog in it) × `steady_inflation`, smoothed over
+    /// [`STEADY_DEMAND_MS`].
+    pub steady_demand: f64,
+    /// Share of the requests that went to the shadow over the last tick (measured).
+    pub measured_share: f64,
+    /// How much more load the primary carries than its arrivals' unloaded work would
+    /// cause (1: neither queue nor slowdown), over [`INFLATION_MS`]; `demand` is the
+    /// offered demand times it.
+    pub inflation: Inflation,
+    /// The same over [`STEADY_INFLATION_MS`] of this surge, but its first [`SETTLE_MS`] and
+    /// its onset (until the first tick without a backlog), each tick counting up to
+    /// [`BACKLOG_INFLATION`] × its offered demand: what a queue that wanders at the target,
+    /// or a primary slower under load, adds to the offered demand the sessions are pinned
+    /// for.
+    pub steady_inflation: Inflation,
+    /// When this surge began (ms).
+    pub entered_ms: u64,
+    /// The surge's onset: from the entry until the first tick without a backlog.
+    pub onset: bool,
+
     /// Primary load score at the last update.
     pub primary_load: f64,
     /// Shadow load score at the last update.
     pub shadow_load: f64,
 }
 
+/// A ratio of two decayed sums — the load the primary carried to the load its arrivals
+/// offered — so that each tick counts by its traffic: the mean of per-tick ratios would
+/// be biased up by a quiet tick's few requests (the mean of `x / y` exceeds `x̄ / ȳ`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Inflation {
+    /// Decayed sum of what the primary's load said the demand was.
+    pub loaded: f64,
+    /// Decayed sum of the offered demand.
+    pub offered: f64,
+}
+
+impl Inflation {
+    /// The ratio; 1 before anything was counted.
+    pub fn get(&self) -> f64 {
+        if self.offered > 0.0 && self.loaded.is_finite() {
+            self.loaded / self.offered
+        } else {
+            1.0
+        }
+    }
+
+    /// Adds one tick, the past keeping `1 − alpha` of its weight.
+    fn add(&mut self, loaded: f64, offered: f64, alpha: f64) {
+        if !(loaded.is_finite() && offered.is_finite()) {
+            return;
+        }
+        let keep = (1.0 - alpha).clamp(0.0, 1.0);
+        self.loaded = keep * self.loaded + loaded;
+        self.offered = keep * self.offered + offered;
+    }
+}
+
+/// The sessions pinned to the shadow: those whose point lies below a threshold.
+///
+/// Workers read the plan once per tick, at moments of their own, so a threshold that took
+/// effect when each worker read it would for up to a tick send a session to the shadow
+/// from one worker and to the primary from another. Instead a change is announced
+/// [`PIN_LEAD_TICKS`] ticks ahead and takes effect at `from_ms` on every worker's clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionPins {
+    /// The threshold before `from_ms`.
+    pub before: f64,
+    /// The threshold from `from_ms` on.
+    pub after: f64,
+    /// When `after` takes over (ms, Envoy's clock).
+    pub from_ms: u64,
+}
+
+/// How many ticks ahead a change of the pinned sessions is announced: every worker reads
+/// the plan at least once a tick, and one tick more covers a late timer.
+pub const PIN_LEAD_TICKS: u64 = 2;
+
+impl SessionPins {
+    /// The threshold in force at `now_ms`.
+    pub fn at(&self, now_ms: u64) -> f64 {
+        if now_ms >= self.from_ms {
+            self.after
+        } else {
+            self.before
+        }
+    }
+
+    /// Moves the threshold to `threshold` from `lead_ms` after `now_ms`. A change still
+    /// pending is replaced, keeping its instant (the threshold in force until then is
+    /// unchanged, and workers have at least a tick left to read the new one).
+    fn set(&mut self, threshold: f64, now_ms: u64, lead_ms: u64) {
+        if threshold == self.after {
+            return;
+        }
+        if now_ms >= self.from_ms {
+            self.before = self.after;
+            self.from_ms = now_ms.saturating_add(lead_ms);
+        }
+        self.after = threshold;
+    }
+}
+
+/// Time constant of [`RedirectPlan::steady_demand`]: long enough that its noise, which
+/// a rising threshold keeps, stays small; short enough that sessions take their part of a
+/// surge within a second.
+pub const STEADY_DEMAND_MS: f64 = 1_000.0;
+
+/// More sessions are pinned only when the ones pinned carry this much less of the session
+/// traffic than the excess asks for: the threshold keeps every rise, so one that followed
+/// the noise of its estimates (the demand's, the spread's) would creep up through a long
+/// surge. What the slack leaves, session-less requests carry (where every request has a
+/// session, the primary runs up to 0.02 × demand above its target instead).
+const PIN_SLACK: f64 = 0.02;
+
+/// Share of the excess the surge's first pins are for: they rest on a tick or two of
+/// arrivals (±13% at 600 requests a second), and a pinned session cannot be taken back; the
+/// rest follows on the steady demand within a second.
+const ENTRY_PIN_FRACTION: f64 = 0.9;
+
+/// Time constant of the steady demand's rise during a surge's onset.
+const ONSET_RISE_MS: f64 = 300.0;
+
+/// Time constant of the session mix ([`SessionMix`]).
+pub const SESSION_MIX_MS: f64 = 3_000.0;
+
+/// Time constant of [`RedirectPlan::inflation`]: a queue's bursts — which a tick's load
+/// shows many times over, since a queue only grows or drains — average out, and a backlog
+/// still drains within a second or two.
+pub const INFLATION_MS: f64 = 500.0;
+
+/// A surge's first this long (the first pins take effect, an onset's backlog drains) teach
+/// [`RedirectPlan::steady_inflation`] nothing.
+const SETTLE_MS: u64 = 2_000;
+
+/// Time constant of [`RedirectPlan::steady_inflation`].
+pub const STEADY_INFLATION_MS: f64 = 3_000.0;
+
+/// An inflation this high is a backlog (a queue a third longer than the servers), not the
+/// ordinary wobble of a queue at the target.
+const BACKLOG_INFLATION: f64 = 4.0 / 3.0;
+
+/// The weight of a tick of `elapsed_ms` in an average over `time_constant_ms`.
+fn smoothing(elapsed_ms: f64, time_constant_ms: f64) -> f64 {
+    1.0 - (-elapsed_ms.max(0.0) / time_constant_ms).exp()
+}
+
+/// Below this share left on the primary, its load says little about the demand.
+const MIN_PRIMARY_SHARE: f64 = 0.05;
+
+/// The controller's smoothed picture of the service's session traffic: how much of it has
+/// a session key, how it spreads over the session-point line, and how much of it
+/// read-your-writes holds on the primary.
+///
+/// Counts decay by age (each request counts alike, whatever tick it came in), so a quiet
+/// tick's few requests weigh no more than a busy tick's many.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionMix {
+    /// Requests, with a session, and of those held on the primary (decayed counts).
+    requests: f64,
+    with_session: f64,
+    held_requests: f64,
+    /// Session requests per slice (decayed counts).
+    spread: [f64; SPREAD_SLICES],
+    fraction: f64,
+    held: f64,
+}
+
+impl Default for SessionMix {
+    fn default() -> Self {
+        SessionMix {
+            requests: 0.0,
+            with_session: 0.0,
+            held_requests: 0.0,
+            spread: [0.0; SPREAD_SLICES],
+            fraction: 0.0,
+            held: 0.0,
+        }
+    }
+}
+
+impl SessionMix {
+    /// Takes in one tick's counts; what came before keeps `1 − alpha` of its weight.
+    pub fn observe(&mut self, routed: &RouteCounts, spread: &SessionSpread, alpha: f64) {
+        let keep = (1.0 - alpha).clamp(0.0, 1.0);
+        self.requests = keep * self.requests + routed.total() as f64;
+        self.with_session = keep * self.with_session + routed.with_session() as f64;
+        self.held_requests = keep * self.held_requests + routed.held as f64;
+        for (decayed, count) in self.spread.iter_mut().zip(spread.counts()) {
+            *decayed = keep * *decayed + *count as f64;
+        }
+        self.fraction = if self.requests > 0.0 {
+            (self.with_session / self.requests).min(1.0)
+        } else {
+            0.0
+        };
+        self.held = if self.with_session > 0.0 {
+            (self.held_requests / self.with_session).min(1.0)
+        } else {
+            0.0
+        };
+    }
+
+    fn spread_total(&self) -> f64 {
+        self.spread.iter().sum()
+    }
+
+    /// Share of requests that carry a session key.
+    pub fn fraction(&self) -> f64 {
+        self.fraction
+    }
+
+    /// Share of session requests held on the primary by read-your-writes.
+    pub fn held(&self) -> f64 {
+        self.held
+    }
+
+    /// Share of session requests whose point lies below `threshold` (slices cut by the
+    /// threshold count in proportion; without any session seen yet, points are taken to
+    /// be uniform).
+    pub fn below(&self, threshold: f64) -> f64 {
+        let t = threshold.clamp(0.0, 1.0);
+        let total = self.spread_total();
+        if total <= 0.0 {
+            return t;
+        }
+        let width = 1.0 / SPREAD_SLICES as f64;
+        let mut sum = 0.0;
+        for (i, count) in self.spread.iter().enumerate() {
+            let lo = i as f64 * width;
+            if t >= lo + width {
+                sum += count;
+            } else if t > lo {
+                sum += count * (t - lo) / width;
+            }
+        }
+        (sum / total).min(1.0)
+    }
+
+    /// The slice edge under which the share of session requests is nearest to `share`
+    /// (the lowest such edge: the fewest sessions, and new ones are pinned in proportion).
+    pub fn threshold_for(&self, share: f64) -> f64 {
+        let total = self.spread_total();
+        if total <= 0.0 {
+            return share.clamp(0.0, 1.0);
+        }
+        let mut best = (0.0, share.abs());
+        let mut cum = 0.0;
+        for (i, count) in self.spread.iter().enumerate() {
+            cum += count / total;
+            let miss = (cum - share).abs();
+            if miss < best.1 - 1e-12 {
+                best = ((i + 1) as f64 / SPREAD_SLICES as f64, miss);
+            }
+        }
+        best.0
+    }
+}
+
 /// What the plan update sees each tick.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PlanInputs {
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInputs<'a> {
     /// Primary load over the last tick.
     pub primary: LoadScore,
     /// Shadow load over the last tick.
     pub shadow: LoadScore,
-    /// Whether the shadow was ready during the last tick (if not, nothing was redirected,
-    /// so the primary's load *is* the demand).
+    /// Whether the shadow is ready.
     pub shadow_ready: bool,
+    /// Where the last tick's requests actually went.
+    pub routed: RouteCounts,
+    /// The service's session traffic, smoothed.
+    pub sessions: &'a SessionMix,
+    /// Now (ms, Envoy's clock).
+    pub now_ms: u64,
+    /// Length of the last tick (ms).
+    pub elapsed_ms: f64,
+    /// The configured tick (ms): pin changes are announced [`PIN_LEAD_TICKS`] of it ahead.
+    pub tick_ms: u64,
+    /// The demand the arrivals offer: requests per ms × the primary's unloaded latency /
+    /// its capacity, once the unloaded latency is known. Unlike `L/(1−s)` it does not
+    /// count a backlog — the queue a surge builds before sessions move is the past, not
+    /// demand, and a pinned session cannot be taken back — nor bursts of a queue.
+    pub offered: Option<f64>,
 }
 
 impl RedirectPlan {
     /// The plan for the next tick.
-    pub fn next(&self, input: PlanInputs, svc: &ServiceConfig) -> RedirectPlan {
+    pub fn next(&self, input: PlanInputs<'_>, svc: &ServiceConfig) -> RedirectPlan {
         let t = &svc.thresholds;
         let mut plan = *self;
-        let applied = if input.shadow_ready { self.share } else { 0.0 };
-        // (1 - applied) >= 1 - max_share; guard max_share = 1 against division by zero.
-        let demand = input.primary.0 / (1.0 - applied).max(0.05);
+        let measured = input.routed.shadow_share();
+        // What the primary's load says: L/(1−s), for the share that really left it.
+        let loaded = input.primary.0 / (1.0 - measured).max(MIN_PRIMARY_SHARE);
+        let (demand, pin_basis) = match input.offered.filter(|o| *o > 0.0) {
+            Some(offered) => {
+                // How much more load the primary carries than the arrivals' unloaded work:
+                // 1 without queue or slowdown. Only a tick in which the primary served
+                // anything says.
+                if input.routed.to_shadow() < input.routed.total() {
+                    let current = self.inflation.get();
+                    if current >= BACKLOG_INFLATION && loaded / offered < current / 2.0 {
+                        // A backlog that drained is gone at once: shedding on for its
+                        // memory would leave the primary under its target for a second.
+                        plan.inflation = Inflation { loaded, offered };
+                    } else {
+                        let alpha = smoothing(input.elapsed_ms, INFLATION_MS);
+                        plan.inflation.add(loaded, offered, alpha);
+                    }
+                    let settled = self.state == RedirectState::Redirecting
+                        && input.now_ms >= self.entered_ms.saturating_add(SETTLE_MS);
+                    // The onset's backlog says nothing of the steady state (and while
+                    // clients wait on it, their arrivals say too little of the demand);
+                    // later, a queue's bursts are part of it, but a tick counts only up to
+                    // a backlog's bound: pins keep every rise, so a burst must not buy any.
+                    if settled && !self.onset {
+                        let alpha = smoothing(input.elapsed_ms, STEADY_INFLATION_MS);
+                        let counted = loaded.min(BACKLOG_INFLATION * offered);
+                        plan.steady_inflation.add(counted, offered, alpha);
+                    }
+                }
+                (
+                    // A burst the smoothed inflation has not caught up with yet shows in
+                    // this tick's load: shed for it now (session-less requests come back).
+                    (offered * plan.inflation.get()).max(loaded),
+                    offered * plan.steady_inflation.get(),
+                )
+            }
+            None => (loaded, loaded),
+        };
         plan.demand = demand;
+        plan.measured_share = measured;
         plan.primary_load = input.primary.0;
         plan.shadow_load = input.shadow.0;
+        // Until the surge's first pins take effect they follow each tick: the tick that
+        // entered straddled the onset.
+        let entering = input.now_ms < self.pins.from_ms && self.pins.before == 0.0;
+        // While the onset's backlog lasts, clients that wait on it send less than they will:
+        // what they do send is a floor of the demand, to follow at once. The onset ends
+        // with the first tick without a backlog (a later burst's is noise, not a floor).
+        let backlogged = input
+            .offered
+            .is_some_and(|o| loaded >= BACKLOG_INFLATION * o);
+        plan.onset = self.onset && backlogged;
+        plan.steady_demand = if entering {
+            pin_basis
+        } else if plan.onset {
+            // Rising only, over a few ticks (a single tick's arrivals are too noisy to
+            // keep the highest of).
+            let rise =
+                smoothing(input.elapsed_ms, ONSET_RISE_MS) * (pin_basis - self.steady_demand);
+            self.steady_demand + rise.max(0.0)
+        } else {
+            self.steady_demand
+                + smoothing(input.elapsed_ms, STEADY_DEMAND_MS) * (pin_basis - self.steady_demand)
+        };
+        let lead_ms = PIN_LEAD_TICKS * input.tick_ms;
 
         match self.state {
             RedirectState::Normal => {
@@ -75,23 +435,54 @@ impl RedirectPlan {
                     plan.state = RedirectState::Redirecting;
                     plan.surge += 1;
                     plan.below_exit_ticks = 0;
-                    // Enter with the full excess at once: the surge is already here.
-                    plan.share = excess_share(demand, t.target, svc.max_share);
-                    plan.session_share = plan.share;
+                    plan.entered_ms = input.now_ms;
+                    plan.onset = true;
+                    plan.steady_inflation = Inflation::default();
+                    // Enter with the full excess at once: the surge is already here. The
+                    // steady estimate trailed the onset; it starts again from here (and
+                    // the next ticks refine the pins before they take effect).
+                    plan.share = excess_share(loaded.max(demand), t.target, svc.max_share);
+                    plan.steady_demand = pin_basis;
+                    let need =
+                        ENTRY_PIN_FRACTION * excess_share(pin_basis, t.target, svc.max_share);
+                    let pinned = input.sessions.threshold_for(need).min(svc.max_share);
+                    plan.pins.set(pinned, input.now_ms, lead_ms);
                 }
             }
             RedirectState::Redirecting => {
-                let mut want = excess_share(demand, t.target, svc.max_share);
-                if input.shadow_ready && input.shadow.0 > 0.0 && applied > 0.0 {
-                    // The shadow carries `shadow` load for `applied` share; scale to its limit.
-                    want = want.min(applied * t.shadow_max / input.shadow.0);
-                }
+                // The shadow carries `shadow` load for the share it got; scale to its limit.
+                let headroom = if measured > 0.0 && input.shadow.0 > 0.0 {
+                    measured * t.shadow_max / input.shadow.0
+                } else {
+                    f64::INFINITY
+                };
+                let want = excess_share(demand, t.target, svc.max_share).min(headroom);
                 plan.share =
                     (self.share + svc.gain * (want - self.share)).clamp(0.0, svc.max_share);
                 if plan.share < 1e-3 {
                     plan.share = 0.0;
                 }
-                plan.session_share = self.session_share.max(plan.share);
+                let mut need =
+                    excess_share(plan.steady_demand, t.target, svc.max_share).min(headroom);
+                if entering {
+                    need *= ENTRY_PIN_FRACTION;
+                }
+                let carried = input.sessions.below(self.pins.after);
+                if need > carried + PIN_SLACK || entering {
+                    // Never below the threshold in force; a change not in force yet may
+                    // still be taken back.
+                    let floor = if input.now_ms < self.pins.from_ms {
+                        self.pins.before
+                    } else {
+                        self.pins.after
+                    };
+                    let pinned = input
+                        .sessions
+                        .threshold_for(need)
+                        .max(floor)
+                        .min(svc.max_share);
+                    plan.pins.set(pinned, input.now_ms, lead_ms);
+                }
                 if demand < t.exit {
                     plan.below_exit_ticks += 1;
                 } else {
@@ -100,13 +491,31 @@ impl RedirectPlan {
                 if plan.below_exit_ticks >= t.exit_hold_ticks {
                     plan.state = RedirectState::Normal;
                     plan.share = 0.0;
-                    plan.session_share = 0.0;
                     plan.below_exit_ticks = 0;
+                    plan.pins.set(0.0, input.now_ms, lead_ms);
                 }
             }
         }
+        plan.plain_share = match plan.state {
+            RedirectState::Normal => 0.0,
+            RedirectState::Redirecting => {
+                plain_share(plan.share, plan.pins.at(input.now_ms), input.sessions)
+                    .min(svc.max_share)
+            }
+        };
         plan
     }
+}
+
+/// The share of session-less requests that, with the sessions the shadow serves under
+/// `threshold` (less those read-your-writes holds back), makes `share` of all traffic.
+fn plain_share(share: f64, threshold: f64, mix: &SessionMix) -> f64 {
+    let f = mix.fraction().clamp(0.0, 1.0);
+    if f >= 1.0 {
+        return 0.0;
+    }
+    let sessions_on_shadow = (mix.below(threshold) - mix.held()).max(0.0);
+    ((share - f * sessions_on_shadow) / (1.0 - f)).clamp(0.0, 1.0)
 }
 
 fn excess_share(demand: f64, target: f64, max_share: f64) -> f64 {
@@ -121,6 +530,7 @@ fn excess_share(demand: f64, target: f64, max_share: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::config::PluginConfig;
+    use crate::window::Side;
 
     fn svc() -> ServiceConfig {
         PluginConfig::parse(
@@ -134,15 +544,57 @@ mod tests {
         .remove(0)
     }
 
-    /// Simulates a primary with the given demand: it sees demand × (1 − share).
+    /// 1,000 session-less requests, `share` of them on the shadow.
+    fn plain_traffic(share: f64) -> RouteCounts {
+        let to_shadow = (share * 1_000.0).round() as u64;
+        RouteCounts {
+            plain: [1_000 - to_shadow, to_shadow],
+            ..Default::default()
+        }
+    }
+
+    fn inputs<'a>(
+        primary: f64,
+        shadow: f64,
+        routed: RouteCounts,
+        mix: &'a SessionMix,
+        now_ms: u64,
+    ) -> PlanInputs<'a> {
+        PlanInputs {
+            primary: LoadScore(primary),
+            shadow: LoadScore(shadow),
+            shadow_ready: true,
+            routed,
+            sessions: mix,
+            now_ms,
+            elapsed_ms: 100.0,
+            tick_ms: 100,
+            offered: None,
+        }
+    }
+
+    std::thread_local! {
+        /// The clock `step` advances, a tick per step.
+        static NOW_MS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A primary with the given demand and session-less traffic only, one tick later: it
+    /// sees demand × (1 − share actually sent).
     fn step(plan: &RedirectPlan, demand: f64, svc: &ServiceConfig) -> RedirectPlan {
-        let applied = plan.share;
+        let applied = plan.plain_share;
+        let mix = SessionMix::default();
+        let now = NOW_MS.with(|n| {
+            n.set(n.get() + 100);
+            n.get()
+        });
         plan.next(
-            PlanInputs {
-                primary: LoadScore(demand * (1.0 - applied)),
-                shadow: LoadScore(demand * applied * 0.5),
-                shadow_ready: true,
-            },
+            inputs(
+                demand * (1.0 - applied),
+                demand * applied * 0.5,
+                plain_traffic(applied),
+                &mix,
+                now,
+            ),
             svc,
         )
     }
@@ -156,10 +608,31 @@ mod tests {
         }
         assert_eq!(plan.state, RedirectState::Redirecting);
         assert!((plan.share - 0.5).abs() < 0.01, "share {}", plan.share);
+        assert_eq!(plan.plain_share, plan.share, "no sessions: all of it plain");
         assert!(
             (plan.primary_load - 0.8).abs() < 0.02,
             "primary {}",
             plan.primary_load
+        );
+    }
+
+    #[test]
+    fn demand_divides_by_the_share_measured_not_the_one_intended() {
+        let svc = svc();
+        let mix = SessionMix::default();
+        let plan = RedirectPlan {
+            state: RedirectState::Redirecting,
+            share: 0.5,
+            plain_share: 0.5,
+            ..Default::default()
+        };
+        // The plan meant half; a quarter went (held sessions, a failed header write).
+        let next = plan.next(inputs(0.9, 0.2, plain_traffic(0.25), &mix, 0), &svc);
+        assert!((next.measured_share - 0.25).abs() < 1e-9);
+        assert!(
+            (next.demand - 1.2).abs() < 1e-9,
+            "0.9 / 0.75: {}",
+            next.demand
         );
     }
 
@@ -187,10 +660,7 @@ mod tests {
             assert_eq!(plan.state, RedirectState::Redirecting);
         }
         assert_eq!(plan.share, 0.0, "no excess at 0.7 demand");
-        assert!(
-            plan.session_share > 0.2,
-            "sessions stay pinned for the surge"
-        );
+        assert!(plan.pins.after > 0.1, "sessions stay pinned for the surge");
         let mut transitions = 0;
         let mut last = plan.state;
         for _ in 0..10 {
@@ -202,7 +672,7 @@ mod tests {
         }
         assert_eq!(plan.state, RedirectState::Normal);
         assert_eq!(transitions, 1);
-        assert_eq!(plan.session_share, 0.0);
+        assert_eq!(plan.pins.after, 0.0, "the exit releases every session");
     }
 
     /// Drives `plan` into redirection at demand 1.2 for a few ticks.
@@ -234,6 +704,7 @@ mod tests {
             }
             plan = step(&plan, 0.5, &svc);
             assert_eq!(plan.state, RedirectState::Normal, "surge {surge}");
+            assert_eq!(plan.surge, surge);
         }
     }
 
@@ -284,16 +755,10 @@ mod tests {
     fn demand_exactly_at_exit_does_not_count_towards_leaving() {
         let svc = svc();
         let mut plan = redirecting(&svc, RedirectPlan::default());
+        let mix = SessionMix::default();
         for _ in 0..10 {
             // Share 0 once the excess is gone, so the primary's load is the demand: 0.6.
-            plan = plan.next(
-                PlanInputs {
-                    primary: LoadScore(0.6 * (1.0 - plan.share)),
-                    shadow: LoadScore(0.0),
-                    shadow_ready: true,
-                },
-                &svc,
-            );
+            plan = plan.next(inputs(0.6, 0.0, plain_traffic(0.0), &mix, 0), &svc);
         }
         assert_eq!(
             plan.state,
@@ -306,42 +771,29 @@ mod tests {
     fn the_entry_share_respects_max_share() {
         let mut svc = svc();
         svc.max_share = 0.3;
-        let plan = RedirectPlan::default().next(
-            PlanInputs {
-                primary: LoadScore(4.0),
-                shadow: LoadScore(0.0),
-                shadow_ready: true,
-            },
-            &svc,
-        );
+        let mix = SessionMix::default();
+        let plan =
+            RedirectPlan::default().next(inputs(4.0, 0.0, plain_traffic(0.0), &mix, 0), &svc);
         assert_eq!(plan.state, RedirectState::Redirecting);
         assert!(plan.share <= 0.3, "entered with share {}", plan.share);
+        assert!(plan.plain_share <= 0.3 && plan.pins.after <= 0.3);
     }
 
     #[test]
     fn the_share_grows_again_from_zero_while_pinned_sessions_load_the_shadow() {
         let svc = svc();
         let mut plan = redirecting(&svc, RedirectPlan::default());
+        let mix = SessionMix::default();
         // The excess went away (share 0), sessions pinned to the shadow keep it busy.
         for _ in 0..20 {
-            plan = plan.next(
-                PlanInputs {
-                    primary: LoadScore(0.7),
-                    shadow: LoadScore(0.4),
-                    shadow_ready: true,
-                },
-                &svc,
-            );
+            plan = plan.next(inputs(0.7, 0.4, plain_traffic(0.0), &mix, 0), &svc);
         }
         assert_eq!(plan.share, 0.0);
         // Demand rises again: the share must follow.
         for _ in 0..5 {
+            let applied = plan.plain_share;
             plan = plan.next(
-                PlanInputs {
-                    primary: LoadScore(1.6 * (1.0 - plan.share)),
-                    shadow: LoadScore(0.4),
-                    shadow_ready: true,
-                },
+                inputs(1.6 * (1.0 - applied), 0.4, plain_traffic(applied), &mix, 0),
                 &svc,
             );
         }
@@ -353,14 +805,11 @@ mod tests {
         let svc = svc();
         let mut plan = redirecting(&svc, RedirectPlan::default());
         plan.share = 0.5;
-        let next = plan.next(
-            PlanInputs {
-                primary: LoadScore(1.0),
-                shadow: LoadScore(0.0),
-                shadow_ready: false,
-            },
-            &svc,
-        );
+        let mix = SessionMix::default();
+        // Nothing went to the shadow (it was not ready: every redirect fell back).
+        let mut input = inputs(1.0, 0.0, plain_traffic(0.0), &mix, 0);
+        input.shadow_ready = false;
+        let next = plan.next(input, &svc);
         assert_eq!(
             next.demand, 1.0,
             "nothing was redirected: no share to divide by"
@@ -371,15 +820,18 @@ mod tests {
     fn shadow_headroom_caps_the_share() {
         let svc = svc();
         let mut plan = RedirectPlan::default();
+        let mix = SessionMix::default();
         for _ in 0..20 {
-            let applied = plan.share;
+            let applied = plan.plain_share;
             // A weak shadow: each 10% of traffic is 45% of its capacity.
             plan = plan.next(
-                PlanInputs {
-                    primary: LoadScore(2.0 * (1.0 - applied)),
-                    shadow: LoadScore(applied * 4.5),
-                    shadow_ready: true,
-                },
+                inputs(
+                    2.0 * (1.0 - applied),
+                    applied * 4.5,
+                    plain_traffic(applied),
+                    &mix,
+                    0,
+                ),
                 &svc,
             );
         }
@@ -390,15 +842,169 @@ mod tests {
     #[test]
     fn no_ready_shadow_means_no_entry_and_demand_is_the_raw_load() {
         let svc = svc();
-        let plan = RedirectPlan::default().next(
-            PlanInputs {
-                primary: LoadScore(1.5),
-                shadow: LoadScore(0.0),
-                shadow_ready: false,
-            },
-            &svc,
-        );
+        let mix = SessionMix::default();
+        let mut input = inputs(1.5, 0.0, plain_traffic(0.0), &mix, 0);
+        input.shadow_ready = false;
+        let plan = RedirectPlan::default().next(input, &svc);
         assert_eq!(plan.state, RedirectState::Normal);
         assert_eq!(plan.demand, 1.5);
+    }
+
+    /// A mix of `keys` equally busy sessions (and no session-less traffic) at the given
+    /// points, observed once.
+    fn sessions_at(points: &[f64]) -> SessionMix {
+        let mut spread = SessionSpread::default();
+        let mut routed = RouteCounts::default();
+        for p in points {
+            for _ in 0..10 {
+                spread.count(*p);
+                routed.count(true, Side::Primary, false);
+            }
+        }
+        let mut mix = SessionMix::default();
+        mix.observe(&routed, &spread, 0.5);
+        mix
+    }
+
+    #[test]
+    fn the_threshold_moves_the_share_of_session_traffic_asked_for() {
+        // Four sessions: points in slices 3, 10, 40 and 60.
+        let width = 1.0 / SPREAD_SLICES as f64;
+        let mix = sessions_at(&[3.5 * width, 10.5 * width, 40.5 * width, 60.5 * width]);
+        assert_eq!(mix.fraction(), 1.0);
+        // A quarter of the traffic lies below the end of slice 3, half below slice 10's.
+        assert_eq!(mix.threshold_for(0.25), 4.0 * width);
+        assert_eq!(mix.threshold_for(0.5), 11.0 * width);
+        assert_eq!(
+            mix.threshold_for(0.3),
+            4.0 * width,
+            "nearest: 0.25 beats 0.5"
+        );
+        assert_eq!(
+            mix.threshold_for(0.4),
+            11.0 * width,
+            "nearest: 0.5 beats 0.25"
+        );
+        assert_eq!(
+            mix.threshold_for(0.1),
+            0.0,
+            "nothing is nearer than a quarter"
+        );
+        assert_eq!(mix.below(4.0 * width), 0.25);
+        assert_eq!(mix.below(3.5 * width), 0.125, "half of slice 3");
+        assert_eq!(mix.below(1.0), 1.0);
+        // Without any session seen, points are uniform.
+        let none = SessionMix::default();
+        assert_eq!(none.threshold_for(0.3), 0.3);
+        assert_eq!(none.below(0.3), 0.3);
+    }
+
+    #[test]
+    fn the_mix_counts_requests_and_forgets_them_with_age() {
+        let mut mix = SessionMix::default();
+        let mut routed = RouteCounts::default();
+        let mut spread = SessionSpread::default();
+        for i in 0..10 {
+            routed.count(i < 4, Side::Primary, i == 0);
+            if i < 4 {
+                spread.count(0.9);
+            }
+        }
+        mix.observe(&routed, &spread, 0.5);
+        assert_eq!(mix.fraction(), 0.4);
+        assert_eq!(mix.held(), 0.25);
+        assert_eq!(mix.below(0.85), 0.0);
+        assert_eq!(mix.below(0.95), 1.0);
+        // One session request elsewhere, later: the 4 earlier ones count for 2 now.
+        let mut elsewhere = SessionSpread::default();
+        elsewhere.count(0.1);
+        let one = RouteCounts {
+            session: [1, 0],
+            ..Default::default()
+        };
+        mix.observe(&one, &elsewhere, 0.5);
+        assert_eq!(mix.below(0.5), 1.0 / 3.0, "1 of 1 + 4 × 0.5");
+        assert_eq!(mix.fraction(), 3.0 / 6.0, "(2 + 1) of (5 + 1)");
+        assert_eq!(mix.held(), 0.5 / 3.0, "0.5 of 3");
+        // A quiet tick only ages what was seen: shares stay.
+        let before = (mix.fraction(), mix.held(), mix.below(0.5));
+        mix.observe(&RouteCounts::default(), &SessionSpread::default(), 0.5);
+        assert_eq!((mix.fraction(), mix.held(), mix.below(0.5)), before);
+    }
+
+    #[test]
+    fn session_less_requests_carry_what_the_sessions_do_not() {
+        let width = 1.0 / SPREAD_SLICES as f64;
+        // Half the traffic in sessions.
+        let mut mix = sessions_at(&[3.5 * width, 10.5 * width, 40.5 * width, 60.5 * width]);
+        mix.fraction = 0.5;
+        // Sessions below slice 4 carry a quarter of the session traffic: 0.125 of all.
+        // For 0.4 of all, plain requests carry 0.275 of all = 0.55 of theirs.
+        assert!((plain_share(0.4, 4.0 * width, &mix) - 0.55).abs() < 1e-9);
+        // Sessions alone carry more than the share: no plain request goes.
+        assert_eq!(plain_share(0.1, 11.0 * width, &mix), 0.0);
+        // Only sessions: nothing to spread.
+        let mut all = mix.clone();
+        all.fraction = 1.0;
+        assert_eq!(plain_share(0.4, 0.0, &all), 0.0);
+        // Held sessions stay on the primary: plain requests make up for them.
+        let mut held = mix;
+        held.held = 0.25;
+        assert!((plain_share(0.4, 4.0 * width, &held) - 0.8).abs() < 1e-9);
+    }
+
+    #[test]
+    fn pin_changes_take_effect_two_ticks_later_on_every_worker() {
+        let mut pins = SessionPins::default();
+        pins.set(0.4, 1_000, 200);
+        assert_eq!((pins.at(1_199), pins.at(1_200)), (0.0, 0.4));
+        // A change while one is pending replaces it, at the same instant.
+        pins.set(0.5, 1_100, 200);
+        assert_eq!((pins.at(1_199), pins.at(1_200)), (0.0, 0.5));
+        // After the instant, a change keeps the old threshold until its own.
+        pins.set(0.6, 1_300, 200);
+        assert_eq!((pins.at(1_499), pins.at(1_500)), (0.5, 0.6));
+        // Setting the same threshold announces nothing.
+        pins.set(0.6, 2_000, 200);
+        assert_eq!(pins.from_ms, 1_500);
+    }
+
+    #[test]
+    fn session_only_traffic_stays_redirected_and_pins_the_excess() {
+        // Every request has a session; 100 equally busy keys. The old plan estimated
+        // demand from the session-less share — zero here — and left redirection.
+        let svc = svc();
+        let points: Vec<f64> = (0..100).map(|i| (i as f64 + 0.5) / 100.0).collect();
+        let mut mix = SessionMix::default();
+        let mut plan = RedirectPlan::default();
+        let demand = 1.6;
+        for tick in 0..100u64 {
+            let now = tick * 100;
+            let theta = plan.pins.at(now);
+            let mut routed = RouteCounts::default();
+            let mut spread = SessionSpread::default();
+            for p in &points {
+                let side = if *p < theta {
+                    Side::Shadow
+                } else {
+                    Side::Primary
+                };
+                routed.count(true, side, false);
+                spread.count(*p);
+            }
+            mix.observe(&routed, &spread, 0.1);
+            let s = routed.shadow_share();
+            plan = plan.next(
+                inputs(demand * (1.0 - s), demand * s * 0.5, routed, &mix, now),
+                &svc,
+            );
+            if tick > 0 {
+                assert_eq!(plan.state, RedirectState::Redirecting, "tick {tick}");
+            }
+        }
+        assert_eq!(plan.plain_share, 0.0);
+        let theta = plan.pins.at(10_000);
+        assert!((theta - 0.5).abs() <= 0.03, "threshold {theta}");
+        assert!((plan.primary_load - 0.8).abs() < 0.05, "{plan:?}");
     }
 }

@@ -4,7 +4,7 @@
 use shadowmesh_filter::config::PluginConfig;
 use shadowmesh_filter::control::{RedirectController, ShadowView, TickInput};
 use shadowmesh_filter::decision::{RedirectDecision, Spreader, decide};
-use shadowmesh_filter::plan::RedirectPlan;
+use shadowmesh_filter::plan::{RedirectPlan, SessionPins};
 use shadowmesh_filter::window::ServiceWindow;
 use shadowmesh_wire::{RedirectState, ShadowRecord};
 
@@ -12,7 +12,12 @@ fn redirecting(share: f64) -> RedirectPlan {
     RedirectPlan {
         state: RedirectState::Redirecting,
         share,
-        session_share: share,
+        plain_share: share,
+        pins: SessionPins {
+            before: share,
+            after: share,
+            from_ms: 0,
+        },
         ..Default::default()
     }
 }
@@ -21,7 +26,7 @@ fn redirecting(share: f64) -> RedirectPlan {
 fn no_ready_shadow_falls_back() {
     let mut s = Spreader::default();
     assert_eq!(
-        decide(&redirecting(1.0), false, None, &mut s),
+        decide(&redirecting(1.0), 0, false, None, &mut s),
         RedirectDecision::Fallback
     );
 }
@@ -30,7 +35,7 @@ fn no_ready_shadow_falls_back() {
 fn session_point_at_the_share_stays_on_primary() {
     let mut s = Spreader::default();
     assert_eq!(
-        decide(&redirecting(0.5), true, Some(0.5), &mut s),
+        decide(&redirecting(0.5), 0, true, Some(0.5), &mut s),
         RedirectDecision::Primary
     );
 }
@@ -40,10 +45,10 @@ fn normal_state_never_redirects_sessionless_requests() {
     let mut s = Spreader::default();
     let plan = RedirectPlan {
         share: 0.9,
-        session_share: 0.9,
+        plain_share: 0.9,
         ..Default::default()
     };
-    assert!((0..100).all(|_| decide(&plan, true, None, &mut s) == RedirectDecision::Primary));
+    assert!((0..100).all(|_| decide(&plan, 0, true, None, &mut s) == RedirectDecision::Primary));
 }
 
 fn config() -> PluginConfig {
@@ -78,6 +83,7 @@ fn saturated_primary_without_ready_shadow_stays_normal() {
     for _ in 0..100 {
         w.primary.latency.record(12_000);
     }
+    w.primary.busy_us = 1_200_000; // 12 in flight over the 100 ms tick
     let mut ctl = RedirectController::default();
     let plan = ctl.tick(
         &c,

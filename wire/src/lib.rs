@@ -67,7 +67,8 @@ pub struct ServiceTelemetry {
     pub fallbacks: u64,
     /// Redirection state at the end of the window.
     pub state: RedirectState,
-    /// Share of traffic the plan sends to the shadow at the end of the window, 0..=1.
+    /// Share of all the service's traffic the plan sends to the shadow at the end of the
+    /// window (session-less requests and pinned sessions together), 0..=1.
     pub redirect_share: f64,
     /// Traffic that went to the primary cluster.
     pub primary: ClusterTelemetry,
@@ -95,6 +96,12 @@ pub struct ClusterTelemetry {
     pub orca_reports: u64,
     /// Number of malformed ORCA headers that were ignored.
     pub orca_malformed: u64,
+    /// Requests the cluster serves at once before it queues, as the filter measured it
+    /// (throughput × unloaded latency while requests wait), when that is below the
+    /// configured `max_in_flight`: the filter then counts load against it. Absent when no
+    /// queue was seen below `max_in_flight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_in_flight: Option<f64>,
 }
 
 /// Latency distribution summary, in milliseconds. Quantiles come from a log-bucketed

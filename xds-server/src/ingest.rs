@@ -393,6 +393,9 @@ fn cluster(c: &ClusterTelemetry, l: &ReportLimits) -> Result<(), (String, String
     if let Some(u) = c.orca_utilization {
         finite("orca_utilization", u)?;
     }
+    if let Some(k) = c.capacity_in_flight {
+        finite("capacity_in_flight", k)?;
+    }
     Ok(())
 }
 
@@ -502,6 +505,10 @@ mod tests {
             (
                 Box::new(|r| r.services[0].primary.latency_ms.p99 = f64::NAN),
                 "services[0].primary.latency_ms.p99",
+            ),
+            (
+                Box::new(|r| r.services[0].shadow.capacity_in_flight = Some(f64::INFINITY)),
+                "services[0].shadow.capacity_in_flight",
             ),
             (
                 Box::new(|r| r.window_start_ms = r.window_end_ms + 1),

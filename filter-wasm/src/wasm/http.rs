@@ -2,7 +2,7 @@
 //! redirect, and account the request (in-flight, latency, ORCA) for the controller.
 
 use super::abi::{self, map, now_ns};
-use super::{Side, Worker, sync};
+use super::{Worker, sync};
 use crate::config::SessionKeySource;
 use crate::decision::{RedirectDecision, cookie_value, decide, session_point};
 use crate::orca::{ORCA_HEADER, OrcaReport};
@@ -10,6 +10,7 @@ use crate::session_state::{
     Capture, QueuedWrite, SESSION_STATE_HEADER, STATE_CHANGE_HEADER, StateRole, StateWrite,
     SyncMode, encode_state, parse_changes,
 };
+use crate::window::Side;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
@@ -68,10 +69,12 @@ impl AtreHttp {
         let Ok(mut worker) = self.worker.try_borrow_mut() else {
             return;
         };
-        let us = now_ns().saturating_sub(r.start_ns) / 1_000;
+        let now = now_ns();
+        let us = now.saturating_sub(r.start_ns) / 1_000;
         let rt = &mut worker.services[r.service];
         rt.in_flight_delta[r.side.index()] -= 1;
-        rt.window_mut(r.side).latency.record(us);
+        rt.busy[r.side.index()].finish(now);
+        rt.window.side_mut(r.side).latency.record(us);
         rt.metrics.latency_ms.set(us / 1_000);
     }
 }
@@ -172,7 +175,15 @@ impl HttpContext for AtreHttp {
             session.and_then(|s| String::from_utf8(s).ok())
         });
         let rt = &mut worker.services[index];
-        let mut decision = decide(&rt.plan, rt.shadow.ready, point, &mut rt.spreader);
+        let start_ns = now_ns();
+        let mut decision = decide(
+            &rt.plan,
+            start_ns / 1_000_000,
+            rt.shadow.ready,
+            point,
+            &mut rt.spreader,
+        );
+        let mut held = false;
         let mut lookup: Option<(u32, String, bool)> = None;
         let mut behind_shadow = false;
         if let (Some(sync_cfg), Some(key)) = (&svc.state_sync, &sync_session) {
@@ -196,6 +207,7 @@ impl HttpContext for AtreHttp {
                         {
                             rt.metrics.state.held.add(1);
                             decision = RedirectDecision::Primary;
+                            held = true;
                         }
                         // A session this edge has no record of (it restarted, or the session
                         // is new): first ask the relay what it holds — the edge's record starts
@@ -249,7 +261,6 @@ impl HttpContext for AtreHttp {
         let side = match decision {
             RedirectDecision::Shadow => {
                 if abi::replace_header(map::REQUEST_HEADERS, header, &rt.shadow.cluster).is_ok() {
-                    rt.window.redirected += 1;
                     Side::Shadow
                 } else {
                     let _ = abi::remove_header(map::REQUEST_HEADERS, header);
@@ -262,12 +273,16 @@ impl HttpContext for AtreHttp {
             }
             RedirectDecision::Primary => Side::Primary,
         };
+        // What was done, not what was meant: the controller's demand estimate divides by
+        // the share that really left the primary.
+        rt.window.count_route(point, side, held);
         rt.started += 1;
         rt.in_flight_delta[side.index()] += 1;
+        rt.busy[side.index()].start(start_ns);
         self.routed = Some(Routed {
             service: index,
             side,
-            start_ns: now_ns(),
+            start_ns,
             session: sync_session,
             behind_shadow,
         });
@@ -369,7 +384,7 @@ impl AtreHttp {
         let Ok(mut worker) = self.worker.try_borrow_mut() else {
             return;
         };
-        let w = worker.services[service].window_mut(side);
+        let w = worker.services[service].window.side_mut(side);
         match OrcaReport::parse(&value) {
             Ok(report) => {
                 w.orca_sum += report.utilization();
@@ -381,9 +396,10 @@ impl AtreHttp {
 
     /// Publisher: the application's state-change header leaves the response and becomes
     /// the session's next version. In async mode a primary's change waits in this worker's
-    /// queue for the tick (only its session's entry learns of it now); a shadow's change
-    /// goes to the table at once (a primary may be handed it on the next request), and in
-    /// event mode the response waits for the relay.
+    /// queue for the tick (only its session's entry learns of it now). A shadow's change
+    /// goes to the table at once (a primary may be handed it on the next request) and is
+    /// published at once; its response, like every response with a change in event mode,
+    /// waits for the relay.
     fn capture_state(
         &mut self,
         service: usize,
@@ -448,7 +464,12 @@ impl AtreHttp {
                 return Action::Continue;
             }
         }
-        if sync_cfg.mode != SyncMode::Event {
+        // A shadow's change is published at once in either mode, and its response waits
+        // for the relay: when the client sees it, the shadows have acknowledged it, so the
+        // session's next request may stay on the shadow. (Were it published at the tick,
+        // a session that writes often would find its latest version unacknowledged and be
+        // sent back to the primary, moving twice in one surge.)
+        if sync_cfg.mode != SyncMode::Event && !from_shadow {
             return Action::Continue;
         }
         let out = table.take_session(&session);

@@ -33,7 +33,15 @@ pub(super) struct ServiceMetrics {
     pub(super) orca_malformed: Metric,
     pub(super) in_flight_primary: Metric,
     pub(super) in_flight_shadow: Metric,
+    /// The share of all traffic the plan means for the shadow.
     pub(super) redirect_share_permille: Metric,
+    /// The share that went to the shadow over the last tick.
+    pub(super) measured_share_permille: Metric,
+    /// The session-point threshold below which sessions are on the shadow.
+    pub(super) session_pins_permille: Metric,
+    /// Concurrency load is counted against: `max_in_flight`, or the measured knee below it.
+    pub(super) primary_capacity: Metric,
+    pub(super) shadow_capacity: Metric,
     pub(super) primary_load_permille: Metric,
     pub(super) shadow_load_permille: Metric,
     pub(super) redirecting: Metric,
@@ -80,6 +88,10 @@ impl ServiceMetrics {
             in_flight_primary: gauge("in_flight_primary"),
             in_flight_shadow: gauge("in_flight_shadow"),
             redirect_share_permille: gauge("redirect_share_permille"),
+            measured_share_permille: gauge("measured_share_permille"),
+            session_pins_permille: gauge("session_pins_permille"),
+            primary_capacity: gauge("primary_capacity_in_flight"),
+            shadow_capacity: gauge("shadow_capacity_in_flight"),
             primary_load_permille: gauge("primary_load_permille"),
             shadow_load_permille: gauge("shadow_load_permille"),
             redirecting: gauge("redirecting"),

@@ -27,10 +27,11 @@ mod sync;
 use crate::config::{PluginConfig, ServiceConfig};
 use crate::control::{RedirectController, ShadowView};
 use crate::decision::Spreader;
+use crate::load::BusyClock;
 use crate::plan::RedirectPlan;
 use crate::session_state::SessionTable;
 use crate::shared::{self, SetError, SharedStore, keys};
-use crate::window::{ClusterWindow, ServiceWindow};
+use crate::window::ServiceWindow;
 use metrics::{GlobalMetrics, ServiceMetrics};
 use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::LogLevel;
@@ -134,6 +135,9 @@ struct ServiceRuntime {
     /// State changes captured on this worker since the last metric flush (a metric
     /// update is a hostcall: the response path only counts).
     captured: u64,
+    /// In-flight time of this worker's requests (primary, shadow): the window's
+    /// concurrency.
+    busy: [BusyClock; 2],
     /// Net change of this worker's in-flight requests (primary, shadow) since it last
     /// added them to the shared counters. Batched per tick: only the controller reads the
     /// shared counters, once per tick, so per-request CAS round trips on Envoy's
@@ -150,16 +154,6 @@ struct ServiceRuntime {
     generation: GenerationGauge,
     /// Used only while this worker holds the controller lease.
     controller: RedirectController,
-}
-
-impl ServiceRuntime {
-    /// This worker's not-yet-published counts for one side.
-    fn window_mut(&mut self, side: Side) -> &mut ClusterWindow {
-        match side {
-            Side::Primary => &mut self.window.primary,
-            Side::Shadow => &mut self.window.shadow,
-        }
-    }
 }
 
 /// State shared by a worker's root context and its HTTP contexts.
@@ -180,20 +174,4 @@ fn read_plan(svc: &ServiceConfig) -> RedirectPlan {
 fn read_shadow(svc: &ServiceConfig, now_ms: u64) -> ShadowView {
     let record: Option<ShadowRecord> = shared::read_json(&HostStore, &keys::shadow(&svc.name));
     ShadowView::resolve(&svc.shadow, record.as_ref(), now_ms)
-}
-
-/// Which side a request was sent to, for the stream-end bookkeeping.
-#[derive(Clone, Copy, PartialEq)]
-enum Side {
-    Primary,
-    Shadow,
-}
-
-impl Side {
-    fn index(self) -> usize {
-        match self {
-            Side::Primary => 0,
-            Side::Shadow => 1,
-        }
-    }
 }

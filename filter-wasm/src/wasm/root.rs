@@ -102,6 +102,7 @@ impl RootContext for AtreRoot {
                 window: ServiceWindow::default(),
                 started: 0,
                 captured: 0,
+                busy: Default::default(),
                 in_flight_delta: [0, 0],
                 in_flight_keys: [
                     keys::in_flight(&s.name, "primary"),
@@ -139,8 +140,9 @@ impl RootContext for AtreRoot {
         };
         let mut guard = worker.borrow_mut();
         let worker = &mut *guard;
-        let now_ms = now_ns() / 1_000_000;
-        flush_local(worker);
+        let now_ns = now_ns();
+        let now_ms = now_ns / 1_000_000;
+        flush_local(worker, now_ns);
         // Before the lease holder's publish, so this worker's changes go in this tick.
         super::sync::flush_captures(worker, now_ms);
         let ttl = worker.config.tick_ms * 3;
@@ -188,7 +190,7 @@ fn flush_before_leaving(worker: &Rc<RefCell<Worker>>) {
 }
 
 /// Moves this worker's counts into shared data and Envoy's stats.
-fn flush_local(worker: &mut Worker) {
+fn flush_local(worker: &mut Worker, now_ns: u64) {
     let mut errors = 0;
     for (svc, rt) in worker
         .config
@@ -196,6 +198,9 @@ fn flush_local(worker: &mut Worker) {
         .iter()
         .zip(worker.services.iter_mut())
     {
+        // In-flight time up to now: requests still running count too.
+        rt.window.primary.busy_us += rt.busy[0].take_us(now_ns);
+        rt.window.shadow.busy_us += rt.busy[1].take_us(now_ns);
         rt.metrics.requests.add(std::mem::take(&mut rt.started));
         rt.metrics
             .state
@@ -213,11 +218,6 @@ fn flush_local(worker: &mut Worker) {
         if rt.window.is_empty() {
             continue;
         }
-        rt.metrics.redirected.add(rt.window.redirected);
-        rt.metrics.fallbacks.add(rt.window.fallbacks);
-        rt.metrics
-            .orca_malformed
-            .add(rt.window.primary.orca_malformed + rt.window.shadow.orca_malformed);
         let local = std::mem::take(&mut rt.window);
         let merged =
             shared::update_json::<ServiceWindow, _>(&HostStore, &keys::window(&svc.name), |cur| {
@@ -225,16 +225,20 @@ fn flush_local(worker: &mut Worker) {
                 next.merge(&local);
                 Some(next)
             });
-        if merged.is_err() {
-            // Keep the counts for the next tick rather than lose them (metrics were
-            // already incremented, so only the window is retried).
-            let mut keep = local;
-            keep.redirected = 0;
-            keep.fallbacks = 0;
-            keep.primary.orca_malformed = 0;
-            keep.shadow.orca_malformed = 0;
-            rt.window = keep;
-            errors += 1;
+        match merged {
+            // Envoy's stats count what the controller got, once.
+            Ok(_) => {
+                rt.metrics.redirected.add(local.redirected());
+                rt.metrics.fallbacks.add(local.fallbacks);
+                rt.metrics
+                    .orca_malformed
+                    .add(local.primary.orca_malformed + local.shadow.orca_malformed);
+            }
+            // Kept for the next tick rather than lost (and counted in the stats then).
+            Err(_) => {
+                rt.window = local;
+                errors += 1;
+            }
         }
     }
     worker
@@ -250,7 +254,7 @@ impl AtreRoot {
         let Worker {
             config, services, ..
         } = worker;
-        for (svc, rt) in config.services.iter().zip(services.iter_mut()) {
+        for (i, (svc, rt)) in config.services.iter().zip(services.iter_mut()).enumerate() {
             let window = shared::update_json::<ServiceWindow, _>(
                 &HostStore,
                 &keys::window(&svc.name),
@@ -285,14 +289,42 @@ impl AtreRoot {
                     ),
                 );
             }
+            let [primary_knee, shadow_knee] = rt.controller.take_findings();
+            let clusters = [
+                (
+                    "primary",
+                    svc.primary.cluster.as_str(),
+                    svc.primary.max_in_flight,
+                    primary_knee,
+                ),
+                (
+                    "shadow",
+                    shadow.cluster.as_str(),
+                    shadow.max_in_flight,
+                    shadow_knee,
+                ),
+            ];
+            for (side, cluster, max_in_flight, finding) in clusters {
+                if let Some(f) = finding {
+                    log(
+                        level::WARN,
+                        &capacity_warning(i, side, cluster, max_in_flight, f),
+                    );
+                }
+            }
             if let Ok(bytes) = serde_json::to_vec(&plan) {
                 let _ = HostStore.set(&keys::plan(&svc.name), &bytes, None);
             }
             let m = rt.metrics;
             m.in_flight_primary.set(in_flight[0]);
             m.in_flight_shadow.set(in_flight[1]);
-            m.redirect_share_permille
-                .set((plan.share * 1000.0).round() as u64);
+            let permille = |v: f64| (v * 1000.0).round() as u64;
+            m.redirect_share_permille.set(permille(plan.share));
+            m.measured_share_permille.set(permille(plan.measured_share));
+            m.session_pins_permille.set(permille(plan.pins.at(now_ms)));
+            let [primary_capacity, shadow_capacity] = rt.controller.capacities(svc, &shadow);
+            m.primary_capacity.set(primary_capacity.round() as u64);
+            m.shadow_capacity.set(shadow_capacity.round() as u64);
             m.primary_load_permille
                 .set((rt.controller.scores[0].0 * 1000.0).round() as u64);
             m.shadow_load_permille
@@ -308,4 +340,34 @@ impl AtreRoot {
             reporter.send(worker, now_ms);
         }
     }
+}
+
+/// The warning for a cluster seen to queue below its `max_in_flight`: names the field,
+/// what was measured, and what the filter does about it.
+fn capacity_warning(
+    service: usize,
+    side: &str,
+    cluster: &str,
+    max_in_flight: u32,
+    f: crate::load::KneeFinding,
+) -> String {
+    let field = if side == "primary" {
+        format!("services[{service}].primary.max_in_flight")
+    } else {
+        // The control plane's record may set the shadow's capacity; the field is the default.
+        format!("services[{service}].shadow.max_in_flight (or the control plane's record)")
+    };
+    format!(
+        "shadowmesh: {field} is {max_in_flight}, but cluster {cluster} queues above about \
+         {knee:.1} requests at once: mean latency {lat:.1} ms at {c:.1} in flight, {ratio:.1}x \
+         its unloaded {base:.1} ms. A target inside the queue cannot be held (the queue only \
+         grows or drains), so load is counted against {knee:.1} until the cluster serves more \
+         at once without queueing; set the field to what it serves at once \
+         (filter-wasm/README.md, \"Choosing max_in_flight\")",
+        knee = f.knee,
+        lat = f.latency_ms,
+        c = f.concurrency,
+        ratio = f.latency_ms / f.base_latency_ms,
+        base = f.base_latency_ms,
+    )
 }

@@ -1,0 +1,280 @@
+//! ATRE's controller in a closed loop ([`sim`]): the filter's own decision, windows,
+//! controller and plan against a queueing model of the primary and the shadow, for every
+//! mix of session and session-less traffic — the rules the real-Envoy tests check in
+//! minutes, here in milliseconds and over hundreds of mixes.
+//!
+//! Each surge must be met the same way: one entry and one exit; the primary held within
+//! ±0.1 of its target, second by second, once the controller settled (four seconds after a
+//! step from calm to the surge: where every request carries a session, the backlog built
+//! while the first pins are announced drains only at the headroom the target leaves, and
+//! clients that wait on it show their demand only as it drains); the
+//! shadow given the excess and only the excess (its share within 0.1 of
+//! `1 − target/demand`); and no session sent back from the shadow to the primary before
+//! the surge ends.
+//!
+//! Second by second applies where nothing but the controller is random — paced arrivals,
+//! fixed service times and sessions that last, as in the real-Envoy tests. With churning
+//! sessions, Poisson arrivals or
+//! exponential service times the primary's queue wanders by itself: even the best constant
+//! share sees seconds at 1.5–3.7× the target there (measured with this model), and the
+//! share that holds a queueing primary at its target is larger than `1 − target/demand`.
+//! Those runs must hold the target in the median and the mean (±0.15), keep their seconds
+//! within 0.5–1.6 (p5, p95) and the shadow's share within 0.15 of the ideal.
+
+mod sim;
+
+use proptest::prelude::*;
+use shadowmesh_wire::RedirectState;
+use sim::{Arrivals, Outcome, Scenario, ServiceTime, quantile};
+
+/// The shipped target.
+const TARGET: f64 = 0.8;
+/// The controller is judged from this long after the onset: a step from calm to the surge
+/// builds a backlog while the first pins are announced, and where (nearly) every request
+/// has a session it drains only at the headroom the target leaves.
+const SETTLE_S: f64 = 4.0;
+
+/// What the surge of `sc` looked like, and every rule it broke.
+fn judge(sc: &Scenario, out: &Outcome) -> (String, Vec<String>) {
+    let onset = sc.phases_s[0];
+    let end = onset + sc.phases_s[1];
+    let settled = out.between(onset + SETTLE_S, end);
+    let loads: Vec<f64> = settled.iter().map(|p| p.primary_load).collect();
+    let (p5, p95) = (quantile(&loads, 0.05), quantile(&loads, 0.95));
+    let mean = loads.iter().sum::<f64>() / loads.len() as f64;
+    let requests: u64 = settled.iter().map(|p| p.requests).sum();
+    let to_shadow: f64 = settled
+        .iter()
+        .map(|p| p.shadow_share * p.requests as f64)
+        .sum();
+    let share = to_shadow / requests as f64;
+    let ideal = 1.0 - TARGET / sc.surge_demand();
+    let summary = format!(
+        "sessions {:.2} × {} keys, demand {:.2}: primary load p5 {p5:.3} mean {mean:.3} p95 {p95:.3}, \
+         shadow share {share:.3} (ideal {ideal:.3}), transitions {:?}, held {}, moved {}, \
+         bounces {}, knees {:?}",
+        sc.session_share,
+        sc.keys,
+        sc.surge_demand(),
+        out.transitions,
+        out.held,
+        out.sessions_moved,
+        out.bounces.len(),
+        out.knees,
+    );
+    let mut broken = Vec::new();
+    match out.transitions.as_slice() {
+        [
+            (t_in, RedirectState::Redirecting),
+            (t_out, RedirectState::Normal),
+        ] => {
+            if !(onset..onset + SETTLE_S).contains(t_in) {
+                broken.push(format!(
+                    "entered at {t_in:.2} s, the surge began at {onset} s"
+                ));
+            }
+            if *t_out < end {
+                broken.push(format!(
+                    "left at {t_out:.2} s, before the surge ended at {end} s"
+                ));
+            }
+        }
+        other => broken.push(format!("not one entry and one exit: {other:?}")),
+    }
+    let median = quantile(&loads, 0.5);
+    // (load band, the mean's and median's tolerance, the share's)
+    let ((low, high), mean_off, share_off) = if sc.is_smooth() {
+        ((TARGET - 0.1, TARGET + 0.1), 0.1, 0.1)
+    } else {
+        ((TARGET - 0.3, TARGET + 0.8), 0.15, 0.15)
+    };
+    if p5 < low || p95 > high {
+        broken.push(format!(
+            "primary load p5 {p5:.3} / p95 {p95:.3} outside {low:.1}..{high:.1}: {loads:.2?}"
+        ));
+    }
+    if (mean - TARGET).abs() > mean_off || (median - TARGET).abs() > mean_off {
+        broken.push(format!(
+            "primary load {mean:.3} on average, {median:.3} in the median: {loads:.2?}"
+        ));
+    }
+    if (share - ideal).abs() > share_off {
+        broken.push(format!("shadow share {share:.3}, ideal {ideal:.3}"));
+    }
+    if !out.bounces.is_empty() {
+        broken.push(format!(
+            "{} sessions went back to the primary mid-surge, e.g. {:?}",
+            out.bounces.len(),
+            &out.bounces[..out.bounces.len().min(3)]
+        ));
+    }
+    (summary, broken)
+}
+
+fn assert_holds(sc: &Scenario) -> Outcome {
+    let out = sim::run(sc);
+    let (summary, broken) = judge(sc, &out);
+    eprintln!("{summary}");
+    assert!(broken.is_empty(), "{sc:?}\n{summary}\n{broken:#?}");
+    out
+}
+
+/// The issue's matrix: 0, ½ and all of the traffic in sessions, 20 and 2,000 keys, a
+/// surge to 1.5× the primary's capacity.
+#[test]
+fn every_mix_of_the_matrix_holds_the_primary_at_its_target() {
+    for session_share in [0.0, 0.5, 1.0] {
+        for keys in [20, 2_000] {
+            let out = assert_holds(&Scenario::standard(session_share, keys, 600.0, 7));
+            if session_share > 0.0 {
+                assert!(out.sessions_moved > 0, "sessions took part of the excess");
+            }
+        }
+    }
+}
+
+/// All traffic in sessions that write often: read-your-writes holds many requests on the
+/// primary while their writes are on their way to the shadows, and the plan still moves
+/// exactly the excess — measured, not meant — without sending any back.
+#[test]
+fn sessions_held_by_read_your_writes_are_made_up_for_not_lost() {
+    let mut sc = Scenario::standard(1.0, 20, 650.0, 11);
+    sc.write_share = 0.6;
+    let out = assert_holds(&sc);
+    assert!(out.held > 50, "the rule held requests: {}", out.held);
+}
+
+/// Sessions that begin and end during the surge (a mean life of 3 s), busy and idle ones
+/// (a power law).
+#[test]
+fn sessions_that_come_and_go_during_the_surge() {
+    let mut sc = Scenario::standard(0.8, 500, 620.0, 3);
+    sc.lifetime_s = Some(3.0);
+    sc.skew = 0.8;
+    assert_holds(&sc);
+}
+
+/// Poisson arrivals and exponential service times: bursts by chance on both sides.
+#[test]
+fn random_arrivals_and_service_times() {
+    for session_share in [0.0, 0.5, 1.0] {
+        let mut sc = Scenario::standard(session_share, 200, 600.0, 17);
+        sc.arrivals = Arrivals::Poisson;
+        sc.primary.1 = ServiceTime::Exponential(20.0);
+        sc.shadow.1 = ServiceTime::Exponential(20.0);
+        assert_holds(&sc);
+    }
+}
+
+/// The trap the shipped configuration set: `max_in_flight` 16 on a primary that serves 8
+/// at once puts the 0.8 target (12.8 in flight) inside its queue. The capacity check finds
+/// the knee at ≈ 8 and the controller holds the primary below it.
+#[test]
+fn a_max_in_flight_above_the_knee_is_found_and_the_target_held_below_it() {
+    let mut sc = Scenario::standard(0.5, 200, 600.0, 5);
+    sc.primary_max_in_flight = 16;
+    sc.phases_s = [4.0, 20.0, 6.0];
+    // The primary must be seen calm before the surge: its unloaded latency.
+    let out = sim::run(&sc);
+    let (summary, _) = judge(&sc, &out);
+    eprintln!("{summary}");
+    assert!(
+        out.knees.first().is_some_and(|k| (7.0..=9.0).contains(k)),
+        "knee found: {:?}",
+        out.knees
+    );
+    // Once it is found, the primary is held at the target of what it really serves.
+    let onset = sc.phases_s[0];
+    let late: Vec<f64> = out
+        .between(onset + 8.0, onset + sc.phases_s[1])
+        .iter()
+        .map(|p| p.primary_load)
+        .collect();
+    let (p5, p95) = (quantile(&late, 0.05), quantile(&late, 0.95));
+    assert!(
+        p5 >= TARGET - 0.1 && p95 <= TARGET + 0.1,
+        "after the knee: p5 {p5:.3} p95 {p95:.3} of {late:.2?}"
+    );
+    assert_eq!(out.transitions.len(), 2, "{:?}", out.transitions);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    /// Any mix: any share of sessions, few or many keys (equally busy, or among many some
+    /// busier), long-lived or churning, writing little or much, a surge from 1.25× to 2×
+    /// the primary's capacity, paced or Poisson arrivals, fixed or exponential service
+    /// times, one to four workers.
+    #[test]
+    fn any_traffic_mix_holds_the_primary_and_moves_only_the_excess(
+        session_share in 0.0f64..=1.0,
+        keys in prop::sample::select(vec![20usize, 50, 200, 2_000]),
+        skew in 0.0f64..0.6,
+        churn in prop::option::of(30.0f64..120.0),
+        write_share in 0.0f64..0.5,
+        demand in 1.25f64..2.0,
+        poisson in any::<bool>(),
+        exponential in any::<bool>(),
+        workers in 1usize..=4,
+        seed in any::<u64>(),
+    ) {
+        let mut sc = Scenario::standard(session_share, keys, demand * 400.0, seed);
+        // Busy and idle sessions among many: among 20, a skewed one carries a tenth of
+        // the traffic, a step no threshold can split.
+        sc.skew = if keys >= 200 { skew } else { 0.0 };
+        sc.lifetime_s = churn;
+        sc.write_share = write_share;
+        sc.workers = workers;
+        if poisson {
+            sc.arrivals = Arrivals::Poisson;
+        }
+        if exponential {
+            sc.primary.1 = ServiceTime::Exponential(20.0);
+            sc.shadow.1 = ServiceTime::Exponential(20.0);
+        }
+        let out = sim::run(&sc);
+        let (summary, broken) = judge(&sc, &out);
+        prop_assert!(broken.is_empty(), "{:?}\n{}\n{:#?}", sc, summary, broken);
+    }
+}
+
+/// A thousand random mixes of the proptest's kind, each judged, every broken one listed
+/// (`cargo test --release -p shadowmesh-filter --test closed_loop -- --ignored`; `SURVEY=n`
+/// for another count): the long run behind the 48 cases `scripts/test` runs.
+#[test]
+#[ignore]
+fn a_thousand_mixes() {
+    let mut rng = fastrand::Rng::with_seed(42);
+    let n: usize = std::env::var("SURVEY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    let mut broken_runs = Vec::new();
+    for i in 0..n {
+        let keys = [20usize, 50, 200, 2_000][rng.usize(..4)];
+        let demand = 1.25 + 0.75 * rng.f64();
+        let mut sc = Scenario::standard(rng.f64(), keys, demand * 400.0, rng.u64(..));
+        sc.skew = if keys >= 200 { 0.6 * rng.f64() } else { 0.0 };
+        sc.lifetime_s = rng.bool().then(|| 30.0 + 90.0 * rng.f64());
+        sc.write_share = 0.5 * rng.f64();
+        sc.workers = 1 + rng.usize(..4);
+        if rng.bool() {
+            sc.arrivals = Arrivals::Poisson;
+        }
+        if rng.bool() {
+            sc.primary.1 = ServiceTime::Exponential(20.0);
+            sc.shadow.1 = ServiceTime::Exponential(20.0);
+        }
+        let out = sim::run(&sc);
+        let (summary, broken) = judge(&sc, &out);
+        if !broken.is_empty() {
+            eprintln!("#{i} {sc:?}\n  {summary}\n  {broken:?}");
+            broken_runs.push(i);
+        }
+    }
+    assert!(
+        broken_runs.is_empty(),
+        "{} of {n} broken: {broken_runs:?}",
+        broken_runs.len()
+    );
+}
