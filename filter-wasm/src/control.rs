@@ -60,6 +60,8 @@ pub struct RedirectController {
     orca: [Option<(f64, u64)>; 2],
     capacity: [CapacityEstimate; 2],
     sessions: SessionMix,
+    /// Each worker's rates as its last span showed them, and when (ms).
+    worker_rates: std::collections::BTreeMap<u64, (Rates, u64)>,
     findings: [Option<KneeFinding>; 2],
     last_tick_ms: Option<u64>,
     /// Traffic accumulated since the last report.
@@ -68,6 +70,24 @@ pub struct RedirectController {
     pub scores: [LoadScore; 2],
     /// In-flight counts at the last tick: primary, shadow.
     pub in_flight: [u64; 2],
+}
+
+/// A worker whose flush missed this many ticks no longer counts: one that stalled must not
+/// take its traffic out of the demand (the excess would flood the primary), one that fell
+/// idle (it flushes nothing) leaves within a second.
+const ABSENT_TICKS: u64 = 10;
+
+/// Rates per ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Rates {
+    /// Requests started.
+    started: f64,
+    /// Of those, sent to the shadow.
+    to_shadow: f64,
+    /// Requests completed: primary, shadow.
+    completed: [f64; 2],
+    /// Mean concurrency: primary, shadow.
+    concurrency: [f64; 2],
 }
 
 /// What the controller read from shared data this tick.
@@ -96,7 +116,13 @@ impl RedirectController {
             Some(t) if input.now_ms > t => (input.now_ms - t) as f64,
             _ => config.tick_ms as f64,
         };
+        if self.last_tick_ms.is_none() {
+            // A worker that just took the lease over starts from what its predecessor
+            // learned of the primary, not from nothing.
+            self.capacity[0].seed(plan.unloaded_latency_ms, plan.knee);
+        }
         self.last_tick_ms = Some(input.now_ms);
+        let rates = self.rates(&input.window, input.now_ms, config.tick_ms, elapsed);
         let sides: [(&ClusterWindow, u32, Option<f64>); 2] = [
             (
                 &input.window.primary,
@@ -120,12 +146,13 @@ impl RedirectController {
             let orca = self.orca[i]
                 .filter(|(_, at)| input.now_ms.saturating_sub(*at) <= config.orca_stale_ms)
                 .map(|(u, _)| u);
-            let concurrency = w.busy_us as f64 / 1e3 / elapsed;
+            let concurrency = rates.concurrency[i];
             let finding = self.capacity[i].observe(
                 TickLoad {
                     completed: w.latency.count,
                     latency_sum_ms: w.latency.sum_us as f64 / 1e3,
                     concurrency,
+                    throughput_per_ms: rates.completed[i],
                     elapsed_ms: elapsed,
                 },
                 max_in_flight,
@@ -148,11 +175,10 @@ impl RedirectController {
             .observe(&input.window.routed, &input.window.spread, alpha);
         // Arrivals per ms × the unloaded latency = the concurrency they would cause.
         let offered = self.capacity[0].base_latency_ms().map(|base| {
-            input.window.routed.total() as f64 / elapsed * base
-                / self.capacity[0].effective(svc.primary.max_in_flight)
+            rates.started * base / self.capacity[0].effective(svc.primary.max_in_flight)
         });
         self.report.merge(&input.window);
-        plan.next(
+        let mut next = plan.next(
             PlanInputs {
                 primary: self.scores[0],
                 shadow: self.scores[1],
@@ -163,9 +189,63 @@ impl RedirectController {
                 elapsed_ms: elapsed,
                 tick_ms: config.tick_ms,
                 offered,
+                measured_share: if rates.started > 0.0 {
+                    (rates.to_shadow / rates.started).clamp(0.0, 1.0)
+                } else {
+                    0.0
+                },
             },
             svc,
-        )
+        );
+        next.unloaded_latency_ms = self.capacity[0].base_latency_ms().unwrap_or(0.0);
+        next.knee = self.capacity[0].knee().unwrap_or(0.0);
+        next
+    }
+
+    /// The service's rates per ms: each worker's counts over its own span, summed; a worker
+    /// whose flush missed this tick (it stalled, or lost a race) counts with the rates its
+    /// last span showed, for up to [`ABSENT_TICKS`] ticks. A window without spans (none
+    /// was closed) is counted over the tick, with no in-flight time.
+    fn rates(&mut self, window: &ServiceWindow, now_ms: u64, tick_ms: u64, elapsed: f64) -> Rates {
+        for (id, span) in &window.workers {
+            if span.span_ms == 0 {
+                continue;
+            }
+            let ms = span.span_ms as f64;
+            let rates = Rates {
+                started: span.started as f64 / ms,
+                to_shadow: span.to_shadow as f64 / ms,
+                completed: span.completed.map(|c| c as f64 / ms),
+                concurrency: span.busy_us.map(|b| b as f64 / 1e3 / ms),
+            };
+            self.worker_rates.insert(*id, (rates, now_ms));
+        }
+        let horizon = ABSENT_TICKS * tick_ms;
+        self.worker_rates
+            .retain(|_, (_, seen)| now_ms.saturating_sub(*seen) <= horizon);
+        if self.worker_rates.is_empty() {
+            return Rates {
+                started: window.routed.total() as f64 / elapsed,
+                to_shadow: window.routed.to_shadow() as f64 / elapsed,
+                completed: [window.primary.latency.count, window.shadow.latency.count]
+                    .map(|c| c as f64 / elapsed),
+                concurrency: [0.0; 2],
+            };
+        }
+        self.worker_rates
+            .values()
+            .fold(Rates::default(), |sum, (r, _)| Rates {
+                started: sum.started + r.started,
+                to_shadow: sum.to_shadow + r.to_shadow,
+                completed: [
+                    sum.completed[0] + r.completed[0],
+                    sum.completed[1] + r.completed[1],
+                ],
+                concurrency: [
+                    sum.concurrency[0] + r.concurrency[0],
+                    sum.concurrency[1] + r.concurrency[1],
+                ],
+            })
     }
 
     /// What the capacity checks found since the last call, primary first: a cluster seen
@@ -268,7 +348,7 @@ mod tests {
             w.primary.latency.record(latency_us);
             w.count_route(None, crate::window::Side::Primary, false);
         }
-        w.primary.busy_us = busy_us;
+        w.close_span(1, 100, [busy_us, 0]);
         w
     }
 

@@ -115,6 +115,8 @@ pub struct TickLoad {
     pub latency_sum_ms: f64,
     /// Mean concurrency over the tick.
     pub concurrency: f64,
+    /// Requests completed per ms (each worker's count over its own span).
+    pub throughput_per_ms: f64,
     /// Length of the tick, ms.
     pub elapsed_ms: f64,
 }
@@ -144,7 +146,10 @@ const QUEUED_SHARE: f64 = 0.2;
 const JUDGED_TICKS: usize = 100;
 /// A knee counts only this far below `max_in_flight`: nearer, it may be the measurement's
 /// own noise around a `max_in_flight` that is right.
-const KNEE_MARGIN: f64 = 0.8;
+const KNEE_MARGIN: f64 = 0.75;
+/// Completions a seeded unloaded latency counts as: a few calm ticks' worth, so the new
+/// holder's own observations soon outweigh it.
+const SEED_COMPLETIONS: f64 = 50.0;
 /// A tick that served this much more than the knee at once, without a queue, forgets it.
 const FORGET_ABOVE: f64 = 1.1;
 /// Queueing samples older than this are forgotten: a knee no tick has shown for two
@@ -218,6 +223,20 @@ impl CapacityEstimate {
         self.knee
     }
 
+    /// Starts from what another estimate learned (a worker taking the controller lease over
+    /// from one that held it): an unloaded latency of `base_latency_ms` as if from a few
+    /// calm ticks, and a knee as if just seen (0 for either: nothing).
+    pub fn seed(&mut self, base_latency_ms: f64, knee: f64) {
+        if base_latency_ms.is_finite() && base_latency_ms > 0.0 && self.base_count == 0.0 {
+            self.base_count = SEED_COMPLETIONS;
+            self.base_sum_ms = base_latency_ms * SEED_COMPLETIONS;
+        }
+        if knee.is_finite() && knee >= 1.0 && self.knee.is_none() {
+            self.knee = Some(knee);
+            self.samples = std::iter::repeat_n((knee, self.clock_ms), KNEE_SAMPLES).collect();
+        }
+    }
+
     /// The unloaded latency learned so far, ms.
     pub fn base_latency_ms(&self) -> Option<f64> {
         (self.base_count > 0.0).then(|| self.base_sum_ms / self.base_count)
@@ -250,7 +269,7 @@ impl CapacityEstimate {
             return None;
         }
         let base = self.base_latency_ms().filter(|b| *b > 0.0)?;
-        let busy = tick.completed as f64 / tick.elapsed_ms * base;
+        let busy = tick.throughput_per_ms * base;
         let queued = mean >= QUEUE_RATIO * base && tick.concurrency >= busy + 1.0;
         if self.judged.len() == JUDGED_TICKS {
             self.judged.pop_front();
@@ -524,6 +543,7 @@ mod tests {
                 completed: completed as u64,
                 latency_sum_ms: completed * latency,
                 concurrency,
+                throughput_per_ms: completed / 100.0,
                 elapsed_ms: 100.0,
             })
             .collect()
@@ -606,6 +626,7 @@ mod tests {
             completed: 30,
             latency_sum_ms: 30.0 * 33.0,
             concurrency: 9.9,
+            throughput_per_ms: 30.0 / 100.0,
             elapsed_ms: 100.0,
         };
         assert!(feed(&mut e, vec![slow; 20], 8).is_empty());
@@ -616,13 +637,14 @@ mod tests {
         assert_close(e.knee().unwrap_or(f64::NAN), 8.0, "");
         assert_close(e.effective(8), 8.0, "");
         // It counts from a fifth below.
-        assert_close(e.effective(9), 9.0, "8 is not below 0.8 × 9");
-        assert_close(e.effective(11), 8.0, "8 is below 0.8 × 11");
+        assert_close(e.effective(10), 10.0, "8 is not below 0.75 × 10");
+        assert_close(e.effective(11), 8.0, "8 is below 0.75 × 11");
         // Too few completions say nothing of queueing.
         let quiet = TickLoad {
             completed: 19,
             latency_sum_ms: 19.0 * 100.0,
             concurrency: 20.0,
+            throughput_per_ms: 19.0 / 100.0,
             elapsed_ms: 100.0,
         };
         let before = (e.knee(), e.samples.clone(), e.judged.clone());
@@ -641,6 +663,7 @@ mod tests {
             completed: 10,
             latency_sum_ms: 10.0 * latency_ms,
             concurrency,
+            throughput_per_ms: 0.1,
             elapsed_ms: 100.0,
         };
         e.observe(tick(20.0, 2.0), 16);
@@ -662,12 +685,41 @@ mod tests {
                 completed: 1,
                 latency_sum_ms: 200.0,
                 concurrency: 2.0,
+                throughput_per_ms: 1.0 / 100.0,
                 elapsed_ms: 100.0,
             },
             16,
         );
         let expected = (0.95 * 200.0 + 200.0) / (0.95 * 10.0 + 1.0);
         assert!((f.base_latency_ms().unwrap() - expected).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_seeded_estimate_starts_from_what_was_learned() {
+        let mut e = CapacityEstimate::default();
+        e.seed(20.0, 8.0);
+        assert_close(e.base_latency_ms().unwrap_or(f64::NAN), 20.0, "");
+        assert_close(e.effective(16), 8.0, "");
+        // Its own calm ticks soon count more.
+        feed(&mut e, ticks(8.0, 30.0, 2.0, 20), 16);
+        assert!(e.base_latency_ms().unwrap() > 28.0);
+        // Nothing to seed with: nothing seeded.
+        let mut f = CapacityEstimate::default();
+        f.seed(0.0, 0.0);
+        assert_eq!((f.base_latency_ms(), f.knee()), (None, None));
+        // A seed never overrides what was learned.
+        f.observe(
+            TickLoad {
+                completed: 10,
+                latency_sum_ms: 100.0,
+                concurrency: 1.0,
+                throughput_per_ms: 10.0 / 100.0,
+                elapsed_ms: 100.0,
+            },
+            16,
+        );
+        f.seed(50.0, 4.0);
+        assert_close(f.base_latency_ms().unwrap_or(f64::NAN), 10.0, "");
     }
 
     #[test]

@@ -79,8 +79,8 @@ pub struct RedirectPlan {
     /// cause (1: neither queue nor slowdown), over [`INFLATION_MS`]; `demand` is the
     /// offered demand times it.
     pub inflation: Inflation,
-    /// The same over [`STEADY_INFLATION_MS`] of this surge, but its first [`SETTLE_MS`] and
-    /// its onset (until the first tick without a backlog), each tick counting up to
+    /// The same over [`STEADY_INFLATION_MS`] of this surge, from [`SETTLE_MS`] after its
+    /// onset (until the first tick without a backlog) ended, each tick counting up to
     /// [`BACKLOG_INFLATION`] × its offered demand: what a queue that wanders at the target,
     /// or a primary slower under load, adds to the offered demand the sessions are pinned
     /// for.
@@ -89,11 +89,18 @@ pub struct RedirectPlan {
     pub entered_ms: u64,
     /// The surge's onset: from the entry until the first tick without a backlog.
     pub onset: bool,
+    /// When the onset ended (ms).
+    pub onset_ended_ms: u64,
 
     /// Primary load score at the last update.
     pub primary_load: f64,
     /// Shadow load score at the last update.
     pub shadow_load: f64,
+    /// What the lease holder learned of the primary that a worker taking the lease over
+    /// starts from: its unloaded latency (ms, 0: not known yet)…
+    pub unloaded_latency_ms: f64,
+    /// …and the concurrency it queues above, where below `max_in_flight` (0: none).
+    pub knee: f64,
 }
 
 /// A ratio of two decayed sums — the load the primary carried to the load its arrivals
@@ -160,18 +167,24 @@ impl SessionPins {
         }
     }
 
-    /// Moves the threshold to `threshold` from `lead_ms` after `now_ms`. A change still
-    /// pending is replaced, keeping its instant (the threshold in force until then is
-    /// unchanged, and workers have at least a tick left to read the new one).
-    fn set(&mut self, threshold: f64, now_ms: u64, lead_ms: u64) {
-        if threshold == self.after {
-            return;
+    /// Whether a change is announced and not in force yet.
+    pub fn pending(&self, now_ms: u64) -> bool {
+        now_ms < self.from_ms
+    }
+
+    /// Moves the threshold to `threshold` from `lead_ms` after `now_ms` — unless a change
+    /// is still pending: it is never replaced (a worker that read it and not its
+    /// replacement would switch to it at its instant while others switch to the new one,
+    /// and a session between the two would go to the shadow from one worker and to the
+    /// primary from the other). Returns whether the change was announced.
+    fn set(&mut self, threshold: f64, now_ms: u64, lead_ms: u64) -> bool {
+        if threshold == self.after || self.pending(now_ms) {
+            return false;
         }
-        if now_ms >= self.from_ms {
-            self.before = self.after;
-            self.from_ms = now_ms.saturating_add(lead_ms);
-        }
+        self.before = self.after;
         self.after = threshold;
+        self.from_ms = now_ms.saturating_add(lead_ms);
+        true
     }
 }
 
@@ -195,6 +208,12 @@ const ENTRY_PIN_FRACTION: f64 = 0.9;
 /// Time constant of the steady demand's rise during a surge's onset.
 const ONSET_RISE_MS: f64 = 300.0;
 
+/// Session requests the spread starts from, evenly over the slices (a prior): few requests
+/// seen among many keys — the calm before a surge — say little of how the keys' traffic
+/// spreads, and a threshold chosen on their noise would be kept for the surge; where the
+/// keys are few and busy, their counts soon outweigh it.
+const SPREAD_PRIOR: f64 = 128.0;
+
 /// Time constant of the session mix ([`SessionMix`]).
 pub const SESSION_MIX_MS: f64 = 3_000.0;
 
@@ -203,7 +222,7 @@ pub const SESSION_MIX_MS: f64 = 3_000.0;
 /// still drains within a second or two.
 pub const INFLATION_MS: f64 = 500.0;
 
-/// A surge's first this long (the first pins take effect, an onset's backlog drains) teach
+/// The first this long after a surge's onset (the backlog's tail drains) teaches
 /// [`RedirectPlan::steady_inflation`] nothing.
 const SETTLE_MS: u64 = 2_000;
 
@@ -276,7 +295,12 @@ impl SessionMix {
     }
 
     fn spread_total(&self) -> f64 {
-        self.spread.iter().sum()
+        self.spread.iter().sum::<f64>() + SPREAD_PRIOR
+    }
+
+    /// Session requests counted in a slice, with the prior's even share.
+    fn slice(&self, i: usize) -> f64 {
+        self.spread[i] + SPREAD_PRIOR / SPREAD_SLICES as f64
     }
 
     /// Share of requests that carry a session key.
@@ -290,17 +314,14 @@ impl SessionMix {
     }
 
     /// Share of session requests whose point lies below `threshold` (slices cut by the
-    /// threshold count in proportion; without any session seen yet, points are taken to
-    /// be uniform).
+    /// threshold count in proportion; [`SPREAD_PRIOR`] requests spread evenly count too).
     pub fn below(&self, threshold: f64) -> f64 {
         let t = threshold.clamp(0.0, 1.0);
         let total = self.spread_total();
-        if total <= 0.0 {
-            return t;
-        }
         let width = 1.0 / SPREAD_SLICES as f64;
         let mut sum = 0.0;
-        for (i, count) in self.spread.iter().enumerate() {
+        for i in 0..SPREAD_SLICES {
+            let count = self.slice(i);
             let lo = i as f64 * width;
             if t >= lo + width {
                 sum += count;
@@ -315,21 +336,30 @@ impl SessionMix {
     /// (the lowest such edge: the fewest sessions, and new ones are pinned in proportion).
     pub fn threshold_for(&self, share: f64) -> f64 {
         let total = self.spread_total();
-        if total <= 0.0 {
-            return share.clamp(0.0, 1.0);
-        }
-        let mut best = (0.0, share.abs());
+        // (edge, miss) for the empty threshold and each slice's upper edge.
+        let mut edges = Vec::with_capacity(SPREAD_SLICES + 1);
+        edges.push((0.0, share.abs()));
         let mut cum = 0.0;
-        for (i, count) in self.spread.iter().enumerate() {
-            cum += count / total;
-            let miss = (cum - share).abs();
-            if miss < best.1 - 1e-12 {
-                best = ((i + 1) as f64 / SPREAD_SLICES as f64, miss);
-            }
+        for i in 0..SPREAD_SLICES {
+            cum += self.slice(i) / total;
+            edges.push(((i + 1) as f64 / SPREAD_SLICES as f64, (cum - share).abs()));
         }
-        best.0
+        let best = edges
+            .iter()
+            .map(|(_, miss)| *miss)
+            .fold(f64::INFINITY, f64::min);
+        // The lowest edge about as near as the nearest (the prior makes no stretch quite
+        // flat).
+        edges
+            .iter()
+            .find(|(_, miss)| *miss <= best + EDGE_TOLERANCE)
+            .map_or(0.0, |(edge, _)| *edge)
     }
 }
+
+/// Edges whose share of session traffic misses the wanted one by at most this more than
+/// the nearest edge's count as near.
+const EDGE_TOLERANCE: f64 = 0.005;
 
 /// What the plan update sees each tick.
 #[derive(Debug, Clone, Copy)]
@@ -355,6 +385,8 @@ pub struct PlanInputs<'a> {
     /// count a backlog — the queue a surge builds before sessions move is the past, not
     /// demand, and a pinned session cannot be taken back — nor bursts of a queue.
     pub offered: Option<f64>,
+    /// The share of requests that went to the shadow (each worker's over its own span).
+    pub measured_share: f64,
 }
 
 impl RedirectPlan {
@@ -362,7 +394,23 @@ impl RedirectPlan {
     pub fn next(&self, input: PlanInputs<'_>, svc: &ServiceConfig) -> RedirectPlan {
         let t = &svc.thresholds;
         let mut plan = *self;
-        let measured = input.routed.shadow_share();
+        let lead_ms = PIN_LEAD_TICKS * input.tick_ms;
+        if input.routed.total() == 0 && input.primary.0 <= 0.0 {
+            // A tick that saw nothing — the window went to the worker that held the lease a
+            // moment ago, or the service is idle — teaches nothing; an idle service still
+            // leaves redirection in time.
+            plan.demand = 0.0;
+            plan.primary_load = 0.0;
+            plan.measured_share = 0.0;
+            if self.state == RedirectState::Redirecting {
+                plan.below_exit_ticks += 1;
+                if plan.below_exit_ticks >= t.exit_hold_ticks {
+                    plan.leave(input.now_ms, lead_ms);
+                }
+            }
+            return plan;
+        }
+        let measured = input.measured_share;
         // What the primary's load says: L/(1−s), for the share that really left it.
         let loaded = input.primary.0 / (1.0 - measured).max(MIN_PRIMARY_SHARE);
         let (demand, pin_basis) = match input.offered.filter(|o| *o > 0.0) {
@@ -381,12 +429,13 @@ impl RedirectPlan {
                         plan.inflation.add(loaded, offered, alpha);
                     }
                     let settled = self.state == RedirectState::Redirecting
-                        && input.now_ms >= self.entered_ms.saturating_add(SETTLE_MS);
+                        && !self.onset
+                        && input.now_ms >= self.onset_ended_ms.saturating_add(SETTLE_MS);
                     // The onset's backlog says nothing of the steady state (and while
                     // clients wait on it, their arrivals say too little of the demand);
                     // later, a queue's bursts are part of it, but a tick counts only up to
                     // a backlog's bound: pins keep every rise, so a burst must not buy any.
-                    if settled && !self.onset {
+                    if settled {
                         let alpha = smoothing(input.elapsed_ms, STEADY_INFLATION_MS);
                         let counted = loaded.min(BACKLOG_INFLATION * offered);
                         plan.steady_inflation.add(counted, offered, alpha);
@@ -405,9 +454,11 @@ impl RedirectPlan {
         plan.measured_share = measured;
         plan.primary_load = input.primary.0;
         plan.shadow_load = input.shadow.0;
-        // Until the surge's first pins take effect they follow each tick: the tick that
-        // entered straddled the onset.
-        let entering = input.now_ms < self.pins.from_ms && self.pins.before == 0.0;
+        // The surge's first pins are announced a tick after the entry (the tick that
+        // entered straddled the onset), on that tick's demand alone.
+        let first_pins = self.state == RedirectState::Redirecting
+            && self.pins.after == 0.0
+            && !self.pins.pending(input.now_ms);
         // While the onset's backlog lasts, clients that wait on it send less than they will:
         // what they do send is a floor of the demand, to follow at once. The onset ends
         // with the first tick without a backlog (a later burst's is noise, not a floor).
@@ -415,7 +466,10 @@ impl RedirectPlan {
             .offered
             .is_some_and(|o| loaded >= BACKLOG_INFLATION * o);
         plan.onset = self.onset && backlogged;
-        plan.steady_demand = if entering {
+        if self.onset && !plan.onset {
+            plan.onset_ended_ms = input.now_ms;
+        }
+        plan.steady_demand = if first_pins {
             pin_basis
         } else if plan.onset {
             // Rising only, over a few ticks (a single tick's arrivals are too noisy to
@@ -427,10 +481,14 @@ impl RedirectPlan {
             self.steady_demand
                 + smoothing(input.elapsed_ms, STEADY_DEMAND_MS) * (pin_basis - self.steady_demand)
         };
-        let lead_ms = PIN_LEAD_TICKS * input.tick_ms;
 
         match self.state {
             RedirectState::Normal => {
+                // Sessions go back once the release can be announced (not while the last
+                // raise of the surge is still pending).
+                if self.pins.after > 0.0 {
+                    plan.pins.set(0.0, input.now_ms, lead_ms);
+                }
                 if input.primary.0 >= t.enter && input.shadow_ready {
                     plan.state = RedirectState::Redirecting;
                     plan.surge += 1;
@@ -439,14 +497,10 @@ impl RedirectPlan {
                     plan.onset = true;
                     plan.steady_inflation = Inflation::default();
                     // Enter with the full excess at once: the surge is already here. The
-                    // steady estimate trailed the onset; it starts again from here (and
-                    // the next ticks refine the pins before they take effect).
+                    // steady estimate trailed the onset; it starts again from here. The
+                    // sessions' part waits for a tick wholly in the surge.
                     plan.share = excess_share(loaded.max(demand), t.target, svc.max_share);
                     plan.steady_demand = pin_basis;
-                    let need =
-                        ENTRY_PIN_FRACTION * excess_share(pin_basis, t.target, svc.max_share);
-                    let pinned = input.sessions.threshold_for(need).min(svc.max_share);
-                    plan.pins.set(pinned, input.now_ms, lead_ms);
                 }
             }
             RedirectState::Redirecting => {
@@ -464,22 +518,15 @@ impl RedirectPlan {
                 }
                 let mut need =
                     excess_share(plan.steady_demand, t.target, svc.max_share).min(headroom);
-                if entering {
+                if first_pins {
                     need *= ENTRY_PIN_FRACTION;
                 }
                 let carried = input.sessions.below(self.pins.after);
-                if need > carried + PIN_SLACK || entering {
-                    // Never below the threshold in force; a change not in force yet may
-                    // still be taken back.
-                    let floor = if input.now_ms < self.pins.from_ms {
-                        self.pins.before
-                    } else {
-                        self.pins.after
-                    };
+                if need > carried + PIN_SLACK || (first_pins && need > 0.0) {
                     let pinned = input
                         .sessions
                         .threshold_for(need)
-                        .max(floor)
+                        .max(self.pins.after)
                         .min(svc.max_share);
                     plan.pins.set(pinned, input.now_ms, lead_ms);
                 }
@@ -489,10 +536,7 @@ impl RedirectPlan {
                     plan.below_exit_ticks = 0;
                 }
                 if plan.below_exit_ticks >= t.exit_hold_ticks {
-                    plan.state = RedirectState::Normal;
-                    plan.share = 0.0;
-                    plan.below_exit_ticks = 0;
-                    plan.pins.set(0.0, input.now_ms, lead_ms);
+                    plan.leave(input.now_ms, lead_ms);
                 }
             }
         }
@@ -504,6 +548,18 @@ impl RedirectPlan {
             }
         };
         plan
+    }
+}
+
+impl RedirectPlan {
+    /// Back to normal: nothing more is redirected, and the pinned sessions go back to the
+    /// primary at one instant (as soon as one can be announced).
+    fn leave(&mut self, now_ms: u64, lead_ms: u64) {
+        self.state = RedirectState::Normal;
+        self.share = 0.0;
+        self.plain_share = 0.0;
+        self.below_exit_ticks = 0;
+        self.pins.set(0.0, now_ms, lead_ms);
     }
 }
 
@@ -570,6 +626,7 @@ mod tests {
             elapsed_ms: 100.0,
             tick_ms: 100,
             offered: None,
+            measured_share: routed.shadow_share(),
         }
     }
 
@@ -768,6 +825,48 @@ mod tests {
     }
 
     #[test]
+    fn a_tick_that_saw_nothing_changes_nothing_but_an_idle_service_leaves() {
+        let svc = svc();
+        let mix = SessionMix::default();
+        let mut plan = redirecting(&svc, RedirectPlan::default());
+        plan.pins = SessionPins {
+            before: 0.2,
+            after: 0.4,
+            from_ms: 10_000,
+        };
+        let empty = plan.next(inputs(0.0, 0.0, RouteCounts::default(), &mix, 9_000), &svc);
+        assert_eq!(
+            empty.pins, plan.pins,
+            "a pending pin change is not taken back"
+        );
+        assert_eq!(
+            (empty.share, empty.steady_demand, empty.inflation),
+            (plan.share, plan.steady_demand, plan.inflation)
+        );
+        assert_eq!(empty.below_exit_ticks, plan.below_exit_ticks + 1);
+        // Idle for exit_hold_ticks: out, the sessions released.
+        let mut idle = empty;
+        for _ in 1..svc.thresholds.exit_hold_ticks {
+            idle = idle.next(inputs(0.0, 0.0, RouteCounts::default(), &mix, 9_000), &svc);
+        }
+        assert_eq!(idle.state, RedirectState::Normal);
+        assert_eq!((idle.share, idle.plain_share), (0.0, 0.0));
+        assert_eq!(
+            idle.pins.after, 0.4,
+            "the release waits for the pending raise"
+        );
+        // Once that is in force, the release is announced.
+        let released = idle.next(inputs(0.1, 0.0, plain_traffic(0.0), &mix, 10_000), &svc);
+        assert_eq!(released.pins.after, 0.0);
+        assert_eq!(released.pins.at(10_199), 0.4);
+        assert_eq!(released.pins.at(10_200), 0.0);
+        // In-flight time without a request started is something seen (a stalled primary).
+        let stalled = plan.next(inputs(1.5, 0.0, RouteCounts::default(), &mix, 9_000), &svc);
+        assert_eq!(stalled.below_exit_ticks, 0);
+        assert_eq!(stalled.primary_load, 1.5);
+    }
+
+    #[test]
     fn the_entry_share_respects_max_share() {
         let mut svc = svc();
         svc.max_share = 0.3;
@@ -852,11 +951,12 @@ mod tests {
 
     /// A mix of `keys` equally busy sessions (and no session-less traffic) at the given
     /// points, observed once.
+    /// Many requests in each (so many that the spread's prior is a rounding error).
     fn sessions_at(points: &[f64]) -> SessionMix {
         let mut spread = SessionSpread::default();
         let mut routed = RouteCounts::default();
         for p in points {
-            for _ in 0..10 {
+            for _ in 0..100_000 {
                 spread.count(*p);
                 routed.count(true, Side::Primary, false);
             }
@@ -864,6 +964,11 @@ mod tests {
         let mut mix = SessionMix::default();
         mix.observe(&routed, &spread, 0.5);
         mix
+    }
+
+    #[track_caller]
+    fn close(got: f64, want: f64) {
+        assert!((got - want).abs() < 1e-3, "{got} != {want}");
     }
 
     #[test]
@@ -890,46 +995,50 @@ mod tests {
             0.0,
             "nothing is nearer than a quarter"
         );
-        assert_eq!(mix.below(4.0 * width), 0.25);
-        assert_eq!(mix.below(3.5 * width), 0.125, "half of slice 3");
-        assert_eq!(mix.below(1.0), 1.0);
-        // Without any session seen, points are uniform.
+        close(mix.below(4.0 * width), 0.25);
+        close(mix.below(3.5 * width), 0.125); // half of slice 3
+        close(mix.below(1.0), 1.0);
+        // Without any session seen, points are uniform: the nearest slice edge to 0.3.
         let none = SessionMix::default();
-        assert_eq!(none.threshold_for(0.3), 0.3);
+        assert_eq!(none.threshold_for(0.3), 19.0 * width);
         assert_eq!(none.below(0.3), 0.3);
     }
 
     #[test]
     fn the_mix_counts_requests_and_forgets_them_with_age() {
+        const N: u64 = 100_000;
         let mut mix = SessionMix::default();
         let mut routed = RouteCounts::default();
         let mut spread = SessionSpread::default();
-        for i in 0..10 {
-            routed.count(i < 4, Side::Primary, i == 0);
-            if i < 4 {
+        for i in 0..10 * N {
+            routed.count(i < 4 * N, Side::Primary, i < N);
+            if i < 4 * N {
                 spread.count(0.9);
             }
         }
         mix.observe(&routed, &spread, 0.5);
         assert_eq!(mix.fraction(), 0.4);
         assert_eq!(mix.held(), 0.25);
-        assert_eq!(mix.below(0.85), 0.0);
-        assert_eq!(mix.below(0.95), 1.0);
-        // One session request elsewhere, later: the 4 earlier ones count for 2 now.
+        close(mix.below(0.85), 0.0);
+        close(mix.below(0.95), 1.0);
+        // As many session requests elsewhere, later: the earlier ones count half now.
         let mut elsewhere = SessionSpread::default();
-        elsewhere.count(0.1);
-        let one = RouteCounts {
-            session: [1, 0],
+        for _ in 0..4 * N {
+            elsewhere.count(0.1);
+        }
+        let later = RouteCounts {
+            session: [4 * N, 0],
             ..Default::default()
         };
-        mix.observe(&one, &elsewhere, 0.5);
-        assert_eq!(mix.below(0.5), 1.0 / 3.0, "1 of 1 + 4 × 0.5");
-        assert_eq!(mix.fraction(), 3.0 / 6.0, "(2 + 1) of (5 + 1)");
-        assert_eq!(mix.held(), 0.5 / 3.0, "0.5 of 3");
+        mix.observe(&later, &elsewhere, 0.5);
+        close(mix.below(0.5), 2.0 / 3.0); // 4 of 4 + 4 × 0.5
+        assert_eq!(mix.fraction(), 6.0 / 9.0, "(2 + 4) of (5 + 4)");
+        assert_eq!(mix.held(), 0.5 / 6.0, "0.5 of 6");
         // A quiet tick only ages what was seen: shares stay.
         let before = (mix.fraction(), mix.held(), mix.below(0.5));
         mix.observe(&RouteCounts::default(), &SessionSpread::default(), 0.5);
-        assert_eq!((mix.fraction(), mix.held(), mix.below(0.5)), before);
+        assert_eq!((mix.fraction(), mix.held()), (before.0, before.1));
+        close(mix.below(0.5), before.2);
     }
 
     #[test]
@@ -940,7 +1049,7 @@ mod tests {
         mix.fraction = 0.5;
         // Sessions below slice 4 carry a quarter of the session traffic: 0.125 of all.
         // For 0.4 of all, plain requests carry 0.275 of all = 0.55 of theirs.
-        assert!((plain_share(0.4, 4.0 * width, &mix) - 0.55).abs() < 1e-9);
+        close(plain_share(0.4, 4.0 * width, &mix), 0.55);
         // Sessions alone carry more than the share: no plain request goes.
         assert_eq!(plain_share(0.1, 11.0 * width, &mix), 0.0);
         // Only sessions: nothing to spread.
@@ -950,22 +1059,48 @@ mod tests {
         // Held sessions stay on the primary: plain requests make up for them.
         let mut held = mix;
         held.held = 0.25;
-        assert!((plain_share(0.4, 4.0 * width, &held) - 0.8).abs() < 1e-9);
+        close(plain_share(0.4, 4.0 * width, &held), 0.8);
+    }
+
+    #[test]
+    fn few_requests_among_many_keys_say_little_of_the_spread() {
+        // Ten requests, all in the first slice: a prior of even spread outweighs them.
+        let mut spread = SessionSpread::default();
+        let mut routed = RouteCounts::default();
+        for _ in 0..10 {
+            spread.count(0.001);
+            routed.count(true, Side::Primary, false);
+        }
+        let mut mix = SessionMix::default();
+        mix.observe(&routed, &spread, 0.5);
+        close(
+            mix.below(0.5),
+            (10.0 + 0.5 * SPREAD_PRIOR) / (10.0 + SPREAD_PRIOR),
+        );
+        assert!(
+            (mix.threshold_for(0.5) - 0.5).abs() < 0.05,
+            "{}",
+            mix.threshold_for(0.5)
+        );
+        // Nothing seen: an even spread.
+        let none = SessionMix::default();
+        close(none.below(0.3), 0.3);
     }
 
     #[test]
     fn pin_changes_take_effect_two_ticks_later_on_every_worker() {
         let mut pins = SessionPins::default();
-        pins.set(0.4, 1_000, 200);
+        assert!(pins.set(0.4, 1_000, 200));
         assert_eq!((pins.at(1_199), pins.at(1_200)), (0.0, 0.4));
-        // A change while one is pending replaces it, at the same instant.
-        pins.set(0.5, 1_100, 200);
-        assert_eq!((pins.at(1_199), pins.at(1_200)), (0.0, 0.5));
+        assert!(pins.pending(1_199) && !pins.pending(1_200));
+        // A change while one is pending is not announced: the pending one stands.
+        assert!(!pins.set(0.5, 1_100, 200));
+        assert_eq!((pins.at(1_199), pins.at(1_200)), (0.0, 0.4));
         // After the instant, a change keeps the old threshold until its own.
-        pins.set(0.6, 1_300, 200);
-        assert_eq!((pins.at(1_499), pins.at(1_500)), (0.5, 0.6));
+        assert!(pins.set(0.6, 1_300, 200));
+        assert_eq!((pins.at(1_499), pins.at(1_500)), (0.4, 0.6));
         // Setting the same threshold announces nothing.
-        pins.set(0.6, 2_000, 200);
+        assert!(!pins.set(0.6, 2_000, 200));
         assert_eq!(pins.from_ms, 1_500);
     }
 

@@ -35,10 +35,6 @@ impl Side {
 pub struct ClusterWindow {
     /// Latency of completed requests; its `count` is the number of completed requests.
     pub latency: LatencyHistogram,
-    /// In-flight time of its requests, µs: the integral of the in-flight count over the
-    /// window ([`crate::load::BusyClock`]). Divided by the window's length it is the mean
-    /// concurrency — exactly, including requests that have not completed yet.
-    pub busy_us: u64,
     /// Sum of well-formed ORCA utilizations.
     pub orca_sum: f64,
     /// Number of well-formed ORCA reports.
@@ -207,6 +203,40 @@ mod sparse_slices {
     }
 }
 
+/// One worker's part of a window: what it counted, and over how long. Workers flush at
+/// moments of their own, and one that stalled flushes a longer stretch at once: a rate is
+/// each worker's counts over its own span, summed — not everything over the controller's
+/// tick, which would count a late worker's stretch twice in one tick and not at all in the
+/// one before.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkerSpan {
+    /// How long it counted (ms): from its last flush into shared data to this one.
+    pub span_ms: u64,
+    /// Requests it started.
+    pub started: u64,
+    /// Of those, sent to the shadow.
+    pub to_shadow: u64,
+    /// Requests it saw complete: primary, shadow.
+    pub completed: [u64; 2],
+    /// In-flight time of its requests (µs: the integral of its in-flight count,
+    /// [`crate::load::BusyClock`]): primary, shadow. Over the span it is the worker's mean
+    /// concurrency — exactly, with requests that have not completed yet.
+    pub busy_us: [u64; 2],
+}
+
+impl WorkerSpan {
+    fn merge(&mut self, other: &WorkerSpan) {
+        self.span_ms = self.span_ms.saturating_add(other.span_ms);
+        self.started = self.started.saturating_add(other.started);
+        self.to_shadow = self.to_shadow.saturating_add(other.to_shadow);
+        for i in 0..2 {
+            self.completed[i] = self.completed[i].saturating_add(other.completed[i]);
+            self.busy_us[i] = self.busy_us[i].saturating_add(other.busy_us[i]);
+        }
+    }
+}
+
 /// Counts for one service.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -221,13 +251,14 @@ pub struct ServiceWindow {
     pub primary: ClusterWindow,
     /// Shadow side.
     pub shadow: ClusterWindow,
+    /// Each worker's span and rates' numerators, by the worker's identity.
+    pub workers: std::collections::BTreeMap<u64, WorkerSpan>,
 }
 
 impl ClusterWindow {
     /// Adds `other` into `self`.
     pub fn merge(&mut self, other: &ClusterWindow) {
         self.latency.merge(&other.latency);
-        self.busy_us = self.busy_us.saturating_add(other.busy_us);
         self.orca_sum += other.orca_sum;
         self.orca_reports += other.orca_reports;
         self.orca_malformed += other.orca_malformed;
@@ -291,6 +322,27 @@ impl ServiceWindow {
         self.spread.merge(&other.spread);
         self.primary.merge(&other.primary);
         self.shadow.merge(&other.shadow);
+        for (id, span) in &other.workers {
+            self.workers.entry(*id).or_default().merge(span);
+        }
+    }
+
+    /// Closes this worker's part of its own, not yet merged window before it goes to
+    /// shared data: `span_ms` more since it last closed it, its in-flight time `busy_us`
+    /// over them, and its starts and completions as the window counts them (a window kept
+    /// after a failed merge is closed again, its span longer).
+    pub fn close_span(&mut self, worker: u64, span_ms: u64, busy_us: [u64; 2]) {
+        let (started, to_shadow) = (self.routed.total(), self.routed.to_shadow());
+        let completed = [self.primary.latency.count, self.shadow.latency.count];
+        let mine = self.workers.entry(worker).or_default();
+        mine.span_ms = mine.span_ms.saturating_add(span_ms);
+        mine.busy_us = [
+            mine.busy_us[0].saturating_add(busy_us[0]),
+            mine.busy_us[1].saturating_add(busy_us[1]),
+        ];
+        mine.started = started;
+        mine.to_shadow = to_shadow;
+        mine.completed = completed;
     }
 
     /// True when nothing was counted.
@@ -309,7 +361,20 @@ mod tests {
         a.count_route(None, Side::Shadow, false);
         a.count_route(Some(0.7), Side::Primary, true);
         a.primary.latency.record(1_000);
-        a.primary.busy_us = 900;
+        a.close_span(7, 60, [500, 0]);
+        // Kept after a failed merge and closed again: the span grows, the counts are the
+        // window's.
+        a.close_span(7, 40, [400, 0]);
+        assert_eq!(
+            a.workers[&7],
+            WorkerSpan {
+                span_ms: 100,
+                started: 2,
+                to_shadow: 1,
+                completed: [1, 0],
+                busy_us: [900, 0],
+            }
+        );
         a.primary.orca_sum = 0.5;
         a.primary.orca_reports = 1;
         let mut b = a.clone();
@@ -324,7 +389,17 @@ mod tests {
         assert_eq!(a.spread.counts()[SessionSpread::slice_of(0.7)], 2);
         assert_eq!(a.spread.total(), 2);
         assert_eq!(a.primary.latency.count, 2);
-        assert_eq!(a.primary.busy_us, 1_800);
+        assert_eq!(
+            a.workers[&7],
+            WorkerSpan {
+                span_ms: 200,
+                started: 4,
+                to_shadow: 2,
+                completed: [2, 0],
+                busy_us: [1_800, 0],
+            },
+            "the same worker's spans add up"
+        );
         assert_eq!(a.primary.orca_mean(), Some(0.5));
         assert_eq!(a.shadow.orca_malformed, 2);
         assert!(!a.is_empty());

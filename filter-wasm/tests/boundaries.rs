@@ -83,7 +83,7 @@ fn saturated_primary_without_ready_shadow_stays_normal() {
     for _ in 0..100 {
         w.primary.latency.record(12_000);
     }
-    w.primary.busy_us = 1_200_000; // 12 in flight over the 100 ms tick
+    w.close_span(1, 100, [1_200_000, 0]); // 12 in flight over the 100 ms tick
     let mut ctl = RedirectController::default();
     let plan = ctl.tick(
         &c,

@@ -16,6 +16,8 @@
 //!   [`timeline`], its picture;
 //! * [`state_sync`] — State Synchronization's deployment (relay, primary and shadow `cart`,
 //!   shadow-side and edge Envoys) and shopping sessions that detect stale reads;
+//! * [`traffic_mix`] — session and session-less traffic in any mix through that
+//!   deployment, surging above the primary's capacity, measured second by second;
 //! * [`xds_process`] — the `shadowmesh-xds` binary as a child process, and an API client
 //!   that presents a token.
 
@@ -26,6 +28,7 @@ pub mod scenario;
 pub mod stack;
 pub mod state_sync;
 pub mod timeline;
+pub mod traffic_mix;
 pub mod upstream;
 pub mod xds_process;
 

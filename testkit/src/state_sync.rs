@@ -42,6 +42,9 @@ pub struct SyncOptions {
     /// Stats the edge Envoy rejects (`stats_matcher` exclusion by name suffix), as an
     /// operator's stats filter would: Envoy then hands out null stats for them.
     pub edge_rejected_stats: Vec<&'static str>,
+    /// The edge filter's `primary.max_in_flight`; `None`: the primary's concurrency, as an
+    /// operator who read "Choosing max_in_flight" sets it.
+    pub edge_max_in_flight: Option<u32>,
 }
 
 /// What runs in the edge Envoy.
@@ -69,6 +72,7 @@ impl Default for SyncOptions {
             edge: EdgeFilter::AtreWithSync,
             service_ms: 20,
             edge_rejected_stats: Vec::new(),
+            edge_max_in_flight: None,
         }
     }
 }
@@ -111,6 +115,8 @@ pub struct SyncStack {
     pub api: ApiClient,
     /// The primary cart.
     pub primary: ChildGuard,
+    /// Its address (`GET /stats`: requests in the service, integrated over time).
+    pub primary_addr: SocketAddr,
     /// The shadow cart.
     pub shadow: ChildGuard,
     shadow_envoy: Option<EnvoyProcess>,
@@ -284,8 +290,11 @@ impl SyncStack {
             EnvoyOptions::default(),
         )
         .await?;
+        let edge_max_in_flight = options
+            .edge_max_in_flight
+            .unwrap_or(options.primary_concurrency as u32);
         let edge_plugin = |proxy_id: &str, sync: bool| {
-            let mut plugin = crate::atre_plugin(16);
+            let mut plugin = crate::atre_plugin(edge_max_in_flight);
             plugin["proxy_id"] = proxy_id.into();
             plugin["telemetry"]["token"] = TELEMETRY_TOKEN.into();
             if sync {
@@ -326,6 +335,7 @@ impl SyncStack {
             plane,
             api,
             primary,
+            primary_addr: format!("127.0.0.1:{primary_port}").parse()?,
             shadow,
             shadow_envoy: Some(shadow_envoy),
             edge,

@@ -9,6 +9,8 @@
 //! | `POST /cart/add?sku=S` | one more of S |
 //! | `POST /cart/remove?sku=S` | one less of S |
 //! | `POST /cart/checkout` | empties the cart |
+//! | `GET /catalog` | the catalogue: no session needed, no state |
+//! | `GET /stats` | `{"served", "in_system_us"}`: requests answered, and the integral of requests in the service (waiting or served) over time, µs — its growth over an interval divided by the interval is the mean concurrency; not queued behind other requests, not counted |
 //!
 //! Every answer is `{"session", "items": {"sku": n}, "writes": n, "served_by"}`: `writes`
 //! counts the session's writes, so a client that counts its own detects a stale read.
@@ -69,6 +71,44 @@ struct App {
     args: Args,
     carts: Mutex<HashMap<String, Cart>>,
     permits: Semaphore,
+    load: Mutex<InSystem>,
+}
+
+/// Requests in the service (waiting for a permit or being served), integrated over time.
+struct InSystem {
+    now: u64,
+    since: std::time::Instant,
+    integral_us: u128,
+    served: u64,
+}
+
+impl InSystem {
+    fn advance(&mut self) {
+        let at = std::time::Instant::now();
+        self.integral_us += u128::from(self.now) * at.duration_since(self.since).as_micros();
+        self.since = at;
+    }
+}
+
+/// Counts a request in the service while it lives.
+struct Counted<'a>(&'a Mutex<InSystem>);
+
+impl<'a> Counted<'a> {
+    fn enter(load: &'a Mutex<InSystem>) -> Counted<'a> {
+        let mut l = load.lock().unwrap_or_else(|e| e.into_inner());
+        l.advance();
+        l.now += 1;
+        Counted(load)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        let mut l = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        l.advance();
+        l.now = l.now.saturating_sub(1);
+        l.served += 1;
+    }
 }
 
 /// CONTRACT, in: the state the mesh hands over, if at least as new as what we hold.
@@ -127,8 +167,21 @@ async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    if req.method() == hyper::Method::GET && req.uri().path() == "/stats" {
+        let mut l = app.load.lock().unwrap_or_else(|e| e.into_inner());
+        l.advance();
+        let body = serde_json::json!({"served": l.served, "in_system_us": l.integral_us as u64});
+        drop(l);
+        return Ok(answer(&app, 200, body.to_string(), None));
+    }
+    let _counted = Counted::enter(&app.load);
     let _permit = app.permits.acquire().await;
     tokio::time::sleep(Duration::from_millis(app.args.service_ms)).await;
+    if req.method() == hyper::Method::GET && req.uri().path() == "/catalog" {
+        let body =
+            serde_json::json!({"items": ["sku-0", "sku-1", "sku-2"], "served_by": app.args.name});
+        return Ok(answer(&app, 200, body.to_string(), None));
+    }
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -202,6 +255,12 @@ async fn main() -> Result<()> {
         permits: Semaphore::new(args.concurrency.max(1)),
         args,
         carts: Mutex::default(),
+        load: Mutex::new(InSystem {
+            now: 0,
+            since: std::time::Instant::now(),
+            integral_us: 0,
+            served: 0,
+        }),
     });
     loop {
         let Ok((stream, _)) = listener.accept().await else {

@@ -78,6 +78,20 @@ impl CaptureQueue {
         std::mem::take(&mut self.writes)
     }
 
+    /// Takes out `session`'s queued changes, in capture order, to flush them now: its
+    /// entry's count of this queue as pending goes with them (the flush lowers it).
+    pub fn take_session(&mut self, session: &str) -> Vec<QueuedWrite> {
+        if !self.marked.remove(session) {
+            return Vec::new();
+        }
+        let (taken, kept): (Vec<QueuedWrite>, Vec<QueuedWrite>) = std::mem::take(&mut self.writes)
+            .into_iter()
+            .partition(|q| q.session == session);
+        self.bytes -= taken.iter().map(queued_bytes).sum::<usize>();
+        self.writes = kept;
+        taken
+    }
+
     /// Puts back changes a flush could not write, ahead of newer ones (their sessions'
     /// entries still count them).
     pub fn requeue(&mut self, mut retry: Vec<QueuedWrite>) {
@@ -158,6 +172,25 @@ mod tests {
             all.iter().map(|w| w.session.as_str()).collect::<Vec<_>>(),
             vec!["s1", "s2"]
         );
+    }
+
+    #[test]
+    fn one_sessions_changes_leave_the_queue_with_its_mark_and_bytes() {
+        let mut q = CaptureQueue::default();
+        q.push(queued("s1", "a", 1));
+        q.push(queued("s2", "b", 2));
+        q.push(queued("s1", "c", 3));
+        let taken = q.take_session("s1");
+        assert_eq!(
+            taken.iter().map(|w| w.stamp_ns).collect::<Vec<_>>(),
+            vec![1, 3],
+            "in capture order"
+        );
+        assert!(!q.is_marked("s1") && q.is_marked("s2"));
+        assert_eq!(q.bytes, queued_bytes(&queued("s2", "b", 2)));
+        assert!(q.take_session("s1").is_empty(), "nothing left of it");
+        assert!(q.take_session("s3").is_empty(), "never queued");
+        assert_eq!(q.take().len(), 1);
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub mod metric {
 
 /// Log levels.
 pub mod level {
+    /// Debug.
+    pub const DEBUG: u32 = 1;
     /// Info.
     pub const INFO: u32 = 2;
     /// Warning.

@@ -26,6 +26,13 @@ struct Routed {
     /// came (its next change goes to the table at once, so the table stays whole for the
     /// primary's hand-over).
     behind_shadow: bool,
+    /// Publisher: the plan sent the session to the shadow and read-your-writes held it on
+    /// the primary (its next change goes to the relay at once, so it can move).
+    held: bool,
+    /// Whether it went upstream yet: a request the filter holds (waiting for the relay's
+    /// answer to a lookup) is not in flight to the cluster, and its wait is not the
+    /// cluster's latency.
+    upstream: bool,
 }
 
 pub(super) struct AtreHttp {
@@ -63,9 +70,30 @@ impl AtreHttp {
         }
     }
 
-    /// Stream end: record latency, release the in-flight slot. Idempotent.
+    /// The request goes upstream now: it counts as in flight to its cluster from here.
+    /// Idempotent.
+    fn start_upstream(&mut self) {
+        let Some(r) = self.routed.as_mut().filter(|r| !r.upstream) else {
+            return;
+        };
+        let Ok(mut worker) = self.worker.try_borrow_mut() else {
+            return;
+        };
+        let now = now_ns();
+        let rt = &mut worker.services[r.service];
+        rt.in_flight_delta[r.side.index()] += 1;
+        rt.busy[r.side.index()].start(now);
+        r.start_ns = now;
+        r.upstream = true;
+    }
+
+    /// The cluster is done with the request (stream end, or its response headers when the
+    /// filter then holds the response for the relay): record latency, release the in-flight
+    /// slot. Idempotent.
     fn finish(&mut self) {
-        let Some(r) = self.routed.take() else { return };
+        let Some(r) = self.routed.take().filter(|r| r.upstream) else {
+            return;
+        };
         let Ok(mut worker) = self.worker.try_borrow_mut() else {
             return;
         };
@@ -114,6 +142,8 @@ impl Context for AtreHttp {
                 {
                     on_lookup_answer(w, svc, sync_cfg, &a, body_size);
                 }
+                drop(worker);
+                self.start_upstream();
                 let _ = abi::resume_request();
             }
         }
@@ -176,6 +206,15 @@ impl HttpContext for AtreHttp {
         });
         let rt = &mut worker.services[index];
         let start_ns = now_ns();
+        let start_ms = start_ns / 1_000_000;
+        // A worker whose timer ran late (a stalled event loop) reads the plan again before
+        // deciding: pin changes are announced two ticks ahead, and one it missed would have
+        // it route a session differently from every other worker.
+        if start_ms.saturating_sub(rt.plan_read_ms) > worker.config.tick_ms * 3 / 2 {
+            rt.plan = super::read_plan(svc);
+            rt.shadow = super::read_shadow(svc, start_ms);
+            rt.plan_read_ms = start_ms;
+        }
         let mut decision = decide(
             &rt.plan,
             start_ns / 1_000_000,
@@ -277,14 +316,19 @@ impl HttpContext for AtreHttp {
         // the share that really left the primary.
         rt.window.count_route(point, side, held);
         rt.started += 1;
-        rt.in_flight_delta[side.index()] += 1;
-        rt.busy[side.index()].start(start_ns);
+        let upstream = lookup.is_none();
+        if upstream {
+            rt.in_flight_delta[side.index()] += 1;
+            rt.busy[side.index()].start(start_ns);
+        }
         self.routed = Some(Routed {
             service: index,
             side,
             start_ns,
             session: sync_session,
             behind_shadow,
+            held,
+            upstream,
         });
         if let Some((token, session, to_primary)) = lookup {
             self.awaiting = Some(Awaiting {
@@ -303,10 +347,20 @@ impl HttpContext for AtreHttp {
         let Some(r) = &self.routed else {
             return Action::Continue;
         };
-        let (service, side, session, behind_shadow) =
-            (r.service, r.side, r.session.clone(), r.behind_shadow);
+        let (service, side, session, behind_shadow, held) = (
+            r.service,
+            r.side,
+            r.session.clone(),
+            r.behind_shadow,
+            r.held,
+        );
         self.account_orca(service, side);
-        self.capture_state(service, side, session, behind_shadow)
+        let action = self.capture_state(service, side, session, behind_shadow, held);
+        if action == Action::Pause {
+            // The cluster answered; the wait for the relay that follows is not its.
+            self.finish();
+        }
+        action
     }
 
     fn on_log(&mut self) {
@@ -398,14 +452,16 @@ impl AtreHttp {
     /// the session's next version. In async mode a primary's change waits in this worker's
     /// queue for the tick (only its session's entry learns of it now). A shadow's change
     /// goes to the table at once (a primary may be handed it on the next request) and is
-    /// published at once; its response, like every response with a change in event mode,
-    /// waits for the relay.
+    /// published at once, and so is the change of a session the plan sends to the shadow
+    /// that read-your-writes held back (with what this worker queued of it); their
+    /// responses, like every response with a change in event mode, wait for the relay.
     fn capture_state(
         &mut self,
         service: usize,
         side: Side,
         session: Option<String>,
         behind_shadow: bool,
+        held: bool,
     ) -> Action {
         let shared = self.worker.clone();
         let Ok(mut guard) = shared.try_borrow_mut() else {
@@ -435,33 +491,58 @@ impl AtreHttp {
         let now_ms = stamp_ns / 1_000_000;
         let table = sync::table(svc, sync_cfg);
         let from_shadow = side == Side::Shadow;
-        // A primary's change waits in the queue as it came (parsed at the tick). Only a
-        // session's first change since this worker's last flush touches shared data: its
-        // entry learns that changes are on their way. If it cannot, the change goes to the
-        // table at once (which pins the session if that fails too).
-        let queued = sync_cfg.mode == SyncMode::Async
-            && !from_shadow
-            && !behind_shadow
-            && !rt.state_queue.is_full()
-            && (rt.state_queue.is_marked(&session) || table.note_pending(&session, now_ms).is_ok());
-        if queued {
-            rt.state_queue.push(QueuedWrite {
-                session,
+        // A session the plan sends to the shadow, held on the primary because its latest
+        // change was not acknowledged yet: were this change queued for the tick, a session
+        // that writes often would never be acknowledged in time to move.
+        let due = held && !from_shadow;
+        if due && rt.state_queue.is_marked(&session) {
+            let mut writes = rt.state_queue.take_session(&session);
+            writes.push(QueuedWrite {
+                session: session.clone(),
                 header: value,
                 stamp_ns,
             });
-            return Action::Continue;
-        }
-        let change = parse_changes(&value, sync_cfg).map(|ops| StateWrite {
-            ops,
-            stamp_ns,
-            from_shadow,
-        });
-        match table.capture(&session, change, sync_cfg.max_session_bytes, now_ms) {
-            Capture::Recorded(_) => rt.captured += 1,
-            Capture::Dropped(reason) => {
-                sync::dropped(svc, &metrics, reason);
+            let flushed = table.flush(writes, sync_cfg, now_ms);
+            rt.captured += flushed.captured;
+            for (_, reason) in &flushed.dropped {
+                sync::dropped(svc, &metrics, *reason);
+            }
+            if !flushed.retry.is_empty() || !flushed.dropped.is_empty() {
+                // Back to the tick (a lost race), or pinned to the primary (refused).
+                rt.state_queue.requeue(flushed.retry);
                 return Action::Continue;
+            }
+        } else {
+            // A primary's change waits in the queue as it came (parsed at the tick). Only
+            // a session's first change since this worker's last flush touches shared data:
+            // its entry learns that changes are on their way. If it cannot, the change
+            // goes to the table at once (which pins the session if that fails too).
+            let queued = sync_cfg.mode == SyncMode::Async
+                && !from_shadow
+                && !behind_shadow
+                && !due
+                && !rt.state_queue.is_full()
+                && (rt.state_queue.is_marked(&session)
+                    || table.note_pending(&session, now_ms).is_ok());
+            if queued {
+                rt.state_queue.push(QueuedWrite {
+                    session,
+                    header: value,
+                    stamp_ns,
+                });
+                return Action::Continue;
+            }
+            let change = parse_changes(&value, sync_cfg).map(|ops| StateWrite {
+                ops,
+                stamp_ns,
+                from_shadow,
+            });
+            match table.capture(&session, change, sync_cfg.max_session_bytes, now_ms) {
+                Capture::Recorded(_) => rt.captured += 1,
+                Capture::Dropped(reason) => {
+                    sync::dropped(svc, &metrics, reason);
+                    return Action::Continue;
+                }
             }
         }
         // A shadow's change is published at once in either mode, and its response waits
@@ -469,7 +550,7 @@ impl AtreHttp {
         // session's next request may stay on the shadow. (Were it published at the tick,
         // a session that writes often would find its latest version unacknowledged and be
         // sent back to the primary, moving twice in one surge.)
-        if sync_cfg.mode != SyncMode::Event && !from_shadow {
+        if sync_cfg.mode != SyncMode::Event && !from_shadow && !due {
             return Action::Continue;
         }
         let out = table.take_session(&session);

@@ -123,8 +123,10 @@ fn signal_gauge(name: &str) -> Option<u32> {
 
 /// What one worker knows about one service.
 struct ServiceRuntime {
-    /// Plan as last read from shared data.
+    /// Plan as last read from shared data…
     plan: RedirectPlan,
+    /// …at this time (ms).
+    plan_read_ms: u64,
     /// Shadow readiness as last read.
     shadow: ShadowView,
     spreader: Spreader,
@@ -138,6 +140,8 @@ struct ServiceRuntime {
     /// In-flight time of this worker's requests (primary, shadow): the window's
     /// concurrency.
     busy: [BusyClock; 2],
+    /// Since when the window's counts run (ms; `None` before the first tick).
+    span_start_ms: Option<u64>,
     /// Net change of this worker's in-flight requests (primary, shadow) since it last
     /// added them to the shared counters. Batched per tick: only the controller reads the
     /// shared counters, once per tick, so per-request CAS round trips on Envoy's

@@ -97,12 +97,14 @@ impl RootContext for AtreRoot {
             .iter()
             .map(|s| ServiceRuntime {
                 plan: RedirectPlan::default(),
+                plan_read_ms: 0,
                 shadow: ShadowView::resolve(&s.shadow, None, 0),
                 spreader: Spreader::default(),
                 window: ServiceWindow::default(),
                 started: 0,
                 captured: 0,
                 busy: Default::default(),
+                span_start_ms: None,
                 in_flight_delta: [0, 0],
                 in_flight_keys: [
                     keys::in_flight(&s.name, "primary"),
@@ -142,7 +144,7 @@ impl RootContext for AtreRoot {
         let worker = &mut *guard;
         let now_ns = now_ns();
         let now_ms = now_ns / 1_000_000;
-        flush_local(worker, now_ns);
+        flush_local(worker, self.id, now_ns);
         // Before the lease holder's publish, so this worker's changes go in this tick.
         super::sync::flush_captures(worker, now_ms);
         let ttl = worker.config.tick_ms * 3;
@@ -160,6 +162,7 @@ impl RootContext for AtreRoot {
         {
             rt.plan = read_plan(svc);
             rt.shadow = read_shadow(svc, now_ms);
+            rt.plan_read_ms = now_ms;
         }
     }
 
@@ -189,8 +192,9 @@ fn flush_before_leaving(worker: &Rc<RefCell<Worker>>) {
     }
 }
 
-/// Moves this worker's counts into shared data and Envoy's stats.
-fn flush_local(worker: &mut Worker, now_ns: u64) {
+/// Moves this worker's counts into shared data and Envoy's stats; `worker_id` names its
+/// span.
+fn flush_local(worker: &mut Worker, worker_id: u64, now_ns: u64) {
     let mut errors = 0;
     for (svc, rt) in worker
         .config
@@ -198,9 +202,15 @@ fn flush_local(worker: &mut Worker, now_ns: u64) {
         .iter()
         .zip(worker.services.iter_mut())
     {
-        // In-flight time up to now: requests still running count too.
-        rt.window.primary.busy_us += rt.busy[0].take_us(now_ns);
-        rt.window.shadow.busy_us += rt.busy[1].take_us(now_ns);
+        // In-flight time up to now (requests still running count too), over the span
+        // since this worker's last flush.
+        let busy = [rt.busy[0].take_us(now_ns), rt.busy[1].take_us(now_ns)];
+        let now_ms = now_ns / 1_000_000;
+        if busy != [0, 0] || !rt.window.is_empty() {
+            let span_ms = now_ms.saturating_sub(rt.span_start_ms.unwrap_or(now_ms));
+            rt.window.close_span(worker_id, span_ms, busy);
+        }
+        rt.span_start_ms = Some(now_ms);
         rt.metrics.requests.add(std::mem::take(&mut rt.started));
         rt.metrics
             .state
@@ -286,6 +296,43 @@ impl AtreRoot {
                     &format!(
                         "shadowmesh: service {} {:?} -> {:?} (primary load {:.2}, demand {:.2}, share {:.2})",
                         svc.name, old.state, plan.state, plan.primary_load, plan.demand, plan.share
+                    ),
+                );
+            }
+            if plan.state == RedirectState::Redirecting {
+                // Every tick's control inputs, for `--component-log-level wasm:debug`.
+                log(
+                    level::DEBUG,
+                    &format!(
+                        "shadowmesh: service {} tick: primary load {:.2}, measured share {:.2}, \
+                         demand {:.2} (steady {:.2}), inflation {:.2} (steady {:.2}), share {:.2} \
+                         (plain {:.2}), onset {}, unloaded latency {:.1} ms",
+                        svc.name,
+                        plan.primary_load,
+                        plan.measured_share,
+                        plan.demand,
+                        plan.steady_demand,
+                        plan.inflation.get(),
+                        plan.steady_inflation.get(),
+                        plan.share,
+                        plan.plain_share,
+                        plan.onset,
+                        plan.unloaded_latency_ms
+                    ),
+                );
+            }
+            if plan.pins.after != old.pins.after {
+                log(
+                    level::INFO,
+                    &format!(
+                        "shadowmesh: service {} pins sessions below {:.3} from {} ms (steady demand {:.2}, inflation {:.2}, measured share {:.2}, primary load {:.2})",
+                        svc.name,
+                        plan.pins.after,
+                        plan.pins.from_ms,
+                        plan.steady_demand,
+                        plan.steady_inflation.get(),
+                        plan.measured_share,
+                        plan.primary_load
                     ),
                 );
             }

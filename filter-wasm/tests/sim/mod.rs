@@ -18,8 +18,8 @@
 //! * **Read-your-writes**: a session's write on the primary is acknowledged by the
 //!   shadows a while later (the worker's tick, the relay); until then the filter holds the
 //!   session on the primary, as `wasm/http.rs` does with the session table's answer. A
-//!   write on the shadow is acknowledged before its response returns (it is published at
-//!   once).
+//!   write on the shadow, and one of a session so held, is acknowledged before its
+//!   response returns (it is published at once).
 
 use shadowmesh_filter::config::PluginConfig;
 use shadowmesh_filter::control::{RedirectController, ShadowView, TickInput};
@@ -91,6 +91,13 @@ pub struct Scenario {
     pub seed: u64,
     /// How requests arrive.
     pub arrivals: Arrivals,
+    /// When the controller lease moves to another worker (s): the new holder starts with a
+    /// controller that knows nothing but the plan, and its first window is empty (the old
+    /// holder took it).
+    pub lease_moves_s: Vec<f64>,
+    /// Chance that a worker's tick comes a tick late (a stalled event loop): it flushes
+    /// two ticks' counts at once, and the lease holder's plan is a tick older.
+    pub stall_share: f64,
 }
 
 /// How requests arrive.
@@ -136,6 +143,8 @@ impl Scenario {
             tick_ms: 100,
             seed,
             arrivals: Arrivals::Paced,
+            lease_moves_s: Vec::new(),
+            stall_share: 0.0,
         }
     }
 
@@ -267,6 +276,7 @@ struct Request {
     worker: usize,
     start_us: u64,
     write: bool,
+    held: bool,
 }
 
 struct Session {
@@ -288,9 +298,12 @@ struct Session {
 
 struct Worker {
     plan: RedirectPlan,
+    /// When it last read the plan (µs).
+    plan_read_us: u64,
     spreader: Spreader,
     window: ServiceWindow,
     busy: [BusyClock; 2],
+    flushed_at_us: u64,
 }
 
 struct Sim<'a> {
@@ -316,6 +329,7 @@ struct Sim<'a> {
     session_credit: f64,
     turns: BinaryHeap<Reverse<(u64, usize)>>,
     next_worker: usize,
+    lease_moves: usize,
 }
 
 impl Sim<'_> {
@@ -394,6 +408,12 @@ impl Sim<'_> {
         };
         let point = session.map(|i| self.sessions[i].point);
         let w = &mut self.workers[worker];
+        // A worker whose timer ran late reads the plan again before deciding (as
+        // `wasm/http.rs` does).
+        if now.saturating_sub(w.plan_read_us) > self.sc.tick_ms * 1_500 {
+            w.plan = self.shared_plan;
+            w.plan_read_us = now;
+        }
         let mut decision = decide(
             &w.plan,
             now / 1_000,
@@ -449,6 +469,7 @@ impl Sim<'_> {
             worker,
             start_us: now,
             write,
+            held,
         });
         let c = &mut self.clusters[side.index()];
         if c.busy < c.servers {
@@ -475,9 +496,9 @@ impl Sim<'_> {
     }
 
     fn done(&mut self, now: u64, id: usize) {
-        let (side, worker, start, session, write) = {
+        let (side, worker, start, session, write, held) = {
             let r = &self.requests[id];
-            (r.side, r.worker, r.start_us, r.session, r.write)
+            (r.side, r.worker, r.start_us, r.session, r.write, r.held)
         };
         let c = &mut self.clusters[side.index()];
         c.busy -= 1;
@@ -492,10 +513,11 @@ impl Sim<'_> {
         if let Some(i) = session {
             if write {
                 let (lo, hi) = self.sc.ack_ms;
-                let lag_ms = match side {
-                    // Published at once; acknowledged before the response returns.
-                    Side::Shadow => 0.0,
-                    Side::Primary => lo + self.rng.f64() * (hi - lo),
+                let lag_ms = match (side, held) {
+                    // Published at once (a shadow's write, or one of a session held back
+                    // from it); acknowledged before the response returns.
+                    (Side::Shadow, _) | (Side::Primary, true) => 0.0,
+                    (Side::Primary, false) => lo + self.rng.f64() * (hi - lo),
                 };
                 let at = now + (lag_ms * 1e3) as u64;
                 let s = &mut self.sessions[i];
@@ -510,14 +532,32 @@ impl Sim<'_> {
 
     fn tick(&mut self, now: u64, k: usize) {
         self.push(now + self.sc.tick_ms * 1_000, Event::Tick(k));
+        if self.sc.stall_share > 0.0 && self.rng.f64() < self.sc.stall_share {
+            return;
+        }
         let w = &mut self.workers[k];
-        w.window.primary.busy_us += w.busy[0].take_us(now * 1_000);
-        w.window.shadow.busy_us += w.busy[1].take_us(now * 1_000);
+        let busy = [
+            w.busy[0].take_us(now * 1_000),
+            w.busy[1].take_us(now * 1_000),
+        ];
+        let span_ms = (now - w.flushed_at_us) / 1_000;
+        w.flushed_at_us = now;
+        w.window.close_span(k as u64, span_ms, busy);
         let local = std::mem::take(&mut w.window);
         self.shared_window.merge(&local);
+        if k == 0
+            && let Some(&at) = self.sc.lease_moves_s.get(self.lease_moves)
+            && now as f64 / 1e6 >= at
+        {
+            // The old holder took the window a moment ago; the new one knows nothing.
+            self.lease_moves += 1;
+            self.shared_window = ServiceWindow::default();
+            self.controller = RedirectController::default();
+        }
         if k == 0 {
             let old = self.shared_plan;
             let in_flight = [self.clusters[0].in_system(), self.clusters[1].in_system()];
+
             let svc = &self.config.services[0];
             self.shared_plan = self.controller.tick(
                 &self.config,
@@ -560,6 +600,7 @@ impl Sim<'_> {
             }
         }
         self.workers[k].plan = self.shared_plan;
+        self.workers[k].plan_read_us = now;
     }
 
     fn sample(&mut self, now: u64) {
@@ -596,9 +637,11 @@ pub fn run(sc: &Scenario) -> Outcome {
         workers: (0..sc.workers)
             .map(|_| Worker {
                 plan: RedirectPlan::default(),
+                plan_read_us: 0,
                 spreader: Spreader::default(),
                 window: ServiceWindow::default(),
                 busy: [BusyClock::default(); 2],
+                flushed_at_us: 0,
             })
             .collect(),
         shared_window: ServiceWindow::default(),
@@ -615,6 +658,7 @@ pub fn run(sc: &Scenario) -> Outcome {
         session_credit: 0.0,
         turns: BinaryHeap::new(),
         next_worker: 0,
+        lease_moves: 0,
     };
     for i in 0..sc.keys {
         let s = sim.new_session(0, ((i + 1) as f64).powf(-sc.skew));

@@ -1,0 +1,151 @@
+//! ATRE under any traffic mix, with real Envoy 1.40: the edge filter (publisher) in front
+//! of a primary `cart` that serves 8 requests at a time (20 ms each), the shadow behind the
+//! shadow-side Envoy (subscriber), the real `shadowmesh-xds` as relay. A surge to 600
+//! requests a second — 1.5× the primary's capacity — with none, half or all of the
+//! requests in sessions that write their carts, among 20 or 2,000 keys.
+//!
+//! Every mix must meet the surge the same way: exactly one entry into redirection and one
+//! exit; the primary — by its own count of requests in it — within ±0.1 of the 0.8 target
+//! second by second once the controller settled ([`SETTLE_S`] after the step from calm);
+//! the shadow given the excess and only the excess (its share within 0.1 of
+//! `1 − target/demand`); no session sent back from the shadow to the primary before the
+//! surge ends; no answer older than its session's own writes (a session moves only once
+//! its latest state is acknowledged); no error.
+//!
+//! Without sessions the number of keys changes nothing, so that mix runs once.
+
+use shadowmesh_testkit::state_sync::{SyncOptions, SyncStack};
+use shadowmesh_testkit::traffic_mix::{self, MixReport, MixSpec};
+
+/// The shipped target.
+const TARGET: f64 = 0.8;
+/// The surge is judged from this long after its onset: where every request carries a
+/// session, the backlog the step builds while the first pins are announced drains only at
+/// the headroom the target leaves.
+const SETTLE_S: u64 = 4;
+
+async fn mix(session_share: f64, keys: usize) -> MixReport {
+    let _alone = shadowmesh_testkit::load_test_lock().write_owned().await;
+    let spec = MixSpec::surge(session_share, keys);
+    let stack = SyncStack::start(&spec.prefix, SyncOptions::default())
+        .await
+        .expect("the deployment starts");
+    let report = traffic_mix::run(&stack, &spec, SETTLE_S).await;
+    if std::env::var_os("MIX_LOG").is_some() {
+        for l in stack
+            .edge
+            .log()
+            .lines()
+            .filter(|l| l.contains("shadowmesh"))
+        {
+            eprintln!("  edge: {l}");
+        }
+    }
+    let loads: Vec<String> = report
+        .seconds
+        .iter()
+        .map(|s| {
+            format!(
+                "{}:{:.2}/{:.2}/{}",
+                s.index,
+                s.primary_load,
+                s.to_shadow as f64 / s.ok.max(1) as f64,
+                s.ok + s.errors
+            )
+        })
+        .collect();
+    eprintln!(
+        "{:.0}% sessions × {keys} keys: primary load p5 {:.3} p95 {:.3}, shadow share {:.3} (ideal {:.3}), transitions {:?}, bounces {}, stale {}, held {}, moved {}, errors {:?}\n  second:load/share/requests {}",
+        session_share * 100.0,
+        report.primary_load(SETTLE_S, 0.05),
+        report.primary_load(SETTLE_S, 0.95),
+        report.shadow_share(SETTLE_S),
+        report.ideal_share(TARGET),
+        report.transitions,
+        report.bounces.len(),
+        report.stale_reads,
+        report.held,
+        report.sessions_moved,
+        report.error_kinds,
+        loads.join(" "),
+    );
+    report
+}
+
+fn assert_meets_the_surge(r: &MixReport) {
+    assert_eq!(r.errors(), 0, "errors: {:?}", r.error_kinds);
+    assert!(
+        r.transitions.len() == 2
+            && r.transitions[0].starts_with("Normal -> Redirecting")
+            && r.transitions[1].starts_with("Redirecting -> Normal"),
+        "one entry and one exit: {:?}",
+        r.transitions
+    );
+    let (p5, p95) = (
+        r.primary_load(SETTLE_S, 0.05),
+        r.primary_load(SETTLE_S, 0.95),
+    );
+    assert!(
+        p5 >= TARGET - 0.1 && p95 <= TARGET + 0.1,
+        "primary load p5 {p5:.3} p95 {p95:.3}: {:?}",
+        r.settled(SETTLE_S)
+    );
+    let (share, ideal) = (r.shadow_share(SETTLE_S), r.ideal_share(TARGET));
+    assert!(
+        (share - ideal).abs() <= 0.1,
+        "the shadow took {share:.3} of the surge, the excess is {ideal:.3}"
+    );
+    assert!(
+        r.bounces.is_empty(),
+        "sessions bounced: {:?}",
+        &r.bounces[..r.bounces.len().min(3)]
+    );
+    assert_eq!(r.stale_reads, 0, "{:?}", r.stale_examples);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_less_traffic_meets_the_surge() {
+    let r = mix(0.0, 20).await;
+    assert_meets_the_surge(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_the_traffic_in_20_sessions_meets_the_surge() {
+    let r = mix(0.5, 20).await;
+    assert_meets_the_surge(&r);
+    assert!(
+        r.sessions_moved > 0,
+        "sessions took their part of the excess"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_the_traffic_in_2000_sessions_meets_the_surge() {
+    let r = mix(0.5, 2_000).await;
+    assert_meets_the_surge(&r);
+    assert!(
+        r.sessions_moved > 100,
+        "sessions took their part of the excess"
+    );
+}
+
+/// Every request in one of 20 sessions, each writing every fourth request: read-your-writes
+/// holds a pinned session on the primary until the shadows have its latest write (and sends
+/// that write to the relay at once), and no other traffic can make up for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_traffic_in_20_sessions_meets_the_surge() {
+    let r = mix(1.0, 20).await;
+    assert_meets_the_surge(&r);
+    assert!(r.sessions_moved > 0);
+    assert!(
+        r.held > 0,
+        "read-your-writes held sessions until their writes were acknowledged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_traffic_in_2000_sessions_meets_the_surge() {
+    let r = mix(1.0, 2_000).await;
+    assert_meets_the_surge(&r);
+    assert!(r.sessions_moved > 100);
+}
