@@ -2,8 +2,9 @@
 //! from shared data: resolve shadow readiness, score both clusters, update the plan, and
 //! accumulate the telemetry report.
 
+use crate::capacity::{CapacityEstimate, KneeFinding, OrcaCapacity, TickLoad};
 use crate::config::{PluginConfig, ServiceConfig, ShadowConfig};
-use crate::load::{CapacityEstimate, Ewma, KneeFinding, LoadScore, LoadSignals, TickLoad};
+use crate::load::{Ewma, LoadScore, LoadSignals};
 use crate::plan::{PlanInputs, RedirectPlan, SESSION_MIX_MS, SessionMix};
 use crate::window::{ClusterWindow, ServiceWindow};
 use shadowmesh_wire::{ServiceTelemetry, ShadowRecord};
@@ -59,6 +60,7 @@ pub struct RedirectController {
     latency: [Ewma; 2],
     orca: [Option<(f64, u64)>; 2],
     capacity: [CapacityEstimate; 2],
+    orca_capacity: [OrcaCapacity; 2],
     sessions: SessionMix,
     /// Each worker's rates as its last span showed them, and when (ms).
     worker_rates: std::collections::BTreeMap<u64, (Rates, u64)>,
@@ -140,7 +142,8 @@ impl RedirectController {
                 let mean_ms = w.latency.sum_us as f64 / w.latency.count as f64 / 1e3;
                 self.latency[i].observe(mean_ms, config.latency_ewma_alpha);
             }
-            if let Some(u) = w.orca_mean() {
+            let reported = w.orca_mean();
+            if let Some(u) = reported {
                 self.orca[i] = Some((u, input.now_ms));
             }
             let orca = self.orca[i]
@@ -157,6 +160,8 @@ impl RedirectController {
                 },
                 max_in_flight,
             );
+            let finding =
+                finding.or(self.orca_capacity[i].observe(concurrency, reported, max_in_flight));
             if finding.is_some() {
                 self.findings[i] = finding;
             }

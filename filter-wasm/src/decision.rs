@@ -96,6 +96,21 @@ pub fn decide(
     }
 }
 
+/// Whether a worker's copy of the plan, read at `read_ms`, is too old to decide by at
+/// `now_ms`: older than a tick and a half. Workers re-read the plan at every tick; one
+/// whose timer ran late (a stalled event loop) reads it again before deciding — pin
+/// changes are announced [`crate::plan::PIN_LEAD_TICKS`] ticks ahead, and one it missed
+/// would have it route a session differently from every other worker.
+///
+/// ```
+/// use shadowmesh_filter::decision::plan_is_stale;
+/// assert!(!plan_is_stale(1_000, 1_150, 100));
+/// assert!(plan_is_stale(1_000, 1_151, 100));
+/// ```
+pub fn plan_is_stale(read_ms: u64, now_ms: u64, tick_ms: u64) -> bool {
+    now_ms.saturating_sub(read_ms) > tick_ms.saturating_mul(3) / 2
+}
+
 /// Extracts the value of cookie `name` from a `cookie` header value.
 pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     header.split(';').find_map(|pair| {

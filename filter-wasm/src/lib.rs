@@ -26,6 +26,7 @@
 //! glue to the Proxy-Wasm host and is compiled only for `wasm32`.
 #![warn(missing_docs)]
 
+pub mod capacity;
 pub mod config;
 pub mod control;
 pub mod decision;

@@ -16,6 +16,14 @@
 //! measurement noise, and it is capped by how much more the shadow can take
 //! (`shadow_max`).
 //!
+//! `L/(1−s)` trails a step: the load it reads is last tick's, and a queue that built up
+//! is counted as demand until it drains. Once the primary's unloaded latency is known, the
+//! plan also reads the *offered* demand — arrivals × unloaded latency / capacity, which
+//! moves with the arrivals at once and holds no backlog — times an *inflation* learned
+//! from the two (how much more the primary carries than its arrivals' unloaded work:
+//! queueing, a slowdown under load). The demand is the larger of `offered × inflation`
+//! and `L/(1−s)`: a burst the inflation has not caught up with still shows in `L`.
+//!
 //! ## Sessions and session-less requests
 //!
 //! A request with a session key goes to the shadow when its key's point
@@ -27,7 +35,10 @@
 //! * sessions carry their proportional part of the excess: the threshold is the one under
 //!   which that share of the session *traffic* lies ([`SessionMix::threshold_for`] — keys
 //!   are few or many, busy or idle), chosen on a demand smoothed over about a second
-//!   (`steady_demand`) because it cannot be taken back;
+//!   (`steady_demand`: offered demand × an inflation learned only once the onset's
+//!   backlog drained) because it cannot be taken back. A new threshold is announced
+//!   [`PIN_LEAD_TICKS`] ticks ahead and takes effect at one instant on every worker, and a
+//!   pending one is never replaced, so no session is routed by two thresholds at once;
 //! * session-less requests carry the rest, moment to moment: what the sessions below the
 //!   threshold do not carry, less those held on the primary by read-your-writes.
 //!
@@ -552,6 +563,29 @@ impl RedirectPlan {
 }
 
 impl RedirectPlan {
+    /// The control inputs and outputs of the last tick, on one line (the filter logs it
+    /// every tick at debug level).
+    pub fn tick_line(&self) -> String {
+        format!(
+            "primary load {:.2}, measured share {:.2}, demand {:.2} (steady {:.2}), \
+             inflation {:.2} (steady {:.2}), share {:.2} (session-less {:.2}), pins \
+             {:.3} -> {:.3} at {} ms, onset {}, unloaded latency {:.1} ms",
+            self.primary_load,
+            self.measured_share,
+            self.demand,
+            self.steady_demand,
+            self.inflation.get(),
+            self.steady_inflation.get(),
+            self.share,
+            self.plain_share,
+            self.pins.before,
+            self.pins.after,
+            self.pins.from_ms,
+            self.onset,
+            self.unloaded_latency_ms
+        )
+    }
+
     /// Back to normal: nothing more is redirected, and the pinned sessions go back to the
     /// primary at one instant (as soon as one can be announced).
     fn leave(&mut self, now_ms: u64, lead_ms: u64) {

@@ -230,7 +230,7 @@ proptest! {
     // once and a run that passes is not luck. `a_thousand_mixes` casts the wider net.
     #![proptest_config(ProptestConfig {
         cases: 48,
-        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5eed_a7e_0020),
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x05ee_da7e_0020),
         .. ProptestConfig::default()
     })]
 

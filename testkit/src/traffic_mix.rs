@@ -126,6 +126,41 @@ pub struct MixReport {
     pub capacity: usize,
 }
 
+/// A mix judged: what the table and `target/bench/atre-mix.json` show of it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MixSummary {
+    /// Share of requests in sessions.
+    pub session_share: f64,
+    /// Distinct session keys.
+    pub keys: usize,
+    /// Entries plus exits of redirection during the run.
+    pub flaps: usize,
+    /// The primary's load over the settled surge, 5th and 95th percentile of its seconds.
+    pub primary_load_p5: f64,
+    /// See `primary_load_p5`.
+    pub primary_load_p95: f64,
+    /// Share of the settled surge's answers the shadow gave.
+    pub shadow_share: f64,
+    /// `1 − target/demand`: the excess.
+    pub ideal_share: f64,
+    /// Failed requests, whole run.
+    pub errors: u64,
+    /// The surge's demand, as the primary's load alone.
+    pub demand: f64,
+    /// Latency of the settled surge's requests, send to last byte (ms).
+    pub p50_ms: f64,
+    /// See `p50_ms`.
+    pub p99_ms: f64,
+    /// Sessions sent back from the shadow before the surge ended.
+    pub bounces: usize,
+    /// Answers older than their session's writes.
+    pub stale_reads: u64,
+    /// Sessions the shadow served.
+    pub sessions_moved: usize,
+    /// Requests held on the primary until their session's state was acknowledged.
+    pub held: u64,
+}
+
 /// The edge filter's logged state changes of service `checkout`.
 pub fn transitions(edge: &EnvoyProcess) -> Vec<String> {
     edge.log()
@@ -220,6 +255,45 @@ impl MixReport {
     /// Failed requests.
     pub fn errors(&self) -> u64 {
         self.error_kinds.values().sum()
+    }
+
+    /// The mix judged from `settle_s` after the onset against the load `target`.
+    pub fn summary(&self, settle_s: u64, target: f64) -> MixSummary {
+        let ms = |q: f64| self.surge_latency_us.value_at_quantile(q) as f64 / 1e3;
+        MixSummary {
+            session_share: self.spec.session_share,
+            keys: self.spec.keys,
+            flaps: self.flaps(),
+            primary_load_p5: self.primary_load(settle_s, 0.05),
+            primary_load_p95: self.primary_load(settle_s, 0.95),
+            shadow_share: self.shadow_share(settle_s),
+            ideal_share: self.ideal_share(target),
+            errors: self.errors(),
+            demand: self.demand(),
+            p50_ms: ms(0.5),
+            p99_ms: ms(0.99),
+            bounces: self.bounces.len(),
+            stale_reads: self.stale_reads,
+            sessions_moved: self.sessions_moved,
+            held: self.held,
+        }
+    }
+
+    /// Second by second: `index:load/shadow share/requests`.
+    pub fn timeline(&self) -> String {
+        self.seconds
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}:{:.2}/{:.2}/{}",
+                    s.index,
+                    s.primary_load,
+                    s.to_shadow as f64 / s.ok.max(1) as f64,
+                    s.ok + s.errors
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 

@@ -449,6 +449,61 @@ async fn orca_reports_are_used_and_malformed_ones_counted() {
     }
 }
 
+/// A primary that reports its utilization (ORCA) tells the filter what it serves at once,
+/// before any surge: at 200 requests a second of 20 ms, 4 in flight are utilization 0.5 of
+/// a primary that serves 8 — so a `max_in_flight` of 16 puts the 0.8 target inside its
+/// queue. The filter warns, naming the field; with `max_in_flight` 8, the same traffic
+/// draws no warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orca_utilization_checks_max_in_flight_before_any_surge() {
+    let calm = || phases(&[(4, 200.0, 200.0)]);
+    let capacity_warnings = |stack: &Stack| -> Vec<String> {
+        stack
+            .envoy
+            .log()
+            .lines()
+            .filter(|l| l.contains("primary.max_in_flight is"))
+            .map(str::to_string)
+            .collect()
+    };
+    for (max_in_flight, warned) in [(16, true), (8, false)] {
+        let mut config = StackConfig::atre(max_in_flight);
+        config.primary.0 = 8;
+        config.orca = OrcaMode::Json;
+        let stack = Stack::start(config).await.unwrap();
+        let load = loadgen::run(LoadSpec::new(stack.envoy.listener, calm()), |_| {}).await;
+        assert_eq!(load.errors, 0, "{:?}", load.error_kinds);
+        let found = capacity_warnings(&stack);
+        if warned {
+            let w = found
+                .first()
+                .unwrap_or_else(|| panic!("no warning for max_in_flight {max_in_flight}"));
+            eprintln!("{w}");
+            assert!(
+                w.contains("services[0].primary.max_in_flight is 16, but cluster checkout_primary reports (ORCA) utilization"),
+                "{w}"
+            );
+            let knee: f64 = w
+                .split("full at about ")
+                .nth(1)
+                .and_then(|t| t.split(' ').next())
+                .and_then(|k| k.parse().ok())
+                .unwrap_or_else(|| panic!("parallelism in {w}"));
+            assert!(
+                (7.0..=10.0).contains(&knee),
+                "serves 8 at once; {knee} in {w}"
+            );
+            assert_eq!(
+                transitions(&stack),
+                Vec::<String>::new(),
+                "a warning, not a redirect"
+            );
+        } else {
+            assert_eq!(found, Vec::<String>::new(), "max_in_flight {max_in_flight}");
+        }
+    }
+}
+
 /// An invalid plugin configuration makes Envoy refuse to start, and the log names the field.
 #[test]
 fn invalid_plugin_configuration_is_rejected_naming_the_field() {

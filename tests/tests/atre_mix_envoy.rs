@@ -14,7 +14,7 @@
 //!
 //! Without sessions the number of keys changes nothing, so that mix runs once.
 
-use shadowmesh_testkit::state_sync::{SyncOptions, SyncStack};
+use shadowmesh_testkit::state_sync::{SyncOptions, SyncStack, filter_stat};
 use shadowmesh_testkit::traffic_mix::{self, MixReport, MixSpec};
 
 /// The shipped target.
@@ -25,12 +25,32 @@ const TARGET: f64 = 0.8;
 const SETTLE_S: u64 = 4;
 
 async fn mix(session_share: f64, keys: usize) -> MixReport {
+    mix_on(session_share, keys, SyncOptions::default(), SETTLE_S)
+        .await
+        .0
+}
+
+/// Runs the mix on a deployment with `options`; also returns the edge filter's warnings.
+async fn mix_on(
+    session_share: f64,
+    keys: usize,
+    options: SyncOptions,
+    settle_s: u64,
+) -> (MixReport, Vec<String>, u64) {
     let _alone = shadowmesh_testkit::load_test_lock().write_owned().await;
     let spec = MixSpec::surge(session_share, keys);
-    let stack = SyncStack::start(&spec.prefix, SyncOptions::default())
+    let stack = SyncStack::start(&spec.prefix, options)
         .await
         .expect("the deployment starts");
-    let report = traffic_mix::run(&stack, &spec, SETTLE_S).await;
+    let report = traffic_mix::run(&stack, &spec, settle_s).await;
+    let warnings: Vec<String> = stack
+        .edge
+        .log()
+        .lines()
+        .filter(|l| l.contains("[warning]") && l.contains("shadowmesh"))
+        .map(str::to_string)
+        .collect();
+    let capacity = filter_stat(&stack.edge, "primary_capacity_in_flight");
     if std::env::var_os("MIX_LOG").is_some() {
         for l in stack
             .edge
@@ -41,38 +61,31 @@ async fn mix(session_share: f64, keys: usize) -> MixReport {
             eprintln!("  edge: {l}");
         }
     }
-    let loads: Vec<String> = report
-        .seconds
-        .iter()
-        .map(|s| {
-            format!(
-                "{}:{:.2}/{:.2}/{}",
-                s.index,
-                s.primary_load,
-                s.to_shadow as f64 / s.ok.max(1) as f64,
-                s.ok + s.errors
-            )
-        })
-        .collect();
+    let m = report.summary(settle_s, TARGET);
     eprintln!(
-        "{:.0}% sessions × {keys} keys: primary load p5 {:.3} p95 {:.3}, shadow share {:.3} (ideal {:.3}), transitions {:?}, bounces {}, stale {}, held {}, moved {}, errors {:?}\n  second:load/share/requests {}",
+        "{:.0}% sessions × {keys} keys: primary load p5 {:.3} p95 {:.3}, shadow share {:.3} (ideal {:.3}), p99 {:.0} ms, transitions {:?}, bounces {}, stale {}, held {}, moved {}, errors {:?}\n  second:load/share/requests {}",
         session_share * 100.0,
-        report.primary_load(SETTLE_S, 0.05),
-        report.primary_load(SETTLE_S, 0.95),
-        report.shadow_share(SETTLE_S),
-        report.ideal_share(TARGET),
+        m.primary_load_p5,
+        m.primary_load_p95,
+        m.shadow_share,
+        m.ideal_share,
+        m.p99_ms,
         report.transitions,
-        report.bounces.len(),
-        report.stale_reads,
-        report.held,
-        report.sessions_moved,
+        m.bounces,
+        m.stale_reads,
+        m.held,
+        m.sessions_moved,
         report.error_kinds,
-        loads.join(" "),
+        report.timeline(),
     );
-    report
+    (report, warnings, capacity)
 }
 
 fn assert_meets_the_surge(r: &MixReport) {
+    assert_meets_the_surge_from(r, SETTLE_S);
+}
+
+fn assert_meets_the_surge_from(r: &MixReport, settle_s: u64) {
     assert_eq!(r.errors(), 0, "errors: {:?}", r.error_kinds);
     assert!(
         r.transitions.len() == 2
@@ -82,15 +95,15 @@ fn assert_meets_the_surge(r: &MixReport) {
         r.transitions
     );
     let (p5, p95) = (
-        r.primary_load(SETTLE_S, 0.05),
-        r.primary_load(SETTLE_S, 0.95),
+        r.primary_load(settle_s, 0.05),
+        r.primary_load(settle_s, 0.95),
     );
     assert!(
         p5 >= TARGET - 0.1 && p95 <= TARGET + 0.1,
         "primary load p5 {p5:.3} p95 {p95:.3}: {:?}",
-        r.settled(SETTLE_S)
+        r.settled(settle_s)
     );
-    let (share, ideal) = (r.shadow_share(SETTLE_S), r.ideal_share(TARGET));
+    let (share, ideal) = (r.shadow_share(settle_s), r.ideal_share(TARGET));
     assert!(
         (share - ideal).abs() <= 0.1,
         "the shadow took {share:.3} of the surge, the excess is {ideal:.3}"
@@ -148,4 +161,42 @@ async fn all_traffic_in_2000_sessions_meets_the_surge() {
     let r = mix(1.0, 2_000).await;
     assert_meets_the_surge(&r);
     assert!(r.sessions_moved > 100);
+}
+
+/// The second trap: the edge filter's `primary.max_in_flight` is 16 in front of a
+/// primary that serves 8 at once, so the 0.8 target (12.8 in flight) lies inside the queue.
+/// The filter finds the knee from the primary's own latency during the surge, warns naming
+/// the field, counts load against the knee — and then meets the surge like a right
+/// configuration does, a few seconds later (the knee takes a second of queueing ticks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_max_in_flight_inside_the_queue_is_found_warned_about_and_the_surge_still_met() {
+    const KNEE_SETTLE_S: u64 = 6;
+    let options = SyncOptions {
+        edge_max_in_flight: Some(16),
+        ..SyncOptions::default()
+    };
+    let (r, warnings, capacity) = mix_on(0.5, 20, options, KNEE_SETTLE_S).await;
+    let warning = warnings
+        .iter()
+        .find(|w| w.contains("services[0].primary.max_in_flight is 16, but cluster"))
+        .unwrap_or_else(|| panic!("no capacity warning: {warnings:?}"));
+    assert!(
+        warning.contains("queues above about") && warning.contains("Choosing max_in_flight"),
+        "{warning}"
+    );
+    let knee: f64 = warning
+        .split("queues above about ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("knee in {warning}"));
+    assert!(
+        (6.0..=10.0).contains(&knee),
+        "the primary serves 8 at once; found {knee}"
+    );
+    assert!(
+        (6..=10).contains(&capacity),
+        "load counted against the knee at the end: {capacity}"
+    );
+    assert_meets_the_surge_from(&r, KNEE_SETTLE_S);
 }

@@ -207,10 +207,7 @@ impl HttpContext for AtreHttp {
         let rt = &mut worker.services[index];
         let start_ns = now_ns();
         let start_ms = start_ns / 1_000_000;
-        // A worker whose timer ran late (a stalled event loop) reads the plan again before
-        // deciding: pin changes are announced two ticks ahead, and one it missed would have
-        // it route a session differently from every other worker.
-        if start_ms.saturating_sub(rt.plan_read_ms) > worker.config.tick_ms * 3 / 2 {
+        if crate::decision::plan_is_stale(rt.plan_read_ms, start_ms, worker.config.tick_ms) {
             rt.plan = super::read_plan(svc);
             rt.shadow = super::read_shadow(svc, start_ms);
             rt.plan_read_ms = start_ms;

@@ -304,20 +304,9 @@ impl AtreRoot {
                 log(
                     level::DEBUG,
                     &format!(
-                        "shadowmesh: service {} tick: primary load {:.2}, measured share {:.2}, \
-                         demand {:.2} (steady {:.2}), inflation {:.2} (steady {:.2}), share {:.2} \
-                         (plain {:.2}), onset {}, unloaded latency {:.1} ms",
+                        "shadowmesh: service {} tick: {}",
                         svc.name,
-                        plan.primary_load,
-                        plan.measured_share,
-                        plan.demand,
-                        plan.steady_demand,
-                        plan.inflation.get(),
-                        plan.steady_inflation.get(),
-                        plan.share,
-                        plan.plain_share,
-                        plan.onset,
-                        plan.unloaded_latency_ms
+                        plan.tick_line()
                     ),
                 );
             }
@@ -396,25 +385,44 @@ fn capacity_warning(
     side: &str,
     cluster: &str,
     max_in_flight: u32,
-    f: crate::load::KneeFinding,
+    f: crate::capacity::KneeFinding,
 ) -> String {
+    use crate::capacity::KneeEvidence;
     let field = if side == "primary" {
         format!("services[{service}].primary.max_in_flight")
     } else {
         // The control plane's record may set the shadow's capacity; the field is the default.
         format!("services[{service}].shadow.max_in_flight (or the control plane's record)")
     };
+    let seen = match f.evidence {
+        KneeEvidence::Latency {
+            latency_ms,
+            base_latency_ms,
+        } => format!(
+            "queues above about {knee:.1} requests at once: mean latency {latency_ms:.1} ms at \
+             {c:.1} in flight, {ratio:.1}x its unloaded {base_latency_ms:.1} ms",
+            knee = f.knee,
+            c = f.concurrency,
+            ratio = latency_ms / base_latency_ms,
+        ),
+        KneeEvidence::Orca { utilization } => format!(
+            "reports (ORCA) utilization {utilization:.2} at {c:.1} in flight: it is full at \
+             about {knee:.1} requests at once",
+            knee = f.knee,
+            c = f.concurrency,
+        ),
+    };
     format!(
-        "shadowmesh: {field} is {max_in_flight}, but cluster {cluster} queues above about \
-         {knee:.1} requests at once: mean latency {lat:.1} ms at {c:.1} in flight, {ratio:.1}x \
-         its unloaded {base:.1} ms. A target inside the queue cannot be held (the queue only \
-         grows or drains), so load is counted against {knee:.1} until the cluster serves more \
-         at once without queueing; set the field to what it serves at once \
-         (filter-wasm/README.md, \"Choosing max_in_flight\")",
-        knee = f.knee,
-        lat = f.latency_ms,
-        c = f.concurrency,
-        ratio = f.latency_ms / f.base_latency_ms,
-        base = f.base_latency_ms,
+        "shadowmesh: {field} is {max_in_flight}, but cluster {cluster} {seen}. A target inside \
+         the queue cannot be held (the queue only grows or drains); set the field to what the \
+         cluster serves at once (filter-wasm/README.md, \"Choosing max_in_flight\"){counted}",
+        counted = match f.evidence {
+            KneeEvidence::Latency { .. } => format!(
+                ". Until then load is counted against {:.1}, until the cluster serves more at \
+                 once without queueing",
+                f.knee
+            ),
+            KneeEvidence::Orca { .. } => String::new(),
+        },
     )
 }

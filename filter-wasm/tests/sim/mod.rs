@@ -23,7 +23,9 @@
 
 use shadowmesh_filter::config::PluginConfig;
 use shadowmesh_filter::control::{RedirectController, ShadowView, TickInput};
-use shadowmesh_filter::decision::{RedirectDecision, Spreader, decide, session_point};
+use shadowmesh_filter::decision::{
+    RedirectDecision, Spreader, decide, plan_is_stale, session_point,
+};
 use shadowmesh_filter::load::BusyClock;
 use shadowmesh_filter::plan::RedirectPlan;
 use shadowmesh_filter::window::{ServiceWindow, Side};
@@ -408,9 +410,8 @@ impl Sim<'_> {
         };
         let point = session.map(|i| self.sessions[i].point);
         let w = &mut self.workers[worker];
-        // A worker whose timer ran late reads the plan again before deciding (as
-        // `wasm/http.rs` does).
-        if now.saturating_sub(w.plan_read_us) > self.sc.tick_ms * 1_500 {
+        // A worker whose timer ran late reads the plan again before deciding.
+        if plan_is_stale(w.plan_read_us / 1_000, now / 1_000, self.sc.tick_ms) {
             w.plan = self.shared_plan;
             w.plan_read_us = now;
         }
@@ -576,23 +577,12 @@ impl Sim<'_> {
                     .push((now as f64 / 1e6, self.shared_plan.state));
             }
             if std::env::var_os("SIM_TRACE").is_some() {
-                let p = &self.shared_plan;
                 eprintln!(
-                    "{:7.2} {:?} L {:.2} in-system {:3} | measured {:.2} demand {:.2} steady {:.2} k {:.2}/{:.2} share {:.2} plain {:.2} pins {:.3}->{:.3}@{}",
+                    "{:7.2} {:?} in-system {:3} | {}",
                     now as f64 / 1e6,
-                    p.state,
-                    p.primary_load,
+                    self.shared_plan.state,
                     self.clusters[0].in_system(),
-                    p.measured_share,
-                    p.demand,
-                    p.steady_demand,
-                    p.inflation.get(),
-                    p.steady_inflation.get(),
-                    p.share,
-                    p.plain_share,
-                    p.pins.before,
-                    p.pins.after,
-                    p.pins.from_ms
+                    self.shared_plan.tick_line()
                 );
             }
             if let Some(f) = self.controller.take_findings()[0] {
