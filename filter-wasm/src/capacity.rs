@@ -15,13 +15,23 @@ pub struct TickLoad {
     pub concurrency: f64,
     /// Requests completed per ms (each worker's count over its own span).
     pub throughput_per_ms: f64,
+    /// Requests sent to the cluster per ms (the same way).
+    pub arrivals_per_ms: f64,
     /// Length of the tick, ms.
     pub elapsed_ms: f64,
 }
 
-/// A cluster's concurrency is "calm" below this share of its capacity: there its mean
-/// latency is its unloaded latency.
+/// A tick is "calm" when the work sent to the cluster (arrivals × unloaded latency) is at
+/// most this share of its capacity: there its mean latency is its unloaded latency. Calm
+/// is judged by what was *sent*, not by the concurrency it caused: a tick whose requests
+/// happened to be quick holds fewer at once, and learning only from those would learn a
+/// latency too low (by an eighth, for exponential service times at a quarter of capacity).
 const CALM_LOAD: f64 = 0.5;
+/// …and its concurrency at most this share: a cluster whose `max_in_flight` is far above
+/// what it serves queues at an arrival rate that looks calm against `max_in_flight`, and
+/// that queue is not its unloaded latency. (Concurrency this far above the calm share is
+/// rare enough by chance alone not to bias the estimate.)
+const CALM_CONCURRENCY: f64 = 0.6;
 /// Weight of a calm tick in the unloaded latency (of what came before: `1 −` it).
 const BASE_ALPHA: f64 = 0.05;
 /// A tick queues when its mean latency is at least this multiple of the unloaded one — its
@@ -37,6 +47,12 @@ const TICK_MIN_COMPLETED: u64 = 20;
 /// queue)…
 const SAMPLES: usize = 20;
 const KNEE_SAMPLES: usize = 10;
+/// The knee is this quantile of the samples, not their median: a sample can only be too
+/// low — a tick's throughput read partly from a worker's previous span (one that missed
+/// its flush counts with the rates it last showed, which lag a rising surge) — and a knee
+/// too low is the one that hurts (it holds the primary below what it serves, and nothing
+/// then tests it).
+const KNEE_QUANTILE: f64 = 0.8;
 /// …if they are at least this share of the last [`JUDGED_TICKS`] ticks: a primary held
 /// inside its queue queues every few ticks, a right one only now and then (an onset, a
 /// burst of slow requests).
@@ -62,7 +78,7 @@ const SAMPLE_LIFE_MS: f64 = 120_000.0;
 /// servers alone, whatever the service-time distribution). So: learn the mean latency of
 /// calm ticks; a tick whose mean latency is twice that and whose concurrency exceeds its
 /// busy servers queues, and its throughput × unloaded latency is one sample of the
-/// cluster's parallelism. The median of the last [`SAMPLES`] such samples is the *knee*,
+/// cluster's parallelism. The [`KNEE_QUANTILE`] of the last [`SAMPLES`] such samples is the *knee*,
 /// once there are [`KNEE_SAMPLES`] and a fifth of the recent ticks queued (then it stays
 /// while queueing ticks keep coming, within two minutes). A `max_in_flight` above the knee puts the target
 /// inside the queue, where the load no longer follows the traffic (a queue only grows or
@@ -193,7 +209,13 @@ impl CapacityEstimate {
             self.knee = None;
         }
         let mean = tick.latency_sum_ms / tick.completed as f64;
-        if tick.concurrency <= CALM_LOAD * self.effective(max_in_flight) {
+        let capacity = self.effective(max_in_flight);
+        let sent = match self.base_latency_ms() {
+            Some(base) => tick.arrivals_per_ms * base,
+            // Nothing learned yet: the concurrency is all there is to judge by.
+            None => tick.concurrency,
+        };
+        if sent <= CALM_LOAD * capacity && tick.concurrency <= CALM_CONCURRENCY * capacity {
             let keep = 1.0 - BASE_ALPHA;
             self.base_sum_ms = keep * self.base_sum_ms + tick.latency_sum_ms;
             self.base_count = keep * self.base_count + tick.completed as f64;
@@ -219,14 +241,16 @@ impl CapacityEstimate {
             if self.samples.len() >= KNEE_SAMPLES && (often || self.knee.is_some()) {
                 let mut v: Vec<f64> = self.samples.iter().map(|(b, _)| *b).collect();
                 v.sort_by(f64::total_cmp);
-                self.knee = Some(v[v.len() / 2]);
+                let rank = (KNEE_QUANTILE * v.len() as f64).ceil() as usize;
+                self.knee = Some(v[rank.clamp(1, v.len()) - 1]);
             }
         } else if self
             .knee
-            .is_some_and(|k| tick.concurrency > FORGET_ABOVE * k && mean < QUEUE_RATIO * base)
+            .is_some_and(|k| busy > FORGET_ABOVE * k && mean < QUEUE_RATIO * base)
         {
-            // It served more at once than the knee, without a queue: the knee was wrong
-            // or the cluster grew.
+            // It served more at once than the knee, without a deep queue: the knee was
+            // wrong or the cluster grew. (Served, not held: requests in flight include
+            // those waiting in a queue too shallow to count as one.)
             self.knee = None;
             self.samples.clear();
             self.judged.clear();
@@ -326,6 +350,7 @@ mod tests {
                 latency_sum_ms: completed * latency,
                 concurrency,
                 throughput_per_ms: completed / 100.0,
+                arrivals_per_ms: completed / 100.0,
                 elapsed_ms: 100.0,
             })
             .collect()
@@ -416,6 +441,7 @@ mod tests {
             latency_sum_ms: 30.0 * 33.0,
             concurrency: 9.9,
             throughput_per_ms: 30.0 / 100.0,
+            arrivals_per_ms: 30.0 / 100.0,
             elapsed_ms: 100.0,
         };
         assert!(feed(&mut e, vec![slow; 20], 8).is_empty());
@@ -434,6 +460,7 @@ mod tests {
             latency_sum_ms: 19.0 * 100.0,
             concurrency: 20.0,
             throughput_per_ms: 19.0 / 100.0,
+            arrivals_per_ms: 19.0 / 100.0,
             elapsed_ms: 100.0,
         };
         let before = (e.knee(), e.samples.clone(), e.judged.clone());
@@ -448,33 +475,58 @@ mod tests {
         feed(&mut e, ticks(8.0, 20.0, 12.0, 30), 16);
         assert_eq!(e.base_latency_ms(), None);
         assert_eq!(e.knee(), None);
-        let tick = |latency_ms: f64, concurrency: f64| TickLoad {
+        // Ten requests of `latency_ms` at `arrivals_per_ms`: Little's law sets the concurrency.
+        let tick = |latency_ms: f64, arrivals_per_ms: f64| TickLoad {
             completed: 10,
             latency_sum_ms: 10.0 * latency_ms,
-            concurrency,
-            throughput_per_ms: 0.1,
+            concurrency: arrivals_per_ms * latency_ms,
+            throughput_per_ms: arrivals_per_ms,
+            arrivals_per_ms,
             elapsed_ms: 100.0,
         };
-        e.observe(tick(20.0, 2.0), 16);
+        e.observe(tick(20.0, 0.1), 16);
         assert_close(e.base_latency_ms().unwrap_or(f64::NAN), 20.0, "");
-        e.observe(tick(40.0, 8.0), 16);
+        // Sent: 0.2 × 20 = 4 of 16, calm, though its requests were slow.
+        e.observe(tick(40.0, 0.2), 16);
         // (0.95 × 200 + 400) / (0.95 × 10 + 10): each request alike.
         let expected = (0.95 * 200.0 + 400.0) / (0.95 * 10.0 + 10.0);
         assert!((e.base_latency_ms().unwrap() - expected).abs() < 1e-9);
-        e.observe(tick(40.0, 8.01), 16);
+        // Sent: 0.27 × 30.3 = 8.2 of 16: not calm.
+        e.observe(tick(40.0, 0.27), 16);
         assert!(
             (e.base_latency_ms().unwrap() - expected).abs() < 1e-9,
-            "above 0.5 × 16: not calm"
+            "above 0.5 × 16 sent: not calm"
         );
+        // Sent little, but 10 of 16 in flight: a queue, not calm.
+        e.observe(
+            TickLoad {
+                concurrency: 10.0,
+                ..tick(100.0, 0.1)
+            },
+            16,
+        );
+        assert!(
+            (e.base_latency_ms().unwrap() - expected).abs() < 1e-9,
+            "above 0.6 × 16 in flight: not calm"
+        );
+        // Slow requests of a calm tick count like quick ones: a rule on the concurrency
+        // alone (at most half of 8) would have dropped this one, 4.5 in flight, and learned
+        // from the quick ticks only.
+        let mut g = CapacityEstimate::default();
+        g.observe(tick(20.0, 0.1), 8);
+        g.observe(tick(45.0, 0.1), 8);
+        let expected = (0.95 * 200.0 + 450.0) / (0.95 * 10.0 + 10.0);
+        assert!((g.base_latency_ms().unwrap() - expected).abs() < 1e-9);
         // A quiet tick's few requests weigh by their number.
         let mut f = CapacityEstimate::default();
-        f.observe(tick(20.0, 2.0), 16);
+        f.observe(tick(20.0, 0.1), 16);
         f.observe(
             TickLoad {
                 completed: 1,
                 latency_sum_ms: 200.0,
                 concurrency: 2.0,
                 throughput_per_ms: 1.0 / 100.0,
+                arrivals_per_ms: 1.0 / 100.0,
                 elapsed_ms: 100.0,
             },
             16,
@@ -503,6 +555,7 @@ mod tests {
                 latency_sum_ms: 100.0,
                 concurrency: 1.0,
                 throughput_per_ms: 10.0 / 100.0,
+                arrivals_per_ms: 10.0 / 100.0,
                 elapsed_ms: 100.0,
             },
             16,

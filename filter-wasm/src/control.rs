@@ -156,6 +156,11 @@ impl RedirectController {
                     latency_sum_ms: w.latency.sum_us as f64 / 1e3,
                     concurrency,
                     throughput_per_ms: rates.completed[i],
+                    arrivals_per_ms: if i == 0 {
+                        rates.started - rates.to_shadow
+                    } else {
+                        rates.to_shadow
+                    },
                     elapsed_ms: elapsed,
                 },
                 max_in_flight,
