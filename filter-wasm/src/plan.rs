@@ -345,8 +345,10 @@ impl SessionMix {
     }
 
     /// The slice edge under which the share of session requests is nearest to `share`
-    /// (the lowest such edge: the fewest sessions, and new ones are pinned in proportion).
-    pub fn threshold_for(&self, share: f64) -> f64 {
+    /// (the lowest such edge: the fewest sessions, and new ones are pinned in proportion),
+    /// among the edges under which at most `max_share` of it lies: a busy session that
+    /// alone carries more than `max_share` is never pinned.
+    pub fn threshold_for(&self, share: f64, max_share: f64) -> f64 {
         let total = self.spread_total();
         // (edge, miss) for the empty threshold and each slice's upper edge.
         let mut edges = Vec::with_capacity(SPREAD_SLICES + 1);
@@ -354,6 +356,9 @@ impl SessionMix {
         let mut cum = 0.0;
         for i in 0..SPREAD_SLICES {
             cum += self.slice(i) / total;
+            if cum > max_share + 1e-9 {
+                break;
+            }
             edges.push(((i + 1) as f64 / SPREAD_SLICES as f64, (cum - share).abs()));
         }
         let best = edges
@@ -537,9 +542,8 @@ impl RedirectPlan {
                 if need > carried + PIN_SLACK || (first_pins && need > 0.0) {
                     let pinned = input
                         .sessions
-                        .threshold_for(need)
-                        .max(self.pins.after)
-                        .min(svc.max_share);
+                        .threshold_for(need, svc.max_share)
+                        .max(self.pins.after);
                     plan.pins.set(pinned, input.now_ms, lead_ms);
                 }
                 if demand < t.exit {
@@ -1013,29 +1017,36 @@ mod tests {
         let mix = sessions_at(&[3.5 * width, 10.5 * width, 40.5 * width, 60.5 * width]);
         assert_eq!(mix.fraction(), 1.0);
         // A quarter of the traffic lies below the end of slice 3, half below slice 10's.
-        assert_eq!(mix.threshold_for(0.25), 4.0 * width);
-        assert_eq!(mix.threshold_for(0.5), 11.0 * width);
+        assert_eq!(mix.threshold_for(0.25, 1.0), 4.0 * width);
+        assert_eq!(mix.threshold_for(0.5, 1.0), 11.0 * width);
         assert_eq!(
-            mix.threshold_for(0.3),
+            mix.threshold_for(0.3, 1.0),
             4.0 * width,
             "nearest: 0.25 beats 0.5"
         );
         assert_eq!(
-            mix.threshold_for(0.4),
+            mix.threshold_for(0.4, 1.0),
             11.0 * width,
             "nearest: 0.5 beats 0.25"
         );
         assert_eq!(
-            mix.threshold_for(0.1),
+            mix.threshold_for(0.1, 1.0),
             0.0,
             "nothing is nearer than a quarter"
         );
         close(mix.below(4.0 * width), 0.25);
         close(mix.below(3.5 * width), 0.125); // half of slice 3
         close(mix.below(1.0), 1.0);
+        // Never more than max_share of the session traffic, however near the edge above.
+        assert_eq!(mix.threshold_for(0.5, 0.3), 4.0 * width);
+        assert_eq!(
+            mix.threshold_for(0.5, 0.2),
+            0.0,
+            "a quarter is above a fifth"
+        );
         // Without any session seen, points are uniform: the nearest slice edge to 0.3.
         let none = SessionMix::default();
-        assert_eq!(none.threshold_for(0.3), 19.0 * width);
+        assert_eq!(none.threshold_for(0.3, 1.0), 19.0 * width);
         assert_eq!(none.below(0.3), 0.3);
     }
 
@@ -1113,9 +1124,9 @@ mod tests {
             (10.0 + 0.5 * SPREAD_PRIOR) / (10.0 + SPREAD_PRIOR),
         );
         assert!(
-            (mix.threshold_for(0.5) - 0.5).abs() < 0.05,
+            (mix.threshold_for(0.5, 1.0) - 0.5).abs() < 0.05,
             "{}",
-            mix.threshold_for(0.5)
+            mix.threshold_for(0.5, 1.0)
         );
         // Nothing seen: an even spread.
         let none = SessionMix::default();

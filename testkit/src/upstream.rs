@@ -3,7 +3,10 @@
 //!
 //! Capacity is `concurrency` requests served at a time, each taking `service_time`;
 //! further requests queue. Every response carries `x-served-by: <name>` and an
-//! `endpoint-load-metrics` header whose utilization is `(active + queued) / concurrency`.
+//! `endpoint-load-metrics` header whose utilization is `(active + queued) / concurrency`
+//! averaged over the last tenth of a second — as a real server reports its CPU
+//! utilization: a time average, not a count taken at one request's arrival (which always
+//! includes that request, and so reads one request high).
 //!
 //! A [`ColdStart`] makes it behave like a real instance that has just started (caches
 //! empty, JIT cold, connections to its own dependencies not yet open): for a while after
@@ -16,8 +19,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -126,6 +129,50 @@ struct Shared {
     permits: Semaphore,
     stats: Arc<UpstreamStats>,
     orca: Arc<AtomicU8>,
+    load: Mutex<LoadMeter>,
+}
+
+/// The time average of the requests in the system, over windows of [`LoadMeter::WINDOW`].
+struct LoadMeter {
+    in_system: u64,
+    since: std::time::Instant,
+    window_start: std::time::Instant,
+    /// Request·seconds in the current window so far.
+    area: f64,
+    /// The average of the last complete window (`None` before the first).
+    last: Option<f64>,
+}
+
+impl LoadMeter {
+    const WINDOW: Duration = Duration::from_millis(100);
+
+    fn new() -> LoadMeter {
+        let now = std::time::Instant::now();
+        LoadMeter {
+            in_system: 0,
+            since: now,
+            window_start: now,
+            area: 0.0,
+            last: None,
+        }
+    }
+
+    /// Adds `delta` to the requests in the system; returns the average in the system over
+    /// the last complete window (or the current one, before any is complete).
+    fn change(&mut self, delta: i64) -> f64 {
+        let now = std::time::Instant::now();
+        self.area += self.in_system as f64 * (now - self.since).as_secs_f64();
+        self.since = now;
+        let open = (now - self.window_start).as_secs_f64();
+        if open >= Self::WINDOW.as_secs_f64() {
+            self.last = Some(self.area / open);
+            self.area = 0.0;
+            self.window_start = now;
+        }
+        self.in_system = self.in_system.saturating_add_signed(delta);
+        self.last
+            .unwrap_or(if open > 0.0 { self.area / open } else { 0.0 })
+    }
 }
 
 impl UpstreamConfig {
@@ -161,6 +208,7 @@ pub async fn start(config: UpstreamConfig, port: u16) -> std::io::Result<Upstrea
         config,
         stats: stats.clone(),
         orca: orca.clone(),
+        load: Mutex::new(LoadMeter::new()),
     });
     tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
@@ -218,7 +266,7 @@ async fn handle(
     }
     let now = stats.in_system.fetch_add(1, Ordering::Relaxed) + 1;
     stats.peak_in_system.fetch_max(now, Ordering::Relaxed);
-    let utilization = now as f64 / shared.config.concurrency.max(1) as f64;
+    shared.load.lock().map(|mut m| m.change(1)).ok();
     // Closed only if the semaphore is closed, which never happens.
     let permit = shared.permits.acquire().await;
     let service_time = match cold {
@@ -230,6 +278,8 @@ async fn handle(
     }
     drop(permit);
     stats.in_system.fetch_sub(1, Ordering::Relaxed);
+    let in_system = shared.load.lock().map(|mut m| m.change(-1)).unwrap_or(0.0);
+    let utilization = in_system / shared.config.concurrency.max(1) as f64;
     stats.served.fetch_add(1, Ordering::Relaxed);
     let mut resp = Response::builder()
         .header("x-served-by", &shared.config.name)

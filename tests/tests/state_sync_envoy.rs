@@ -197,6 +197,49 @@ async fn a_change_outside_the_allowlist_is_dropped_and_keeps_its_session_on_the_
     assert_eq!(report.errors, 0);
 }
 
+/// Session keys longer than the relay carries (256 bytes) cannot have their state follow
+/// them: those sessions stay on the primary — counted, without a lookup and without an
+/// entry in the session table — while the other sessions of the same surge still move with
+/// their state. (Before, each such key was looked up, refused by the relay, and pinned in
+/// the table, where pinned entries are never evicted: enough of them took every session
+/// of the edge off the shadow.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_keys_state_sync_cannot_carry_stay_on_the_primary_and_crowd_out_no_one() {
+    let _alone = shadowmesh_testkit::load_test_lock().write_owned().await;
+    let s = stack("longkeys", SyncOptions::default()).await;
+    let long_prefix = "k".repeat(300);
+    let shoppers = |prefix: &'static str| {
+        run_sessions(
+            s.edge.listener,
+            SESSIONS / 2,
+            Duration::from_secs(6),
+            prefix,
+            THINK,
+        )
+    };
+    let long_prefix: &'static str = long_prefix.leak();
+    let (long, short) = tokio::join!(shoppers(long_prefix), shoppers("short"));
+    eprintln!("long keys: {long:?}\nshort keys: {short:?}");
+    for r in [&long, &short] {
+        assert_eq!(r.stale_reads, 0, "{:?}", r.stale_examples);
+        assert_eq!(r.errors, 0);
+    }
+    assert_eq!(
+        long.by_shadow, 0,
+        "no long-keyed session on the shadow: {long:?}"
+    );
+    assert!(
+        short.by_shadow_after_writes > 20 && short.sessions_moved >= 3,
+        "the other sessions still moved with their state: {short:?}"
+    );
+    assert!(filter_stat(&s.edge, "state_unsyncable_keys_total") >= long.ok);
+    assert_eq!(
+        filter_stat(&s.edge, "state_lookup_failures_total"),
+        0,
+        "no key was sent to the relay to be refused"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_faulting_edge_filter_fails_open_and_the_primary_keeps_every_write() {
     let _alone = shadowmesh_testkit::load_test_lock().write_owned().await;

@@ -165,6 +165,10 @@ pub struct ShadowRecord {
 /// Schema tag of the state-synchronization messages.
 pub const STATE_SCHEMA: &str = "shadowmesh.state.v1";
 
+/// Longest session key state synchronization carries, in bytes (the relay refuses
+/// longer ones; the filter keeps such sessions on the primary).
+pub const MAX_SESSION_KEY_BYTES: usize = 256;
+
 /// One change of one key of a session's state: `value: None` removes the key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateOp {

@@ -390,11 +390,23 @@ fn cluster(c: &ClusterTelemetry, l: &ReportLimits) -> Result<(), (String, String
     ] {
         finite(field, v)?;
     }
-    if let Some(u) = c.orca_utilization {
-        finite("orca_utilization", u)?;
+    // The filter refuses ORCA utilizations above 100 (`filter-wasm/src/orca.rs`), and
+    // counts load against at least one request and at most a `max_in_flight` (a u32).
+    if let Some(u) = c.orca_utilization
+        && !(0.0..=100.0).contains(&u)
+    {
+        return Err((
+            "orca_utilization".to_string(),
+            format!("{u} is not within 0..=100"),
+        ));
     }
-    if let Some(k) = c.capacity_in_flight {
-        finite("capacity_in_flight", k)?;
+    if let Some(k) = c.capacity_in_flight
+        && !(1.0..=f64::from(u32::MAX)).contains(&k)
+    {
+        return Err((
+            "capacity_in_flight".to_string(),
+            format!("{k} is not within 1..={}", u32::MAX),
+        ));
     }
     Ok(())
 }
@@ -509,6 +521,18 @@ mod tests {
             (
                 Box::new(|r| r.services[0].shadow.capacity_in_flight = Some(f64::INFINITY)),
                 "services[0].shadow.capacity_in_flight",
+            ),
+            (
+                Box::new(|r| r.services[0].shadow.capacity_in_flight = Some(0.5)),
+                "services[0].shadow.capacity_in_flight",
+            ),
+            (
+                Box::new(|r| r.services[0].primary.capacity_in_flight = Some(5e9)),
+                "services[0].primary.capacity_in_flight",
+            ),
+            (
+                Box::new(|r| r.services[0].primary.orca_utilization = Some(101.0)),
+                "services[0].primary.orca_utilization",
             ),
             (
                 Box::new(|r| r.window_start_ms = r.window_end_ms + 1),

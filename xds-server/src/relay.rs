@@ -394,8 +394,14 @@ impl MemoryRelay {
     }
 
     fn check_session(&self, at: &str, session: &str) -> Result<(), RelayError> {
-        if session.is_empty() || session.len() > 256 {
-            return Err(refuse(at, "a session key is 1 to 256 bytes"));
+        if session.is_empty() || session.len() > shadowmesh_wire::MAX_SESSION_KEY_BYTES {
+            return Err(refuse(
+                at,
+                format!(
+                    "a session key is 1 to {} bytes",
+                    shadowmesh_wire::MAX_SESSION_KEY_BYTES
+                ),
+            ));
         }
         Ok(())
     }

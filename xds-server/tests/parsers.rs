@@ -26,7 +26,7 @@ fn base_report() -> serde_json::Value {
             "primary": {"cluster": "checkout_primary", "requests": 90, "in_flight": 1,
                         "load_score": 0.5, "latency_ms": {"count": 90, "mean": 5.0, "p50": 5.0,
                         "p90": 6.0, "p99": 7.0, "max": 8.0}, "orca_utilization": 0.4,
-                        "orca_reports": 3, "orca_malformed": 0},
+                        "orca_reports": 3, "orca_malformed": 0, "capacity_in_flight": 8.0},
             "shadow": {"cluster": "checkout_shadow", "requests": 10, "in_flight": 0,
                        "load_score": 0.1, "latency_ms": {"count": 10, "mean": 5.0, "p50": 5.0,
                        "p90": 6.0, "p99": 7.0, "max": 8.0}, "orca_utilization": null,
@@ -51,6 +51,7 @@ const FIELDS: &[&[&str]] = &[
     &["services", "0", "primary", "in_flight"],
     &["services", "0", "primary", "latency_ms", "p99"],
     &["services", "0", "primary", "orca_utilization"],
+    &["services", "0", "primary", "capacity_in_flight"],
     &["services", "0", "shadow", "load_score"],
 ];
 
@@ -117,7 +118,8 @@ proptest! {
                     for c in [&s.primary, &s.shadow] {
                         prop_assert!(c.load_score.is_finite() && c.load_score >= 0.0);
                         prop_assert!(c.latency_ms.p99.is_finite() && c.latency_ms.p99 >= 0.0);
-                        prop_assert!(c.orca_utilization.is_none_or(|u| u.is_finite() && u >= 0.0));
+                        prop_assert!(c.orca_utilization.is_none_or(|u| (0.0..=100.0).contains(&u)));
+                        prop_assert!(c.capacity_in_flight.is_none_or(|k| (1.0..=f64::from(u32::MAX)).contains(&k)));
                     }
                 }
             }

@@ -165,7 +165,7 @@ async fn main() -> Result<()> {
                 .map(|(_, t)| t.to_string())
         })
         .collect();
-    println!("controller transitions (from Envoy's log):");
+    println!("controller decisions (from Envoy's log):");
     for t in &transitions {
         println!("  {t}");
     }

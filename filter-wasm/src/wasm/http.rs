@@ -33,6 +33,10 @@ struct Routed {
     /// answer to a lookup) is not in flight to the cluster, and its wait is not the
     /// cluster's latency.
     upstream: bool,
+    /// When the client finished sending it (ns; 0: not yet).
+    sent_ns: u64,
+    /// Whether its latency was recorded (at the response headers).
+    measured: bool,
 }
 
 pub(super) struct AtreHttp {
@@ -87,10 +91,36 @@ impl AtreHttp {
         r.upstream = true;
     }
 
+    /// The cluster answered: its latency is from when it had the whole request (or from
+    /// when it got the request, if it answered before the client finished sending) to its
+    /// response headers — neither a slow client's upload nor its download is the
+    /// cluster's time, and a latency that counted them would make the capacity check see
+    /// a queue that is not there. Once.
+    fn measure(&mut self) {
+        let Some(r) = self.routed.as_mut().filter(|r| r.upstream && !r.measured) else {
+            return;
+        };
+        let Ok(mut worker) = self.worker.try_borrow_mut() else {
+            return;
+        };
+        r.measured = true;
+        let from = if r.sent_ns >= r.start_ns {
+            r.sent_ns
+        } else {
+            r.start_ns
+        };
+        let us = now_ns().saturating_sub(from) / 1_000;
+        let rt = &mut worker.services[r.service];
+        rt.window.side_mut(r.side).latency.record(us);
+        rt.metrics.latency_ms.set(us / 1_000);
+    }
+
     /// The cluster is done with the request (stream end, or its response headers when the
-    /// filter then holds the response for the relay): record latency, release the in-flight
-    /// slot. Idempotent.
+    /// filter then holds the response for the relay): release the in-flight slot, and
+    /// record the latency of one that never answered (reset, timed out) up to now.
+    /// Idempotent.
     fn finish(&mut self) {
+        self.measure();
         let Some(r) = self.routed.take().filter(|r| r.upstream) else {
             return;
         };
@@ -98,12 +128,9 @@ impl AtreHttp {
             return;
         };
         let now = now_ns();
-        let us = now.saturating_sub(r.start_ns) / 1_000;
         let rt = &mut worker.services[r.service];
         rt.in_flight_delta[r.side.index()] -= 1;
         rt.busy[r.side.index()].finish(now);
-        rt.window.side_mut(r.side).latency.record(us);
-        rt.metrics.latency_ms.set(us / 1_000);
     }
 }
 
@@ -151,7 +178,7 @@ impl Context for AtreHttp {
 }
 
 impl HttpContext for AtreHttp {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         let Ok(mut worker) = self.worker.try_borrow_mut() else {
             return Action::Continue;
         };
@@ -193,7 +220,9 @@ impl HttpContext for AtreHttp {
             None => None,
         };
         let point = session.as_deref().map(session_point);
-        // State sync works on UTF-8 session keys; the header is only ever ours to set.
+        // State sync carries UTF-8 keys of up to MAX_SESSION_KEY_BYTES; the header is only
+        // ever ours to set.
+        let mut unsyncable = false;
         let sync_session = svc.state_sync.as_ref().and_then(|_| {
             // Only a header that is there is removed: a write clears Envoy's route cache.
             if matches!(
@@ -202,7 +231,12 @@ impl HttpContext for AtreHttp {
             ) {
                 let _ = abi::remove_header(map::REQUEST_HEADERS, SESSION_STATE_HEADER);
             }
-            session.and_then(|s| String::from_utf8(s).ok())
+            let key = session.and_then(|s| String::from_utf8(s).ok());
+            unsyncable = point.is_some()
+                && key
+                    .as_ref()
+                    .is_none_or(|k| k.len() > shadowmesh_wire::MAX_SESSION_KEY_BYTES);
+            key.filter(|_| !unsyncable)
         });
         let rt = &mut worker.services[index];
         let start_ns = now_ns();
@@ -220,6 +254,16 @@ impl HttpContext for AtreHttp {
             &mut rt.spreader,
         );
         let mut held = false;
+        if unsyncable {
+            // Its state could not follow it to a shadow (nor could the relay be asked what
+            // it holds), so it stays on the primary — without an entry in the table, so no
+            // number of such keys can crowd out the sessions that can move.
+            rt.metrics.state.unsyncable.add(1);
+            if decision == RedirectDecision::Shadow {
+                decision = RedirectDecision::Primary;
+                held = true;
+            }
+        }
         let mut lookup: Option<(u32, String, bool)> = None;
         let mut behind_shadow = false;
         if let (Some(sync_cfg), Some(key)) = (&svc.state_sync, &sync_session) {
@@ -326,6 +370,8 @@ impl HttpContext for AtreHttp {
             behind_shadow,
             held,
             upstream,
+            sent_ns: if end_of_stream { start_ns } else { 0 },
+            measured: false,
         });
         if let Some((token, session, to_primary)) = lookup {
             self.awaiting = Some(Awaiting {
@@ -340,7 +386,15 @@ impl HttpContext for AtreHttp {
         Action::Continue
     }
 
+    fn on_http_request_body(&mut self, _: usize, end_of_stream: bool) -> Action {
+        if end_of_stream && let Some(r) = self.routed.as_mut().filter(|r| r.sent_ns == 0) {
+            r.sent_ns = now_ns();
+        }
+        Action::Continue
+    }
+
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        self.measure();
         let Some(r) = &self.routed else {
             return Action::Continue;
         };

@@ -67,6 +67,9 @@ pub(super) struct StateMetrics {
     /// Publishes answered / failed.
     pub(super) publishes: Metric,
     pub(super) publish_failures: Metric,
+    /// Requests of sessions whose key state sync cannot carry (not UTF-8, or longer than
+    /// `MAX_SESSION_KEY_BYTES`): they stay on the primary, and take no room in the table.
+    pub(super) unsyncable: Metric,
     /// Lookups of unknown sessions that failed (the session stays on the primary).
     pub(super) lookup_failures: Metric,
     /// Changes applied from the relay (subscribers), gaps found, full resyncs.
@@ -104,6 +107,7 @@ impl ServiceMetrics {
                 publishes: counter("state_publishes_total"),
                 publish_failures: counter("state_publish_failures_total"),
                 lookup_failures: counter("state_lookup_failures_total"),
+                unsyncable: counter("state_unsyncable_keys_total"),
                 applied: counter("state_applied_total"),
                 gaps: counter("state_gaps_total"),
                 full_resyncs: counter("state_full_resyncs_total"),

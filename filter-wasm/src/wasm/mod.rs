@@ -158,6 +158,8 @@ struct ServiceRuntime {
     generation: GenerationGauge,
     /// Used only while this worker holds the controller lease.
     controller: RedirectController,
+    /// When this worker last warned of each cluster's capacity (primary, shadow; ms).
+    warned_ms: [Option<u64>; 2],
 }
 
 /// State shared by a worker's root context and its HTTP contexts.

@@ -119,6 +119,7 @@ impl RootContext for AtreRoot {
                     _ => GenerationGauge::default(),
                 },
                 controller: RedirectController::default(),
+                warned_ms: [None; 2],
             })
             .collect();
         let metrics = GlobalMetrics::define();
@@ -340,8 +341,14 @@ impl AtreRoot {
                     shadow_knee,
                 ),
             ];
-            for (side, cluster, max_in_flight, finding) in clusters {
-                if let Some(f) = finding {
+            for (k, (side, cluster, max_in_flight, finding)) in clusters.into_iter().enumerate() {
+                // At most one warning a minute per cluster: a knee that wanders (or an
+                // upstream whose reports do) must not flood the log; the capacity gauge
+                // shows every change.
+                let quiet = rt.warned_ms[k]
+                    .is_some_and(|t| now_ms.saturating_sub(t) < CAPACITY_WARNING_EVERY_MS);
+                if let Some(f) = finding.filter(|_| !quiet) {
+                    rt.warned_ms[k] = Some(now_ms);
                     log(
                         level::WARN,
                         &capacity_warning(i, side, cluster, max_in_flight, f),
@@ -377,6 +384,9 @@ impl AtreRoot {
         }
     }
 }
+
+/// The least time between two capacity warnings of one cluster (ms).
+const CAPACITY_WARNING_EVERY_MS: u64 = 60_000;
 
 /// The warning for a cluster seen to queue below its `max_in_flight`: names the field,
 /// what was measured, and what the filter does about it.
