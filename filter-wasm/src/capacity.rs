@@ -19,6 +19,12 @@ pub struct TickLoad {
     pub arrivals_per_ms: f64,
     /// Length of the tick, ms.
     pub elapsed_ms: f64,
+    /// The controller held the cluster at its load target during the tick (the primary
+    /// while redirecting). Such a tick is never calm, whatever was sent: held at the
+    /// target of a `max_in_flight` above what the cluster serves, its "calm" arrivals are
+    /// its queue, and an unloaded latency learned there would hide the queue that finds
+    /// the knee.
+    pub held_at_target: bool,
 }
 
 /// A tick is "calm" when the work sent to the cluster (arrivals × unloaded latency) is at
@@ -217,7 +223,10 @@ impl CapacityEstimate {
             // Nothing learned yet: the concurrency is all there is to judge by.
             None => tick.concurrency,
         };
-        if sent <= CALM_LOAD * capacity && tick.concurrency <= CALM_CONCURRENCY * capacity {
+        if !tick.held_at_target
+            && sent <= CALM_LOAD * capacity
+            && tick.concurrency <= CALM_CONCURRENCY * capacity
+        {
             let keep = 1.0 - BASE_ALPHA;
             self.base_sum_ms = keep * self.base_sum_ms + tick.latency_sum_ms;
             self.base_count = keep * self.base_count + tick.completed as f64;
@@ -354,6 +363,7 @@ mod tests {
                 throughput_per_ms: completed / 100.0,
                 arrivals_per_ms: completed / 100.0,
                 elapsed_ms: 100.0,
+                held_at_target: false,
             })
             .collect()
     }
@@ -445,6 +455,7 @@ mod tests {
             throughput_per_ms: 30.0 / 100.0,
             arrivals_per_ms: 30.0 / 100.0,
             elapsed_ms: 100.0,
+            held_at_target: false,
         };
         assert!(feed(&mut e, vec![slow; 20], 8).is_empty());
         assert_eq!(e.knee(), None);
@@ -464,6 +475,7 @@ mod tests {
             throughput_per_ms: 19.0 / 100.0,
             arrivals_per_ms: 19.0 / 100.0,
             elapsed_ms: 100.0,
+            held_at_target: false,
         };
         let before = (e.knee(), e.samples.clone(), e.judged.clone());
         assert!(feed(&mut e, vec![quiet; 20], 8).is_empty());
@@ -485,6 +497,7 @@ mod tests {
             throughput_per_ms: arrivals_per_ms,
             arrivals_per_ms,
             elapsed_ms: 100.0,
+            held_at_target: false,
         };
         e.observe(tick(20.0, 0.1), 16);
         assert_close(e.base_latency_ms().unwrap_or(f64::NAN), 20.0, "");
@@ -511,6 +524,20 @@ mod tests {
             (e.base_latency_ms().unwrap() - expected).abs() < 1e-9,
             "above 0.6 × 16 in flight: not calm"
         );
+        // Sent little and few in flight, but the controller held the cluster at its
+        // target: not calm (the primary of a surge, inside the queue of a wrong
+        // max_in_flight).
+        e.observe(
+            TickLoad {
+                held_at_target: true,
+                ..tick(40.0, 0.1)
+            },
+            16,
+        );
+        assert!(
+            (e.base_latency_ms().unwrap() - expected).abs() < 1e-9,
+            "held at its target: not calm"
+        );
         // Slow requests of a calm tick count like quick ones: a rule on the concurrency
         // alone (at most half of 8) would have dropped this one, 4.5 in flight, and learned
         // from the quick ticks only.
@@ -530,6 +557,7 @@ mod tests {
                 throughput_per_ms: 1.0 / 100.0,
                 arrivals_per_ms: 1.0 / 100.0,
                 elapsed_ms: 100.0,
+                held_at_target: false,
             },
             16,
         );
@@ -559,6 +587,7 @@ mod tests {
                 throughput_per_ms: 10.0 / 100.0,
                 arrivals_per_ms: 10.0 / 100.0,
                 elapsed_ms: 100.0,
+                held_at_target: false,
             },
             16,
         );

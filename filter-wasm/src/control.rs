@@ -7,7 +7,7 @@ use crate::config::{PluginConfig, ServiceConfig, ShadowConfig};
 use crate::load::{Ewma, LoadScore, LoadSignals};
 use crate::plan::{PlanInputs, RedirectPlan, SESSION_MIX_MS, SessionMix};
 use crate::window::{ClusterWindow, ServiceWindow};
-use shadowmesh_wire::{ServiceTelemetry, ShadowRecord};
+use shadowmesh_wire::{RedirectState, ServiceTelemetry, ShadowRecord};
 
 /// The shadow as the data path sees it: configuration overlaid with the control plane's
 /// record when there is a current one.
@@ -162,6 +162,7 @@ impl RedirectController {
                         rates.to_shadow
                     },
                     elapsed_ms: elapsed,
+                    held_at_target: i == 0 && plan.state == RedirectState::Redirecting,
                 },
                 max_in_flight,
             );

@@ -338,3 +338,29 @@ fn a_thousand_mixes() {
         broken_runs.len()
     );
 }
+
+/// The unloaded latency is learned from calm ticks only, and a primary held at the target
+/// of a `max_in_flight` above what it serves is not calm, however little is sent: with
+/// random arrivals it queues at the concurrency a calm tick allows (0.6 × 16 is above its
+/// 8 servers), and a latency learned there would rise with the queue and hide the knee.
+#[test]
+fn a_primary_held_inside_its_queue_does_not_teach_its_unloaded_latency() {
+    let mut failures = Vec::new();
+    for seed in 1..=6 {
+        let mut sc = Scenario::standard(0.5, 20, 600.0, seed);
+        sc.primary_max_in_flight = 16;
+        sc.phases_s = [4.0, 14.0, 6.0];
+        sc.arrivals = Arrivals::Poisson;
+        let out = sim::run(&sc);
+        let learned = out.plan_at_surge_end.unloaded_latency_ms;
+        if !(19.0..=21.0).contains(&learned) {
+            failures.push(format!(
+                "seed {seed}: unloaded latency {learned:.2} ms of 20"
+            ));
+        }
+        if !out.knees.first().is_some_and(|k| (7.0..=9.5).contains(k)) {
+            failures.push(format!("seed {seed}: knees {:?}", out.knees));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
