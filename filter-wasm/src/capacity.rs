@@ -372,6 +372,26 @@ mod tests {
         ticks.into_iter().filter_map(|t| e.observe(t, m)).collect()
     }
 
+    /// The knee is the 0.65 quantile of the queueing ticks' busy servers, above their
+    /// median: a sample read low (a worker's lagging span) must not pull it down.
+    #[test]
+    fn the_knee_is_a_high_quantile_of_its_samples() {
+        let mut e = CapacityEstimate::default();
+        assert!(feed(&mut e, ticks(16.0, 20.0, 4.0, 30), 32).is_empty());
+        // Ten queueing ticks (twice as many in flight as busy) with 4..=13 busy servers,
+        // held at the target (none of them teaches the unloaded latency).
+        let queued: Vec<TickLoad> = (4..=13)
+            .flat_map(|b| ticks(f64::from(b), 20.0, 2.0 * f64::from(b), 1))
+            .map(|t| TickLoad {
+                held_at_target: true,
+                ..t
+            })
+            .collect();
+        feed(&mut e, queued, 32);
+        // Sorted 4..=13: the 7th of 10 (the median would be the 5th, 8).
+        assert_close(e.knee().unwrap_or(f64::NAN), 10.0, "0.65 quantile");
+    }
+
     #[test]
     fn a_queue_below_max_in_flight_becomes_the_capacity() {
         let mut e = CapacityEstimate::default();

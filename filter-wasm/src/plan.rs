@@ -732,6 +732,45 @@ mod tests {
         );
     }
 
+    /// Demand is the larger of the two views of it: the primary's load over the share that
+    /// really stayed (a burst the arrivals' smoothed inflation has not caught up with), and
+    /// the arrivals' unloaded work × that inflation (arrivals that rose before the load).
+    #[test]
+    fn demand_is_the_larger_of_the_load_and_the_arrivals_views() {
+        let svc = svc();
+        let mix = SessionMix::default();
+        let plan = RedirectPlan {
+            state: RedirectState::Redirecting,
+            share: 0.25,
+            plain_share: 0.25,
+            inflation: Inflation {
+                loaded: 10.0,
+                offered: 10.0,
+            },
+            ..Default::default()
+        };
+        let tick = |offered: f64| {
+            let mut i = inputs(0.9, 0.2, plain_traffic(0.25), &mix, 0);
+            i.offered = Some(offered);
+            plan.next(i, &svc)
+        };
+        // The load says 0.9 / 0.75 = 1.2; the arrivals, 1.0 × about 1: the load wins.
+        let burst = tick(1.0);
+        assert!(
+            (burst.demand - 1.2).abs() < 1e-9,
+            "the load's view: {}",
+            burst.demand
+        );
+        // The arrivals doubled before the load followed: theirs wins.
+        let rise = tick(2.0);
+        assert!(
+            rise.demand > 1.8 && (rise.demand - 2.0 * rise.inflation.get()).abs() < 1e-9,
+            "the arrivals' view: {} (inflation {})",
+            rise.demand,
+            rise.inflation.get()
+        );
+    }
+
     #[test]
     fn does_not_enter_below_enter_threshold() {
         let svc = svc();

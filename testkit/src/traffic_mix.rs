@@ -83,6 +83,10 @@ impl MixSpec {
     }
 }
 
+/// How much slower than calm the primary's own time per request must be for a second to
+/// count as the host's stall: well above its second-to-second noise (a few per cent).
+pub const SLOWED_PRIMARY: f64 = 1.25;
+
 /// One second of a mix, by the send time of its requests.
 #[derive(Debug, Clone, Default)]
 pub struct MixSecond {
@@ -96,6 +100,10 @@ pub struct MixSecond {
     pub errors: u64,
     /// The primary's mean concurrency over this second / its capacity, from its own count.
     pub primary_load: f64,
+    /// The primary's own time per request served this second (ms), queue wait excluded:
+    /// its speed, which only the host changes (a stall of the machine), never the
+    /// traffic sent to it.
+    pub primary_service_ms: f64,
 }
 
 /// What a mix did.
@@ -169,7 +177,7 @@ pub fn transitions(edge: &EnvoyProcess) -> Vec<String> {
             l.split_once("shadowmesh: service checkout ")
                 .map(|(_, t)| t.to_string())
         })
-        .filter(|t| t.starts_with("Normal") || t.starts_with("Redirecting"))
+        .filter(|t| t.starts_with("Normal -> ") || t.starts_with("Redirecting -> "))
         .collect()
 }
 
@@ -199,6 +207,55 @@ impl MixReport {
         let mut loads: Vec<f64> = self
             .settled(settle_s)
             .iter()
+            .map(|s| s.primary_load)
+            .collect();
+        loads.sort_by(f64::total_cmp);
+        if loads.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((q * loads.len() as f64).ceil() as usize).clamp(1, loads.len());
+        loads[rank - 1]
+    }
+
+    /// The primary's own time per request (ms) before the surge: the median of the calm
+    /// seconds.
+    pub fn calm_service_ms(&self) -> f64 {
+        let (onset, _) = self.spec.surge_s();
+        let mut calm: Vec<f64> = self
+            .seconds
+            .iter()
+            .filter(|s| s.index >= 1 && s.index < onset && s.primary_service_ms.is_finite())
+            .map(|s| s.primary_service_ms)
+            .collect();
+        calm.sort_by(f64::total_cmp);
+        calm.get(calm.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+
+    /// The settled seconds in which the primary itself was slow — its own time per request
+    /// (queue wait excluded) [`SLOWED_PRIMARY`]× its calm one: a stall of the machine
+    /// (its timers ran late), which no routing causes. The controller answers it (it sheds
+    /// more), but the primary's load that second is the host's, not the controller's.
+    pub fn slowed_primary(&self, settle_s: u64) -> Vec<&MixSecond> {
+        let calm = self.calm_service_ms();
+        self.settled(settle_s)
+            .into_iter()
+            .filter(|s| s.primary_service_ms > SLOWED_PRIMARY * calm)
+            .collect()
+    }
+
+    /// The `q`-quantile (nearest rank) of the primary's load over the settled surge,
+    /// without the seconds in which the primary itself was slow ([`MixReport::slowed_primary`])
+    /// and the second after each (the backlog a stall leaves drains in it).
+    pub fn primary_load_judged(&self, settle_s: u64, q: f64) -> f64 {
+        let slowed: Vec<u64> = self
+            .slowed_primary(settle_s)
+            .iter()
+            .map(|s| s.index)
+            .collect();
+        let mut loads: Vec<f64> = self
+            .settled(settle_s)
+            .iter()
+            .filter(|s| !slowed.iter().any(|i| s.index == *i || s.index == i + 1))
             .map(|s| s.primary_load)
             .collect();
         loads.sort_by(f64::total_cmp);
@@ -285,11 +342,12 @@ impl MixReport {
             .iter()
             .map(|s| {
                 format!(
-                    "{}:{:.2}/{:.2}/{}",
+                    "{}:{:.2}/{:.2}/{}/{:.1}",
                     s.index,
                     s.primary_load,
                     s.to_shadow as f64 / s.ok.max(1) as f64,
-                    s.ok + s.errors
+                    s.ok + s.errors,
+                    s.primary_service_ms
                 )
             })
             .collect::<Vec<_>>()
@@ -443,14 +501,13 @@ pub async fn run(stack: &SyncStack, spec: &MixSpec, settle_s: u64) -> MixReport 
     }
     let mut t = lock(&tally);
     let mut seconds = std::mem::take(&mut t.seconds);
-    for (i, load) in loads.iter().enumerate() {
-        seconds
-            .entry(i as u64)
-            .or_insert_with(|| MixSecond {
-                index: i as u64,
-                ..Default::default()
-            })
-            .primary_load = *load;
+    for (i, (load, service_ms)) in loads.iter().enumerate() {
+        let second = seconds.entry(i as u64).or_insert_with(|| MixSecond {
+            index: i as u64,
+            ..Default::default()
+        });
+        second.primary_load = *load;
+        second.primary_service_ms = *service_ms;
     }
     MixReport {
         spec: spec.clone(),
@@ -536,22 +593,27 @@ async fn session(
 }
 
 /// The primary's load, second by second: its own count of requests in it, integrated, over
-/// each second, divided by `capacity`.
+/// each second, divided by `capacity`; and its own time per request served (ms).
 async fn primary_load(
     primary: SocketAddr,
     capacity: usize,
     duration: Duration,
     start: Instant,
-) -> Vec<f64> {
+) -> Vec<(f64, f64)> {
     let client = loadgen::client();
-    let read = async || -> Option<(Instant, u64)> {
+    let read = async || -> Option<(Instant, u64, u64, u64)> {
         let (status, body) = loadgen::request_json(&client, "GET", primary, "/stats", None)
             .await
             .ok()?;
         let at = Instant::now();
         (status == 200).then_some(())?;
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        Some((at, v["in_system_us"].as_u64()?))
+        Some((
+            at,
+            v["in_system_us"].as_u64()?,
+            v["served"].as_u64()?,
+            v["service_us"].as_u64()?,
+        ))
     };
     let mut loads = Vec::new();
     let mut last = read().await;
@@ -560,12 +622,13 @@ async fn primary_load(
         tokio::time::sleep_until(start + Duration::from_secs(second)).await;
         let now = read().await;
         let load = match (last, now) {
-            (Some((t0, a)), Some((t1, b))) if t1 > t0 => {
+            (Some((t0, a, n0, s0)), Some((t1, b, n1, s1))) if t1 > t0 => (
                 (b.saturating_sub(a)) as f64
                     / t1.duration_since(t0).as_micros() as f64
-                    / capacity.max(1) as f64
-            }
-            _ => f64::NAN,
+                    / capacity.max(1) as f64,
+                s1.saturating_sub(s0) as f64 / 1e3 / n1.saturating_sub(n0).max(1) as f64,
+            ),
+            _ => (f64::NAN, f64::NAN),
         };
         loads.push(load);
         last = now;

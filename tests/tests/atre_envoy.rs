@@ -49,18 +49,9 @@ async fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Opt
     }
 }
 
-/// Number of state transitions Envoy logged for the service.
+/// The state changes Envoy logged for the service.
 fn transitions(stack: &Stack) -> Vec<String> {
-    stack
-        .envoy
-        .log()
-        .lines()
-        .filter_map(|l| {
-            l.split_once("shadowmesh: service checkout ")
-                .map(|(_, t)| t.to_string())
-                .filter(|t| t.starts_with("Normal -> ") || t.starts_with("Redirecting -> "))
-        })
-        .collect()
+    shadowmesh_testkit::traffic_mix::transitions(&stack.envoy)
 }
 
 /// Primary capacity: 8 concurrent × ~21 ms ≈ 380 rps; `max_in_flight` 8. A 750 rps surge

@@ -63,7 +63,7 @@ async fn mix_on(
     }
     let m = report.summary(settle_s, TARGET);
     eprintln!(
-        "{:.0}% sessions × {keys} keys: primary load p5 {:.3} p95 {:.3}, shadow share {:.3} (ideal {:.3}), p99 {:.0} ms, transitions {:?}, bounces {}, stale {}, held {}, moved {}, errors {:?}\n  second:load/share/requests {}",
+        "{:.0}% sessions × {keys} keys: primary load p5 {:.3} p95 {:.3}, shadow share {:.3} (ideal {:.3}), p99 {:.0} ms, transitions {:?}, bounces {}, stale {}, held {}, moved {}, errors {:?}\n  second:load/share/requests/primary ms per request {}",
         session_share * 100.0,
         m.primary_load_p5,
         m.primary_load_p95,
@@ -94,13 +94,23 @@ fn assert_meets_the_surge_from(r: &MixReport, settle_s: u64) {
         "one entry and one exit: {:?}",
         r.transitions
     );
+    // A second in which the primary itself was slow (its own time per request, queue
+    // excluded, a quarter above calm: the machine stalled) is the host's: it and the
+    // second its backlog drains in are left out of the band — at most two such seconds.
+    let slowed = r.slowed_primary(settle_s);
+    assert!(
+        slowed.len() <= 2,
+        "the primary itself slowed in {} seconds (calm {:.1} ms a request): {slowed:?}",
+        slowed.len(),
+        r.calm_service_ms()
+    );
     let (p5, p95) = (
-        r.primary_load(settle_s, 0.05),
-        r.primary_load(settle_s, 0.95),
+        r.primary_load_judged(settle_s, 0.05),
+        r.primary_load_judged(settle_s, 0.95),
     );
     assert!(
         p5 >= TARGET - 0.1 && p95 <= TARGET + 0.1,
-        "primary load p5 {p5:.3} p95 {p95:.3}: {:?}",
+        "primary load p5 {p5:.3} p95 {p95:.3} (seconds the primary itself slowed: {slowed:?}): {:?}",
         r.settled(settle_s)
     );
     let (share, ideal) = (r.shadow_share(settle_s), r.ideal_share(TARGET));

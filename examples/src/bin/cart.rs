@@ -10,7 +10,7 @@
 //! | `POST /cart/remove?sku=S` | one less of S |
 //! | `POST /cart/checkout` | empties the cart |
 //! | `GET /catalog` | the catalogue: no session needed, no state |
-//! | `GET /stats` | `{"served", "in_system_us"}`: requests answered, and the integral of requests in the service (waiting or served) over time, µs — its growth over an interval divided by the interval is the mean concurrency; not queued behind other requests, not counted |
+//! | `GET /stats` | `{"served", "in_system_us", "service_us"}`: requests answered; the integral of requests in the service (waiting or served) over time, µs — its growth over an interval divided by the interval is the mean concurrency; and the time requests spent being served (holding one of the `--concurrency` slots, not waiting for one), µs — per request, the service's own speed, which no queue changes; not queued behind other requests, not counted |
 //!
 //! Every answer is `{"session", "items": {"sku": n}, "writes": n, "served_by"}`: `writes`
 //! counts the session's writes, so a client that counts its own detects a stale read.
@@ -80,6 +80,8 @@ struct InSystem {
     since: std::time::Instant,
     integral_us: u128,
     served: u64,
+    /// Time requests held a serving slot, µs.
+    service_us: u128,
 }
 
 impl InSystem {
@@ -108,6 +110,16 @@ impl Drop for Counted<'_> {
         l.advance();
         l.now = l.now.saturating_sub(1);
         l.served += 1;
+    }
+}
+
+/// Counts the time a request holds a serving slot while it lives.
+struct Serving<'a>(&'a Mutex<InSystem>, std::time::Instant);
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        let mut l = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        l.service_us += self.1.elapsed().as_micros();
     }
 }
 
@@ -170,12 +182,17 @@ async fn handle(
     if req.method() == hyper::Method::GET && req.uri().path() == "/stats" {
         let mut l = app.load.lock().unwrap_or_else(|e| e.into_inner());
         l.advance();
-        let body = serde_json::json!({"served": l.served, "in_system_us": l.integral_us as u64});
+        let body = serde_json::json!({
+            "served": l.served,
+            "in_system_us": l.integral_us as u64,
+            "service_us": l.service_us as u64,
+        });
         drop(l);
         return Ok(answer(&app, 200, body.to_string(), None));
     }
     let _counted = Counted::enter(&app.load);
     let _permit = app.permits.acquire().await;
+    let _serving = Serving(&app.load, std::time::Instant::now());
     tokio::time::sleep(Duration::from_millis(app.args.service_ms)).await;
     if req.method() == hyper::Method::GET && req.uri().path() == "/catalog" {
         let body =
@@ -260,6 +277,7 @@ async fn main() -> Result<()> {
             since: std::time::Instant::now(),
             integral_us: 0,
             served: 0,
+            service_us: 0,
         }),
     });
     loop {

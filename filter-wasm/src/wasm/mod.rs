@@ -140,8 +140,8 @@ struct ServiceRuntime {
     /// In-flight time of this worker's requests (primary, shadow): the window's
     /// concurrency.
     busy: [BusyClock; 2],
-    /// Since when the window's counts run (ms; `None` before the first tick).
-    span_start_ms: Option<u64>,
+    /// Since when the window's counts run (ms): the last flush, or the configuration.
+    span_start_ms: u64,
     /// Net change of this worker's in-flight requests (primary, shadow) since it last
     /// added them to the shared counters. Batched per tick: only the controller reads the
     /// shared counters, once per tick, so per-request CAS round trips on Envoy's

@@ -104,7 +104,10 @@ impl RootContext for AtreRoot {
                 started: 0,
                 captured: 0,
                 busy: Default::default(),
-                span_start_ms: None,
+                // The first span runs from here: requests served before the first flush
+                // are this worker's too (a span of unknown start would be dropped, and
+                // the controller would miss the worker for a tick).
+                span_start_ms: now_ns() / 1_000_000,
                 in_flight_delta: [0, 0],
                 in_flight_keys: [
                     keys::in_flight(&s.name, "primary"),
@@ -208,10 +211,10 @@ fn flush_local(worker: &mut Worker, worker_id: u64, now_ns: u64) {
         let busy = [rt.busy[0].take_us(now_ns), rt.busy[1].take_us(now_ns)];
         let now_ms = now_ns / 1_000_000;
         if busy != [0, 0] || !rt.window.is_empty() {
-            let span_ms = now_ms.saturating_sub(rt.span_start_ms.unwrap_or(now_ms));
+            let span_ms = now_ms.saturating_sub(rt.span_start_ms);
             rt.window.close_span(worker_id, span_ms, busy);
         }
-        rt.span_start_ms = Some(now_ms);
+        rt.span_start_ms = now_ms;
         rt.metrics.requests.add(std::mem::take(&mut rt.started));
         rt.metrics
             .state
