@@ -165,6 +165,20 @@ async fn an_edge_whose_stats_filter_drops_the_generation_gauge_still_hands_prima
     let report = shop(&s, 8, "nullgauge").await;
     assert!(report.sessions_moved >= 5, "{report:?}");
     assert!(report.by_shadow_after_writes > 100, "{report:?}");
+    // The surge ends with a tenth of the shoppers still shopping: the filter leaves
+    // redirection and their sessions — pinned to the shadow for the surge, written there —
+    // come back to the primary, which must be handed the shadow's writes.
+    let calm = run_sessions(
+        s.edge.listener,
+        SESSIONS / 10,
+        Duration::from_secs(6),
+        "nullgauge",
+        THINK,
+    )
+    .await;
+    eprintln!("after the surge: {calm:?}");
+    assert_eq!(calm.stale_reads, 0, "{:?}", calm.stale_examples);
+    assert_eq!(calm.errors, 0);
     assert!(
         filter_stat(&s.edge, "state_injected_total") > 0,
         "sessions back from the shadow were handed its writes"

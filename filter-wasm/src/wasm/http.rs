@@ -91,11 +91,11 @@ impl AtreHttp {
         r.upstream = true;
     }
 
-    /// The cluster answered: its latency is from when it had the whole request (or from
-    /// when it got the request, if it answered before the client finished sending) to its
-    /// response headers — neither a slow client's upload nor its download is the
-    /// cluster's time, and a latency that counted them would make the capacity check see
-    /// a queue that is not there. Once.
+    /// The request is done: its latency is from when the cluster had the whole request
+    /// (or from when it got the request, if it answered before the client finished
+    /// sending) to now — a slow client's upload is not the cluster's time, and a latency
+    /// that counted it would make the capacity check see a queue that is not there. It
+    /// ends where the in-flight time ends, which it is compared with. Once.
     fn measure(&mut self) {
         let Some(r) = self.routed.as_mut().filter(|r| r.upstream && !r.measured) else {
             return;
@@ -116,9 +116,8 @@ impl AtreHttp {
     }
 
     /// The cluster is done with the request (stream end, or its response headers when the
-    /// filter then holds the response for the relay): release the in-flight slot, and
-    /// record the latency of one that never answered (reset, timed out) up to now.
-    /// Idempotent.
+    /// filter then holds the response for the relay): release the in-flight slot and
+    /// record its latency. Idempotent.
     fn finish(&mut self) {
         self.measure();
         let Some(r) = self.routed.take().filter(|r| r.upstream) else {
@@ -394,7 +393,6 @@ impl HttpContext for AtreHttp {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        self.measure();
         let Some(r) = &self.routed else {
             return Action::Continue;
         };
