@@ -204,31 +204,31 @@ impl MixReport {
 
     /// The `q`-quantile (nearest rank) of the primary's load over the settled surge.
     pub fn primary_load(&self, settle_s: u64, q: f64) -> f64 {
-        let mut loads: Vec<f64> = self
-            .settled(settle_s)
-            .iter()
-            .map(|s| s.primary_load)
-            .collect();
-        loads.sort_by(f64::total_cmp);
-        if loads.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((q * loads.len() as f64).ceil() as usize).clamp(1, loads.len());
-        loads[rank - 1]
+        nearest_rank(
+            self.settled(settle_s)
+                .iter()
+                .map(|s| s.primary_load)
+                .collect(),
+            q,
+        )
     }
 
     /// The primary's own time per request (ms) before the surge: the median of the calm
     /// seconds.
     pub fn calm_service_ms(&self) -> f64 {
         let (onset, _) = self.spec.surge_s();
-        let mut calm: Vec<f64> = self
+        let calm: Vec<f64> = self
             .seconds
             .iter()
             .filter(|s| s.index >= 1 && s.index < onset && s.primary_service_ms.is_finite())
             .map(|s| s.primary_service_ms)
             .collect();
-        calm.sort_by(f64::total_cmp);
-        calm.get(calm.len() / 2).copied().unwrap_or(f64::NAN)
+        // None measured: no second can be judged slow against it.
+        if calm.is_empty() {
+            f64::NAN
+        } else {
+            crate::median(calm)
+        }
     }
 
     /// The settled seconds in which the primary itself was slow — its own time per request
@@ -252,18 +252,14 @@ impl MixReport {
             .iter()
             .map(|s| s.index)
             .collect();
-        let mut loads: Vec<f64> = self
-            .settled(settle_s)
-            .iter()
-            .filter(|s| !slowed.iter().any(|i| s.index == *i || s.index == i + 1))
-            .map(|s| s.primary_load)
-            .collect();
-        loads.sort_by(f64::total_cmp);
-        if loads.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((q * loads.len() as f64).ceil() as usize).clamp(1, loads.len());
-        loads[rank - 1]
+        nearest_rank(
+            self.settled(settle_s)
+                .iter()
+                .filter(|s| !slowed.iter().any(|i| s.index == *i || s.index == i + 1))
+                .map(|s| s.primary_load)
+                .collect(),
+            q,
+        )
     }
 
     /// The share of the settled surge's answers the shadow gave.
@@ -522,6 +518,16 @@ pub async fn run(stack: &SyncStack, spec: &MixSpec, settle_s: u64) -> MixReport 
         surge_latency_us: t.latency.clone(),
         capacity: stack.options.primary_concurrency,
     }
+}
+
+/// The `q`-quantile of `values` by nearest rank (NaN if there are none).
+fn nearest_rank(mut values: Vec<f64>, q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
 }
 
 fn lock(t: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {

@@ -35,8 +35,6 @@ struct Routed {
     upstream: bool,
     /// When the client finished sending it (ns; 0: not yet).
     sent_ns: u64,
-    /// Whether its latency was recorded (at the response headers).
-    measured: bool,
 }
 
 pub(super) struct AtreHttp {
@@ -91,35 +89,14 @@ impl AtreHttp {
         r.upstream = true;
     }
 
-    /// The request is done: its latency is from when the cluster had the whole request
-    /// (or from when it got the request, if it answered before the client finished
-    /// sending) to now — a slow client's upload is not the cluster's time, and a latency
-    /// that counted it would make the capacity check see a queue that is not there. It
-    /// ends where the in-flight time ends, which it is compared with. Once.
-    fn measure(&mut self) {
-        let Some(r) = self.routed.as_mut().filter(|r| r.upstream && !r.measured) else {
-            return;
-        };
-        let Ok(mut worker) = self.worker.try_borrow_mut() else {
-            return;
-        };
-        r.measured = true;
-        let from = if r.sent_ns >= r.start_ns {
-            r.sent_ns
-        } else {
-            r.start_ns
-        };
-        let us = now_ns().saturating_sub(from) / 1_000;
-        let rt = &mut worker.services[r.service];
-        rt.window.side_mut(r.side).latency.record(us);
-        rt.metrics.latency_ms.set(us / 1_000);
-    }
-
     /// The cluster is done with the request (stream end, or its response headers when the
     /// filter then holds the response for the relay): release the in-flight slot and
-    /// record its latency. Idempotent.
+    /// record its latency — from when the cluster had the whole request (or got it, if it
+    /// answered before the client finished sending) to now. A slow client's upload is not
+    /// the cluster's time, and a latency that counted it would make the capacity check see
+    /// a queue that is not there; it ends where the in-flight time ends, which it is
+    /// compared with. Idempotent.
     fn finish(&mut self) {
-        self.measure();
         let Some(r) = self.routed.take().filter(|r| r.upstream) else {
             return;
         };
@@ -127,9 +104,12 @@ impl AtreHttp {
             return;
         };
         let now = now_ns();
+        let us = now.saturating_sub(r.sent_ns.max(r.start_ns)) / 1_000;
         let rt = &mut worker.services[r.service];
         rt.in_flight_delta[r.side.index()] -= 1;
         rt.busy[r.side.index()].finish(now);
+        rt.window.side_mut(r.side).latency.record(us);
+        rt.metrics.latency_ms.set(us / 1_000);
     }
 }
 
@@ -370,7 +350,6 @@ impl HttpContext for AtreHttp {
             held,
             upstream,
             sent_ns: if end_of_stream { start_ns } else { 0 },
-            measured: false,
         });
         if let Some((token, session, to_primary)) = lookup {
             self.awaiting = Some(Awaiting {
