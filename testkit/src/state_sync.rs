@@ -17,8 +17,12 @@ use std::time::{Duration, Instant};
 
 /// The operator token of the deployment's control plane.
 pub const OPERATOR_TOKEN: &str = "op-ssm-3b9d0f6a2c71";
-/// The telemetry token (filters: reports, publishes, pulls).
+/// The edges' telemetry token (reports, publishes, lookups): speaks for `edge-*`, fronts the
+/// service.
 pub const TELEMETRY_TOKEN: &str = "tm-ssm-7e24c15d98a0";
+/// The shadow side's telemetry token (pulls): speaks for `shadow-side-*`, serves the
+/// service.
+pub const SHADOW_SIDE_TOKEN: &str = "tm-ssm-shadow-4c0a9e61";
 /// The service.
 pub const SERVICE: &str = "checkout";
 
@@ -133,9 +137,14 @@ pub struct SyncStack {
 }
 
 fn state_sync(role: &str, options: &SyncOptions) -> serde_json::Value {
+    let token = if role == "subscriber" {
+        SHADOW_SIDE_TOKEN
+    } else {
+        TELEMETRY_TOKEN
+    };
     serde_json::json!({
         "role": role, "mode": options.mode, "cluster": "shadowmesh_control",
-        "token": TELEMETRY_TOKEN, "keys": options.keys,
+        "token": token, "keys": options.keys,
         "max_value_bytes": options.max_value_bytes,
         "max_session_bytes": options.max_value_bytes * 4,
         "max_sessions": 10_000, "wait_ms": 1_000, "timeout_ms": 1_000,
@@ -256,7 +265,11 @@ impl SyncStack {
         let tokens = dir.join("tokens");
         std::fs::write(
             &tokens,
-            format!("operator {OPERATOR_TOKEN}\ntelemetry {TELEMETRY_TOKEN}\n"),
+            format!(
+                "operator {OPERATOR_TOKEN}\n\
+                 telemetry {TELEMETRY_TOKEN} proxies=edge-* fronts={SERVICE}\n\
+                 telemetry {SHADOW_SIDE_TOKEN} proxies=shadow-side-* serves={SERVICE}\n"
+            ),
         )?;
         let config = dir.join("xds.toml");
         std::fs::write(

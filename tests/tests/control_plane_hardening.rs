@@ -147,7 +147,9 @@ async fn every_route_needs_a_token_of_its_role_and_envoy_reports_with_its_own() 
     let tokens = setup.dir.join("tokens");
     std::fs::write(
         &tokens,
-        format!("# roles\noperator {OPERATOR}\ntelemetry {TELEMETRY}\n"),
+        format!(
+            "# roles\noperator {OPERATOR}\ntelemetry {TELEMETRY} proxies=* fronts=* serves=*\n"
+        ),
     )
     .unwrap();
     let plane = setup.start(&["--tokens-file", tokens.to_str().unwrap()]);

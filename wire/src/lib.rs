@@ -44,7 +44,8 @@ pub struct TelemetryReport {
     /// Increases by one per report sent by this proxy's reporter (a gap means lost
     /// reports) and is never reused: the filter starts it at its clock in milliseconds, so
     /// a restarted Envoy or a new lease holder continues above every earlier number. The
-    /// control plane refuses a `(proxy, seq)` it has seen as a replay.
+    /// control plane refuses a `(proxy, seq)` it has seen as a replay, and a `seq` past its
+    /// own clock in milliseconds (beyond the allowed skew).
     pub seq: u64,
     /// Start of the covered window.
     pub window_start_ms: u64,
@@ -316,6 +317,10 @@ pub struct StatePull {
     pub cursor: u64,
     /// Longest the relay may hold the request when nothing changed (ms).
     pub wait_ms: u64,
+    /// Continues a full snapshot after this session key (the previous answer's `more`);
+    /// `epoch` and `cursor` are then that answer's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_after: Option<String>,
 }
 
 /// Relay → subscriber.
@@ -334,6 +339,10 @@ pub struct StatePullAnswer {
     /// Whole session states.
     #[serde(default)]
     pub snapshots: Vec<SessionSnapshot>,
+    /// A full snapshot continues after this session key: pull again with it as
+    /// `page_after` (and this answer's epoch and cursor) before taking changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub more: Option<String>,
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //!   report) is refused and counted for its proxy; an accepted report's window is dated by
 //!   its arrival ([`CheckedReport::received_ms`]), not by the proxy.
 //! * **Replay**: `(proxy, seq)` is accepted once within a window of the proxy's last
-//!   `dedup_window` sequence numbers.
+//!   `dedup_window` sequence numbers; `seq` counts from the proxy's clock in ms and may not
+//!   pass the server's by more than `max_skew_ms`, so no report can push the window past
+//!   the reports still to come.
 //! * **Bounds**: at most `max_services` entries, each service once, names of the registry's
 //!   form; per service at most `max_requests` requests (and redirected and fallback counts
 //!   no larger), shares within [0, 1], load scores and latencies finite and non-negative;
@@ -281,6 +283,22 @@ impl IngestGuard {
     }
 
     fn clock(&self, r: &TelemetryReport, now_ms: u64) -> Result<(), Refusal> {
+        // The filter numbers its reports from its clock in ms, one a report: a number past
+        // the server's clock would move the proxy's replay window ahead of every real
+        // report to come (each then refused as too old).
+        let latest = now_ms.saturating_add(self.limits.max_skew_ms);
+        if r.seq > latest {
+            return Err(Refusal {
+                kind: RefusalKind::Skewed,
+                ..refuse(
+                    "seq",
+                    format!(
+                        "{} is past the server's clock in ms ({now_ms}) by more than {} ms",
+                        r.seq, self.limits.max_skew_ms
+                    ),
+                )
+            });
+        }
         if r.window_end_ms.abs_diff(now_ms) > self.limits.max_skew_ms {
             return Err(Refusal {
                 kind: RefusalKind::Skewed,

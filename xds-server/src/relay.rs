@@ -12,13 +12,27 @@
 //!   sessions from 1 again: its version 1 continues the session where the relay has it
 //!   (versions in answers are the publisher's own), so a restarted edge can neither be
 //!   mistaken for a replay nor be told that an old version acknowledges its new writes.
+//! * **Whose session**: a session belongs to the publisher (name and incarnation) that
+//!   changed it last. Only that proxy's *own* restart merges a whole state over what the
+//!   relay has (a restarted edge knows only what changed since); another publisher's whole
+//!   state replaces it. So a foreign incarnation cannot merge into a session: the owner's
+//!   next change finds it foreign, is asked to resend whole, and its whole state wins. (Who
+//!   may publish for a service at all is the token's scope, [`crate::http::auth`].)
 //! * **Pull**: a subscriber whose cursor is inside the backlog gets the changes after it; one
 //!   whose cursor fell out of the backlog, or comes from another epoch (the relay restarted
-//!   without its memory), gets a full snapshot of the service instead.
+//!   without its memory), gets a full snapshot of the service instead. Answers are pages of
+//!   at most `max_answer_bytes`: changes up to the answer's cursor, and a full snapshot in
+//!   key order continued with `page_after` (`more` names the last key sent).
 //! * **Acknowledged**: a session's version counts as acknowledged when every *live*
 //!   subscriber of the service (seen within `subscriber_ttl_ms`) has a cursor at or past its
 //!   last change — and never when none is live. The filters redirect a session only then:
-//!   no redirected request reads older state than its client wrote.
+//!   no redirected request reads older state than its client wrote. Only a cursor a
+//!   subscriber reports outside a full snapshot's paging counts.
+//! * **Bounded in bytes**: sessions and backlog are counted in bytes per service
+//!   (`max_service_bytes`) and in all (`max_bytes`). Past either, the publishing service's
+//!   oldest backlog entries go first (a subscriber behind them gets a full snapshot), then
+//!   its least recently changed sessions (their publishers resend them whole when they
+//!   watch them). One service's flood evicts only its own sessions.
 //!
 //! The relay holds its state in memory: a restart changes the epoch, publishers resend
 //! whole states and subscribers resynchronize in full. [`StateRelay`] is the seam for a
@@ -26,12 +40,24 @@
 
 use serde::Serialize;
 use shadowmesh_wire::{
-    STATE_SCHEMA, SessionDelta, SessionSnapshot, StatePublish, StatePublishAck, StatePull,
-    StatePullAnswer, apply_ops, state_bytes,
+    STATE_SCHEMA, SessionDelta, SessionSnapshot, StateLookup, StatePublish, StatePublishAck,
+    StatePull, StatePullAnswer, apply_ops, state_bytes,
 };
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use tokio::sync::watch;
+
+/// Largest session version a publisher may send (a publisher counts one per write of one
+/// session: 2^32 writes of a session is no real client).
+pub const MAX_PUBLISHED_VERSION: u64 = 1 << 32;
+
+/// Largest version the relay numbers a session with (exactly representable in a JSON
+/// number); a change that would pass it is refused, never wrapped.
+pub const MAX_RELAY_VERSION: u64 = 1 << 53;
+
+/// Bytes counted for a session or a backlog entry beyond its keys and values (the maps'
+/// and the entry's own memory), so the byte limits follow the process's memory.
+const ENTRY_OVERHEAD: usize = 96;
 
 /// Limits of the relay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -43,6 +69,12 @@ pub struct RelayLimits {
     pub max_sessions: usize,
     /// Bytes of one session's state (keys and values).
     pub max_session_bytes: usize,
+    /// Bytes of one service's sessions and backlog.
+    pub max_service_bytes: usize,
+    /// Bytes of every service's sessions and backlog together.
+    pub max_bytes: usize,
+    /// Bytes of sessions and changes in one pull answer (a page; at least one is sent).
+    pub max_answer_bytes: usize,
     /// Changes kept per service for subscribers that are behind.
     pub backlog: usize,
     /// Subscribers per service.
@@ -59,6 +91,9 @@ impl Default for RelayLimits {
             max_services: 1_000,
             max_sessions: 100_000,
             max_session_bytes: 16 << 10,
+            max_service_bytes: 64 << 20,
+            max_bytes: 256 << 20,
+            max_answer_bytes: 1 << 20,
             backlog: 10_000,
             max_subscribers: 256,
             subscriber_ttl_ms: 5_000,
@@ -92,16 +127,17 @@ pub trait StateRelay: Send + Sync {
     fn pull(&self, message: &StatePull, now_ms: u64)
     -> Result<Option<StatePullAnswer>, RelayError>;
     /// The version of each of `sessions` that every live subscriber of `service` has
-    /// applied (0: not all have it), in the numbering of publisher `incarnation`.
+    /// applied (0: not all have it), in the numbering of `publisher`'s `incarnation`.
     fn acked(
         &self,
         service: &str,
+        publisher: &str,
         incarnation: u64,
         sessions: &[String],
         now_ms: u64,
     ) -> Vec<(String, u64)>;
     /// The session's whole state (with whether its last change came from a shadow).
-    fn lookup(&self, service: &str, session: &str) -> Option<SessionSnapshot>;
+    fn lookup(&self, message: &StateLookup) -> Result<Option<SessionSnapshot>, RelayError>;
     /// Bumped on every accepted change and every subscriber's progress.
     fn changes(&self) -> watch::Receiver<u64>;
 }
@@ -111,6 +147,8 @@ pub trait StateRelay: Send + Sync {
 pub struct RelayStats {
     /// The relay's epoch.
     pub epoch: u64,
+    /// Bytes held, all services.
+    pub bytes: usize,
     /// Per service.
     pub services: BTreeMap<String, ServiceStats>,
 }
@@ -120,6 +158,8 @@ pub struct RelayStats {
 pub struct ServiceStats {
     /// Sessions held.
     pub sessions: usize,
+    /// Bytes held: sessions and backlog.
+    pub bytes: usize,
     /// Last change's sequence number.
     pub seq: u64,
     /// Deltas applied.
@@ -130,6 +170,8 @@ pub struct ServiceStats {
     pub gaps: u64,
     /// Full snapshots sent to subscribers.
     pub full_resyncs: u64,
+    /// Sessions forgotten to stay within the limits (count or bytes).
+    pub evicted: u64,
     /// Bytes of keys and values replicated as deltas and whole states.
     pub replicated_bytes: u64,
     /// Bytes a copy of the whole session state on every change would have replicated.
@@ -154,22 +196,29 @@ pub struct SubscriberStats {
     pub live: bool,
 }
 
+/// The publisher whose numbering a session's versions follow.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Origin {
+    publisher: String,
+    incarnation: u64,
+}
+
+#[derive(Clone)]
 struct Session {
     /// The relay's version (what subscribers see).
     version: u64,
     state: BTreeMap<String, String>,
     /// Sequence number of its last change.
     changed: u64,
-    /// The publisher incarnation whose numbering applies, and its offset: relay version =
-    /// publisher version + offset.
-    origin: u64,
+    /// Whose numbering applies, and its offset: relay version = publisher version + offset.
+    origin: Origin,
     offset: u64,
     /// Its last change came from a shadow's response.
     from_shadow: bool,
 }
 
 impl Session {
-    fn new(origin: u64) -> Session {
+    fn new(origin: Origin) -> Session {
         Session {
             version: 0,
             state: BTreeMap::new(),
@@ -179,11 +228,36 @@ impl Session {
             from_shadow: false,
         }
     }
+
+    fn bytes(&self, key: &str) -> usize {
+        key.len() + state_bytes(&self.state) + ENTRY_OVERHEAD
+    }
+
+    fn snapshot(&self, key: &str) -> SessionSnapshot {
+        SessionSnapshot {
+            session: key.to_string(),
+            version: self.version,
+            state: self.state.clone(),
+            from_shadow: self.from_shadow,
+        }
+    }
 }
 
 enum Change {
     Delta(SessionDelta),
     Snapshot(SessionSnapshot),
+}
+
+impl Change {
+    fn bytes(&self) -> usize {
+        ENTRY_OVERHEAD
+            + match self {
+                Change::Delta(d) => {
+                    d.session.len() + d.ops.iter().map(|o| o.bytes()).sum::<usize>()
+                }
+                Change::Snapshot(s) => s.session.len() + state_bytes(&s.state),
+            }
+    }
 }
 
 struct Subscriber {
@@ -194,8 +268,15 @@ struct Subscriber {
 #[derive(Default)]
 struct ServiceLog {
     seq: u64,
-    sessions: HashMap<String, Session>,
+    /// In key order: a full snapshot is paged by key.
+    sessions: BTreeMap<String, Session>,
+    /// Sessions by their last change (oldest first): who is forgotten first.
+    by_change: BTreeMap<u64, String>,
+    /// Bytes of `sessions`.
+    session_bytes: usize,
     backlog: VecDeque<(u64, Change)>,
+    /// Bytes of `backlog`.
+    backlog_bytes: usize,
     subscribers: HashMap<String, Subscriber>,
     stats: ServiceStats,
     /// Changes waiting to be applied everywhere: (seq, captured at ms).
@@ -208,6 +289,10 @@ struct ServiceLog {
 const LAGS_KEPT: usize = 10_000;
 
 impl ServiceLog {
+    fn bytes(&self) -> usize {
+        self.session_bytes + self.backlog_bytes
+    }
+
     /// Records the lag of every change all live subscribers have now applied.
     fn note_applied(&mut self, now_ms: u64, ttl_ms: u64) {
         let slowest = self
@@ -239,16 +324,51 @@ impl ServiceLog {
         v.sort_unstable();
         v[((v.len() - 1) as f64 * q).round() as usize] as f64
     }
-}
 
-impl ServiceLog {
-    fn record(&mut self, change: Change, limit: usize) -> u64 {
+    /// Stores `session` under `key` as changed by `change` (recorded in the backlog).
+    fn commit(&mut self, key: String, mut session: Session, change: Change, backlog: usize) {
         self.seq += 1;
-        self.backlog.push_back((self.seq, change));
-        while self.backlog.len() > limit {
-            self.backlog.pop_front();
+        let seq = self.seq;
+        self.backlog_bytes += change.bytes();
+        self.backlog.push_back((seq, change));
+        while self.backlog.len() > backlog {
+            self.pop_backlog();
         }
-        self.seq
+        session.changed = seq;
+        if let Some(old) = self.sessions.remove(&key) {
+            self.session_bytes -= old.bytes(&key);
+            self.by_change.remove(&old.changed);
+        }
+        self.session_bytes += session.bytes(&key);
+        self.by_change.insert(seq, key.clone());
+        self.sessions.insert(key, session);
+    }
+
+    fn pop_backlog(&mut self) -> bool {
+        match self.backlog.pop_front() {
+            Some((_, c)) => {
+                self.backlog_bytes -= c.bytes();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets the least recently changed session; false when none is left.
+    fn evict_oldest(&mut self) -> bool {
+        let Some((_, key)) = self.by_change.pop_first() else {
+            return false;
+        };
+        if let Some(old) = self.sessions.remove(&key) {
+            self.session_bytes -= old.bytes(&key);
+        }
+        self.stats.evicted += 1;
+        true
+    }
+
+    /// Sheds bytes until at most `budget` are held: backlog first, then sessions.
+    fn shed_to(&mut self, budget: usize) {
+        while self.bytes() > budget && (self.pop_backlog() || self.evict_oldest()) {}
     }
 
     /// The version every live subscriber has, or 0.
@@ -271,44 +391,43 @@ impl ServiceLog {
         }
     }
 
-    /// [`ServiceLog::acked`] in the numbering of publisher `incarnation` (0 for a session
-    /// another incarnation numbers).
-    fn acked_for(&self, session: &str, incarnation: u64, now_ms: u64, ttl_ms: u64) -> u64 {
+    /// [`ServiceLog::acked`] in the numbering of `origin` (0 for a session another
+    /// publisher or incarnation numbers).
+    fn acked_for(&self, session: &str, origin: &Origin, now_ms: u64, ttl_ms: u64) -> u64 {
         match self.sessions.get(session) {
-            Some(s) if s.origin == incarnation => {
+            Some(s) if s.origin == *origin => {
                 self.acked(session, now_ms, ttl_ms).saturating_sub(s.offset)
             }
             _ => 0,
         }
     }
 
-    fn full(&self) -> Vec<SessionSnapshot> {
-        self.sessions
-            .iter()
-            .map(|(k, s)| SessionSnapshot {
-                session: k.clone(),
-                version: s.version,
-                state: s.state.clone(),
-                from_shadow: s.from_shadow,
-            })
-            .collect()
-    }
-
-    /// Forgets the least recently changed sessions beyond `max`.
-    fn trim(&mut self, max: usize) {
-        if self.sessions.len() <= max {
-            return;
+    /// One page of the full snapshot: sessions after `after` in key order, up to
+    /// `max_bytes` (at least one); and the last key sent when more follow.
+    fn full_page(
+        &self,
+        after: Option<&str>,
+        max_bytes: usize,
+    ) -> (Vec<SessionSnapshot>, Option<String>) {
+        use std::ops::Bound;
+        let range = match after {
+            Some(k) => self
+                .sessions
+                .range::<str, _>((Bound::Excluded(k), Bound::Unbounded)),
+            None => self.sessions.range::<str, _>(..),
+        };
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        for (k, s) in range {
+            let b = s.bytes(k);
+            if !page.is_empty() && bytes + b > max_bytes {
+                let last = page.last().map(|p: &SessionSnapshot| p.session.clone());
+                return (page, last);
+            }
+            bytes += b;
+            page.push(s.snapshot(k));
         }
-        let mut by_age: Vec<(u64, String)> = self
-            .sessions
-            .iter()
-            .map(|(k, s)| (s.changed, k.clone()))
-            .collect();
-        by_age.sort_unstable();
-        let excess = self.sessions.len() - max;
-        for (_, k) in by_age.into_iter().take(excess) {
-            self.sessions.remove(&k);
-        }
+        (page, None)
     }
 }
 
@@ -342,6 +461,7 @@ impl MemoryRelay {
         let services = self.services.lock().unwrap_or_else(|e| e.into_inner());
         RelayStats {
             epoch: self.epoch,
+            bytes: services.values().map(ServiceLog::bytes).sum(),
             services: services
                 .iter()
                 .map(|(name, log)| {
@@ -349,6 +469,7 @@ impl MemoryRelay {
                     stats.lag_ms_p50 = log.lag_percentile(0.5);
                     stats.lag_ms_p99 = log.lag_percentile(0.99);
                     stats.sessions = log.sessions.len();
+                    stats.bytes = log.bytes();
                     stats.seq = log.seq;
                     stats.subscribers = log
                         .subscribers
@@ -374,19 +495,21 @@ impl MemoryRelay {
     fn check_names(
         &self,
         schema: &str,
-        proxy: (&str, &str),
+        proxy: Option<(&str, &str)>,
         service: &str,
     ) -> Result<(), RelayError> {
         if schema != STATE_SCHEMA {
             return Err(refuse(
                 "schema",
-                format!("expected {STATE_SCHEMA:?}, got {schema:?}"),
+                format!("expected {STATE_SCHEMA:?}, got {:?}", truncated(schema)),
             ));
         }
         crate::registry::validate_service(service).map_err(|e| refuse("service", e.message))?;
-        if !crate::ingest::valid_proxy_name(proxy.1) {
+        if let Some((field, name)) = proxy
+            && !crate::ingest::valid_proxy_name(name)
+        {
             return Err(refuse(
-                proxy.0,
+                field,
                 "must be 1 to 128 characters of letters, digits and `._:/-`",
             ));
         }
@@ -401,6 +524,16 @@ impl MemoryRelay {
                     "a session key is 1 to {} bytes",
                     shadowmesh_wire::MAX_SESSION_KEY_BYTES
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_version(&self, at: String, version: u64) -> Result<(), RelayError> {
+        if !(1..=MAX_PUBLISHED_VERSION).contains(&version) {
+            return Err(refuse(
+                at,
+                format!("{version} is outside 1..={MAX_PUBLISHED_VERSION}"),
             ));
         }
         Ok(())
@@ -422,15 +555,14 @@ impl MemoryRelay {
         }
         Ok(services.entry(service.to_string()).or_default())
     }
-}
 
-impl StateRelay for MemoryRelay {
-    fn publish(&self, m: StatePublish, now_ms: u64) -> Result<StatePublishAck, RelayError> {
-        self.check_names(&m.schema, ("publisher", &m.publisher), &m.service)?;
-        // Checked as a whole first: a refused message changes nothing.
+    /// Checks a publish as a whole: a refused message changes nothing.
+    fn check_publish(&self, m: &StatePublish) -> Result<(), RelayError> {
+        self.check_names(&m.schema, Some(("publisher", &m.publisher)), &m.service)?;
         let max = self.limits.max_session_bytes;
         for (i, d) in m.deltas.iter().enumerate() {
             self.check_session(&format!("deltas[{i}].session"), &d.session)?;
+            self.check_version(format!("deltas[{i}].version"), d.version)?;
             let bytes: usize = d.ops.iter().map(|o| o.bytes()).sum();
             if bytes > max {
                 return Err(refuse(
@@ -441,6 +573,7 @@ impl StateRelay for MemoryRelay {
         }
         for (i, s) in m.snapshots.iter().enumerate() {
             self.check_session(&format!("snapshots[{i}].session"), &s.session)?;
+            self.check_version(format!("snapshots[{i}].version"), s.version)?;
             let bytes = state_bytes(&s.state);
             if bytes > max {
                 return Err(refuse(
@@ -449,32 +582,61 @@ impl StateRelay for MemoryRelay {
                 ));
             }
         }
+        for (i, w) in m.watch.iter().enumerate() {
+            self.check_session(&format!("watch[{i}]"), w)?;
+        }
+        Ok(())
+    }
+}
+
+/// At most 64 characters of `s`, for messages that quote input.
+fn truncated(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+impl StateRelay for MemoryRelay {
+    fn publish(&self, m: StatePublish, now_ms: u64) -> Result<StatePublishAck, RelayError> {
+        self.check_publish(&m)?;
+        let origin = Origin {
+            publisher: m.publisher.clone(),
+            incarnation: m.incarnation,
+        };
+        let max = self.limits.max_session_bytes;
+        let backlog = self.limits.backlog;
         let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        let others: usize = services
+            .iter()
+            .filter(|(name, _)| **name != m.service)
+            .map(|(_, log)| log.bytes())
+            .sum();
         let log = self.log_for(&mut services, &m.service)?;
         let mut touched: Vec<String> = Vec::new();
         let mut resync: HashSet<String> = HashSet::new();
         let mut changed = false;
         for mut snap in m.snapshots {
             touched.push(snap.session.clone());
-            let session = log
+            let mut session = log
                 .sessions
-                .entry(snap.session.clone())
-                .or_insert_with(|| Session::new(m.incarnation));
-            let mut state = snap.state.clone();
-            if session.origin != m.incarnation {
-                // A restarted publisher only knows what changed since: its whole state
-                // goes over what the relay has, and its numbering continues the relay's.
-                let mut merged = session.state.clone();
-                merged.extend(state);
-                state = merged;
-                session.origin = m.incarnation;
+                .get(&snap.session)
+                .cloned()
+                .unwrap_or_else(|| Session::new(origin.clone()));
+            let mut state = std::mem::take(&mut snap.state);
+            if session.origin != origin {
+                if session.origin.publisher == origin.publisher {
+                    // This proxy restarted: it only knows what changed since, so its whole
+                    // state goes over what the relay has.
+                    let mut merged = std::mem::take(&mut session.state);
+                    merged.extend(state);
+                    state = merged;
+                }
+                // Its numbering continues the relay's either way.
+                session.origin = origin.clone();
                 session.offset = (session.version + 1).saturating_sub(snap.version);
             } else if snap.version + session.offset < session.version {
                 continue; // older than what the relay has
             }
             let relay_version = snap.version + session.offset;
-            let bytes = state_bytes(&state);
-            if bytes > max {
+            if relay_version > MAX_RELAY_VERSION || state_bytes(&state) > max {
                 resync.insert(snap.session.clone());
                 continue;
             }
@@ -484,13 +646,11 @@ impl StateRelay for MemoryRelay {
             snap.version = relay_version;
             snap.state = state;
             let key = snap.session.clone();
-            let seq = log.record(Change::Snapshot(snap), self.limits.backlog);
-            if let Some(s) = log.sessions.get_mut(&key) {
-                s.changed = seq;
-            }
             log.stats.snapshots_in += 1;
-            log.stats.replicated_bytes += bytes as u64;
-            log.stats.full_copy_bytes += bytes as u64;
+            let bytes = state_bytes(&snap.state) as u64;
+            log.stats.replicated_bytes += bytes;
+            log.stats.full_copy_bytes += bytes;
+            log.commit(key, session, Change::Snapshot(snap), backlog);
             changed = true;
         }
         for delta in m.deltas {
@@ -498,21 +658,21 @@ impl StateRelay for MemoryRelay {
             if resync.contains(&delta.session) {
                 continue;
             }
-            let session = log
-                .sessions
-                .entry(delta.session.clone())
-                .or_insert_with(|| Session::new(m.incarnation));
-            if session.origin != m.incarnation {
+            let (mut version, mut offset, mut state) = match log.sessions.get(&delta.session) {
+                Some(s) => (s.version, s.offset, Some((&s.origin, &s.state))),
+                None => (0, 0, None),
+            };
+            let foreign = state.is_some_and(|(o, _)| *o != origin);
+            if foreign {
                 if delta.version != 1 {
                     // A publisher we have no numbering for, mid-count: its whole state.
                     log.stats.gaps += 1;
                     resync.insert(delta.session.clone());
                     continue;
                 }
-                session.origin = m.incarnation;
-                session.offset = session.version;
+                offset = version;
             }
-            let current = session.version - session.offset;
+            let current = version - offset;
             if delta.version <= current {
                 continue; // a duplicate
             }
@@ -521,37 +681,44 @@ impl StateRelay for MemoryRelay {
                 resync.insert(delta.session.clone());
                 continue;
             }
-            let mut next = session.state.clone();
+            let mut next = state.take().map(|(_, s)| s.clone()).unwrap_or_default();
             apply_ops(&mut next, &delta.ops);
-            let bytes = state_bytes(&next);
-            if bytes > max {
+            version = delta.version + offset;
+            if version > MAX_RELAY_VERSION || state_bytes(&next) > max {
                 // The publisher caps sessions too; one that got past it is resynchronized
-                // rather than stored over the limit.
+                // rather than stored over the limit (or numbered past the largest version).
                 resync.insert(delta.session.clone());
                 continue;
             }
-            session.state = next;
-            session.version = delta.version + session.offset;
-            session.from_shadow = delta.from_shadow;
+            let session = Session {
+                version,
+                state: next,
+                changed: 0,
+                origin: origin.clone(),
+                offset,
+                from_shadow: delta.from_shadow,
+            };
             let mut delta = delta;
             // Subscribers see the relay's numbering.
-            delta.version = session.version;
-            let session_key = delta.session.clone();
+            delta.version = version;
+            let key = delta.session.clone();
             let at = delta.at_ms;
             log.stats.replicated_bytes += delta.ops.iter().map(|o| o.bytes() as u64).sum::<u64>();
-            log.stats.full_copy_bytes += bytes as u64;
-            let seq = log.record(Change::Delta(delta), self.limits.backlog);
-            log.unapplied.push_back((seq, at));
-            if log.unapplied.len() > self.limits.backlog {
+            log.stats.full_copy_bytes += state_bytes(&session.state) as u64;
+            log.commit(key, session, Change::Delta(delta), backlog);
+            log.unapplied.push_back((log.seq, at));
+            if log.unapplied.len() > backlog {
                 log.unapplied.pop_front();
-            }
-            if let Some(s) = log.sessions.get_mut(&session_key) {
-                s.changed = seq;
             }
             log.stats.deltas += 1;
             changed = true;
         }
-        log.trim(self.limits.max_sessions);
+        while log.sessions.len() > self.limits.max_sessions && log.evict_oldest() {}
+        let budget = self
+            .limits
+            .max_service_bytes
+            .min(self.limits.max_bytes.saturating_sub(others));
+        log.shed_to(budget);
         // A watched session the relay does not know (forgotten, or never received) needs
         // its whole state.
         for w in &m.watch {
@@ -566,7 +733,7 @@ impl StateRelay for MemoryRelay {
             .into_iter()
             .filter(|s| !resync.contains(s))
             .map(|s| {
-                let v = log.acked_for(&s, m.incarnation, now_ms, self.limits.subscriber_ttl_ms);
+                let v = log.acked_for(&s, &origin, now_ms, self.limits.subscriber_ttl_ms);
                 (s, v)
             })
             .collect();
@@ -584,7 +751,11 @@ impl StateRelay for MemoryRelay {
     }
 
     fn pull(&self, m: &StatePull, now_ms: u64) -> Result<Option<StatePullAnswer>, RelayError> {
-        self.check_names(&m.schema, ("subscriber", &m.subscriber), &m.service)?;
+        self.check_names(&m.schema, Some(("subscriber", &m.subscriber)), &m.service)?;
+        if let Some(after) = &m.page_after {
+            self.check_session("page_after", after)?;
+        }
+        let max_answer = self.limits.max_answer_bytes;
         let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
         let log = self.log_for(&mut services, &m.service)?;
         let in_epoch = m.epoch == self.epoch && m.cursor <= log.seq;
@@ -601,32 +772,57 @@ impl StateRelay for MemoryRelay {
                 log.subscribers.remove(&oldest);
             }
         }
-        // The cursor is the subscriber's acknowledgement: only one from this epoch counts.
-        let cursor = if in_epoch { m.cursor } else { 0 };
+        let first_kept = log.backlog.front().map_or(log.seq + 1, |(seq, _)| *seq);
+        // Changes after the cursor are all still in the backlog.
+        let covered = in_epoch && m.cursor + 1 >= first_kept;
+        let paging = m.page_after.is_some() && covered;
+        // The cursor is the subscriber's acknowledgement: only one from this epoch counts,
+        // and not while it is still taking a full snapshot's pages (it has not applied
+        // everything up to that cursor yet).
         let sub = log
             .subscribers
             .entry(m.subscriber.clone())
             .or_insert(Subscriber {
-                cursor,
+                cursor: 0,
                 seen_ms: now_ms,
             });
-        let advanced = cursor > sub.cursor;
-        sub.cursor = cursor;
         sub.seen_ms = now_ms;
+        // A subscriber about to get a full snapshot drops what it holds first: until its
+        // last page it acknowledges nothing.
+        let mut advanced = false;
+        if !covered {
+            sub.cursor = 0;
+        } else if m.page_after.is_none() {
+            advanced = m.cursor > sub.cursor;
+            sub.cursor = m.cursor;
+        }
         if advanced {
             log.note_applied(now_ms, self.limits.subscriber_ttl_ms);
             // Publishers waiting for acknowledgements look again.
             self.changed.send_modify(|n| *n += 1);
         }
-        let first_kept = log.backlog.front().map_or(log.seq + 1, |(seq, _)| *seq);
-        if !in_epoch || m.cursor + 1 < first_kept {
+        if paging {
+            // The next page of a full snapshot begun at `m.cursor`.
+            let (snapshots, more) = log.full_page(m.page_after.as_deref(), max_answer);
+            return Ok(Some(StatePullAnswer {
+                epoch: self.epoch,
+                cursor: m.cursor,
+                full: false,
+                deltas: vec![],
+                snapshots,
+                more,
+            }));
+        }
+        if !covered {
             log.stats.full_resyncs += 1;
+            let (snapshots, more) = log.full_page(None, max_answer);
             return Ok(Some(StatePullAnswer {
                 epoch: self.epoch,
                 cursor: log.seq,
                 full: true,
                 deltas: vec![],
-                snapshots: log.full(),
+                snapshots,
+                more,
             }));
         }
         if m.cursor == log.seq {
@@ -634,13 +830,20 @@ impl StateRelay for MemoryRelay {
         }
         let mut answer = StatePullAnswer {
             epoch: self.epoch,
-            cursor: log.seq,
+            cursor: m.cursor,
             ..StatePullAnswer::default()
         };
+        let mut bytes = 0;
         for (seq, change) in &log.backlog {
             if *seq <= m.cursor {
                 continue;
             }
+            let b = change.bytes();
+            if answer.cursor > m.cursor && bytes + b > max_answer {
+                break; // the rest in the next answer
+            }
+            bytes += b;
+            answer.cursor = *seq;
             match change {
                 Change::Delta(d) => answer.deltas.push(d.clone()),
                 Change::Snapshot(s) => answer.snapshots.push(s.clone()),
@@ -652,6 +855,7 @@ impl StateRelay for MemoryRelay {
     fn acked(
         &self,
         service: &str,
+        publisher: &str,
         incarnation: u64,
         sessions: &[String],
         now_ms: u64,
@@ -660,22 +864,24 @@ impl StateRelay for MemoryRelay {
         let Some(log) = services.get(service) else {
             return sessions.iter().map(|s| (s.clone(), 0)).collect();
         };
+        let origin = Origin {
+            publisher: publisher.to_string(),
+            incarnation,
+        };
         let ttl = self.limits.subscriber_ttl_ms;
         sessions
             .iter()
-            .map(|s| (s.clone(), log.acked_for(s, incarnation, now_ms, ttl)))
+            .map(|s| (s.clone(), log.acked_for(s, &origin, now_ms, ttl)))
             .collect()
     }
 
-    fn lookup(&self, service: &str, session: &str) -> Option<SessionSnapshot> {
+    fn lookup(&self, m: &StateLookup) -> Result<Option<SessionSnapshot>, RelayError> {
+        self.check_names(&m.schema, None, &m.service)?;
+        self.check_session("session", &m.session)?;
         let services = self.services.lock().unwrap_or_else(|e| e.into_inner());
-        let s = services.get(service)?.sessions.get(session)?;
-        Some(SessionSnapshot {
-            session: session.to_string(),
-            version: s.version,
-            state: s.state.clone(),
-            from_shadow: s.from_shadow,
-        })
+        Ok(services
+            .get(&m.service)
+            .and_then(|log| log.sessions.get(&m.session).map(|s| s.snapshot(&m.session))))
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -733,6 +939,7 @@ mod tests {
             epoch,
             cursor,
             wait_ms: 0,
+            page_after: None,
         }
     }
 
@@ -883,5 +1090,201 @@ mod tests {
         let mut bad = publish(vec![], &[]);
         bad.schema = "v0".into();
         assert_eq!(r.publish(bad, 0).unwrap_err().field, "schema");
+        // Versions are bounded, never wrapped.
+        let e = r
+            .publish(publish(vec![set("s1", u64::MAX, "k", "v")], &[]), 0)
+            .unwrap_err();
+        assert_eq!(e.field, "deltas[0].version");
+        let e = r
+            .publish(publish(vec![set("s1", 0, "k", "v")], &[]), 0)
+            .unwrap_err();
+        assert_eq!(e.field, "deltas[0].version");
+        // A lookup is checked like the rest.
+        let lookup = |service: &str, session: &str| StateLookup {
+            schema: STATE_SCHEMA.into(),
+            service: service.into(),
+            session: session.into(),
+        };
+        assert_eq!(
+            r.lookup(&lookup("cart", &"k".repeat(257)))
+                .unwrap_err()
+                .field,
+            "session"
+        );
+        assert_eq!(
+            r.lookup(&lookup("no spaces", "s")).unwrap_err().field,
+            "service"
+        );
+        assert_eq!(r.lookup(&lookup("cart", "s1")), Ok(None));
+    }
+
+    fn snapshot(session: &str, version: u64, state: &[(&str, &str)]) -> SessionSnapshot {
+        SessionSnapshot {
+            session: session.into(),
+            version,
+            state: state
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            from_shadow: false,
+        }
+    }
+
+    #[test]
+    fn a_foreign_incarnation_cannot_merge_into_a_session_and_the_owner_s_whole_state_wins() {
+        let r = relay();
+        for v in 1..=2 {
+            r.publish(publish(vec![set("s1", v, "cart", "book")], &[]), 0)
+                .unwrap();
+        }
+        // Another publisher (a forger, or an edge the client moved to) writes the session
+        // with a new incarnation and a key the owner never wrote.
+        let mut forged = publish(vec![], &[]);
+        forged.publisher = "evil".into();
+        forged.incarnation = 999;
+        forged.snapshots = vec![snapshot(
+            "s1",
+            1,
+            &[("cart", "book"), ("coupon", "FREE-100")],
+        )];
+        r.publish(forged, 0).unwrap();
+        // The owner's next change finds the session foreign and is asked for its whole
+        // state; that whole state replaces the session: the injected key is gone.
+        let ack = r
+            .publish(publish(vec![set("s1", 3, "cart", "book,pen")], &[]), 0)
+            .unwrap();
+        assert_eq!(ack.resync, vec!["s1".to_string()]);
+        let mut whole = publish(vec![], &[]);
+        whole.snapshots = vec![snapshot("s1", 3, &[("cart", "book,pen")])];
+        r.publish(whole, 0).unwrap();
+        let lookup = StateLookup {
+            schema: STATE_SCHEMA.into(),
+            service: "cart".into(),
+            session: "s1".into(),
+        };
+        let state = r.lookup(&lookup).unwrap().unwrap();
+        assert_eq!(state.state.len(), 1, "{:?}", state.state);
+        assert_eq!(state.state["cart"], "book,pen");
+        // The same proxy restarted (new incarnation, same name) knows only what changed
+        // since: its whole state goes over the relay's.
+        let mut restarted = publish(vec![], &[]);
+        restarted.incarnation = 2;
+        restarted.snapshots = vec![snapshot("s1", 1, &[("coupon", "SAVE-5")])];
+        r.publish(restarted, 0).unwrap();
+        let state = r.lookup(&lookup).unwrap().unwrap();
+        assert_eq!(state.state["cart"], "book,pen");
+        assert_eq!(state.state["coupon"], "SAVE-5");
+        // Acknowledgements are in the owner's numbering only: another publisher with the
+        // same incarnation number is told nothing.
+        let sub = r.pull(&pull("d", 0, 0), 0).unwrap().unwrap();
+        r.pull(&pull("d", 77, sub.cursor), 0).unwrap();
+        assert_eq!(r.acked("cart", "edge-1", 2, &["s1".into()], 0)[0].1, 1);
+        assert_eq!(r.acked("cart", "evil", 2, &["s1".into()], 0)[0].1, 0);
+    }
+
+    #[test]
+    fn full_snapshots_come_in_pages_and_acknowledge_nothing_until_the_last() {
+        let r = MemoryRelay::new(
+            RelayLimits {
+                max_answer_bytes: 2_000,
+                ..RelayLimits::default()
+            },
+            77,
+        );
+        let value = "v".repeat(300);
+        for i in 0..20 {
+            r.publish(
+                publish(vec![set(&format!("s{i:02}"), 1, "k", &value)], &[]),
+                0,
+            )
+            .unwrap();
+        }
+        let mut got = BTreeMap::new();
+        let first = r.pull(&pull("d", 0, 0), 0).unwrap().unwrap();
+        assert!(first.full && first.more.is_some());
+        let start = first.cursor;
+        let mut page = first;
+        let mut pages = 1;
+        loop {
+            let bytes: usize = page.snapshots.iter().map(|s| state_bytes(&s.state)).sum();
+            assert!(bytes <= 2_000, "a page holds {bytes} bytes");
+            for snap in &page.snapshots {
+                got.insert(snap.session.clone(), snap.version);
+            }
+            // Nothing is acknowledged while the pages come.
+            assert_eq!(r.acked("cart", "edge-1", 1, &["s00".into()], 0)[0].1, 0);
+            let Some(after) = page.more.clone() else {
+                break;
+            };
+            // A change between pages arrives later as a delta after the first cursor.
+            if pages == 2 {
+                r.publish(publish(vec![set("s00", 2, "k", "changed")], &[]), 0)
+                    .unwrap();
+            }
+            let mut next = pull("d", 77, start);
+            next.page_after = Some(after);
+            page = r.pull(&next, 0).unwrap().unwrap();
+            assert!(!page.full);
+            assert_eq!(page.cursor, start);
+            pages += 1;
+        }
+        assert!(pages >= 4, "{pages} pages");
+        assert_eq!(got.len(), 20);
+        let rest = r.pull(&pull("d", 77, start), 0).unwrap().unwrap();
+        assert_eq!(rest.deltas.len(), 1);
+        assert_eq!(rest.deltas[0].ops[0].value.as_deref(), Some("changed"));
+        r.pull(&pull("d", 77, rest.cursor), 0).unwrap();
+        assert_eq!(r.acked("cart", "edge-1", 1, &["s00".into()], 0)[0].1, 2);
+        // Changes are paged too: each answer within the limit, its cursor the last change
+        // it holds.
+        for i in 0..20 {
+            r.publish(
+                publish(
+                    vec![set(&format!("s{i:02}"), 2 + u64::from(i == 0), "k", &value)],
+                    &[],
+                ),
+                0,
+            )
+            .unwrap();
+        }
+        let part = r.pull(&pull("d", 77, rest.cursor), 0).unwrap().unwrap();
+        assert!(!part.full && part.deltas.len() < 20 && !part.deltas.is_empty());
+        assert_eq!(part.cursor, rest.cursor + part.deltas.len() as u64);
+    }
+
+    #[test]
+    fn bytes_are_bounded_per_service_and_in_all_and_a_flood_evicts_only_its_own_service() {
+        let r = MemoryRelay::new(
+            RelayLimits {
+                max_service_bytes: 100_000,
+                max_bytes: 150_000,
+                ..RelayLimits::default()
+            },
+            77,
+        );
+        let mut honest = publish(vec![set("h1", 1, "k", "v")], &[]);
+        honest.service = "checkout".into();
+        r.publish(honest, 0).unwrap();
+        let value = "x".repeat(10_000);
+        for i in 0..200 {
+            r.publish(publish(vec![set(&format!("f{i}"), 1, "k", &value)], &[]), 0)
+                .unwrap();
+            let stats = r.stats(0);
+            assert!(
+                stats.services["cart"].bytes <= 100_000,
+                "{}",
+                stats.services["cart"].bytes
+            );
+            assert!(stats.bytes <= 150_000, "{}", stats.bytes);
+        }
+        let stats = r.stats(0);
+        assert!(stats.services["cart"].evicted > 0);
+        assert_eq!(
+            stats.services["checkout"].sessions, 1,
+            "the other service keeps its own"
+        );
+        // The newest of the flood is kept; an evicted session is asked for again whole.
+        let ack = r.publish(publish(vec![], &["f0", "f199"]), 0).unwrap();
+        assert_eq!(ack.resync, vec!["f0".to_string()]);
     }
 }

@@ -266,7 +266,7 @@ impl Plane {
         let tokens = dir.join("tokens");
         std::fs::write(
             &tokens,
-            format!("operator {OPERATOR}\ntelemetry {TELEMETRY}\n"),
+            format!("operator {OPERATOR}\ntelemetry {TELEMETRY} proxies=* fronts=* serves=*\n"),
         )?;
         let config = dir.join("xds.toml");
         std::fs::write(

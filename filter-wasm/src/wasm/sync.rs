@@ -305,8 +305,9 @@ impl Syncer {
     fn pull(&mut self, worker: &Worker, i: usize, now_ms: u64) {
         let svc = &worker.config.services[i];
         let Some(sync) = &svc.state_sync else { return };
-        let (epoch, cursor): (u64, u64) =
-            shared::read_json(&HostStore, &cursor_key(&svc.name)).unwrap_or((0, 0));
+        // (An older filter's two-number cursor does not decode: a full snapshot then.)
+        let (epoch, cursor, page_after): (u64, u64, Option<String>) =
+            shared::read_json(&HostStore, &cursor_key(&svc.name)).unwrap_or((0, 0, None));
         let message = StatePull {
             schema: STATE_SCHEMA.into(),
             subscriber: proxy_name(&worker.config),
@@ -314,6 +315,7 @@ impl Syncer {
             epoch,
             cursor,
             wait_ms: sync.wait_ms,
+            page_after,
         };
         let body = serde_json::to_vec(&message).unwrap_or_default();
         if let Some(token) = post(
@@ -361,8 +363,9 @@ impl Syncer {
     }
 }
 
-/// Subscriber: applies the relay's answer and records the new cursor; a gap resets the
-/// cursor so the next pull brings the whole state.
+/// Subscriber: applies the relay's answer and records the new cursor (with the page to
+/// continue a full snapshot after, if it has more); a gap resets the cursor so the next
+/// pull brings the whole state.
 fn apply_pull(
     svc: &ServiceConfig,
     sync: &StateSyncConfig,
@@ -389,9 +392,9 @@ fn apply_pull(
         }
     }
     let next = if gap {
-        (0, 0)
+        (0, 0, None)
     } else {
-        (answer.epoch, answer.cursor)
+        (answer.epoch, answer.cursor, answer.more)
     };
     if let Ok(bytes) = serde_json::to_vec(&next) {
         let _ = HostStore.set(&cursor_key(&svc.name), &bytes, None);

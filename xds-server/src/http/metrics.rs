@@ -79,6 +79,11 @@ impl HttpMetrics {
         });
     }
 
+    /// A report its token may not make (another proxy's, or about another service).
+    pub fn report_forbidden(&self) {
+        self.report("forbidden");
+    }
+
     fn report(&self, outcome: &'static str) {
         self.reports.get_or_create(&OutcomeLabels { outcome }).inc();
     }

@@ -37,6 +37,7 @@
 //! null}` ([`crate::registry::ShadowSet`]). A rejected request changes nothing.
 
 pub mod auth;
+mod conn;
 mod error;
 mod forecast;
 mod metrics;
@@ -47,7 +48,7 @@ pub mod serve;
 mod services;
 mod state;
 
-pub use auth::{Role, Tokens};
+pub use auth::{Identity, NameSet, Role, Scope, Tokens};
 pub use error::{ApiError, JsonBody, MAX_BODY_BYTES, Name, parse_json};
 pub use metrics::HttpMetrics;
 pub use serve::{ServeLimits, serve};
@@ -183,7 +184,7 @@ mod tests {
     async fn tokens_gate_every_route_by_role_except_liveness() {
         let plane = ControlPlane {
             tokens: super::Tokens::parse(
-                "operator op-0123456789abcdef\ntelemetry tm-0123456789abcdef\n",
+                "operator op-0123456789abcdef\ntelemetry tm-0123456789abcdef proxies=* fronts=* serves=*\n",
             )
             .unwrap(),
             ..ControlPlane::default()

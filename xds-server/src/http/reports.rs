@@ -1,7 +1,7 @@
 //! `/v1/telemetry`: reports from the ATRE filters in, readiness records out.
 
 use super::services::now_ms;
-use super::{Api, ApiError};
+use super::{Api, ApiError, Identity};
 use crate::ingest::{ProxyRefusals, RefusalKind};
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -17,24 +17,34 @@ pub(super) fn routes() -> Router<Api> {
 
 /// Accepts a filter's report that passes the [`crate::ingest`] checks and answers with
 /// the readiness record of each service it reports. Refused: 400 naming the field (409
-/// for a replay), counted.
+/// for a replay, 403 for a proxy or service outside the token's scope), counted.
 async fn post_report(
     State(api): State<Api>,
+    axum::Extension(identity): axum::Extension<Identity>,
     body: axum::body::Bytes,
 ) -> Result<Json<TelemetryAck>, ApiError> {
     let size = body.len();
-    let checked = super::parse_json::<TelemetryReport>(&body)
-        .map_err(|e| (RefusalKind::Invalid, e))
-        .and_then(|r| {
-            api.guard.check(r, now_ms()).map_err(|r| {
-                let status = if r.kind == RefusalKind::Replayed {
-                    axum::http::StatusCode::CONFLICT
-                } else {
-                    axum::http::StatusCode::BAD_REQUEST
-                };
-                (r.kind, ApiError::new(status, r.field, r.message))
-            })
-        });
+    let report = super::parse_json::<TelemetryReport>(&body);
+    // Before the guard sees it: a report the token may not make must not move the replay
+    // window (or any count) of the proxy it names.
+    if let Ok(r) = &report
+        && let Err(e) = authorized(&identity, r)
+    {
+        api.hub.refuse();
+        api.http_metrics.report_forbidden();
+        tracing::debug!(field = %e.field, error = %e.message, "telemetry report forbidden");
+        return Err(e);
+    }
+    let checked = report.map_err(|e| (RefusalKind::Invalid, e)).and_then(|r| {
+        api.guard.check(r, now_ms()).map_err(|r| {
+            let status = if r.kind == RefusalKind::Replayed {
+                axum::http::StatusCode::CONFLICT
+            } else {
+                axum::http::StatusCode::BAD_REQUEST
+            };
+            (r.kind, ApiError::new(status, r.field, r.message))
+        })
+    });
     let checked = match checked {
         Ok(c) => c,
         Err((kind, e)) => {
@@ -57,6 +67,15 @@ async fn post_report(
         .collect();
     api.hub.publish(report, received_ms, size);
     Ok(Json(TelemetryAck { shadows }))
+}
+
+/// A token speaks for the proxy it names and about services it fronts or serves.
+fn authorized(identity: &Identity, r: &TelemetryReport) -> Result<(), ApiError> {
+    identity.speaks_for("proxy", &r.proxy)?;
+    for (i, s) in r.services.iter().enumerate() {
+        identity.fronts_or_serves(&format!("services[{i}].service"), &s.service)?;
+    }
+    Ok(())
 }
 
 /// `?last=N`: how many of the newest reports (default 100, at most 1,000).

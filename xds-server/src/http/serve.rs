@@ -1,9 +1,11 @@
 //! Serving the HTTP surface with limits: a cap on open connections (so idle sockets cannot
 //! take every file descriptor and starve the ADS listener), a time limit for reading each
 //! request's headers (which also closes a connection, new or keep-alive, idle that long), a time
-//! limit per request, and a graceful shutdown that stops accepting and lets requests in
-//! flight finish.
+//! limit per request, a time limit for a peer to read its answer (`conn.rs`: a client that
+//! pipelines requests and never reads is closed), a number of requests per connection, and a
+//! graceful shutdown that stops accepting and lets requests in flight finish.
 
+use super::conn::GuardedIo;
 use super::metrics::{HttpMetrics, InFlight};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -26,6 +28,11 @@ pub struct ServeLimits {
     pub header_read_timeout_secs: u64,
     /// Seconds a request may take from its headers to its answer.
     pub request_timeout_secs: u64,
+    /// Seconds a write of an answer may wait for the peer to read; then the connection is
+    /// closed.
+    pub write_timeout_secs: u64,
+    /// Requests one connection may make; the last answer closes it.
+    pub max_requests_per_connection: u64,
     /// Seconds requests in flight get to finish at shutdown.
     pub shutdown_grace_secs: u64,
 }
@@ -36,6 +43,8 @@ impl Default for ServeLimits {
             max_connections: 512,
             header_read_timeout_secs: 10,
             request_timeout_secs: 30,
+            write_timeout_secs: 10,
+            max_requests_per_connection: 10_000,
             shutdown_grace_secs: 10,
         }
     }
@@ -44,15 +53,25 @@ impl Default for ServeLimits {
 impl ServeLimits {
     /// Checks the fields; errors are (field, message).
     pub fn validate(&self) -> Result<(), (String, String)> {
-        if self.max_connections == 0 {
-            return Err(("max_connections".into(), "must be at least 1".into()));
-        }
-        for (field, v) in [
-            ("header_read_timeout_secs", self.header_read_timeout_secs),
-            ("request_timeout_secs", self.request_timeout_secs),
+        for (field, v, max) in [
+            ("max_connections", self.max_connections as u64, 1 << 20),
+            (
+                "header_read_timeout_secs",
+                self.header_read_timeout_secs,
+                3_600,
+            ),
+            ("request_timeout_secs", self.request_timeout_secs, 3_600),
+            ("write_timeout_secs", self.write_timeout_secs, 3_600),
+            (
+                "max_requests_per_connection",
+                self.max_requests_per_connection,
+                u32::MAX as u64,
+            ),
+            ("shutdown_grace_secs", self.shutdown_grace_secs, 3_600),
         ] {
-            if v == 0 {
-                return Err((field.into(), "must be at least 1".into()));
+            let min = u64::from(field != "shutdown_grace_secs");
+            if !(min..=max).contains(&v) {
+                return Err((field.into(), format!("{v} is outside {min}..={max}")));
             }
         }
         Ok(())
@@ -138,8 +157,10 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let service =
+            TowerToHyperService::new(counted(router.clone(), limits.max_requests_per_connection));
+        let io = GuardedIo::new(stream, Duration::from_secs(limits.write_timeout_secs));
+        let conn = builder.serve_connection(TokioIo::new(io), service);
         let conn = graceful.watch(conn);
         let open = InFlight::enter(&metrics.connections_open);
         tokio::spawn(async move {
@@ -155,4 +176,32 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// `router` for one connection: its `max`-th answer says `connection: close` (and hyper
+/// closes after it), so no connection lives on requests forever.
+fn counted(
+    router: Router,
+    max: u64,
+) -> impl tower::Service<
+    axum::extract::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone {
+    use tower::ServiceExt;
+    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    ServiceExt::<axum::extract::Request<hyper::body::Incoming>>::map_response(
+        router,
+        move |mut response: axum::response::Response| {
+            let n = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n >= max {
+                response.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
+            response
+        },
+    )
 }

@@ -3,14 +3,13 @@
 //! shadows.
 
 use super::services::now_ms;
-use super::{Api, ApiError, parse_json};
+use super::{Api, ApiError, Identity, parse_json};
 use crate::relay::{RelayError, RelayStats, StateRelay};
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use shadowmesh_wire::{
-    STATE_SCHEMA, StateLookup, StateLookupAnswer, StatePublish, StatePublishAck, StatePull,
-    StatePullAnswer,
+    StateLookup, StateLookupAnswer, StatePublish, StatePublishAck, StatePull, StatePullAnswer,
 };
 use std::time::Duration;
 
@@ -26,14 +25,22 @@ fn refused(e: RelayError) -> ApiError {
     ApiError::invalid(e.field, e.message)
 }
 
-/// Applies a publisher's changes; answers acknowledged versions and gaps.
+/// Applies a publisher's changes; answers acknowledged versions and gaps. Only a token
+/// that speaks for the publisher and fronts the service may publish.
 async fn publish(
     State(api): State<Api>,
+    axum::Extension(identity): axum::Extension<Identity>,
     body: axum::body::Bytes,
 ) -> Result<Json<StatePublishAck>, ApiError> {
     let message = parse_json::<StatePublish>(&body)?;
+    identity.speaks_for("publisher", &message.publisher)?;
+    identity.fronts("service", &message.service)?;
     let wait = Duration::from_millis(message.wait_ack_ms.min(api.relay.limits().max_wait_ms));
-    let (service, incarnation) = (message.service.clone(), message.incarnation);
+    let (service, publisher, incarnation) = (
+        message.service.clone(),
+        message.publisher.clone(),
+        message.incarnation,
+    );
     let mut wanted = published_versions(&message);
     let mut changes = api.relay.changes();
     changes.borrow_and_update();
@@ -43,7 +50,9 @@ async fn publish(
     let deadline = tokio::time::Instant::now() + wait;
     let sessions: Vec<String> = wanted.iter().map(|(s, _)| s.clone()).collect();
     while !wanted.is_empty() {
-        let acked = api.relay.acked(&service, incarnation, &sessions, now_ms());
+        let acked = api
+            .relay
+            .acked(&service, &publisher, incarnation, &sessions, now_ms());
         let done = wanted
             .iter()
             .all(|(s, v)| acked.iter().any(|(a, av)| a == s && av >= v));
@@ -80,12 +89,17 @@ fn published_versions(m: &StatePublish) -> Vec<(String, u64)> {
 }
 
 /// Answers a subscriber with what it has not applied, waiting up to `wait_ms` (bounded by
-/// the relay's `max_wait_ms`) for a change when there is none yet.
+/// the relay's `max_wait_ms`) for a change when there is none yet. Only a token that
+/// speaks for the subscriber and serves the service may pull — and so only such
+/// subscribers' cursors count as acknowledgements.
 async fn pull(
     State(api): State<Api>,
+    axum::Extension(identity): axum::Extension<Identity>,
     body: axum::body::Bytes,
 ) -> Result<Json<StatePullAnswer>, ApiError> {
     let message = parse_json::<StatePull>(&body)?;
+    identity.speaks_for("subscriber", &message.subscriber)?;
+    identity.serves("service", &message.service)?;
     let wait = Duration::from_millis(message.wait_ms.min(api.relay.limits().max_wait_ms));
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribed before the first look: a change between the look and the wait is seen.
@@ -110,21 +124,16 @@ async fn pull(
 }
 
 /// A session's whole state, for an edge that has no record of it (it restarted, or the
-/// session is new to it).
+/// session is new to it). Only a token that fronts the service may look it up.
 async fn lookup(
     State(api): State<Api>,
+    axum::Extension(identity): axum::Extension<Identity>,
     body: axum::body::Bytes,
 ) -> Result<Json<StateLookupAnswer>, ApiError> {
     let m = parse_json::<StateLookup>(&body)?;
-    if m.schema != STATE_SCHEMA {
-        return Err(ApiError::invalid(
-            "schema",
-            format!("expected {STATE_SCHEMA:?}"),
-        ));
-    }
-    Ok(Json(StateLookupAnswer {
-        state: api.relay.lookup(&m.service, &m.session),
-    }))
+    identity.fronts("service", &m.service)?;
+    let state = api.relay.lookup(&m).map_err(refused)?;
+    Ok(Json(StateLookupAnswer { state }))
 }
 
 async fn stats(State(api): State<Api>) -> Json<RelayStats> {
