@@ -57,8 +57,8 @@ impl AnalyzerConfig {
                 return Err(FieldError::new(field, format!("{v} is not in (0, 1)")));
             }
         }
-        if self.max_series == 0 {
-            return Err(FieldError::new("max_series", "must be at least 1"));
+        if !(1..=10_000_000).contains(&self.max_series) {
+            return Err(FieldError::new("max_series", "must be 1..=10000000"));
         }
         Ok(())
     }

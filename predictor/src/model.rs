@@ -183,10 +183,16 @@ impl ModelConfig {
 
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), FieldError> {
-        if self.step_secs <= 0 {
-            return Err(bad("step_secs", "must be positive"));
+        if !(1..=86_400).contains(&self.step_secs) {
+            return Err(bad("step_secs", "must be 1..=86400 seconds"));
         }
         for (i, s) in self.seasons.iter().enumerate() {
+            if s.period_secs > 10 * 366 * 86_400 {
+                return Err(bad(
+                    format!("seasons[{i}].period_secs"),
+                    "is longer than ten years",
+                ));
+            }
             if s.period_secs < 2 * self.step_secs {
                 return Err(bad(
                     format!("seasons[{i}].period_secs"),

@@ -184,3 +184,105 @@ impl ApiClient {
         }
     }
 }
+
+/// A fresh scratch directory for one test (removed first if a run left one).
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shadowmesh-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    dir
+}
+
+/// One control plane's directory, listeners and files, for tests of the binary.
+pub struct PlaneSetup {
+    /// Its scratch directory.
+    pub dir: PathBuf,
+    /// The HTTP listener.
+    pub http: SocketAddr,
+    /// The ADS listener.
+    pub ads: SocketAddr,
+    /// The configuration file.
+    pub config: PathBuf,
+    /// The log (stderr).
+    pub log: PathBuf,
+}
+
+impl PlaneSetup {
+    /// A configuration with the two listeners on free loopback ports and `extra` appended.
+    pub fn new(name: &str, extra: &str) -> PlaneSetup {
+        let dir = scratch(name);
+        let (http, ads) = (free_addr(), free_addr());
+        let config = dir.join("xds.toml");
+        std::fs::write(
+            &config,
+            format!("http_listen = \"{http}\"\nads_listen = \"{ads}\"\n{extra}"),
+        )
+        .expect("the configuration file");
+        PlaneSetup {
+            log: dir.join("xds.log"),
+            dir,
+            http,
+            ads,
+            config,
+        }
+    }
+
+    /// Writes `text` as the tokens file and returns its path.
+    pub fn tokens(&self, text: &str) -> PathBuf {
+        let path = self.dir.join("tokens");
+        std::fs::write(&path, text).expect("the tokens file");
+        path
+    }
+
+    /// Starts the binary on this configuration with `args`.
+    pub fn start(&self, args: &[&str]) -> XdsProcess {
+        XdsProcess::start(&self.config, &self.log, args).expect("shadowmesh-xds starts")
+    }
+
+    /// An API client presenting `token`.
+    pub fn client(&self, token: Option<&str>) -> ApiClient {
+        ApiClient::new(self.http, token)
+    }
+}
+
+/// Waits until the API answers `/healthz`.
+pub async fn wait_up(api: &ApiClient) {
+    eventually(
+        "the control plane's HTTP API",
+        Duration::from_secs(30),
+        async || matches!(api.call("GET", "/healthz", None).await, Ok((200, _))).then_some(()),
+    )
+    .await;
+}
+
+/// Now, Unix ms.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A one-second telemetry report of `proxy` about `service` (100 requests, calm).
+pub fn telemetry_report(proxy: &str, seq: u64, end_ms: u64, service: &str) -> serde_json::Value {
+    let side = |cluster: String, requests: u64| {
+        let ms = |v: f64| if requests > 0 { v } else { 0.0 };
+        serde_json::json!({
+            "cluster": cluster, "requests": requests, "in_flight": u64::from(requests > 0),
+            "load_score": ms(0.5),
+            "latency_ms": {"count": requests, "mean": ms(5.0), "p50": ms(5.0), "p90": ms(6.0),
+                           "p99": ms(7.0), "max": ms(8.0)},
+            "orca_utilization": null, "orca_reports": 0, "orca_malformed": 0
+        })
+    };
+    serde_json::json!({
+        "schema": shadowmesh_wire::TELEMETRY_SCHEMA,
+        "proxy": proxy, "seq": seq,
+        "window_start_ms": end_ms - 1_000, "window_end_ms": end_ms,
+        "services": [{
+            "service": service, "requests": 100, "redirected": 0, "fallbacks": 0,
+            "state": "normal", "redirect_share": 0.0,
+            "primary": side(format!("{service}_primary"), 100),
+            "shadow": side(format!("{service}_shadow"), 0),
+        }]
+    })
+}

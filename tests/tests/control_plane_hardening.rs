@@ -7,94 +7,23 @@
 use shadowmesh_testkit::envoy::{
     AdsBootstrap, AdsClientTls, EnvoyOptions, EnvoyProcess, FilterChoice,
 };
-use shadowmesh_testkit::xds_process::{ApiClient, XdsProcess, eventually, free_addr};
-use std::net::SocketAddr;
+use shadowmesh_testkit::xds_process::{
+    ApiClient, PlaneSetup, XdsProcess, eventually, free_addr, now_ms, telemetry_report, wait_up,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const OPERATOR: &str = "op-4f1c9a7e2b6d8053";
 const TELEMETRY: &str = "tm-91d2e7c4a5b8f630";
 
-/// A fresh directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("shadowmesh-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Addresses and files of one control plane.
-struct Setup {
-    dir: PathBuf,
-    http: SocketAddr,
-    ads: SocketAddr,
-    config: PathBuf,
-    log: PathBuf,
-}
-
-impl Setup {
-    /// A configuration with the two listeners on free loopback ports and `extra` appended.
-    fn new(name: &str, extra: &str) -> Setup {
-        let dir = scratch(name);
-        let (http, ads) = (free_addr(), free_addr());
-        let config = dir.join("xds.toml");
-        std::fs::write(
-            &config,
-            format!("http_listen = \"{http}\"\nads_listen = \"{ads}\"\n{extra}"),
-        )
-        .unwrap();
-        Setup {
-            log: dir.join("xds.log"),
-            dir,
-            http,
-            ads,
-            config,
-        }
-    }
-
-    fn start(&self, args: &[&str]) -> XdsProcess {
-        XdsProcess::start(&self.config, &self.log, args).unwrap()
-    }
-
-    fn client(&self, token: Option<&str>) -> ApiClient {
-        ApiClient::new(self.http, token)
-    }
-}
+type Setup = PlaneSetup;
 
 async fn up(api: &ApiClient) {
-    eventually(
-        "the control plane's HTTP API",
-        Duration::from_secs(30),
-        async || matches!(api.call("GET", "/healthz", None).await, Ok((200, _))).then_some(()),
-    )
-    .await;
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    wait_up(api).await;
 }
 
 fn report(proxy: &str, seq: u64, end_ms: u64) -> serde_json::Value {
-    serde_json::json!({
-        "schema": shadowmesh_wire::TELEMETRY_SCHEMA,
-        "proxy": proxy, "seq": seq,
-        "window_start_ms": end_ms - 1_000, "window_end_ms": end_ms,
-        "services": [{
-            "service": "checkout", "requests": 100, "redirected": 0, "fallbacks": 0,
-            "state": "normal", "redirect_share": 0.0,
-            "primary": {"cluster": "checkout_primary", "requests": 100, "in_flight": 1,
-                        "load_score": 0.5, "latency_ms": {"count": 100, "mean": 5.0, "p50": 5.0,
-                        "p90": 6.0, "p99": 7.0, "max": 8.0}, "orca_utilization": null,
-                        "orca_reports": 0, "orca_malformed": 0},
-            "shadow": {"cluster": "checkout_shadow", "requests": 0, "in_flight": 0,
-                       "load_score": 0.0, "latency_ms": {"count": 0, "mean": 0.0, "p50": 0.0,
-                       "p90": 0.0, "p99": 0.0, "max": 0.0}, "orca_utilization": null,
-                       "orca_reports": 0, "orca_malformed": 0}
-        }]
-    })
+    telemetry_report(proxy, seq, end_ms, "checkout")
 }
 
 /// The value of a Prometheus sample whose line starts with `prefix`.

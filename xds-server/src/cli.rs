@@ -210,8 +210,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             "services restored from the state store; [[services]] in the file only seed an empty store"
         );
     }
-    let http = crate::bind(settings.http_listen)?;
-    let ads = crate::bind(settings.ads_listen)?;
+    // The error names the listener: "address already in use" alone does not say which.
+    let listen = |field: &str, addr: std::net::SocketAddr| {
+        crate::bind(addr).map_err(|e| anyhow::anyhow!("{field} {addr}: cannot listen: {e}"))
+    };
+    let http = listen("http_listen", settings.http_listen)?;
+    let ads = listen("ads_listen", settings.ads_listen)?;
     let (http_addr, ads_addr) = (http.local_addr()?, ads.local_addr()?);
     tracing::info!(http = %http_addr, ads = %ads_addr, services = settings.config.services.len(), "shadowmesh control plane listening");
     let serving = plane.clone();

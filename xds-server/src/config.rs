@@ -124,7 +124,7 @@ impl AdsTlsConfig {
                 )
             })
         };
-        Ok(crate::AdsTls {
+        let tls = crate::AdsTls {
             cert_pem: read("cert_file", &self.cert_file)?,
             key_pem: read("key_file", &self.key_file)?,
             client_ca_pem: self
@@ -132,7 +132,64 @@ impl AdsTlsConfig {
                 .as_ref()
                 .map(|p| read("client_ca_file", p))
                 .transpose()?,
-        })
+        };
+        self.parse(&tls)?;
+        Ok(tls)
+    }
+
+    /// Parses the PEM files as the listener will, so a broken file fails `--check` (and
+    /// start-up) naming its field, not the first handshake as "transport error".
+    fn parse(&self, tls: &crate::AdsTls) -> Result<(), (String, String)> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |field: &str, path: &std::path::Path, what: String| {
+            (
+                format!("ads_tls.{field}"),
+                format!("{}: {what}", path.display()),
+            )
+        };
+        let certs = |field: &str, path: &std::path::Path, pem: &[u8]| {
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(field, path, format!("not PEM certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(bad(field, path, "holds no PEM certificate".into()));
+            }
+            Ok(certs)
+        };
+        let chain = certs("cert_file", &self.cert_file, &tls.cert_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(&tls.key_pem).map_err(|e| {
+            bad(
+                "key_file",
+                &self.key_file,
+                format!("no PEM private key: {e}"),
+            )
+        })?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("cert_file", &self.cert_file, e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| match e {
+                rustls::Error::InvalidCertificate(_) => {
+                    bad("cert_file", &self.cert_file, e.to_string())
+                }
+                e => bad(
+                    "key_file",
+                    &self.key_file,
+                    format!("does not fit the certificate in cert_file: {e}"),
+                ),
+            })?;
+        if let (Some(pem), Some(path)) = (&tls.client_ca_pem, &self.client_ca_file) {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certs("client_ca_file", path, pem)? {
+                roots.add(cert).map_err(|e| {
+                    bad("client_ca_file", path, format!("not a CA certificate: {e}"))
+                })?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -399,60 +456,70 @@ impl ServerConfig {
                 ));
             }
         }
-        if self.registry.readiness_ttl_secs == 0 {
-            return Err(RegistryError::invalid(
-                "registry.readiness_ttl_secs",
-                "must be at least 1",
-            ));
-        }
+        bounded(
+            "registry.readiness_ttl_secs",
+            self.registry.readiness_ttl_secs,
+            1,
+            86_400,
+        )?;
         if let Some(p) = &self.provisioner {
             self.validate_provisioner(p)?;
         }
         self.http
             .validate()
             .map_err(|(f, m)| RegistryError::invalid(format!("http.{f}"), m))?;
-        if self.ads.max_connections == 0 {
-            return Err(RegistryError::invalid(
-                "ads.max_connections",
-                "must be at least 1",
-            ));
-        }
+        // Every number is bounded here, at `--check`: past these a semaphore, a timer or an
+        // allocation would fail at run time instead (`max_connections = 2^63` panicked
+        // after "listening").
+        bounded(
+            "ads.max_connections",
+            self.ads.max_connections as u64,
+            1,
+            1 << 20,
+        )?;
         let t = &self.telemetry;
-        for (field, zero) in [
-            ("max_skew_ms", t.max_skew_ms == 0),
-            ("max_window_ms", t.max_window_ms == 0),
-            ("max_services", t.max_services == 0),
-            ("max_requests", t.max_requests == 0),
-            ("dedup_window", t.dedup_window == 0),
-            ("max_proxies", t.max_proxies == 0),
+        for (field, v, max) in [
+            ("max_skew_ms", t.max_skew_ms, 86_400_000),
+            ("max_window_ms", t.max_window_ms, 86_400_000),
+            ("max_services", t.max_services as u64, 100_000),
+            ("max_requests", t.max_requests, 1 << 40),
+            ("dedup_window", t.dedup_window, MAX_DEDUP_WINDOW),
+            ("max_proxies", t.max_proxies as u64, 10_000_000),
         ] {
-            if zero {
-                return Err(RegistryError::invalid(
-                    format!("telemetry.{field}"),
-                    "must be at least 1",
-                ));
-            }
+            bounded(&format!("telemetry.{field}"), v, 1, max)?;
         }
         let r = &self.relay;
-        for (field, zero) in [
-            ("max_services", r.max_services == 0),
-            ("max_sessions", r.max_sessions == 0),
-            ("max_session_bytes", r.max_session_bytes == 0),
-            ("backlog", r.backlog == 0),
-            ("max_subscribers", r.max_subscribers == 0),
-            ("subscriber_ttl_ms", r.subscriber_ttl_ms == 0),
+        for (field, v, min, max) in [
+            ("max_services", r.max_services as u64, 1, 100_000),
+            ("max_sessions", r.max_sessions as u64, 1, 10_000_000),
+            (
+                "max_session_bytes",
+                r.max_session_bytes as u64,
+                1,
+                crate::http::MAX_BODY_BYTES as u64,
+            ),
+            ("max_service_bytes", r.max_service_bytes as u64, 1, 1 << 40),
+            ("max_bytes", r.max_bytes as u64, 1, 1 << 40),
+            (
+                "max_answer_bytes",
+                r.max_answer_bytes as u64,
+                1_024,
+                64 << 20,
+            ),
+            ("backlog", r.backlog as u64, 1, 10_000_000),
+            ("max_subscribers", r.max_subscribers as u64, 1, 100_000),
+            ("subscriber_ttl_ms", r.subscriber_ttl_ms, 1, 3_600_000),
+            ("max_wait_ms", r.max_wait_ms, 0, 60_000),
         ] {
-            if zero {
-                return Err(RegistryError::invalid(
-                    format!("relay.{field}"),
-                    "must be at least 1",
-                ));
-            }
+            bounded(&format!("relay.{field}"), v, min, max)?;
         }
-        if t.dedup_window > MAX_DEDUP_WINDOW {
+        if r.max_wait_ms >= self.http.request_timeout_secs.saturating_mul(1_000) {
             return Err(RegistryError::invalid(
-                "telemetry.dedup_window",
-                format!("must be at most {MAX_DEDUP_WINDOW} (one bit per number per proxy)"),
+                "relay.max_wait_ms",
+                format!(
+                    "{} ms would outlast http.request_timeout_secs ({} s): a long poll would time out",
+                    r.max_wait_ms, self.http.request_timeout_secs
+                ),
             ));
         }
         let mut names = std::collections::HashSet::new();
@@ -474,6 +541,18 @@ impl ServerConfig {
                 .map_err(|e| e.within(&format!("{at}.shadows")))?;
         }
         Ok(())
+    }
+}
+
+/// `value` of `field` within `min..=max`, or an error naming the field.
+fn bounded(field: &str, value: u64, min: u64, max: u64) -> Result<(), RegistryError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(RegistryError::invalid(
+            field,
+            format!("{value} is outside {min}..={max}"),
+        ))
     }
 }
 
@@ -569,5 +648,57 @@ mod tests {
         );
         let e = ServerConfig::parse("grouping = { metadata = 3 }", "f.toml").unwrap_err();
         assert!(e.to_string().contains("grouping"), "{e}");
+    }
+
+    #[test]
+    fn every_number_is_bounded_at_check_naming_its_field() {
+        for (text, field) in [
+            (
+                "[http]\nmax_connections = 9223372036854775807",
+                "http.max_connections",
+            ),
+            ("[http]\nwrite_timeout_secs = 0", "http.write_timeout_secs"),
+            (
+                "[http]\nshutdown_grace_secs = 18446744073709551615",
+                "http.shutdown_grace_secs",
+            ),
+            (
+                "[ads]\nmax_connections = 9223372036854775807",
+                "ads.max_connections",
+            ),
+            (
+                "[telemetry]\nmax_skew_ms = 18446744073709551615",
+                "telemetry.max_skew_ms",
+            ),
+            ("[relay]\nmax_bytes = 0", "relay.max_bytes"),
+            ("[relay]\nmax_answer_bytes = 10", "relay.max_answer_bytes"),
+            (
+                "[relay]\nmax_session_bytes = 9223372036854775807",
+                "relay.max_session_bytes",
+            ),
+            ("[relay]\nmax_wait_ms = 40000", "relay.max_wait_ms"),
+            (
+                "[registry]\nreadiness_ttl_secs = 18446744073709551615",
+                "registry.readiness_ttl_secs",
+            ),
+            (
+                "[predictor]\nstep_secs = 9223372036854775807",
+                "predictor.step_secs",
+            ),
+            (
+                "[predictor]\nmax_series = 18446744073709551615",
+                "predictor.max_series",
+            ),
+            (
+                "[provisioner]\n[provisioner.probe]\ngive_up_extra_secs = 1e300\n[pool]\nprovider = \"static\"",
+                "provisioner.probe.give_up_extra_secs",
+            ),
+        ] {
+            let e = ServerConfig::parse(text, "f.toml").unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("field `{field}`")),
+                "{text}: {e}"
+            );
+        }
     }
 }

@@ -50,8 +50,13 @@ impl ProbeConfig {
         if !self.path.starts_with('/') {
             return Err(("path".into(), "must start with '/'".into()));
         }
-        if self.interval_ms == 0 || self.timeout_ms == 0 {
-            return Err(("interval_ms".into(), "intervals must be positive".into()));
+        for (field, v) in [
+            ("interval_ms", self.interval_ms),
+            ("timeout_ms", self.timeout_ms),
+        ] {
+            if !(1..=3_600_000).contains(&v) {
+                return Err((field.into(), format!("{v} is outside 1..=3600000")));
+            }
         }
         if !(self.latency_slo_ms.is_finite() && self.latency_slo_ms > 0.0) {
             return Err(("latency_slo_ms".into(), "must be a positive number".into()));
@@ -59,11 +64,13 @@ impl ProbeConfig {
         if self.successes == 0 {
             return Err(("successes".into(), "must be at least 1".into()));
         }
-        if !(self.give_up_factor.is_finite() && self.give_up_factor >= 1.0) {
-            return Err(("give_up_factor".into(), "must be at least 1".into()));
+        if !(self.give_up_factor.is_finite() && (1.0..=1_000.0).contains(&self.give_up_factor)) {
+            return Err(("give_up_factor".into(), "must be 1 to 1000".into()));
         }
-        if !(self.give_up_extra_secs.is_finite() && self.give_up_extra_secs >= 0.0) {
-            return Err(("give_up_extra_secs".into(), "must not be negative".into()));
+        if !(self.give_up_extra_secs.is_finite()
+            && (0.0..=86_400.0).contains(&self.give_up_extra_secs))
+        {
+            return Err(("give_up_extra_secs".into(), "must be 0 to 86400".into()));
         }
         Ok(())
     }
