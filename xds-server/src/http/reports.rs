@@ -69,11 +69,16 @@ async fn post_report(
     Ok(Json(TelemetryAck { shadows }))
 }
 
-/// A token speaks for the proxy it names and about services it fronts or serves.
+/// A token speaks for the proxy it names and about services it fronts or serves. (A name
+/// that is no valid name at all is left to the guard: malformed is 400 whoever sends it.)
 fn authorized(identity: &Identity, r: &TelemetryReport) -> Result<(), ApiError> {
-    identity.speaks_for("proxy", &r.proxy)?;
+    if crate::ingest::valid_proxy_name(&r.proxy) {
+        identity.speaks_for("proxy", &r.proxy)?;
+    }
     for (i, s) in r.services.iter().enumerate() {
-        identity.fronts_or_serves(&format!("services[{i}].service"), &s.service)?;
+        if crate::registry::validate_service(&s.service).is_ok() {
+            identity.fronts_or_serves(&format!("services[{i}].service"), &s.service)?;
+        }
     }
     Ok(())
 }

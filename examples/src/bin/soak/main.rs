@@ -22,6 +22,8 @@
 //! Prints a table, checks both targets (exit 1 if one fails) and writes
 //! `target/bench/soak.json`. Run with `--release`.
 
+mod hostile;
+
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -218,6 +220,8 @@ struct SoakReport {
     lost_acknowledged_writes: u64,
     restart_ms: Vec<u64>,
     passed: bool,
+    /// The hostile mix beside the ingest soak.
+    hostile: hostile::HostileReport,
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -252,6 +256,8 @@ async fn wait_up(api: &ApiClient) -> Result<()> {
 }
 
 struct Plane {
+    http: std::net::SocketAddr,
+    ads: std::net::SocketAddr,
     config: PathBuf,
     log: PathBuf,
     tokens: PathBuf,
@@ -266,17 +272,24 @@ impl Plane {
         let tokens = dir.join("tokens");
         std::fs::write(
             &tokens,
-            format!("operator {OPERATOR}\ntelemetry {TELEMETRY} proxies=* fronts=* serves=*\n"),
+            format!(
+                "operator {OPERATOR}\ntelemetry {TELEMETRY} proxies=soak-proxy-* fronts=svc-* serves=svc-*\n{}",
+                hostile::token_lines()
+            ),
         )?;
         let config = dir.join("xds.toml");
         std::fs::write(
             &config,
             format!(
-                "http_listen = \"{http}\"\nads_listen = \"{ads}\"\nstate_dir = \"{}\"\n",
+                "http_listen = \"{http}\"\nads_listen = \"{ads}\"\nstate_dir = \"{}\"\n\
+                 [relay]\nmax_service_bytes = 33554432\nmax_bytes = 67108864\n\
+                 [[services]]\nname = \"cart\"\nprimary = [{{ address = \"127.0.0.1:9\" }}]\n",
                 dir.join("state").display()
             ),
         )?;
         Ok(Plane {
+            http,
+            ads,
             config,
             log: dir.join("xds.log"),
             tokens,
@@ -351,6 +364,9 @@ async fn main() -> Result<()> {
     let mut rng = Rng(0x5eed_50a4);
     let mut tasks = tokio::task::JoinSet::new();
     let base_seq = now_ms();
+    let mix = hostile::Hostile::start(plane.http, plane.ads, |proxy, seq, end| {
+        report(proxy, seq, end, 50, 100).to_string()
+    });
     for n in 0..total {
         tick.tick().await;
         let proxy = n % args.proxies;
@@ -448,6 +464,7 @@ async fn main() -> Result<()> {
         }
     }
     while tasks.join_next().await.is_some() {}
+    let hostile = mix.finish(&plane.operator).await;
     sampler.abort();
     let soak_took = started.elapsed().as_secs_f64();
 
@@ -521,7 +538,8 @@ async fn main() -> Result<()> {
         && server_accepted == valid_sent
         && tally.unexpected.is_empty()
         && tally.transport_errors == 0
-        && growth < 10.0;
+        && growth <= 5.0
+        && hostile.passed();
     let crash_ok = lost_total == 0 && acked_total > 0;
     let result = SoakReport {
         proxies: args.proxies,
@@ -554,6 +572,7 @@ async fn main() -> Result<()> {
         lost_acknowledged_writes: lost_total,
         restart_ms: restart_ms.clone(),
         passed: soak_ok && crash_ok,
+        hostile,
     };
 
     println!(
@@ -600,6 +619,63 @@ async fn main() -> Result<()> {
             format!("{:.1}", rss_max as f64 / 1024.0),
         ),
         ("RSS growth after warm-up", format!("{growth:+.1} %")),
+        (
+            "forged identities refused (403)",
+            format!(
+                "{} / {}",
+                result.hostile.forged_refused, result.hostile.forged_sent
+            ),
+        ),
+        (
+            "seq past the clock refused (400)",
+            format!(
+                "{} / {}",
+                result.hostile.pushed_refused, result.hostile.pushed_sent
+            ),
+        ),
+        (
+            "relay flood publishes (1.8 MB)",
+            result.hostile.flood_publishes.to_string(),
+        ),
+        (
+            "relay bytes at the end (MiB)",
+            format!("{:.1}", result.hostile.relay_bytes as f64 / 1048576.0),
+        ),
+        (
+            "slow readers closed by the server",
+            format!(
+                "{} / {}",
+                result.hostile.slow_readers_closed, result.hostile.slow_readers
+            ),
+        ),
+        (
+            "silent ADS sockets closed by the server",
+            format!(
+                "{} / {}",
+                result.hostile.idle_ads_closed, result.hostile.idle_ads
+            ),
+        ),
+        (
+            "honest relay calls refused",
+            format!(
+                "{} of {} publishes",
+                result.hostile.honest_refused, result.hostile.honest_publishes
+            ),
+        ),
+        (
+            "honest acknowledged versions lost",
+            format!(
+                "{} of {}",
+                result.hostile.honest_lost, result.hostile.honest_acknowledged
+            ),
+        ),
+        (
+            "honest ADS connections not served in 5 s",
+            format!(
+                "{} of {}",
+                result.hostile.ads_failures, result.hostile.ads_checks
+            ),
+        ),
         ("kill -9 cycles", args.cycles.to_string()),
         ("acknowledged writes", acked_total.to_string()),
         ("acknowledged writes lost", lost_total.to_string()),
@@ -618,7 +694,7 @@ async fn main() -> Result<()> {
     std::fs::write(&out, serde_json::to_string_pretty(&result)?)
         .with_context(|| format!("writing {}", out.display()))?;
     println!(
-        "\ningest: {} (zero valid lost, every bad one refused, RSS growth < 10 %)",
+        "\ningest: {} (zero valid lost, every bad one refused, every attack refused, honest clients served, RSS growth ≤ 5 %)",
         if soak_ok { "PASS" } else { "FAIL" }
     );
     println!(
