@@ -277,6 +277,10 @@ struct ServiceLog {
     backlog: VecDeque<(u64, Change)>,
     /// Bytes of `backlog`.
     backlog_bytes: usize,
+    /// The highest version of any session forgotten: a subscriber may still hold that
+    /// session at it, so a session new to the relay is numbered above it (or a subscriber
+    /// would keep its older copy, and acknowledge the new one without having it).
+    evicted_floor: u64,
     subscribers: HashMap<String, Subscriber>,
     stats: ServiceStats,
     /// Changes waiting to be applied everywhere: (seq, captured at ms).
@@ -361,6 +365,7 @@ impl ServiceLog {
         };
         if let Some(old) = self.sessions.remove(&key) {
             self.session_bytes -= old.bytes(&key);
+            self.evicted_floor = self.evicted_floor.max(old.version);
         }
         self.stats.evicted += 1;
         true
@@ -619,7 +624,10 @@ impl StateRelay for MemoryRelay {
                 .sessions
                 .get(&snap.session)
                 .cloned()
-                .unwrap_or_else(|| Session::new(origin.clone()));
+                .unwrap_or_else(|| Session {
+                    offset: log.evicted_floor,
+                    ..Session::new(origin.clone())
+                });
             let mut state = std::mem::take(&mut snap.state);
             if session.origin != origin {
                 if session.origin.publisher == origin.publisher {
@@ -658,10 +666,11 @@ impl StateRelay for MemoryRelay {
             if resync.contains(&delta.session) {
                 continue;
             }
-            let (mut version, mut offset, mut state) = match log.sessions.get(&delta.session) {
+            let (version, mut offset, mut state) = match log.sessions.get(&delta.session) {
                 Some(s) => (s.version, s.offset, Some((&s.origin, &s.state))),
-                None => (0, 0, None),
+                None => (0, log.evicted_floor, None),
             };
+            let new = state.is_none();
             let foreign = state.is_some_and(|(o, _)| *o != origin);
             if foreign {
                 if delta.version != 1 {
@@ -672,7 +681,7 @@ impl StateRelay for MemoryRelay {
                 }
                 offset = version;
             }
-            let current = version - offset;
+            let current = if new || foreign { 0 } else { version - offset };
             if delta.version <= current {
                 continue; // a duplicate
             }
@@ -683,7 +692,7 @@ impl StateRelay for MemoryRelay {
             }
             let mut next = state.take().map(|(_, s)| s.clone()).unwrap_or_default();
             apply_ops(&mut next, &delta.ops);
-            version = delta.version + offset;
+            let version = delta.version + offset;
             if version > MAX_RELAY_VERSION || state_bytes(&next) > max {
                 // The publisher caps sessions too; one that got past it is resynchronized
                 // rather than stored over the limit (or numbered past the largest version).
@@ -705,7 +714,14 @@ impl StateRelay for MemoryRelay {
             let at = delta.at_ms;
             log.stats.replicated_bytes += delta.ops.iter().map(|o| o.bytes() as u64).sum::<u64>();
             log.stats.full_copy_bytes += state_bytes(&session.state) as u64;
-            log.commit(key, session, Change::Delta(delta), backlog);
+            // A session new to the relay but numbered above the forgotten ones is sent
+            // whole: a subscriber's older copy (or none) is replaced, not patched.
+            let change = if new && offset > 0 {
+                Change::Snapshot(session.snapshot(&key))
+            } else {
+                Change::Delta(delta)
+            };
+            log.commit(key, session, change, backlog);
             log.unapplied.push_back((log.seq, at));
             if log.unapplied.len() > backlog {
                 log.unapplied.pop_front();
@@ -1286,5 +1302,53 @@ mod tests {
         // The newest of the flood is kept; an evicted session is asked for again whole.
         let ack = r.publish(publish(vec![], &["f0", "f199"]), 0).unwrap();
         assert_eq!(ack.resync, vec!["f0".to_string()]);
+    }
+
+    #[test]
+    fn a_forgotten_session_comes_back_numbered_above_any_copy_a_subscriber_holds() {
+        let r = MemoryRelay::new(
+            RelayLimits {
+                max_sessions: 1,
+                ..RelayLimits::default()
+            },
+            77,
+        );
+        // s1 reaches relay version 4 through a restart of its publisher (offset 3).
+        for v in 1..=3 {
+            r.publish(publish(vec![set("s1", v, "k", &v.to_string())], &[]), 0)
+                .unwrap();
+        }
+        let mut restarted = publish(vec![set("s1", 1, "k", "4")], &[]);
+        restarted.incarnation = 2;
+        r.publish(restarted, 0).unwrap();
+        let sub = r.pull(&pull("d", 0, 0), 0).unwrap().unwrap();
+        assert_eq!(sub.snapshots[0].version, 4, "the subscriber holds s1 at 4");
+        // s2 pushes s1 out; s1 comes back from its publisher at its own version 2.
+        r.publish(publish(vec![set("s2", 1, "k", "x")], &[]), 0)
+            .unwrap();
+        let mut back = publish(vec![], &[]);
+        back.incarnation = 2;
+        back.snapshots = vec![snapshot("s1", 2, &[("k", "5")])];
+        r.publish(back, 0).unwrap();
+        let next = r.pull(&pull("d", 77, sub.cursor), 0).unwrap().unwrap();
+        let s1 = next.snapshots.iter().find(|s| s.session == "s1").unwrap();
+        assert!(
+            s1.version > 4,
+            "numbered {} — a subscriber at 4 would keep its copy",
+            s1.version
+        );
+        // A new session's first delta after a forgetting is sent whole, so a subscriber's
+        // copy is replaced rather than patched (or taken as a gap).
+        r.publish(publish(vec![set("s3", 1, "k", "y")], &[]), 0)
+            .unwrap();
+        let after = r.pull(&pull("d", 77, next.cursor), 0).unwrap().unwrap();
+        assert!(after.deltas.is_empty());
+        assert_eq!(after.snapshots.len(), 1);
+        assert!(after.snapshots[0].version > 4);
+        // In the publisher's own numbering the acknowledgement is still its version.
+        r.pull(&pull("d", 77, after.cursor), 0).unwrap();
+        let mut watch = publish(vec![], &["s3"]);
+        watch.incarnation = 1;
+        assert_eq!(r.publish(watch, 0).unwrap().acked, vec![("s3".into(), 1)]);
     }
 }
