@@ -187,6 +187,18 @@ pub struct Analyzer {
     evicted: u64,
 }
 
+/// Whether [`Analyzer::set_capacity`] would take `capacity`: a positive number.
+pub fn check_capacity(capacity: f64) -> Result<(), FieldError> {
+    if capacity.is_finite() && capacity > 0.0 {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            "capacity",
+            format!("{capacity} is not a positive number"),
+        ))
+    }
+}
+
 impl Analyzer {
     /// An analyzer with no series yet.
     pub fn new(config: AnalyzerConfig) -> Result<Analyzer, FieldError> {
@@ -206,6 +218,14 @@ impl Analyzer {
 
     /// Adds an event to the calendar.
     pub fn add_event(&mut self, event: ScheduledEvent) -> Result<(), FieldError> {
+        self.check_event(&event)?;
+        self.events.push(event);
+        Ok(())
+    }
+
+    /// Whether [`Analyzer::add_event`] would take `event` (for a caller that stores the
+    /// calendar before it changes it).
+    pub fn check_event(&self, event: &ScheduledEvent) -> Result<(), FieldError> {
         event.validate()?;
         if self.events.len() >= crate::events::MAX_EVENTS {
             return Err(FieldError::new(
@@ -216,7 +236,6 @@ impl Analyzer {
                 ),
             ));
         }
-        self.events.push(event);
         Ok(())
     }
 
@@ -265,12 +284,7 @@ impl Analyzer {
 
     /// Sets the demand a series can take before it is overloaded (its units).
     pub fn set_capacity(&mut self, series: &str, capacity: f64) -> Result<(), FieldError> {
-        if !(capacity.is_finite() && capacity > 0.0) {
-            return Err(FieldError::new(
-                "capacity",
-                format!("{capacity} is not a positive number"),
-            ));
-        }
+        check_capacity(capacity)?;
         self.tracked(series).capacity = Some(capacity);
         Ok(())
     }

@@ -19,11 +19,13 @@
 //! * [`traffic_mix`] — session and session-less traffic in any mix through that
 //!   deployment, surging above the primary's capacity, measured second by second;
 //! * [`xds_process`] — the `shadowmesh-xds` binary as a child process, and an API client
-//!   that presents a token.
+//!   that presents a token;
+//! * [`pki`] — a throwaway CA and certificates for the TLS tests.
 
 pub mod ads_client;
 pub mod envoy;
 pub mod loadgen;
+pub mod pki;
 pub mod scenario;
 pub mod stack;
 pub mod state_sync;

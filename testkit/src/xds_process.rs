@@ -29,26 +29,38 @@ impl XdsProcess {
         args: &[&str],
         open_files: u64,
     ) -> anyhow::Result<XdsProcess> {
-        XdsProcess::spawn(config, log, args, Some(open_files))
+        XdsProcess::spawn(config, log, args, Some(&format!("ulimit -n {open_files}")))
+    }
+
+    /// Like [`XdsProcess::start`], with `SIGXFSZ` ignored: a file-size limit set on the
+    /// process later (`prlimit --fsize`) then fails its writes with `EFBIG` — a disk that
+    /// cannot take a commit — instead of killing it.
+    pub fn start_ignoring_file_size_signal(
+        config: &Path,
+        log: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<XdsProcess> {
+        XdsProcess::spawn(config, log, args, Some("trap '' XFSZ"))
     }
 
     fn spawn(
         config: &Path,
         log: &Path,
         args: &[&str],
-        open_files: Option<u64>,
+        prelude: Option<&str>,
     ) -> anyhow::Result<XdsProcess> {
         let bin = crate::workspace_binary("shadowmesh-xds")?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
-        let mut command = match open_files {
-            // `exec` keeps the pid: signals reach the binary, not a shell.
-            Some(n) => {
+        let mut command = match prelude {
+            // `exec` keeps the pid: signals reach the binary, not a shell. (Limits and
+            // ignored signals carry over the exec.)
+            Some(prelude) => {
                 let mut c = Command::new("sh");
                 c.arg("-c")
-                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(format!("{prelude} && exec \"$0\" \"$@\""))
                     .arg(bin);
                 c
             }
@@ -66,6 +78,18 @@ impl XdsProcess {
             child,
             log: log.to_path_buf(),
         })
+    }
+
+    /// Sets the process's file-size limit (`prlimit --fsize`, the soft limit, which can be
+    /// raised again without privileges; `None`: unlimited).
+    pub fn limit_file_size(&self, bytes: Option<u64>) -> anyhow::Result<()> {
+        let limit = bytes.map_or("unlimited".to_string(), |b| b.to_string());
+        let status = Command::new("prlimit")
+            .arg(format!("--pid={}", self.child.id()))
+            .arg(format!("--fsize={limit}:"))
+            .status()?;
+        anyhow::ensure!(status.success(), "prlimit --fsize={limit} failed");
+        Ok(())
     }
 
     /// The process id.

@@ -10,7 +10,6 @@ use shadowmesh_testkit::envoy::{
 use shadowmesh_testkit::xds_process::{
     ApiClient, PlaneSetup, XdsProcess, eventually, free_addr, now_ms, telemetry_report, wait_up,
 };
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const OPERATOR: &str = "op-4f1c9a7e2b6d8053";
@@ -498,55 +497,6 @@ async fn idle_sockets_neither_starve_ads_nor_stay_open() {
     drop(plane);
 }
 
-/// A CA and certificates signed by it, as PEM files in `dir`.
-struct Pki {
-    ca: PathBuf,
-    server: (PathBuf, PathBuf),
-    client: (PathBuf, PathBuf),
-    rogue_client: (PathBuf, PathBuf),
-}
-
-fn issue_pki(dir: &Path) -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let write = |name: &str, pem: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, pem).unwrap();
-        p
-    };
-    let authority = |cn: &str| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let cert = params.self_signed(&key).unwrap();
-        (cert, Issuer::new(params, key))
-    };
-    let leaf = |names: &[&str], cn: &str, issuer: &Issuer<'_, KeyPair>, file: &str| {
-        let key = KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let cert = params.signed_by(&key, issuer).unwrap();
-        (
-            write(&format!("{file}.pem"), cert.pem()),
-            write(&format!("{file}.key"), key.serialize_pem()),
-        )
-    };
-    let (ca_cert, ca) = authority("shadowmesh test CA");
-    let (_, rogue) = authority("someone else's CA");
-    Pki {
-        ca: write("ca.pem", ca_cert.pem()),
-        server: leaf(
-            &["xds.shadowmesh.test", "127.0.0.1"],
-            "shadowmesh-xds",
-            &ca,
-            "server",
-        ),
-        client: leaf(&["edge-1.shadowmesh.test"], "edge-1", &ca, "client"),
-        rogue_client: leaf(&["edge-1.shadowmesh.test"], "edge-1", &rogue, "rogue"),
-    }
-}
-
 /// Runs a simulated proxy over `channel`: whether it received any response within 10 s.
 async fn ads_answers(channel: Result<tonic::transport::Channel, tonic::transport::Error>) -> bool {
     let Ok(channel) = channel else { return false };
@@ -567,7 +517,7 @@ async fn ads_answers(channel: Result<tonic::transport::Channel, tonic::transport
 async fn ads_over_mutual_tls_serves_envoy_with_a_certificate_and_no_one_else() {
     use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
     let setup = Setup::new("mtls", CHECKOUT);
-    let pki = issue_pki(&setup.dir);
+    let pki = shadowmesh_testkit::pki::issue(&setup.dir);
     let mut config = std::fs::read_to_string(&setup.config).unwrap();
     config.push_str(&format!(
         "\n[ads_tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n",
@@ -585,7 +535,7 @@ async fn ads_over_mutual_tls_serves_envoy_with_a_certificate_and_no_one_else() {
         ca_file: pki.ca.clone(),
         cert_file: pki.client.0.clone(),
         key_file: pki.client.1.clone(),
-        sni: "xds.shadowmesh.test".into(),
+        sni: shadowmesh_testkit::pki::SERVER_NAME.into(),
     });
     let envoy = envoy_with(yaml.render().unwrap()).await;
     eventually(
@@ -601,7 +551,7 @@ async fn ads_over_mutual_tls_serves_envoy_with_a_certificate_and_no_one_else() {
     let tls = || {
         ClientTlsConfig::new()
             .ca_certificate(ca.clone())
-            .domain_name("xds.shadowmesh.test")
+            .domain_name(shadowmesh_testkit::pki::SERVER_NAME)
     };
     let endpoint = |scheme: &str| {
         Channel::from_shared(format!("{scheme}://{}", setup.ads))

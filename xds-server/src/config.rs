@@ -471,12 +471,25 @@ impl ServerConfig {
         // Every number is bounded here, at `--check`: past these a semaphore, a timer or an
         // allocation would fail at run time instead (`max_connections = 2^63` panicked
         // after "listening").
-        bounded(
-            "ads.max_connections",
-            self.ads.max_connections as u64,
-            1,
-            1 << 20,
-        )?;
+        let a = &self.ads;
+        for (field, v, min, max) in [
+            ("max_connections", a.max_connections as u64, 1, 1 << 20),
+            (
+                "max_streams_per_connection",
+                u64::from(a.max_streams_per_connection),
+                1,
+                1_024,
+            ),
+            (
+                "max_connection_idle_secs",
+                a.max_connection_idle_secs,
+                1,
+                3_600,
+            ),
+            ("shutdown_grace_secs", a.shutdown_grace_secs, 0, 3_600),
+        ] {
+            bounded(&format!("ads.{field}"), v, min, max)?;
+        }
         let t = &self.telemetry;
         for (field, v, max) in [
             ("max_skew_ms", t.max_skew_ms, 86_400_000),
@@ -665,6 +678,18 @@ mod tests {
             (
                 "[ads]\nmax_connections = 9223372036854775807",
                 "ads.max_connections",
+            ),
+            (
+                "[ads]\nmax_streams_per_connection = 0",
+                "ads.max_streams_per_connection",
+            ),
+            (
+                "[ads]\nmax_connection_idle_secs = 0",
+                "ads.max_connection_idle_secs",
+            ),
+            (
+                "[ads]\nshutdown_grace_secs = 86400",
+                "ads.shutdown_grace_secs",
             ),
             (
                 "[telemetry]\nmax_skew_ms = 18446744073709551615",

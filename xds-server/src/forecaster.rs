@@ -4,6 +4,7 @@
 //! (`/v1/forecast`, see [`crate::http`]) and to the Shadow Node Provisioner.
 
 use crate::hub::ReportSubscriber;
+use crate::store::StoreError;
 use shadowmesh_predictor::analyzer::{Analyzer, AnalyzerConfig, OverloadRisk, SeriesForecast};
 use shadowmesh_predictor::demand::DemandIngest;
 use shadowmesh_predictor::error::FieldError;
@@ -24,6 +25,17 @@ pub struct Forecaster {
     inner: Arc<Mutex<ForecastState>>,
     /// Where capacities and events are kept (what operators set through the API).
     store: Option<crate::store::StateStore>,
+}
+
+/// Why an operator's change to the forecaster was refused. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForecastChangeError {
+    /// The input is invalid: the field at fault.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// The state store could not keep the change.
+    #[error(transparent)]
+    Unavailable(#[from] StoreError),
 }
 
 /// Store documents of the forecaster.
@@ -90,23 +102,13 @@ impl Forecaster {
         Ok(self)
     }
 
-    /// Writes what the API sets (capacities, events) to the store, if there is one.
-    fn persist(&self, s: &ForecastState) -> Result<(), FieldError> {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
-        let capacities: std::collections::BTreeMap<&str, f64> = s
-            .analyzer
-            .series()
-            .filter_map(|name| Some((name, s.analyzer.capacity(name)?)))
-            .collect();
-        let failed = |e: crate::store::StoreError| FieldError::new("", e.to_string());
-        store
-            .save_document(CAPACITIES, &capacities)
-            .map_err(failed)?;
-        store
-            .save_document(EVENTS, &s.analyzer.events())
-            .map_err(failed)
+    /// Stores `document` under `key` if there is a store: before the change is made in
+    /// memory, so a refused write changes nothing (not even what a later write stores).
+    fn persist<T: serde::Serialize>(&self, key: &str, document: &T) -> Result<(), StoreError> {
+        match &self.store {
+            Some(store) => store.save_document(key, document),
+            None => Ok(()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, ForecastState> {
@@ -190,12 +192,20 @@ impl Forecaster {
         s.analyzer.forecast(series, steps)
     }
 
-    /// Sets a series' capacity.
-    pub fn set_capacity(&self, series: &str, capacity: f64) -> Result<(), FieldError> {
+    /// Sets a series' capacity; stored first, if there is a store.
+    pub fn set_capacity(&self, series: &str, capacity: f64) -> Result<(), ForecastChangeError> {
         validate_series(series)?;
+        shadowmesh_predictor::analyzer::check_capacity(capacity)?;
         let mut s = self.lock();
+        let mut capacities: std::collections::BTreeMap<&str, f64> = s
+            .analyzer
+            .series()
+            .filter_map(|name| Some((name, s.analyzer.capacity(name)?)))
+            .collect();
+        capacities.insert(series, capacity);
+        self.persist(CAPACITIES, &capacities)?;
         s.analyzer.set_capacity(series, capacity)?;
-        self.persist(&s)
+        Ok(())
     }
 
     /// The capacity set for `series`.
@@ -215,11 +225,15 @@ impl Forecaster {
         self.lock().analyzer.config().quantile
     }
 
-    /// Adds an event to the calendar.
-    pub fn add_event(&self, event: ScheduledEvent) -> Result<(), FieldError> {
+    /// Adds an event to the calendar; stored first, if there is a store.
+    pub fn add_event(&self, event: ScheduledEvent) -> Result<(), ForecastChangeError> {
         let mut s = self.lock();
+        s.analyzer.check_event(&event)?;
+        let mut events = s.analyzer.events().to_vec();
+        events.push(event.clone());
+        self.persist(EVENTS, &events)?;
         s.analyzer.add_event(event)?;
-        self.persist(&s)
+        Ok(())
     }
 
     /// The events calendar.

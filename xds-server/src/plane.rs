@@ -72,15 +72,19 @@ pub struct AdsTls {
 }
 
 impl AdsTls {
-    fn server_config(&self) -> tonic::transport::ServerTlsConfig {
-        // A handshake not done in 10 s is dropped: a silent client must not hold one of
-        // the listener's capped connection slots.
+    /// The listener's TLS, with handshakes dropped after `handshake_timeout` (the
+    /// connection's idle deadline covers the handshake too; this frees tonic's handshake
+    /// task at the same moment).
+    fn server_config(
+        &self,
+        handshake_timeout: std::time::Duration,
+    ) -> tonic::transport::ServerTlsConfig {
         let mut config = tonic::transport::ServerTlsConfig::new()
             .identity(tonic::transport::Identity::from_pem(
                 &self.cert_pem,
                 &self.key_pem,
             ))
-            .timeout(std::time::Duration::from_secs(10));
+            .timeout(handshake_timeout);
         if let Some(ca) = &self.client_ca_pem {
             config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
         }
@@ -287,6 +291,7 @@ impl ControlPlane {
             guard: self.guard.clone(),
             http_metrics: self.http_metrics.clone(),
             relay: self.relay.clone(),
+            store: self.store.clone(),
         })
     }
 
@@ -308,7 +313,7 @@ impl ControlPlane {
     }
 
     /// Serves ADS on `listener` (over TLS when configured) until `shutdown` resolves (then
-    /// closes the streams).
+    /// ends the streams with `UNAVAILABLE` and drops connections left after the grace).
     pub async fn serve_ads(
         &self,
         listener: tokio::net::TcpListener,
@@ -317,7 +322,11 @@ impl ControlPlane {
         serve_ads(
             listener,
             Ads::with_metrics(self.cache.clone(), self.xds_metrics.clone()),
-            self.ads_tls.as_ref().map(AdsTls::server_config),
+            self.ads_tls.as_ref().map(|tls| {
+                tls.server_config(std::time::Duration::from_secs(
+                    self.ads_limits.max_connection_idle_secs,
+                ))
+            }),
             self.ads_limits.clone(),
             shutdown,
         )

@@ -367,6 +367,10 @@ struct State {
     snapshot: Snapshot,
     /// Generation of the last change.
     generation: u64,
+    /// A write to the store failed since the last one that succeeded: what the store holds
+    /// may differ from `services` (a failed commit may even have landed), so the next write
+    /// replaces the stored services whole instead of writing the change.
+    store_behind: bool,
 }
 
 /// The shadow registry. Cheap to clone (shared).
@@ -407,6 +411,7 @@ impl ShadowRegistry {
                 services: imbl::OrdMap::new(),
                 snapshot: Snapshot::empty(),
                 generation: 0,
+                store_behind: false,
             })),
             cache,
             metrics,
@@ -475,25 +480,37 @@ impl ShadowRegistry {
             services: state.services.clone(),
             snapshot: state.snapshot.clone(),
             generation,
+            store_behind: false,
         };
         change(&mut draft, generation)?;
         if let Some(store) = &self.store {
-            let changed: Vec<(String, Option<ServiceState>)> = state
-                .services
-                .diff(&draft.services)
-                .map(|d| match d {
-                    imbl::ordmap::DiffItem::Add(k, v)
-                    | imbl::ordmap::DiffItem::Update { new: (k, v), .. } => {
-                        (k.clone(), Some(v.clone()))
-                    }
-                    imbl::ordmap::DiffItem::Remove(k, _) => (k.clone(), None),
-                })
-                .collect();
             // Committed before it is published or acknowledged: an acknowledged change
-            // survives a crash.
-            store
-                .write_services(&changed)
-                .map_err(|e| RegistryError::unavailable(e.to_string()))?;
+            // survives a crash, and a refused one is in neither memory nor the store.
+            let written = if state.store_behind {
+                let all: Vec<(String, Option<ServiceState>)> = draft
+                    .services
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Some(v.clone())))
+                    .collect();
+                store.replace_services(&all)
+            } else {
+                let changed: Vec<(String, Option<ServiceState>)> = state
+                    .services
+                    .diff(&draft.services)
+                    .map(|d| match d {
+                        imbl::ordmap::DiffItem::Add(k, v)
+                        | imbl::ordmap::DiffItem::Update { new: (k, v), .. } => {
+                            (k.clone(), Some(v.clone()))
+                        }
+                        imbl::ordmap::DiffItem::Remove(k, _) => (k.clone(), None),
+                    })
+                    .collect();
+                store.write_services(&changed)
+            };
+            if let Err(e) = written {
+                state.store_behind = true;
+                return Err(RegistryError::unavailable(e.to_string()));
+            }
         }
         // Set under the lock so concurrent changes publish in order.
         self.cache

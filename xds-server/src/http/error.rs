@@ -87,6 +87,17 @@ impl From<RegistryError> for ApiError {
     }
 }
 
+impl From<crate::forecaster::ForecastChangeError> for ApiError {
+    fn from(e: crate::forecaster::ForecastChangeError) -> Self {
+        match e {
+            crate::forecaster::ForecastChangeError::Invalid(e) => e.into(),
+            crate::forecaster::ForecastChangeError::Unavailable(e) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "", e.to_string())
+            }
+        }
+    }
+}
+
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
         ApiError::invalid(e.field, e.message)

@@ -27,10 +27,12 @@
 //! | `GET` | `/v1/state` | | the relay per service: sessions, sequence, gaps, resyncs, subscribers and how far behind |
 //! | `GET` | `/metrics` | | Prometheus text format |
 //! | `GET` | `/healthz` | | `ok` while the process serves (for liveness probes; no token) |
+//! | `GET` | `/readyz` | | `ready` while the state store takes writes; else `503` with the store's error (for readiness probes; no token) |
 //!
 //! Every route needs an operator token when tokens are configured, except `POST
-//! /v1/telemetry` and `POST /v1/state/{publish,pull,lookup}`, which a telemetry token may also use ([`auth`]), and `/healthz`, which
-//! tells nothing but that the process answers.
+//! /v1/telemetry` and `POST /v1/state/{publish,pull,lookup}`, which a telemetry token may
+//! also use ([`auth`]), and the probes `/healthz` and `/readyz`, which tell nothing but
+//! that the process answers and whether its store works.
 //!
 //! `E` is an endpoint `{"address": "10.0.0.7:8080", "healthy": true, "weight": 1}`; `S` a
 //! shadow set `{"endpoints": [E…], "warm": true, "max_in_flight": 32, "expires_at_ms":
@@ -86,6 +88,8 @@ pub struct Api {
     pub http_metrics: HttpMetrics,
     /// State synchronization's relay.
     pub relay: Arc<crate::relay::MemoryRelay>,
+    /// The durable store, if there is one (for `/readyz`).
+    pub store: Option<crate::store::StateStore>,
 }
 
 /// Every route of the table above, with JSON answers for unknown paths and methods.
@@ -107,6 +111,10 @@ pub fn router(api: Api) -> Router {
         .route(
             "/healthz",
             axum::routing::get(async || "ok").fallback(wrong_method),
+        )
+        .route(
+            "/readyz",
+            axum::routing::get(readiness).fallback(wrong_method),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(json_413))
@@ -130,6 +138,20 @@ async fn json_413(response: axum::response::Response) -> axum::response::Respons
         .into_response();
     }
     response
+}
+
+/// Ready while the store takes writes (a failed one is reopened here, at most once a
+/// second, so readiness returns with the disk's room). Liveness stays `/healthz`: a full
+/// disk is no reason to restart the process, which serves ADS from memory meanwhile.
+async fn readiness(
+    axum::extract::State(api): axum::extract::State<Api>,
+) -> Result<&'static str, ApiError> {
+    match &api.store {
+        Some(store) => store.check().map(|()| "ready").map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state_dir", e.to_string())
+        }),
+        None => Ok("ready"),
+    }
 }
 
 async fn unknown_path() -> ApiError {

@@ -7,8 +7,14 @@
 //! the proxy's group snapshot has that the proxy lacks: clusters before endpoints, one
 //! response in flight per type, removals only after their replacements are ACKed
 //! (make-before-break), and the endpoints of a changed cluster again (Envoy re-warms it).
+//!
+//! What a client sends is bounded before it is kept or logged: a NACK's `error_detail` is
+//! cut to [`MAX_ERROR_DETAIL_BYTES`], a node's id and group longer than
+//! [`MAX_NODE_NAME_BYTES`] refuse the stream, and only the types the server pushes
+//! ([`PUSH_ORDER`]) get protocol state. At shutdown every stream ends with `UNAVAILABLE`.
 
 use super::cache::SnapshotCache;
+use super::listener::{AdsConnection, OpenStream};
 use super::metrics::{ModeLabels, TypeLabels, XdsMetrics};
 use super::protocol::{
     DeltaTypeState, PUSH_ORDER, Rejection, RequestOutcome, TypeState, sotw_response,
@@ -31,13 +37,22 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+
+/// Longest NACK `error_detail` message kept (in `/v1/proxies`) and logged; the rest is
+/// cut, its length said.
+pub const MAX_ERROR_DETAIL_BYTES: usize = 1024;
+
+/// Longest `node.id`, and group, a stream may have (Envoy's are far shorter).
+pub const MAX_NODE_NAME_BYTES: usize = 1024;
 
 /// The ADS gRPC service.
 #[derive(Clone, Default)]
 pub struct Ads {
     cache: SnapshotCache,
     metrics: Arc<XdsMetrics>,
+    closing: CancellationToken,
 }
 
 impl Ads {
@@ -48,7 +63,21 @@ impl Ads {
 
     /// An ADS service serving `cache` and recording into `metrics`.
     pub fn with_metrics(cache: SnapshotCache, metrics: Arc<XdsMetrics>) -> Ads {
-        Ads { cache, metrics }
+        Ads {
+            cache,
+            metrics,
+            closing: CancellationToken::new(),
+        }
+    }
+
+    /// The same service, whose streams end with `UNAVAILABLE` once `closing` is cancelled.
+    pub fn closing_with(self, closing: CancellationToken) -> Ads {
+        Ads { closing, ..self }
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> Arc<XdsMetrics> {
+        self.metrics.clone()
     }
 
     /// The tonic service, to add to a `tonic::transport::Server`.
@@ -71,7 +100,7 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
-        let link = ProxyLink::open(&self.cache, &self.metrics, XdsMode::Sotw);
+        let link = ProxyLink::open(self, &request, XdsMode::Sotw);
         tokio::spawn(serve::<Sotw>(link, request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -81,54 +110,72 @@ impl AggregatedDiscoveryService for Ads {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
-        let link = ProxyLink::open(&self.cache, &self.metrics, XdsMode::Delta);
+        let link = ProxyLink::open(self, &request, XdsMode::Delta);
         tokio::spawn(serve::<Delta>(link, request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
-/// One proxy's stream as the cache and the metrics see it; closing it (drop) forgets the
-/// proxy and its gauge.
+/// One proxy's stream as the cache, the metrics and its connection see it; closing it
+/// (drop) forgets the proxy and its gauge, and ends its count on the connection.
 struct ProxyLink {
     cache: SnapshotCache,
     metrics: Arc<XdsMetrics>,
+    closing: CancellationToken,
     stream: u64,
     mode: XdsMode,
     group: Option<String>,
+    _open: Option<OpenStream>,
 }
 
 impl ProxyLink {
-    fn open(cache: &SnapshotCache, metrics: &Arc<XdsMetrics>, mode: XdsMode) -> ProxyLink {
-        metrics
+    fn open<R>(ads: &Ads, request: &Request<R>, mode: XdsMode) -> ProxyLink {
+        ads.metrics
             .connected
             .get_or_create(&ModeLabels {
                 mode: mode.as_str(),
             })
             .inc();
-        let stream = cache.open_stream();
-        cache.report(stream, |p| p.mode = mode);
+        let stream = ads.cache.open_stream();
+        ads.cache.report(stream, |p| p.mode = mode);
         ProxyLink {
-            cache: cache.clone(),
-            metrics: metrics.clone(),
+            cache: ads.cache.clone(),
+            metrics: ads.metrics.clone(),
+            closing: ads.closing.clone(),
             stream,
             mode,
             group: None,
+            // Absent when the service is not served by `serve_ads` (no idle deadline).
+            _open: request
+                .extensions()
+                .get::<AdsConnection>()
+                .map(AdsConnection::stream_opened),
         }
     }
 
-    /// Learns the proxy's group from the first request (the node is sent at least there).
-    fn identify(&mut self, node: Option<&Node>) {
+    /// Learns the proxy's group from the first request (the node is sent at least there);
+    /// refuses a node whose id or group is too long to keep.
+    fn identify(&mut self, node: Option<&Node>) -> Result<(), Status> {
         if self.group.is_some() {
-            return;
+            return Ok(());
         }
         let node = node.cloned().unwrap_or_default();
         let group = self.cache.group_of(&node);
+        for (field, value) in [("node.id", &node.id), ("the node's group", &group)] {
+            if value.len() > MAX_NODE_NAME_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "{field} is {} bytes, over {MAX_NODE_NAME_BYTES}",
+                    value.len()
+                )));
+            }
+        }
         tracing::info!(node = %node.id, %group, mode = self.mode.as_str(), "proxy connected");
         self.cache.report(self.stream, |p| {
             p.node_id = node.id.clone();
             p.group = group.clone();
         });
         self.group = Some(group);
+        Ok(())
     }
 
     fn labels(&self, type_url: &str) -> TypeLabels {
@@ -193,13 +240,16 @@ enum Event<R> {
     Request(R),
     SnapshotChanged,
     Closed,
+    ShuttingDown,
 }
 
 async fn next_event<R>(
     inbound: &mut Streaming<R>,
     changes: &mut tokio::sync::watch::Receiver<u64>,
+    closing: &CancellationToken,
 ) -> Event<R> {
     tokio::select! {
+        () = closing.cancelled() => Event::ShuttingDown,
         message = inbound.message() => match message {
             Ok(Some(r)) => Event::Request(r),
             Ok(None) => Event::Closed,
@@ -249,12 +299,31 @@ async fn serve<V: Variant>(
     let mut changes = link.cache.subscribe();
     let mut types: BTreeMap<String, V::State> = BTreeMap::new();
     loop {
-        match next_event(&mut inbound, &mut changes).await {
+        match next_event(&mut inbound, &mut changes, &link.closing).await {
             Event::Closed => return,
+            Event::ShuttingDown => {
+                // Envoy keeps its configuration and reconnects (to this address once a new
+                // process listens, or to another control plane of its cluster).
+                let _ = tx
+                    .send(Err(Status::unavailable(
+                        "the control plane is shutting down; reconnect",
+                    )))
+                    .await;
+                return;
+            }
             Event::SnapshotChanged => {}
             Event::Request(request) => {
-                link.identify(V::node(&request));
-                let type_url = V::type_url(&request).to_string();
+                if let Err(refused) = link.identify(V::node(&request)) {
+                    let _ = tx.send(Err(refused)).await;
+                    return;
+                }
+                let type_url = V::type_url(&request);
+                // Only the types pushed get state: a client naming endless others would
+                // grow this map (and no response would ever answer them).
+                if !PUSH_ORDER.contains(&type_url) {
+                    continue;
+                }
+                let type_url = type_url.to_string();
                 let state = types.entry(type_url.clone()).or_default();
                 let (outcome, sent_at) = V::on_request(state, &request);
                 link.answered(&type_url, &outcome, sent_at);
@@ -291,6 +360,20 @@ async fn serve<V: Variant>(
         link.cache
             .report(link.stream, |p| p.synced_generation = generation);
     }
+}
+
+/// A NACK's reason as kept and logged: at most [`MAX_ERROR_DETAIL_BYTES`] of it.
+fn error_detail(status: Option<&envoy_types::pb::google::rpc::Status>) -> Option<String> {
+    let message = &status?.message;
+    if message.len() <= MAX_ERROR_DETAIL_BYTES {
+        return Some(message.clone());
+    }
+    let cut = message.floor_char_boundary(MAX_ERROR_DETAIL_BYTES);
+    Some(format!(
+        "{}… ({} bytes in all)",
+        &message[..cut],
+        message.len()
+    ))
 }
 
 fn is_answer(outcome: &RequestOutcome) -> bool {
@@ -330,11 +413,11 @@ impl Variant for Sotw {
         t: &mut SotwType,
         request: &DiscoveryRequest,
     ) -> (RequestOutcome, Option<Instant>) {
-        let error = request.error_detail.as_ref().map(|s| s.message.as_str());
+        let error = error_detail(request.error_detail.as_ref());
         let outcome = t.protocol.on_request(
             &request.version_info,
             &request.response_nonce,
-            error,
+            error.as_deref(),
             &request.resource_names,
         );
         if !is_answer(&outcome) {
@@ -427,10 +510,10 @@ impl Variant for Delta {
         t: &mut DeltaType,
         request: &DeltaDiscoveryRequest,
     ) -> (RequestOutcome, Option<Instant>) {
-        let error = request.error_detail.as_ref().map(|s| s.message.as_str());
+        let error = error_detail(request.error_detail.as_ref());
         let outcome = t.protocol.on_request(
             &request.response_nonce,
-            error,
+            error.as_deref(),
             &request.resource_names_subscribe,
             &request.resource_names_unsubscribe,
             &request.initial_resource_versions,

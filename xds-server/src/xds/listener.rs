@@ -1,18 +1,35 @@
-//! The ADS listener's accept loop with a connection cap: past `max_connections` open
-//! streams, a new connection is closed on accept instead of taking a file descriptor the
-//! process may need elsewhere (the HTTP listener has its own cap, so neither side can
-//! starve the other). An accept error — out of file descriptors, most likely — backs off
-//! for 50 ms instead of spinning.
+//! The ADS listener's accept loop and its connections' limits.
+//!
+//! * A **connection cap**: past `max_connections` open connections, a new one is closed on
+//!   accept instead of taking a file descriptor the process may need elsewhere (the HTTP
+//!   listener has its own cap, so neither side can starve the other). An accept error — out
+//!   of file descriptors, most likely — backs off for 50 ms instead of spinning.
+//! * An **idle deadline**: a connection on which no ADS stream has been open for
+//!   `max_connection_idle` — counted from the accept, so it covers a TLS handshake, the
+//!   HTTP/2 preface and the first stream, and again from its last stream's end — is closed.
+//!   (gRPC's `MAX_CONNECTION_IDLE`, with the accept counted as the start of idleness.)
+//!   Without it a client that connects and says nothing holds a capped slot for ever: hyper's
+//!   HTTP/2 server waits for the preface with no timer, and its keep-alive pings start only
+//!   after it.
+//!
+//! * An **abort** at the end of shutdown: connections still open once the grace period is
+//!   over fail their next read or write, which ends them.
+//!
+//! The streams tell their connection when they open and close through [`AdsConnection`],
+//! the connection information tonic puts into every request's extensions.
 
+use super::metrics::XdsMetrics;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_stream::Stream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// Default for `[ads] max_connections`.
@@ -23,16 +40,30 @@ pub(super) struct CappedIncoming {
     listener: TcpListener,
     slots: Arc<Semaphore>,
     max: usize,
+    max_idle: Duration,
+    metrics: Arc<XdsMetrics>,
+    abort: CancellationToken,
     refused: u64,
     backoff: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl CappedIncoming {
-    pub(super) fn new(listener: TcpListener, max: usize) -> CappedIncoming {
+    /// Connections of `listener`, at most `max` open at once, each closed once it has had
+    /// no ADS stream for `max_idle`, and all of them once `abort` is cancelled.
+    pub(super) fn new(
+        listener: TcpListener,
+        max: usize,
+        max_idle: Duration,
+        metrics: Arc<XdsMetrics>,
+        abort: CancellationToken,
+    ) -> CappedIncoming {
         CappedIncoming {
             listener,
             slots: Arc::new(Semaphore::new(max)),
             max,
+            max_idle,
+            metrics,
+            abort,
             refused: 0,
             backoff: None,
         }
@@ -55,13 +86,17 @@ impl Stream for CappedIncoming {
                         // Large responses end in a partial segment: without TCP_NODELAY
                         // it waits for the proxy's delayed ACK (40 ms).
                         let _ = stream.set_nodelay(true);
-                        return Poll::Ready(Some(Ok(CappedConn {
+                        return Poll::Ready(Some(Ok(CappedConn::new(
                             stream,
-                            _slot: slot,
-                        })));
+                            slot,
+                            this.max_idle,
+                            this.metrics.clone(),
+                            this.abort.clone(),
+                        ))));
                     }
                     Err(_) => {
                         this.refused += 1;
+                        this.metrics.connection_closed("cap");
                         if this.refused.is_power_of_two() {
                             tracing::warn!(
                                 refused = this.refused,
@@ -80,17 +115,141 @@ impl Stream for CappedIncoming {
     }
 }
 
-/// An accepted connection holding its slot until it closes.
+/// How many ADS streams a connection has open, and since when none. (A lock, not two
+/// atomics: a stream's end must set the count and the idle start as one.)
+#[derive(Debug)]
+struct Activity(Mutex<(u32, Instant)>);
+
+impl Activity {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u32, Instant)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long the connection has had no stream open at `now`; `None` while one is open.
+    fn idle_for(&self, now: Instant) -> Option<Duration> {
+        let (open, idle_since) = *self.lock();
+        (open == 0).then(|| now.saturating_duration_since(idle_since))
+    }
+}
+
+/// One ADS connection as its requests see it (tonic's connection information, in every
+/// request's extensions): its peer, and the count of its open streams, which its idle
+/// deadline reads.
+#[derive(Debug, Clone)]
+pub struct AdsConnection {
+    tcp: TcpConnectInfo,
+    activity: Arc<Activity>,
+}
+
+impl AdsConnection {
+    /// The peer's address.
+    pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.remote_addr()
+    }
+
+    /// Counts a stream open until the returned guard is dropped.
+    pub fn stream_opened(&self) -> OpenStream {
+        self.activity.lock().0 += 1;
+        OpenStream(self.activity.clone())
+    }
+}
+
+/// An open ADS stream of a connection; dropping it ends the stream's count.
+#[derive(Debug)]
+pub struct OpenStream(Arc<Activity>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.0 -= 1;
+        if state.0 == 0 {
+            state.1 = Instant::now();
+        }
+    }
+}
+
+/// An accepted connection holding its slot until it closes, and closing itself (a read
+/// error, which ends hyper's connection) once it has been idle too long or is aborted.
 pub(super) struct CappedConn {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
+    connection: AdsConnection,
+    max_idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    metrics: Arc<XdsMetrics>,
+    aborted: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl CappedConn {
+    fn new(
+        stream: TcpStream,
+        slot: OwnedSemaphorePermit,
+        max_idle: Duration,
+        metrics: Arc<XdsMetrics>,
+        abort: CancellationToken,
+    ) -> CappedConn {
+        let accepted = Instant::now();
+        let connection = AdsConnection {
+            tcp: stream.connect_info(),
+            activity: Arc::new(Activity(Mutex::new((0, accepted)))),
+        };
+        CappedConn {
+            stream,
+            _slot: slot,
+            connection,
+            max_idle,
+            deadline: Box::pin(tokio::time::sleep_until(accepted + max_idle)),
+            metrics,
+            aborted: Box::pin(abort.cancelled_owned()),
+        }
+    }
+
+    /// An error once the server has aborted its connections (polled with every read and
+    /// write: a connection stuck writing to a peer that does not read must notice too).
+    fn check_aborted(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.aborted.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the ADS server shut down",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
+
+    /// An error once the connection has been idle for `max_idle`; else arms the timer for
+    /// the next check (polled with every read, so the task wakes when it fires).
+    fn check_idle(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        while self.deadline.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let next = match self.connection.activity.idle_for(now) {
+                Some(idle) if idle >= self.max_idle => {
+                    self.metrics.connection_closed("idle");
+                    tracing::debug!(
+                        peer = ?self.connection.remote_addr(),
+                        "closing an ADS connection with no stream for {:?}",
+                        self.max_idle
+                    );
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no ADS stream for {:?}", self.max_idle),
+                    ));
+                }
+                Some(idle) => now + (self.max_idle - idle),
+                // A stream is open: look again in a while (the stream's end does not wake
+                // this task, so the timer stays armed).
+                None => now + self.max_idle,
+            };
+            self.deadline.as_mut().reset(next);
+        }
+        Ok(())
+    }
 }
 
 impl Connected for CappedConn {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = AdsConnection;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
+    fn connect_info(&self) -> AdsConnection {
+        self.connection.clone()
     }
 }
 
@@ -100,7 +259,10 @@ impl AsyncRead for CappedConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        this.check_aborted(cx)?;
+        this.check_idle(cx)?;
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
@@ -110,7 +272,9 @@ impl AsyncWrite for CappedConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.check_aborted(cx)?;
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -118,7 +282,9 @@ impl AsyncWrite for CappedConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.check_aborted(cx)?;
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -126,7 +292,9 @@ impl AsyncWrite for CappedConn {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        this.check_aborted(cx)?;
+        Pin::new(&mut this.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -137,13 +305,27 @@ impl AsyncWrite for CappedConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
     use tokio_stream::StreamExt;
+
+    fn incoming(listener: TcpListener, max: usize, idle: Duration) -> CappedIncoming {
+        incoming_until(listener, max, idle, CancellationToken::new())
+    }
+
+    fn incoming_until(
+        listener: TcpListener,
+        max: usize,
+        idle: Duration,
+        abort: CancellationToken,
+    ) -> CappedIncoming {
+        CappedIncoming::new(listener, max, idle, Arc::default(), abort)
+    }
 
     #[tokio::test]
     async fn past_the_cap_connections_are_closed_and_a_slot_frees_on_close() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut incoming = CappedIncoming::new(listener, 2);
+        let mut incoming = incoming(listener, 2, Duration::from_secs(60));
         let _a = TcpStream::connect(addr).await.unwrap();
         let _b = TcpStream::connect(addr).await.unwrap();
         let first = incoming.next().await.unwrap().unwrap();
@@ -153,12 +335,95 @@ mod tests {
         let accept_more = tokio::time::timeout(Duration::from_millis(300), incoming.next());
         assert!(accept_more.await.is_err(), "no third connection is yielded");
         let mut buf = [0u8; 1];
-        let n = tokio::io::AsyncReadExt::read(&mut c, &mut buf).await;
+        let n = c.read(&mut buf).await;
         assert!(matches!(n, Ok(0) | Err(_)), "the third was closed: {n:?}");
         // Closing one frees its slot for the next.
         drop(first);
         let _d = TcpStream::connect(addr).await.unwrap();
         let yielded = tokio::time::timeout(Duration::from_secs(5), incoming.next()).await;
         assert!(matches!(yielded, Ok(Some(Ok(_)))));
+    }
+
+    /// Reads `conn` until it fails or `after` passes: the error, if any.
+    async fn read_error(conn: &mut CappedConn, after: Duration) -> Option<io::Error> {
+        let mut buf = [0u8; 16];
+        match tokio::time::timeout(after, conn.read(&mut buf)).await {
+            Ok(Err(e)) => Some(e),
+            Ok(Ok(n)) => panic!("read {n} bytes from a silent client"),
+            Err(_) => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_stream_is_closed_at_its_idle_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = incoming(listener, 4, Duration::from_secs(10));
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let mut conn = incoming.next().await.unwrap().unwrap();
+        assert!(
+            read_error(&mut conn, Duration::from_millis(9_900))
+                .await
+                .is_none()
+        );
+        let e = read_error(&mut conn, Duration::from_millis(200)).await;
+        assert_eq!(e.map(|e| e.kind()), Some(io::ErrorKind::TimedOut));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_stream_keeps_its_connection_and_idleness_counts_from_its_end() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = incoming(listener, 4, Duration::from_secs(10));
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let mut conn = incoming.next().await.unwrap().unwrap();
+        let info = conn.connect_info();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let stream = info.stream_opened();
+        let second = info.stream_opened();
+        assert!(
+            read_error(&mut conn, Duration::from_secs(60))
+                .await
+                .is_none()
+        );
+        drop(stream);
+        assert!(
+            read_error(&mut conn, Duration::from_secs(60))
+                .await
+                .is_none(),
+            "one stream is still open"
+        );
+        drop(second);
+        assert!(
+            read_error(&mut conn, Duration::from_millis(9_900))
+                .await
+                .is_none()
+        );
+        let e = read_error(&mut conn, Duration::from_millis(10_200)).await;
+        assert_eq!(e.map(|e| e.kind()), Some(io::ErrorKind::TimedOut));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_aborted_connection_fails_its_next_read_and_write() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let abort = CancellationToken::new();
+        let mut incoming = incoming_until(listener, 4, Duration::from_secs(10), abort.clone());
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let mut conn = incoming.next().await.unwrap().unwrap();
+        let _stream = conn.connect_info().stream_opened();
+        assert!(
+            read_error(&mut conn, Duration::from_secs(60))
+                .await
+                .is_none()
+        );
+        abort.cancel();
+        let e = read_error(&mut conn, Duration::from_millis(10)).await;
+        assert_eq!(e.map(|e| e.kind()), Some(io::ErrorKind::ConnectionAborted));
+        let written = tokio::io::AsyncWriteExt::write(&mut conn, b"x").await;
+        assert_eq!(
+            written.map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionAborted)
+        );
     }
 }

@@ -9,6 +9,7 @@
 //! | `shadowmesh_xds_nacks_total` | counter | `type`, `mode` | responses NACKed |
 //! | `shadowmesh_xds_push_latency_seconds` | histogram | `type`, `mode` | response sent → its ACK/NACK |
 //! | `shadowmesh_xds_snapshot_updates_total` | counter | | snapshot changes published |
+//! | `shadowmesh_xds_connections_closed_total` | counter | `reason` | connections the server closed: `cap` (on accept, at `max_connections`), `idle` (no stream for `max_connection_idle_secs`) |
 //!
 //! `type` is `cluster` or `endpoint`; `mode` is `sotw` or `delta`.
 
@@ -27,6 +28,13 @@ use std::time::Duration;
 pub struct ModeLabels {
     /// `sotw` or `delta`.
     pub mode: &'static str,
+}
+
+/// Labels of connections the server closed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `cap` or `idle`.
+    pub reason: &'static str,
 }
 
 /// Labels of per-type metrics.
@@ -74,6 +82,8 @@ pub struct XdsMetrics {
     pub push_latency: Family<TypeLabels, Histogram>,
     /// Snapshot changes published.
     pub snapshot_updates: Counter,
+    /// Connections the server closed, by reason.
+    pub connections_closed: Family<ReasonLabels, Counter>,
 }
 
 impl Default for XdsMetrics {
@@ -95,6 +105,7 @@ impl XdsMetrics {
         let push_latency =
             Family::<TypeLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
         let snapshot_updates = Counter::default();
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
         registry.register("connected_proxies", "Open ADS streams", connected.clone());
         registry.register("responses", "Discovery responses pushed", responses.clone());
         registry.register(
@@ -114,6 +125,11 @@ impl XdsMetrics {
             "Snapshot changes published",
             snapshot_updates.clone(),
         );
+        registry.register(
+            "connections_closed",
+            "ADS connections the server closed: at the cap, or idle without a stream",
+            connections_closed.clone(),
+        );
         XdsMetrics {
             connected,
             responses,
@@ -122,7 +138,15 @@ impl XdsMetrics {
             nacks,
             push_latency,
             snapshot_updates,
+            connections_closed,
         }
+    }
+
+    /// Records a connection the server closed for `reason` (`cap`, `idle`).
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Records a response of `bytes` encoded bytes.

@@ -37,7 +37,7 @@ pub mod status;
 
 pub use ads::Ads;
 pub use cache::{DEFAULT_GROUP, NodeGrouping, SnapshotCache};
-pub use listener::DEFAULT_MAX_CONNECTIONS;
+pub use listener::{AdsConnection, DEFAULT_MAX_CONNECTIONS, OpenStream};
 pub use metrics::XdsMetrics;
 pub use resource::{CLUSTER_TYPE, ENDPOINT_TYPE};
 pub use snapshot::Snapshot;
@@ -49,18 +49,35 @@ pub use status::{ProxyStatus, XdsMode};
 pub struct AdsLimits {
     /// Connections (proxies) open at once; further ones are closed on accept.
     pub max_connections: usize,
+    /// Streams one connection may have open at once (HTTP/2 `MAX_CONCURRENT_STREAMS`):
+    /// each stream is a proxy, and Envoy opens one.
+    pub max_streams_per_connection: u32,
+    /// Seconds a connection may go without an open ADS stream — from its accept (TLS
+    /// handshake, HTTP/2 preface, first stream) and from its last stream's end — before it
+    /// is closed.
+    pub max_connection_idle_secs: u64,
+    /// Seconds connections get to close after the streams were ended at shutdown; then
+    /// they are dropped.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for AdsLimits {
     fn default() -> Self {
         AdsLimits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_streams_per_connection: 8,
+            max_connection_idle_secs: 10,
+            shutdown_grace_secs: 10,
         }
     }
 }
 
 /// Serves an ADS service (gRPC) on `listener`, over TLS if `tls` is given (mutual TLS
 /// when it names a client CA), within `limits`, until `shutdown` resolves.
+///
+/// Then it stops accepting and ends every stream with `UNAVAILABLE` (Envoy keeps its last
+/// configuration and reconnects, here or elsewhere); connections still open after
+/// `shutdown_grace_secs` are dropped.
 pub async fn serve_ads(
     listener: tokio::net::TcpListener,
     ads: Ads,
@@ -68,18 +85,49 @@ pub async fn serve_ads(
     limits: AdsLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    use tokio_util::sync::CancellationToken;
+    let secs = std::time::Duration::from_secs;
+    // Two steps: `closing` ends the streams (and hyper's graceful shutdown then closes each
+    // connection whose streams are gone); `abort` drops connections that outlive the grace.
+    let (closing, abort) = (CancellationToken::new(), CancellationToken::new());
+    let incoming = listener::CappedIncoming::new(
+        listener,
+        limits.max_connections.max(1),
+        secs(limits.max_connection_idle_secs),
+        ads.metrics(),
+        abort.clone(),
+    );
+    let ads = ads.closing_with(closing.clone());
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    builder
+    let signal = {
+        let closing = closing.clone();
+        async move {
+            shutdown.await;
+            closing.cancel();
+        }
+    };
+    let serving = builder
         // Envoy pings every 10 s (envoy-configs); these notice a dead proxy from this side.
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(secs(30)))
+        .http2_keepalive_timeout(Some(secs(10)))
+        .max_concurrent_streams(Some(limits.max_streams_per_connection.max(1)))
         .add_service(ads.into_service())
-        .serve_with_incoming_shutdown(
-            listener::CappedIncoming::new(listener, limits.max_connections.max(1)),
-            shutdown,
-        )
-        .await
+        .serve_with_incoming_shutdown(incoming, signal);
+    tokio::pin!(serving);
+    tokio::select! {
+        served = &mut serving => return served,
+        () = async {
+            closing.cancelled().await;
+            tokio::time::sleep(secs(limits.shutdown_grace_secs)).await;
+        } => {}
+    }
+    tracing::warn!(
+        grace_secs = limits.shutdown_grace_secs,
+        "ADS connections still open after the grace period; dropping them"
+    );
+    abort.cancel();
+    serving.await
 }
