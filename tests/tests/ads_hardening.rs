@@ -82,6 +82,25 @@ async fn closed_by_server(conn: &mut (impl AsyncRead + Unpin), timeout: Duration
     }
 }
 
+/// Envoy, connecting after the `silent` clients that fill the cap, gets its clusters; and
+/// every silent client is closed by the server.
+async fn served_past(envoy: &EnvoyProcess, silent: &mut [impl AsyncRead + Unpin], what: &str) {
+    let opened = Instant::now();
+    eventually(
+        &format!("Envoy with its clusters past {what}"),
+        Duration::from_secs(40),
+        async || has_checkout(envoy).then_some(()),
+    )
+    .await;
+    for (i, conn) in silent.iter_mut().enumerate() {
+        assert!(
+            closed_by_server(conn, Duration::from_secs(20)).await,
+            "silent client {i} of {what} still connected {:?} after Envoy started",
+            opened.elapsed()
+        );
+    }
+}
+
 /// The HTTP/2 connection preface a client sends first.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -234,22 +253,9 @@ async fn silent_connections_are_closed_and_envoy_is_served_past_them() {
         }
         silent.push(conn);
     }
-    let opened = Instant::now();
     // Envoy connects after them and is served once they are closed.
     let envoy = envoy(&bootstrap(&setup)).await;
-    eventually(
-        "Envoy with its clusters past 8 silent connections",
-        Duration::from_secs(40),
-        async || has_checkout(&envoy).then_some(()),
-    )
-    .await;
-    for (i, conn) in silent.iter_mut().enumerate() {
-        assert!(
-            closed_by_server(conn, Duration::from_secs(20)).await,
-            "silent connection {i} still open {:?} after it connected",
-            opened.elapsed()
-        );
-    }
+    served_past(&envoy, &mut silent, "8 silent connections").await;
     let text = api.call("GET", "/metrics", None).await.unwrap().1;
     let idle = metric(
         &text,
@@ -320,18 +326,7 @@ async fn silent_clients_after_a_finished_tls_handshake_are_closed_and_envoy_is_s
         sni: shadowmesh_testkit::pki::SERVER_NAME.into(),
     });
     let envoy = envoy(&yaml).await;
-    eventually(
-        "Envoy with its clusters over mTLS past 4 silent TLS clients",
-        Duration::from_secs(40),
-        async || has_checkout(&envoy).then_some(()),
-    )
-    .await;
-    for (i, conn) in silent.iter_mut().enumerate() {
-        assert!(
-            closed_by_server(conn, Duration::from_secs(20)).await,
-            "silent TLS client {i} still connected"
-        );
-    }
+    served_past(&envoy, &mut silent, "4 silent TLS clients").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,6 +73,30 @@ fn service(address: &str) -> String {
     format!(r#"{{"primary": [{{"address": "{address}"}}]}}"#)
 }
 
+/// Answers to writes of one of each kind, all taken.
+const ACCEPTED: [u16; 3] = [200, 204, 201];
+
+/// One write of each kind named `name`: the service (primary on `port`), its capacity (40)
+/// and an event of that kind. Their statuses.
+async fn writes(api: &ApiClient, name: &str, port: u16) -> [u16; 3] {
+    let service = call(
+        api,
+        "PUT",
+        &format!("/v1/services/{name}"),
+        Some(&service(&format!("127.0.0.1:{port}"))),
+    )
+    .await;
+    let capacity = call(
+        api,
+        "PUT",
+        &format!("/v1/capacity/{name}"),
+        Some(r#"{"capacity": 40}"#),
+    )
+    .await;
+    let event = call(api, "POST", "/v1/events", Some(&event(name))).await;
+    [service.0, capacity.0, event.0]
+}
+
 /// A service of 3,000 endpoints from port `first`: stored, ~150 KB of JSON.
 fn big_service(first: u16) -> String {
     let endpoints: Vec<String> = (0..3_000)
@@ -135,41 +159,17 @@ async fn a_full_disk_refuses_writes_changes_nothing_and_the_store_recovers_when_
     assert_eq!(call(&probe, "GET", "/readyz", None).await.0, 200);
 
     // Before the disk fills: accepted writes.
-    let put = |path: &'static str, body: String| {
-        let api = api.clone();
-        async move { call(&api, "PUT", path, Some(&body)).await }
-    };
-    assert_eq!(
-        put("/v1/services/alpha", service("127.0.0.1:9001")).await.0,
-        200
-    );
-    assert_eq!(
-        put("/v1/capacity/alpha", r#"{"capacity": 100}"#.into())
-            .await
-            .0,
-        204
-    );
-    assert_eq!(
-        call(&api, "POST", "/v1/events", Some(&event("before")))
-            .await
-            .0,
-        201
-    );
+    assert_eq!(writes(&api, "alpha", 9001).await, ACCEPTED);
 
     // Full: every write refused as unavailable (503), naming the store, and nothing changed.
     let ballast = disk.fill();
-    let (status, body) = put("/v1/services/beta", service("127.0.0.1:9002")).await;
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("state store"), "{body}");
-    let (status, body) = put("/v1/capacity/gamma", r#"{"capacity": 5}"#.into()).await;
-    assert_eq!(status, 503, "{body}");
-    let (status, body) = call(&api, "POST", "/v1/events", Some(&event("refused"))).await;
-    assert_eq!(status, 503, "{body}");
+    assert_eq!(writes(&api, "beta", 9002).await, [503; 3]);
     let (status, body) = call(&api, "DELETE", "/v1/services/alpha", None).await;
     assert_eq!(status, 503, "{body}");
+    assert!(body.contains("state store"), "{body}");
     assert_eq!(service_names(&api).await, ["alpha"]);
-    assert_eq!(call(&api, "GET", "/v1/capacity/gamma", None).await.0, 404);
-    assert_eq!(event_names(&api).await, ["before"]);
+    assert_eq!(call(&api, "GET", "/v1/capacity/beta", None).await.0, 404);
+    assert_eq!(event_names(&api).await, ["alpha"]);
     // Readiness says why; liveness is unaffected (ADS goes on serving from memory).
     let (status, body) = call(&probe, "GET", "/readyz", None).await;
     assert_eq!(status, 503, "{body}");
@@ -187,35 +187,20 @@ async fn a_full_disk_refuses_writes_changes_nothing_and_the_store_recovers_when_
         (call(&probe, "GET", "/readyz", None).await.0 == 200).then_some(())
     })
     .await;
-    assert_eq!(
-        put("/v1/services/delta", service("127.0.0.1:9004")).await.0,
-        200
-    );
-    assert_eq!(
-        put("/v1/capacity/delta", r#"{"capacity": 40}"#.into())
-            .await
-            .0,
-        204
-    );
-    assert_eq!(
-        call(&api, "POST", "/v1/events", Some(&event("after")))
-            .await
-            .0,
-        201
-    );
+    assert_eq!(writes(&api, "delta", 9004).await, ACCEPTED);
 
     // A restart finds exactly the writes that were acknowledged.
     plane.kill_9();
     let _plane = setup.start(&args);
     wait_up(&probe).await;
     assert_eq!(service_names(&api).await, ["alpha", "delta"]);
-    assert_eq!(call(&api, "GET", "/v1/capacity/gamma", None).await.0, 404);
+    assert_eq!(call(&api, "GET", "/v1/capacity/beta", None).await.0, 404);
     let capacity = api
         .get_json("/v1/capacity/delta")
         .await
         .expect("delta's capacity");
     assert_eq!(capacity["capacity"], 40.0);
-    assert_eq!(event_names(&api).await, ["after", "before"]);
+    assert_eq!(event_names(&api).await, ["alpha", "delta"]);
     drop(disk);
 }
 

@@ -487,12 +487,7 @@ impl ShadowRegistry {
             // Committed before it is published or acknowledged: an acknowledged change
             // survives a crash, and a refused one is in neither memory nor the store.
             let written = if state.store_behind {
-                let all: Vec<(String, Option<ServiceState>)> = draft
-                    .services
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Some(v.clone())))
-                    .collect();
-                store.replace_services(&all)
+                store.replace_services(draft.services.iter())
             } else {
                 let changed: Vec<(String, Option<ServiceState>)> = state
                     .services

@@ -283,24 +283,24 @@ impl StateStore {
         &self,
         changes: &[(String, Option<S>)],
     ) -> Result<(), StoreError> {
-        self.put_services(changes, false)
+        self.put_services(changes.iter().map(|(k, v)| (k, v.as_ref())), false)
     }
 
     /// Replaces every stored service by `services`, in one transaction (after a failed
     /// write, the writer's whole state: whatever a failed commit may have left is gone).
-    pub fn replace_services<S: Serialize>(
+    pub fn replace_services<'a, S: Serialize + 'a>(
         &self,
-        services: &[(String, Option<S>)],
+        services: impl IntoIterator<Item = (&'a String, &'a S)>,
     ) -> Result<(), StoreError> {
-        self.put_services(services, true)
+        self.put_services(services.into_iter().map(|(k, v)| (k, Some(v))), true)
     }
 
-    fn put_services<S: Serialize>(
+    fn put_services<'a, S: Serialize + 'a>(
         &self,
-        changes: &[(String, Option<S>)],
+        changes: impl Iterator<Item = (&'a String, Option<&'a S>)>,
         replace: bool,
     ) -> Result<(), StoreError> {
-        let mut encoded: Vec<(&str, Option<Vec<u8>>)> = Vec::with_capacity(changes.len());
+        let mut encoded: Vec<(&str, Option<Vec<u8>>)> = Vec::new();
         for (k, v) in changes {
             let bytes = match v {
                 Some(s) => Some(serde_json::to_vec(s).map_err(|e| self.error(e))?),

@@ -136,19 +136,19 @@ impl Activity {
 /// request's extensions): its peer, and the count of its open streams, which its idle
 /// deadline reads.
 #[derive(Debug, Clone)]
-pub struct AdsConnection {
+pub(super) struct AdsConnection {
     tcp: TcpConnectInfo,
     activity: Arc<Activity>,
 }
 
 impl AdsConnection {
     /// The peer's address.
-    pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+    pub(super) fn remote_addr(&self) -> Option<std::net::SocketAddr> {
         self.tcp.remote_addr()
     }
 
     /// Counts a stream open until the returned guard is dropped.
-    pub fn stream_opened(&self) -> OpenStream {
+    pub(super) fn stream_opened(&self) -> OpenStream {
         self.activity.lock().0 += 1;
         OpenStream(self.activity.clone())
     }
@@ -156,7 +156,7 @@ impl AdsConnection {
 
 /// An open ADS stream of a connection; dropping it ends the stream's count.
 #[derive(Debug)]
-pub struct OpenStream(Arc<Activity>);
+pub(super) struct OpenStream(Arc<Activity>);
 
 impl Drop for OpenStream {
     fn drop(&mut self) {

@@ -37,7 +37,7 @@ pub mod status;
 
 pub use ads::Ads;
 pub use cache::{DEFAULT_GROUP, NodeGrouping, SnapshotCache};
-pub use listener::{AdsConnection, DEFAULT_MAX_CONNECTIONS, OpenStream};
+pub use listener::DEFAULT_MAX_CONNECTIONS;
 pub use metrics::XdsMetrics;
 pub use resource::{CLUSTER_TYPE, ENDPOINT_TYPE};
 pub use snapshot::Snapshot;
