@@ -32,17 +32,6 @@ impl XdsProcess {
         XdsProcess::spawn(config, log, args, Some(&format!("ulimit -n {open_files}")))
     }
 
-    /// Like [`XdsProcess::start`], with `SIGXFSZ` ignored: a file-size limit set on the
-    /// process later (`prlimit --fsize`) then fails its writes with `EFBIG` — a disk that
-    /// cannot take a commit — instead of killing it.
-    pub fn start_ignoring_file_size_signal(
-        config: &Path,
-        log: &Path,
-        args: &[&str],
-    ) -> anyhow::Result<XdsProcess> {
-        XdsProcess::spawn(config, log, args, Some("trap '' XFSZ"))
-    }
-
     fn spawn(
         config: &Path,
         log: &Path,
@@ -55,8 +44,8 @@ impl XdsProcess {
             .append(true)
             .open(log)?;
         let mut command = match prelude {
-            // `exec` keeps the pid: signals reach the binary, not a shell. (Limits and
-            // ignored signals carry over the exec.)
+            // `exec` keeps the pid: signals reach the binary, not a shell. (Limits carry
+            // over the exec.)
             Some(prelude) => {
                 let mut c = Command::new("sh");
                 c.arg("-c")
@@ -106,10 +95,21 @@ impl XdsProcess {
     /// Sends `SIGTERM` (what Kubernetes sends before it kills a pod) and waits up to
     /// `timeout` for the exit.
     pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        self.send_sigterm()?;
+        self.wait_exit(timeout)
+    }
+
+    /// Sends `SIGTERM` without waiting.
+    pub fn send_sigterm(&self) -> anyhow::Result<()> {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()?;
         anyhow::ensure!(status.success(), "kill -TERM failed");
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -117,7 +117,7 @@ impl XdsProcess {
             }
             anyhow::ensure!(
                 std::time::Instant::now() < deadline,
-                "no exit within {timeout:?} of SIGTERM"
+                "no exit within {timeout:?}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

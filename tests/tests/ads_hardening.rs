@@ -216,6 +216,31 @@ async fn read_frames(mut conn: impl AsyncRead + Unpin, quiet: Duration) -> Seen 
     }
 }
 
+/// A client that asks for the clusters with a flow-control window of zero: the answer can
+/// never be sent, so its stream (and the connection) cannot end by itself.
+async fn stuck_client(ads: SocketAddr) -> TcpStream {
+    let mut stuck = TcpStream::connect(ads).await.unwrap();
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[0, INITIAL_WINDOW_SIZE, 0, 0, 0, 0]));
+    out.extend(open_ads_stream(1));
+    let request = DiscoveryRequest {
+        node: Some(Node {
+            id: "stuck".into(),
+            cluster: "edge".into(),
+            ..Default::default()
+        }),
+        type_url: CLUSTER_TYPE.into(),
+        ..Default::default()
+    };
+    let message = prost::Message::encode_to_vec(&request);
+    let mut grpc = vec![0];
+    grpc.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    grpc.extend(message);
+    out.extend(frame(DATA, 0, 1, &grpc));
+    stuck.write_all(&out).await.unwrap();
+    stuck
+}
+
 /// A raw HTTP/2 client that opens `streams` ADS streams at once on one connection and
 /// sends nothing more: what the server answered, and the connection's write half (the
 /// connection stays open while it lives).
@@ -358,13 +383,17 @@ async fn one_connection_opens_at_most_its_stream_limit_of_proxies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nack_s_reason_is_cut_in_the_log_and_in_proxies_and_a_huge_node_id_refused() {
-    // Row 9: NACKs carrying 15 MB reasons, unauthenticated (plaintext ADS).
+    // Row 9: NACKs carrying 3 MiB reasons (under the 4 MiB request limit), unauthenticated
+    // (plaintext ADS), each starting with a forged log line.
     let setup = PlaneSetup::new("ads-nack", CHECKOUT);
     let _plane = setup.start(&[]);
     let api = setup.client(None);
     wait_up(&api).await;
     let logged_before = std::fs::metadata(&setup.log).unwrap().len();
-    let reason = "x".repeat(15 << 20);
+    let reason = format!(
+        "\nFORGED proxy accepted everything\n{}",
+        "x".repeat(3 << 20)
+    );
     let mut clients = Vec::new();
     for i in 0..4 {
         let channel = tonic::transport::Channel::from_shared(format!("http://{}", setup.ads))
@@ -432,6 +461,11 @@ async fn a_nack_s_reason_is_cut_in_the_log_and_in_proxies_and_a_huge_node_id_ref
     assert!(
         logged < 64 << 10,
         "the log grew by {logged} bytes for four NACKs"
+    );
+    let log = std::fs::read_to_string(&setup.log).unwrap();
+    assert!(
+        !log.lines().any(|l| l.starts_with("FORGED")),
+        "a client's reason forged a log line"
     );
     drop(clients);
 
@@ -538,27 +572,7 @@ async fn sigterm_drops_a_connection_that_never_closes_after_the_grace_period() {
     let mut plane = setup.start(&[]);
     let api = setup.client(None);
     wait_up(&api).await;
-    // A client that asks for the clusters with a flow-control window of zero: the answer
-    // can never be sent, so its stream (and the connection) cannot end by itself.
-    let mut stuck = TcpStream::connect(setup.ads).await.unwrap();
-    let mut out = PREFACE.to_vec();
-    out.extend(frame(SETTINGS, 0, 0, &[0, INITIAL_WINDOW_SIZE, 0, 0, 0, 0]));
-    out.extend(open_ads_stream(1));
-    let request = DiscoveryRequest {
-        node: Some(Node {
-            id: "stuck".into(),
-            cluster: "edge".into(),
-            ..Default::default()
-        }),
-        type_url: CLUSTER_TYPE.into(),
-        ..Default::default()
-    };
-    let message = prost::Message::encode_to_vec(&request);
-    let mut grpc = vec![0];
-    grpc.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    grpc.extend(message);
-    out.extend(frame(DATA, 0, 1, &grpc));
-    stuck.write_all(&out).await.unwrap();
+    let stuck = stuck_client(setup.ads).await;
     eventually(
         "the stuck stream registered",
         Duration::from_secs(10),
@@ -574,5 +588,285 @@ async fn sigterm_drops_a_connection_that_never_closes_after_the_grace_period() {
     assert!(status.success(), "{status:?}");
     let log = plane.log();
     assert!(log.contains("still open after the grace period"), "{log}");
+    drop(stuck);
+}
+
+/// A client with a small receive buffer that sends the preface and PINGs until the server's
+/// PONGs fill its buffer and the server's writes wait, and then reads nothing.
+async fn ping_flooder(ads: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(ads).await.unwrap();
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    conn.write_all(&out).await.unwrap();
+    let pings: Vec<u8> = (0..4096).flat_map(|_| frame(PING, 0, 0, &[7; 8])).collect();
+    // Until a batch waits 3 s: the server stopped reading (its PONGs fill our buffer and
+    // its own). Or until it closed the connection.
+    let started = Instant::now();
+    while let Ok(Ok(())) =
+        tokio::time::timeout(Duration::from_secs(3), conn.write_all(&pings)).await
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the server kept reading PINGs it could not answer"
+        );
+    }
+    conn
+}
+
+const PING: u8 = 0x6;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_flood_pings_and_never_read_are_closed_at_the_write_deadline() {
+    // Once hyper cannot flush its PONGs it stops reading, so a deadline checked on reads
+    // alone never fires: four such clients held the cap for ever. The idle deadline is
+    // long here, so only the write deadline can free the slots in time.
+    let setup = PlaneSetup::new(
+        "ads-flood",
+        &format!(
+            "{CHECKOUT}\n[ads]\nmax_connections = 4\nmax_connection_idle_secs = 120\nwrite_timeout_secs = 2\n"
+        ),
+    );
+    let _plane = setup.start(&[]);
+    let api = setup.client(None);
+    wait_up(&api).await;
+    let mut flooders = Vec::new();
+    for _ in 0..4 {
+        flooders.push(ping_flooder(setup.ads).await);
+    }
+    let envoy = envoy(&bootstrap(&setup)).await;
+    served_past(&envoy, &mut flooders, "4 PING flooders that never read").await;
+    let text = api.call("GET", "/metrics", None).await.unwrap().1;
+    let stalled = metric(
+        &text,
+        "shadowmesh_xds_connections_closed_total{reason=\"write_timeout\"}",
+    );
+    assert!(
+        stalled >= Some(4.0),
+        "{stalled:?} closed at the write deadline"
+    );
+}
+
+/// Opens a SotW stream as `node` and sends `requests`: the status that ended it, if it
+/// ended within 10 s.
+async fn stream_status(ads: SocketAddr, requests: Vec<DiscoveryRequest>) -> Option<tonic::Status> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{ads}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for r in requests {
+        tx.send(r).unwrap();
+    }
+    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .ok()?
+        .into_inner();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match responses.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    });
+    let status = ended.await.ok().flatten();
+    drop(tx);
+    status
+}
+
+fn subscribe(node: &str, type_url: &str, names: Vec<String>) -> DiscoveryRequest {
+    DiscoveryRequest {
+        node: Some(Node {
+            id: node.into(),
+            cluster: "edge".into(),
+            ..Default::default()
+        }),
+        type_url: type_url.into(),
+        resource_names: names,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_nonces_and_name_lists_beyond_their_bounds_refuse_the_stream() {
+    // Row 9's siblings: what a client sends and the server keeps (a version in
+    // `/v1/proxies`, names in a subscription) or logs is bounded too.
+    let setup = PlaneSetup::new("ads-bounds", CHECKOUT);
+    let _plane = setup.start(&[]);
+    let api = setup.client(None);
+    wait_up(&api).await;
+    let huge = "v".repeat(2 << 20);
+    let cases = [
+        (
+            "version_info",
+            vec![DiscoveryRequest {
+                version_info: huge.clone(),
+                ..subscribe("big-version", CLUSTER_TYPE, Vec::new())
+            }],
+        ),
+        (
+            "response_nonce",
+            vec![DiscoveryRequest {
+                response_nonce: huge.clone(),
+                ..subscribe("big-nonce", CLUSTER_TYPE, Vec::new())
+            }],
+        ),
+        (
+            "resource_names",
+            vec![subscribe(
+                "many-names",
+                shadowmesh_xds::xds::ENDPOINT_TYPE,
+                (0..100_000).map(|i| format!("c{i}")).collect(),
+            )],
+        ),
+    ];
+    for (field, requests) in cases {
+        let status = stream_status(setup.ads, requests)
+            .await
+            .unwrap_or_else(|| panic!("the stream with a huge {field} went on"));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+        assert!(status.message().contains(field), "{status}");
+    }
+    let listed = api.call("GET", "/v1/proxies", None).await.unwrap().1;
+    assert!(
+        listed.len() < 64 << 10,
+        "/v1/proxies is {} bytes",
+        listed.len()
+    );
+    // Within the bounds, the same requests are served.
+    let fine = stream_status(setup.ads, vec![subscribe("fine", CLUSTER_TYPE, Vec::new())]);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), fine)
+            .await
+            .is_err(),
+        "a stream within the bounds stays open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_sends_no_request_is_ended_and_its_proxy_forgotten() {
+    // A stream with no request held its connection (answering PINGs) and a nameless entry
+    // in /v1/proxies for ever.
+    let setup = PlaneSetup::new(
+        "ads-silent-stream",
+        &format!("{CHECKOUT}\n[ads]\nmax_connection_idle_secs = 2\n"),
+    );
+    let _plane = setup.start(&[]);
+    let api = setup.client(None);
+    wait_up(&api).await;
+    let started = Instant::now();
+    let status = stream_status(setup.ads, Vec::new())
+        .await
+        .expect("the silent stream was ended");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status}");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    eventually("its proxy forgotten", Duration::from_secs(10), async || {
+        proxies(&api).await.is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_process_starts_while_the_last_one_waits_out_its_ads_grace() {
+    // The store's lock is released once HTTP has drained, not at exit: a replacement on the
+    // same state directory starts while a stuck ADS client holds the old process.
+    let setup = PlaneSetup::new(
+        "ads-overlap",
+        &format!("{CHECKOUT}\n[ads]\nshutdown_grace_secs = 30\n"),
+    );
+    let state = setup.dir.join("state");
+    let state_arg = state.to_str().unwrap().to_string();
+    let mut old = setup.start(&["--state-dir", &state_arg]);
+    let api = setup.client(None);
+    wait_up(&api).await;
+    let stuck = stuck_client(setup.ads).await;
+    eventually(
+        "the stuck stream registered",
+        Duration::from_secs(10),
+        async || (proxies(&api).await.len() == 1).then_some(()),
+    )
+    .await;
+    old.send_sigterm().unwrap();
+    // The listeners are closed at once: the replacement takes the same addresses.
+    eventually(
+        "the old listener closed",
+        Duration::from_secs(10),
+        async || TcpStream::connect(setup.http).await.is_err().then_some(()),
+    )
+    .await;
+    let next = eventually("the replacement up", Duration::from_secs(15), async || {
+        let mut next = setup.start(&["--state-dir", &state_arg]);
+        for _ in 0..40 {
+            if let Some(status) = next.exited() {
+                let log = next.log();
+                assert!(
+                    !log.contains("already open"),
+                    "the store's lock was still held: {status:?}"
+                );
+                return None;
+            }
+            if api
+                .call("GET", "/readyz", None)
+                .await
+                .is_ok_and(|(s, _)| s == 200)
+            {
+                return Some(next);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    })
+    .await;
+    assert!(
+        old.exited().is_none(),
+        "the old process was still in its ADS grace"
+    );
+    // The new one serves and writes.
+    assert_eq!(
+        api.call(
+            "PUT",
+            "/v1/services/beta",
+            Some(r#"{"primary": [{"address": "127.0.0.1:9002"}]}"#)
+        )
+        .await
+        .unwrap()
+        .0,
+        200
+    );
+    drop((stuck, next));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once() {
+    let setup = PlaneSetup::new(
+        "ads-second-signal",
+        &format!("{CHECKOUT}\n[ads]\nshutdown_grace_secs = 60\n"),
+    );
+    let mut plane = setup.start(&[]);
+    let api = setup.client(None);
+    wait_up(&api).await;
+    let stuck = stuck_client(setup.ads).await;
+    eventually(
+        "the stuck stream registered",
+        Duration::from_secs(10),
+        async || (proxies(&api).await.len() == 1).then_some(()),
+    )
+    .await;
+    plane.send_sigterm().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(plane.exited().is_none(), "waiting out the 60 s grace");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = plane.terminate(Duration::from_secs(10));
+        (status, plane)
+    });
+    let (status, plane) = status.await.unwrap();
+    let status = status.expect("an exit at the second signal");
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    assert!(plane.log().contains("second signal"), "{}", plane.log());
     drop(stuck);
 }

@@ -594,3 +594,66 @@ async fn ads_over_mutual_tls_serves_envoy_with_a_certificate_and_no_one_else() {
         "a client with a valid certificate was refused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_a_long_poll_at_once_instead_of_cutting_it() {
+    // A relay long poll waits up to `max_wait_ms`, which may be longer than the HTTP grace:
+    // at shutdown it is answered (nothing new, the same cursor) rather than reset.
+    let setup = Setup::new(
+        "sigterm-poll",
+        &format!("{CHECKOUT}\n[relay]\nmax_wait_ms = 25000\n[http]\nshutdown_grace_secs = 60\n"),
+    );
+    let mut plane = setup.start(&[]);
+    let api = setup.client(None);
+    up(&api).await;
+    let pull = |epoch: u64, cursor: u64, wait_ms: u64| {
+        serde_json::json!({"schema": shadowmesh_wire::STATE_SCHEMA, "subscriber": "shadow-1",
+            "service": "checkout", "epoch": epoch, "cursor": cursor, "wait_ms": wait_ms})
+        .to_string()
+    };
+    // The first pull learns the relay's epoch and cursor; the second waits.
+    let (status, first) = api
+        .call("POST", "/v1/state/pull", Some(&pull(0, 0, 0)))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{first}");
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let (epoch, cursor) = (
+        first["epoch"].as_u64().unwrap(),
+        first["cursor"].as_u64().unwrap(),
+    );
+    let waiting = {
+        let api = api.clone();
+        let body = pull(epoch, cursor, 25_000);
+        tokio::spawn(async move {
+            let answer = api.call("POST", "/v1/state/pull", Some(&body)).await;
+            (answer, std::time::Instant::now())
+        })
+    };
+    eventually(
+        "the long poll in flight",
+        Duration::from_secs(10),
+        async || {
+            let text = api.call("GET", "/metrics", None).await.ok()?.1;
+            (metric(&text, "shadowmesh_http_requests_in_flight")? >= 2.0).then_some(())
+        },
+    )
+    .await;
+    let signalled = std::time::Instant::now();
+    plane.send_sigterm().unwrap();
+    let (answer, at) = waiting.await.unwrap();
+    let (status, body) = answer.expect("the long poll answered");
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["cursor"].as_u64(), Some(cursor), "{body}");
+    assert!(
+        at.duration_since(signalled) < Duration::from_secs(10),
+        "the poll waited {:?} after SIGTERM (it may wait 25 s)",
+        at.duration_since(signalled)
+    );
+    let status = tokio::task::spawn_blocking(move || plane.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap()
+        .expect("an exit");
+    assert!(status.success(), "{status:?}");
+}

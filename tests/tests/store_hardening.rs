@@ -5,7 +5,7 @@
 //!
 //! The full disk is a 4 MiB tmpfs mounted for the test (the tests run as root, as CI does);
 //! a commit fails halfway when the process's file-size limit stops the store's file from
-//! growing (`EFBIG`, as `ENOSPC` would).
+//! growing (`EFBIG`, as `ENOSPC` would; the binary blocks `SIGXFSZ`).
 
 use shadowmesh_testkit::xds_process::{ApiClient, PlaneSetup, eventually, wait_up};
 use std::path::{Path, PathBuf};
@@ -215,36 +215,42 @@ async fn a_commit_that_fails_halfway_changes_nothing_and_the_next_write_is_taken
         "--tokens-file",
         tokens.to_str().unwrap(),
     ];
-    let mut plane = shadowmesh_testkit::xds_process::XdsProcess::start_ignoring_file_size_signal(
-        &setup.config,
-        &setup.log,
-        &args,
-    )
-    .unwrap();
+    let mut plane = setup.start(&args);
     let api = setup.client(Some(OPERATOR));
+    let probe = setup.client(None);
     wait_up(&api).await;
     let put = |path: &'static str, body: String| {
         let api = api.clone();
         async move { call(&api, "PUT", path, Some(&body)).await }
     };
-    assert_eq!(
-        put("/v1/services/alpha", service("127.0.0.1:9001")).await.0,
-        200
-    );
+    assert_eq!(put("/v1/services/alpha", big_service(10_000)).await.0, 200);
 
-    // The store's file may not grow: a write larger than its free pages fails in its
-    // commit, as on a disk that filled up meanwhile.
+    // The store's file may not grow (a file-size limit, as `ulimit -f` sets; the process
+    // blocks SIGXFSZ, so it is an error, not a kill): a write larger than the file's free
+    // pages fails in its commit, as on a disk that filled up meanwhile.
     let file = state.join(shadowmesh_xds::store::STORE_FILE);
     let size = std::fs::metadata(&file).unwrap().len();
     plane.limit_file_size(Some(size)).unwrap();
-    let (status, body) = put("/v1/services/beta", big_service(10_000)).await;
+    let (status, body) = put("/v1/services/beta", big_service(20_000)).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("File too large"), "{body}");
+    assert!(plane.exited().is_none(), "the process died of the limit");
     assert_eq!(service_names(&api).await, ["alpha"]);
+    // Not ready while the stored services cannot be brought in line, however often asked
+    // (a small probe write would fit; the registry's whole rewrite does not).
+    for _ in 0..20 {
+        let (status, body) = call(&probe, "GET", "/readyz", None).await;
+        assert_eq!(status, 503, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
-    // The file may grow again: the next writes are taken, without a restart.
+    // The file may grow again: ready, and the next writes are taken, without a restart.
     plane.limit_file_size(None).unwrap();
-    assert_eq!(put("/v1/services/delta", big_service(20_000)).await.0, 200);
+    eventually("/readyz ready again", Duration::from_secs(10), async || {
+        (call(&probe, "GET", "/readyz", None).await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(put("/v1/services/delta", big_service(30_000)).await.0, 200);
     assert_eq!(
         put("/v1/capacity/delta", r#"{"capacity": 40}"#.into())
             .await

@@ -3,8 +3,16 @@
 use clap::Parser;
 use shadowmesh_xds::cli::{Args, start};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before the runtime starts its threads, which inherit the mask.
+    block_file_size_signal();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -36,11 +44,38 @@ async fn main() -> anyhow::Result<()> {
     };
     tracing::info!(
         signal,
-        "shutting down: no new connections, requests in flight finish, ADS streams close"
+        "shutting down: no new connections, ADS streams end, requests in flight finish (a second signal exits at once)"
     );
-    running.shutdown().await?;
+    tokio::select! {
+        r = running.shutdown() => r?,
+        // An operator who signals again does not want to wait out the grace periods.
+        _ = terminate.recv() => second_signal("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => second_signal("SIGINT"),
+    }
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// A second signal during shutdown: exit now, with the conventional status of a process
+/// ended by that signal (128 + its number).
+fn second_signal(signal: &str) -> ! {
+    tracing::warn!(
+        signal,
+        "second signal: exiting without waiting for the grace periods"
+    );
+    std::process::exit(if signal == "SIGINT" { 130 } else { 143 })
+}
+
+/// Blocks `SIGXFSZ`: past a file-size limit (`ulimit -f`) a write then fails with `EFBIG`,
+/// which the state store handles like a full disk, instead of the signal killing the
+/// process mid-request.
+fn block_file_size_signal() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGXFSZ);
+    if let Err(e) = set.thread_block() {
+        eprintln!("cannot block SIGXFSZ: {e}");
+    }
 }
 
 /// Raises the soft limit of open files to the hard one: every Envoy holds an ADS stream and

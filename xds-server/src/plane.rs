@@ -57,6 +57,8 @@ pub struct ControlPlane {
     pub ads_limits: AdsLimits,
     /// State synchronization's relay.
     pub relay: Arc<MemoryRelay>,
+    /// Cancelled when shutdown begins: long polls answer at once.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 /// TLS of the ADS listener: the server's certificate chain and key, and — for mutual TLS —
@@ -275,6 +277,7 @@ impl ControlPlane {
                 options.relay_limits,
                 crate::clock::unix_now_ms(),
             )),
+            closing: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -292,6 +295,7 @@ impl ControlPlane {
             http_metrics: self.http_metrics.clone(),
             relay: self.relay.clone(),
             store: self.store.clone(),
+            closing: self.closing.clone(),
         })
     }
 
@@ -344,7 +348,9 @@ impl ControlPlane {
     }
 
     /// Like [`ControlPlane::serve`], until `shutdown` resolves: then both listeners stop
-    /// accepting, HTTP requests in flight finish, ADS streams close, and it returns.
+    /// accepting, ADS streams end, HTTP requests in flight finish (long polls answer at
+    /// once), the store closes — its lock is free for the next process while ADS
+    /// connections finish — and it returns.
     pub async fn serve_until(
         &self,
         http: tokio::net::TcpListener,
@@ -361,25 +367,26 @@ impl ControlPlane {
                 None => std::future::pending().await,
             }
         };
-        let servers = async {
-            tokio::try_join!(
-                async {
-                    self.serve_http(http, signal(stopped.clone()))
-                        .await
-                        .map_err(anyhow::Error::from)
-                },
-                async {
-                    self.serve_ads(ads, signal(stopped.clone()))
-                        .await
-                        .map_err(anyhow::Error::from)
-                },
-            )
+        let http = async {
+            self.serve_http(http, signal(stopped.clone())).await?;
+            // Served until the shutdown and drained: nothing writes to the store any more.
+            if let Some(store) = &self.store {
+                store.close();
+            }
+            anyhow::Ok(())
         };
+        let ads = async {
+            self.serve_ads(ads, signal(stopped.clone()))
+                .await
+                .map_err(anyhow::Error::from)
+        };
+        let servers = async { tokio::try_join!(http, ads) };
         tokio::pin!(servers);
         tokio::select! {
             r = &mut servers => { r?; }
             () = provisioning => {}
             () = shutdown => {
+                self.closing.cancel();
                 let _ = stop.send(true);
                 servers.await?;
             }

@@ -96,7 +96,8 @@ impl RegistryError {
 
     fn unavailable(message: String) -> RegistryError {
         RegistryError {
-            field: String::new(),
+            // The only thing that can be unavailable: the store under `state_dir`.
+            field: "state_dir".into(),
             message,
             kind: RegistryErrorKind::Unavailable,
         }
@@ -369,8 +370,9 @@ struct State {
     generation: u64,
     /// A write to the store failed since the last one that succeeded: what the store holds
     /// may differ from `services` (a failed commit may even have landed), so the next write
-    /// replaces the stored services whole instead of writing the change.
-    store_behind: bool,
+    /// replaces the stored services whole instead of writing the change. It holds when a
+    /// write to the store last failed ([`ShadowRegistry::sync_store`] waits a second after).
+    store_behind: Option<std::time::Instant>,
 }
 
 /// The shadow registry. Cheap to clone (shared).
@@ -411,7 +413,7 @@ impl ShadowRegistry {
                 services: imbl::OrdMap::new(),
                 snapshot: Snapshot::empty(),
                 generation: 0,
-                store_behind: false,
+                store_behind: None,
             })),
             cache,
             metrics,
@@ -480,13 +482,13 @@ impl ShadowRegistry {
             services: state.services.clone(),
             snapshot: state.snapshot.clone(),
             generation,
-            store_behind: false,
+            store_behind: None,
         };
         change(&mut draft, generation)?;
         if let Some(store) = &self.store {
             // Committed before it is published or acknowledged: an acknowledged change
             // survives a crash, and a refused one is in neither memory nor the store.
-            let written = if state.store_behind {
+            let written = if state.store_behind.is_some() {
                 store.replace_services(draft.services.iter())
             } else {
                 let changed: Vec<(String, Option<ServiceState>)> = state
@@ -503,7 +505,7 @@ impl ShadowRegistry {
                 store.write_services(&changed)
             };
             if let Err(e) = written {
-                state.store_behind = true;
+                state.store_behind = Some(std::time::Instant::now());
                 return Err(RegistryError::unavailable(e.to_string()));
             }
         }
@@ -513,6 +515,34 @@ impl ShadowRegistry {
         *state = draft;
         self.metrics.snapshot_updates.inc();
         Ok(generation)
+    }
+
+    /// Whether the store holds what the registry holds: after a failed write, the stored
+    /// services are replaced whole first (tried at most once a second). For readiness: a
+    /// store that takes a small write may still refuse this one.
+    pub fn sync_store(&self) -> Result<(), RegistryError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let mut state = self.lock();
+        let Some(failed) = state.store_behind else {
+            return Ok(());
+        };
+        if failed.elapsed() < std::time::Duration::from_secs(1) {
+            return Err(RegistryError::unavailable(
+                "the stored services are behind: the last write to the store failed".into(),
+            ));
+        }
+        match store.replace_services(state.services.iter()) {
+            Ok(()) => {
+                state.store_behind = None;
+                Ok(())
+            }
+            Err(e) => {
+                state.store_behind = Some(std::time::Instant::now());
+                Err(RegistryError::unavailable(e.to_string()))
+            }
+        }
     }
 
     /// Creates `service` or replaces its primary endpoints (its shadows are kept).
@@ -612,9 +642,13 @@ impl ShadowRegistry {
     /// Removes `service` and its clusters.
     pub fn remove_service(&self, service: &str) -> Result<u64, RegistryError> {
         self.apply([ServiceChange::Remove(service.to_string())])
-            .map_err(|e| RegistryError {
-                field: "service".into(),
-                ..e
+            .map_err(|e| match e.kind {
+                // The store's failure keeps its own field.
+                RegistryErrorKind::Unavailable => e,
+                _ => RegistryError {
+                    field: "service".into(),
+                    ..e
+                },
             })
     }
 

@@ -50,13 +50,12 @@ pub struct StoreError {
 }
 
 /// The failure the store has not recovered from yet: set by a failed operation, cleared
-/// by the next one that succeeds.
+/// by the next one that succeeds on a database opened after it.
 struct Failure {
     /// The error that failed it.
     cause: String,
-    /// Whether the database was opened again since (redb refuses every transaction after
-    /// an I/O error until then).
-    reopened: bool,
+    /// The database it happened on ([`Opened::generation`]).
+    generation: u64,
     /// The last attempt to open it again: when, and its error.
     last_reopen: Option<(Instant, Option<String>)>,
 }
@@ -70,11 +69,23 @@ impl Failure {
     }
 }
 
+/// The database as it is open now.
+struct Opened {
+    /// `None` after a reopening failed, or once closed.
+    db: Option<redb::Database>,
+    /// Counts openings: an operation's success clears a failure only if it ran on a
+    /// database opened after the failure (one begun before it may still succeed on the
+    /// failed database, which redb refuses from then on).
+    generation: u64,
+    /// Closed for good ([`StateStore::close`]).
+    closed: bool,
+}
+
 struct Inner {
     path: PathBuf,
-    /// `None` while it is being opened again, or after that failed. Operations hold the
-    /// read lock; reopening takes the write lock, so no transaction is open then.
-    db: RwLock<Option<redb::Database>>,
+    /// Operations hold the read lock; reopening and closing take the write lock, so no
+    /// transaction is open then.
+    db: RwLock<Opened>,
     failure: Mutex<Option<Failure>>,
 }
 
@@ -106,7 +117,11 @@ impl StateStore {
         let store = StateStore {
             inner: Arc::new(Inner {
                 path,
-                db: RwLock::new(Some(db)),
+                db: RwLock::new(Opened {
+                    db: Some(db),
+                    generation: 0,
+                    closed: false,
+                }),
                 failure: Mutex::new(None),
             }),
         };
@@ -148,26 +163,41 @@ impl StateStore {
         Ok(())
     }
 
-    /// Opens the database again if an operation failed since it was opened (at most once
-    /// a second; in between the failure is the answer).
+    /// Closes the store for good, releasing its file lock for the next process: every later
+    /// operation fails. For shutdown, once nothing writes any more.
+    pub fn close(&self) {
+        let mut opened = self.inner.db.write().unwrap_or_else(|e| e.into_inner());
+        opened.db = None;
+        opened.closed = true;
+    }
+
+    /// Opens the database again if an operation failed on the one open now (at most once a
+    /// second; in between the failure is the answer). The reopened database is compacted:
+    /// a full disk may have left it grown.
     fn reopen_if_failed(&self) -> Result<(), StoreError> {
         let mut failure = self.failure();
-        let Some(f) = failure.as_mut().filter(|f| !f.reopened) else {
+        let Some(f) = failure.as_mut() else {
             return Ok(());
         };
+        let mut opened = self.inner.db.write().unwrap_or_else(|e| e.into_inner());
+        if opened.closed || f.generation < opened.generation {
+            return Ok(());
+        }
         if f.last_reopen
             .as_ref()
             .is_some_and(|(at, _)| at.elapsed() < REOPEN_INTERVAL)
         {
             return Err(self.error(f.message()));
         }
-        let mut db = self.inner.db.write().unwrap_or_else(|e| e.into_inner());
         // The failed database must be closed (its file lock released) before it reopens.
-        *db = None;
+        opened.db = None;
         match redb::Database::create(&self.inner.path) {
-            Ok(reopened) => {
-                *db = Some(reopened);
-                f.reopened = true;
+            Ok(mut reopened) => {
+                if let Err(e) = reopened.compact() {
+                    tracing::debug!(error = %e, "cannot compact the reopened state store");
+                }
+                opened.db = Some(reopened);
+                opened.generation += 1;
                 f.last_reopen = Some((Instant::now(), None));
                 Ok(())
             }
@@ -179,22 +209,28 @@ impl StateStore {
     }
 
     /// Runs `op` on the database, opening it again first if an operation failed; a failed
-    /// `op` marks the store failed, one that succeeds clears the failure.
+    /// `op` marks the store failed, one that succeeds on a database opened after the
+    /// failure clears it.
     fn with_db<T>(
         &self,
         op: impl FnOnce(&redb::Database) -> Result<T, redb::Error>,
     ) -> Result<T, StoreError> {
         self.reopen_if_failed()?;
-        let db = self.inner.db.read().unwrap_or_else(|e| e.into_inner());
-        let Some(database) = db.as_ref() else {
-            return Err(self.error("the store is being opened again"));
+        let opened = self.inner.db.read().unwrap_or_else(|e| e.into_inner());
+        let generation = opened.generation;
+        let Some(database) = opened.db.as_ref() else {
+            return Err(self.error(if opened.closed {
+                "closed (the control plane is shutting down)"
+            } else {
+                "the store could not be opened again"
+            }));
         };
         let result = op(database);
-        drop(db);
+        drop(opened);
         let mut failure = self.failure();
         match result {
             Ok(v) => {
-                if let Some(f) = failure.take() {
+                if let Some(f) = failure.take_if(|f| f.generation < generation) {
                     tracing::info!(path = %self.inner.path.display(), failed_by = %f.cause, "state store recovered");
                 }
                 Ok(v)
@@ -205,7 +241,7 @@ impl StateStore {
                 let last_reopen = failure.take().and_then(|f| f.last_reopen);
                 *failure = Some(Failure {
                     cause: e.to_string(),
-                    reopened: false,
+                    generation,
                     last_reopen,
                 });
                 Err(error)

@@ -92,7 +92,7 @@ impl From<crate::forecaster::ForecastChangeError> for ApiError {
         match e {
             crate::forecaster::ForecastChangeError::Invalid(e) => e.into(),
             crate::forecaster::ForecastChangeError::Unavailable(e) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "", e.to_string())
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state_dir", e.to_string())
             }
         }
     }

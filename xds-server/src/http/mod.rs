@@ -90,6 +90,8 @@ pub struct Api {
     pub relay: Arc<crate::relay::MemoryRelay>,
     /// The durable store, if there is one (for `/readyz`).
     pub store: Option<crate::store::StateStore>,
+    /// Cancelled when shutdown begins: long polls answer at once.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 /// Every route of the table above, with JSON answers for unknown paths and methods.
@@ -140,18 +142,22 @@ async fn json_413(response: axum::response::Response) -> axum::response::Respons
     response
 }
 
-/// Ready while the store takes writes (a failed one is reopened here, at most once a
-/// second, so readiness returns with the disk's room). Liveness stays `/healthz`: a full
+/// Ready while the store takes writes and holds what the registry holds (a failed store is
+/// reopened, and the registry's services written whole, here — at most once a second — so
+/// readiness returns with the disk's room). Liveness stays `/healthz`: a full
 /// disk is no reason to restart the process, which serves ADS from memory meanwhile.
 async fn readiness(
     axum::extract::State(api): axum::extract::State<Api>,
 ) -> Result<&'static str, ApiError> {
-    match &api.store {
-        Some(store) => store.check().map(|()| "ready").map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state_dir", e.to_string())
-        }),
-        None => Ok("ready"),
-    }
+    let Some(store) = &api.store else {
+        return Ok("ready");
+    };
+    store
+        .check()
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "state_dir", e.to_string()))?;
+    // The store takes a small write; the registry's services must be in it too.
+    api.registry.sync_store()?;
+    Ok("ready")
 }
 
 async fn unknown_path() -> ApiError {

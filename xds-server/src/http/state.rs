@@ -60,15 +60,25 @@ async fn publish(
             ack.acked = acked;
             break;
         }
-        if tokio::time::timeout_at(deadline, changes.changed())
-            .await
-            .is_err()
-        {
+        if !changed_before(&api, &mut changes, deadline).await {
             break;
         }
         changes.borrow_and_update();
     }
     Ok(Json(ack))
+}
+
+/// Waits for a change of the relay until `deadline`: whether one came. Shutdown ends the
+/// wait (a long poll is answered instead of being cut at the grace period's end).
+async fn changed_before(
+    api: &Api,
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    deadline: tokio::time::Instant,
+) -> bool {
+    tokio::select! {
+        changed = tokio::time::timeout_at(deadline, changes.changed()) => matches!(changed, Ok(Ok(()))),
+        () = api.closing.cancelled() => false,
+    }
 }
 
 /// The newest version per session a publish carries.
@@ -109,16 +119,13 @@ async fn pull(
         if let Some(answer) = api.relay.pull(&message, now_ms()).map_err(refused)? {
             return Ok(Json(answer));
         }
-        match tokio::time::timeout_at(deadline, changes.changed()).await {
-            Ok(Ok(())) => continue,
-            // Timed out (or the relay is gone): nothing new, same cursor.
-            _ => {
-                return Ok(Json(StatePullAnswer {
-                    epoch: message.epoch,
-                    cursor: message.cursor,
-                    ..StatePullAnswer::default()
-                }));
-            }
+        if !changed_before(&api, &mut changes, deadline).await {
+            // Nothing new (or shutting down): the same cursor.
+            return Ok(Json(StatePullAnswer {
+                epoch: message.epoch,
+                cursor: message.cursor,
+                ..StatePullAnswer::default()
+            }));
         }
     }
 }

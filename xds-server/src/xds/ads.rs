@@ -8,10 +8,14 @@
 //! response in flight per type, removals only after their replacements are ACKed
 //! (make-before-break), and the endpoints of a changed cluster again (Envoy re-warms it).
 //!
-//! What a client sends is bounded before it is kept or logged: a NACK's `error_detail` is
-//! cut to [`MAX_ERROR_DETAIL_BYTES`], a node's id and group longer than
-//! [`MAX_NODE_NAME_BYTES`] refuse the stream, and only the types the server pushes
-//! ([`PUSH_ORDER`]) get protocol state. At shutdown every stream ends with `UNAVAILABLE`.
+//! What a client sends is bounded before it is kept or logged: a request is at most
+//! [`MAX_REQUEST_BYTES`]; a NACK's `error_detail` is cut to [`MAX_ERROR_DETAIL_BYTES`]; a
+//! node id, group, version, nonce or resource name longer than [`MAX_NAME_BYTES`], or more
+//! than [`MAX_RESOURCE_NAMES`] names subscribed on a stream, refuse the stream
+//! (`INVALID_ARGUMENT`); only the types the server pushes ([`PUSH_ORDER`]) get protocol
+//! state; a stream that sends no request within its first-request deadline is ended
+//! (`DEADLINE_EXCEEDED`); and what is logged of it is escaped. At shutdown every stream
+//! ends with `UNAVAILABLE`.
 
 use super::cache::SnapshotCache;
 use super::listener::{AdsConnection, OpenStream};
@@ -44,15 +48,35 @@ use tonic::{Request, Response, Status, Streaming};
 /// cut, its length said.
 pub const MAX_ERROR_DETAIL_BYTES: usize = 1024;
 
-/// Longest `node.id`, and group, a stream may have (Envoy's are far shorter).
-pub const MAX_NODE_NAME_BYTES: usize = 1024;
+/// Longest string a client may send that is kept or logged: node id, group, version,
+/// nonce, resource name (Envoy's are far shorter).
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// Most resource names one stream may subscribe to per type (or report holding): twice
+/// and more the endpoints of 10,000 services.
+pub const MAX_RESOURCE_NAMES: usize = 65_536;
+
+/// Largest request a client may send (decoded). A subscription to every resource of a
+/// 10,000-service mesh takes about a megabyte.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// Time a new stream has to send its first request, unless [`Ads::first_request_within`]
+/// sets another.
+pub const DEFAULT_FIRST_REQUEST: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The ADS gRPC service.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Ads {
     cache: SnapshotCache,
     metrics: Arc<XdsMetrics>,
     closing: CancellationToken,
+    first_request: std::time::Duration,
+}
+
+impl Default for Ads {
+    fn default() -> Self {
+        Ads::new(SnapshotCache::default())
+    }
 }
 
 impl Ads {
@@ -67,6 +91,16 @@ impl Ads {
             cache,
             metrics,
             closing: CancellationToken::new(),
+            first_request: DEFAULT_FIRST_REQUEST,
+        }
+    }
+
+    /// The same service, whose new streams must send their first request within `deadline`
+    /// (a stream that never does would hold its connection, and a proxy entry, for ever).
+    pub fn first_request_within(self, deadline: std::time::Duration) -> Ads {
+        Ads {
+            first_request: deadline,
+            ..self
         }
     }
 
@@ -83,7 +117,7 @@ impl Ads {
     /// The tonic service, to add to a `tonic::transport::Server`.
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Ads> {
         AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(16 << 20)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(64 << 20)
     }
 }
@@ -122,6 +156,7 @@ struct ProxyLink {
     cache: SnapshotCache,
     metrics: Arc<XdsMetrics>,
     closing: CancellationToken,
+    first_request: std::time::Duration,
     stream: u64,
     mode: XdsMode,
     group: Option<String>,
@@ -142,6 +177,7 @@ impl ProxyLink {
             cache: ads.cache.clone(),
             metrics: ads.metrics.clone(),
             closing: ads.closing.clone(),
+            first_request: ads.first_request,
             stream,
             mode,
             group: None,
@@ -161,15 +197,9 @@ impl ProxyLink {
         }
         let node = node.cloned().unwrap_or_default();
         let group = self.cache.group_of(&node);
-        for (field, value) in [("node.id", &node.id), ("the node's group", &group)] {
-            if value.len() > MAX_NODE_NAME_BYTES {
-                return Err(Status::invalid_argument(format!(
-                    "{field} is {} bytes, over {MAX_NODE_NAME_BYTES}",
-                    value.len()
-                )));
-            }
-        }
-        tracing::info!(node = %node.id, %group, mode = self.mode.as_str(), "proxy connected");
+        name_fits("node.id", &node.id)?;
+        name_fits("the node's group", &group)?;
+        tracing::info!(node = ?node.id, ?group, mode = self.mode.as_str(), "proxy connected");
         self.cache.report(self.stream, |p| {
             p.node_id = node.id.clone();
             p.group = group.clone();
@@ -197,7 +227,7 @@ impl ProxyLink {
                 kept_version,
                 error,
             } => {
-                tracing::warn!(%type_url, %rejected, %kept_version, %error, "proxy rejected a version");
+                tracing::warn!(%type_url, %rejected, ?kept_version, ?error, "proxy rejected a version");
                 self.cache.report(self.stream, |p| {
                     p.rejected.insert(
                         type_url.to_string(),
@@ -241,15 +271,26 @@ enum Event<R> {
     SnapshotChanged,
     Closed,
     ShuttingDown,
+    /// No first request within the deadline.
+    Silent,
 }
 
 async fn next_event<R>(
     inbound: &mut Streaming<R>,
     changes: &mut tokio::sync::watch::Receiver<u64>,
     closing: &CancellationToken,
+    first_request: Option<&mut Pin<Box<tokio::time::Sleep>>>,
 ) -> Event<R> {
+    let waiting = first_request.is_some();
+    let silent = async {
+        match first_request {
+            Some(deadline) => deadline.as_mut().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         () = closing.cancelled() => Event::ShuttingDown,
+        () = silent, if waiting => Event::Silent,
         message = inbound.message() => match message {
             Ok(Some(r)) => Event::Request(r),
             Ok(None) => Event::Closed,
@@ -265,6 +306,34 @@ async fn next_event<R>(
     }
 }
 
+/// Refuses a string a client sent that is too long to keep or log.
+fn name_fits(field: &str, value: &str) -> Result<(), Status> {
+    if value.len() > MAX_NAME_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "{field} is {} bytes, over {MAX_NAME_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a list of resource names that is too long, or holds a name too long.
+fn names_fit<'a>(
+    field: &str,
+    names: impl ExactSizeIterator<Item = &'a String>,
+) -> Result<(), Status> {
+    if names.len() > MAX_RESOURCE_NAMES {
+        return Err(Status::invalid_argument(format!(
+            "{field} has {} names, over {MAX_RESOURCE_NAMES}",
+            names.len()
+        )));
+    }
+    for name in names {
+        name_fits(field, name)?;
+    }
+    Ok(())
+}
+
 /// What differs between the two protocol variants; [`serve`] is the rest.
 trait Variant {
     type Request: Send + 'static;
@@ -274,6 +343,9 @@ trait Variant {
 
     fn node(request: &Self::Request) -> Option<&Node>;
     fn type_url(request: &Self::Request) -> &str;
+    /// Refuses a request whose strings or names are beyond the bounds (see the module), given
+    /// the type's state so far.
+    fn check(state: &Self::State, request: &Self::Request) -> Result<(), Status>;
     /// Interprets a request; for an ACK/NACK also returns when its response was sent.
     fn on_request(
         state: &mut Self::State,
@@ -298,9 +370,26 @@ async fn serve<V: Variant>(
 ) {
     let mut changes = link.cache.subscribe();
     let mut types: BTreeMap<String, V::State> = BTreeMap::new();
+    let mut first_request = Some(Box::pin(tokio::time::sleep(link.first_request)));
     loop {
-        match next_event(&mut inbound, &mut changes, &link.closing).await {
+        let event = next_event(
+            &mut inbound,
+            &mut changes,
+            &link.closing,
+            first_request.as_mut(),
+        )
+        .await;
+        match event {
             Event::Closed => return,
+            Event::Silent => {
+                let _ = tx
+                    .send(Err(Status::deadline_exceeded(format!(
+                        "no request within {:?} of the stream's start",
+                        link.first_request
+                    ))))
+                    .await;
+                return;
+            }
             Event::ShuttingDown => {
                 // Envoy keeps its configuration and reconnects (to this address once a new
                 // process listens, or to another control plane of its cluster).
@@ -313,6 +402,7 @@ async fn serve<V: Variant>(
             }
             Event::SnapshotChanged => {}
             Event::Request(request) => {
+                first_request = None;
                 if let Err(refused) = link.identify(V::node(&request)) {
                     let _ = tx.send(Err(refused)).await;
                     return;
@@ -325,6 +415,10 @@ async fn serve<V: Variant>(
                 }
                 let type_url = type_url.to_string();
                 let state = types.entry(type_url.clone()).or_default();
+                if let Err(refused) = V::check(state, &request) {
+                    let _ = tx.send(Err(refused)).await;
+                    return;
+                }
                 let (outcome, sent_at) = V::on_request(state, &request);
                 link.answered(&type_url, &outcome, sent_at);
             }
@@ -407,6 +501,12 @@ impl Variant for Sotw {
 
     fn type_url(request: &DiscoveryRequest) -> &str {
         &request.type_url
+    }
+
+    fn check(_: &SotwType, request: &DiscoveryRequest) -> Result<(), Status> {
+        name_fits("version_info", &request.version_info)?;
+        name_fits("response_nonce", &request.response_nonce)?;
+        names_fit("resource_names", request.resource_names.iter())
     }
 
     fn on_request(
@@ -504,6 +604,34 @@ impl Variant for Delta {
 
     fn type_url(request: &DeltaDiscoveryRequest) -> &str {
         &request.type_url
+    }
+
+    fn check(t: &DeltaType, request: &DeltaDiscoveryRequest) -> Result<(), Status> {
+        name_fits("response_nonce", &request.response_nonce)?;
+        names_fit(
+            "resource_names_subscribe",
+            request.resource_names_subscribe.iter(),
+        )?;
+        names_fit(
+            "resource_names_unsubscribe",
+            request.resource_names_unsubscribe.iter(),
+        )?;
+        names_fit(
+            "initial_resource_versions",
+            request.initial_resource_versions.keys(),
+        )?;
+        for version in request.initial_resource_versions.values() {
+            name_fits("initial_resource_versions", version)?;
+        }
+        // Subscriptions add up over a stream's requests.
+        let subscribed =
+            t.protocol.subscription.names.len() + request.resource_names_subscribe.len();
+        if subscribed > MAX_RESOURCE_NAMES {
+            return Err(Status::invalid_argument(format!(
+                "the stream would subscribe to {subscribed} names, over {MAX_RESOURCE_NAMES}"
+            )));
+        }
+        Ok(())
     }
 
     fn on_request(

@@ -12,8 +12,15 @@
 //!   HTTP/2 server waits for the preface with no timer, and its keep-alive pings start only
 //!   after it.
 //!
+//! * A **write deadline**: a write that makes no progress for `write_timeout` (a peer that
+//!   stopped reading, with or without a stream open) fails the connection. Without it a
+//!   client that floods PINGs and never reads parks the connection: hyper stops reading
+//!   once it cannot flush the PONGs, so neither the idle deadline nor keep-alive fires.
 //! * An **abort** at the end of shutdown: connections still open once the grace period is
 //!   over fail their next read or write, which ends them.
+//!
+//! Every check runs on reads *and* writes: a connection that is stuck writing is polled
+//! only there.
 //!
 //! The streams tell their connection when they open and close through [`AdsConnection`],
 //! the connection information tonic puts into every request's extensions.
@@ -27,7 +34,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::{Connected, TcpConnectInfo};
@@ -40,7 +47,7 @@ pub(super) struct CappedIncoming {
     listener: TcpListener,
     slots: Arc<Semaphore>,
     max: usize,
-    max_idle: Duration,
+    deadlines: Deadlines,
     metrics: Arc<XdsMetrics>,
     abort: CancellationToken,
     refused: u64,
@@ -48,12 +55,12 @@ pub(super) struct CappedIncoming {
 }
 
 impl CappedIncoming {
-    /// Connections of `listener`, at most `max` open at once, each closed once it has had
-    /// no ADS stream for `max_idle`, and all of them once `abort` is cancelled.
+    /// Connections of `listener`, at most `max` open at once, each closed when it misses
+    /// one of its `deadlines`, and all of them once `abort` is cancelled.
     pub(super) fn new(
         listener: TcpListener,
         max: usize,
-        max_idle: Duration,
+        deadlines: Deadlines,
         metrics: Arc<XdsMetrics>,
         abort: CancellationToken,
     ) -> CappedIncoming {
@@ -61,7 +68,7 @@ impl CappedIncoming {
             listener,
             slots: Arc::new(Semaphore::new(max)),
             max,
-            max_idle,
+            deadlines,
             metrics,
             abort,
             refused: 0,
@@ -89,7 +96,7 @@ impl Stream for CappedIncoming {
                         return Poll::Ready(Some(Ok(CappedConn::new(
                             stream,
                             slot,
-                            this.max_idle,
+                            this.deadlines,
                             this.metrics.clone(),
                             this.abort.clone(),
                         ))));
@@ -113,6 +120,15 @@ impl Stream for CappedIncoming {
             }
         }
     }
+}
+
+/// The deadlines of every accepted connection.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Deadlines {
+    /// Longest time with no ADS stream open.
+    pub(super) max_idle: Duration,
+    /// Longest time a write may make no progress.
+    pub(super) write_timeout: Duration,
 }
 
 /// How many ADS streams a connection has open, and since when none. (A lock, not two
@@ -168,14 +184,17 @@ impl Drop for OpenStream {
     }
 }
 
-/// An accepted connection holding its slot until it closes, and closing itself (a read
-/// error, which ends hyper's connection) once it has been idle too long or is aborted.
+/// An accepted connection holding its slot until it closes, and closing itself (an I/O
+/// error, which ends hyper's connection) once it misses a deadline or is aborted.
 pub(super) struct CappedConn {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
     connection: AdsConnection,
-    max_idle: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadlines: Deadlines,
+    /// When to look at the idle deadline next.
+    idle_check: Pin<Box<Sleep>>,
+    /// Armed while a write waits for the peer to read.
+    stalled: Option<Pin<Box<Sleep>>>,
     metrics: Arc<XdsMetrics>,
     aborted: Pin<Box<WaitForCancellationFutureOwned>>,
 }
@@ -184,7 +203,7 @@ impl CappedConn {
     fn new(
         stream: TcpStream,
         slot: OwnedSemaphorePermit,
-        max_idle: Duration,
+        deadlines: Deadlines,
         metrics: Arc<XdsMetrics>,
         abort: CancellationToken,
     ) -> CappedConn {
@@ -197,51 +216,73 @@ impl CappedConn {
             stream,
             _slot: slot,
             connection,
-            max_idle,
-            deadline: Box::pin(tokio::time::sleep_until(accepted + max_idle)),
+            deadlines,
+            idle_check: Box::pin(tokio::time::sleep_until(accepted + deadlines.max_idle)),
+            stalled: None,
             metrics,
             aborted: Box::pin(abort.cancelled_owned()),
         }
     }
 
-    /// An error once the server has aborted its connections (polled with every read and
-    /// write: a connection stuck writing to a peer that does not read must notice too).
-    fn check_aborted(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        match self.aborted.as_mut().poll(cx) {
-            Poll::Ready(()) => Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the ADS server shut down",
-            )),
-            Poll::Pending => Ok(()),
-        }
+    /// Closes the connection for `reason` (a metric's label), with an I/O error of `kind`.
+    fn close(&self, reason: &'static str, kind: io::ErrorKind, why: String) -> io::Error {
+        self.metrics.connection_closed(reason);
+        tracing::debug!(peer = ?self.connection.remote_addr(), %why, "closing an ADS connection");
+        io::Error::new(kind, why)
     }
 
-    /// An error once the connection has been idle for `max_idle`; else arms the timer for
-    /// the next check (polled with every read, so the task wakes when it fires).
-    fn check_idle(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        while self.deadline.as_mut().poll(cx).is_ready() {
+    /// An error once the server has aborted its connections or the connection has been
+    /// idle for `max_idle`; else arms the timer of the next idle check. Polled with every
+    /// read and write, so the task wakes when either fires.
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.aborted.as_mut().poll(cx).is_ready() {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the ADS server shut down",
+            ));
+        }
+        let max_idle = self.deadlines.max_idle;
+        while self.idle_check.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             let next = match self.connection.activity.idle_for(now) {
-                Some(idle) if idle >= self.max_idle => {
-                    self.metrics.connection_closed("idle");
-                    tracing::debug!(
-                        peer = ?self.connection.remote_addr(),
-                        "closing an ADS connection with no stream for {:?}",
-                        self.max_idle
-                    );
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no ADS stream for {:?}", self.max_idle),
-                    ));
+                Some(idle) if idle >= max_idle => {
+                    let why = format!("no ADS stream for {max_idle:?}");
+                    return Err(self.close("idle", io::ErrorKind::TimedOut, why));
                 }
-                Some(idle) => now + (self.max_idle - idle),
+                Some(idle) => now + (max_idle - idle),
                 // A stream is open: look again in a while (the stream's end does not wake
                 // this task, so the timer stays armed).
-                None => now + self.max_idle,
+                None => now + max_idle,
             };
-            self.deadline.as_mut().reset(next);
+            self.idle_check.as_mut().reset(next);
         }
         Ok(())
+    }
+
+    /// Follows a write's outcome: progress disarms the write deadline, a write that waits
+    /// arms it, and one that waited `write_timeout` fails.
+    fn track_write<T>(&mut self, cx: &mut Context<'_>, outcome: Poll<T>) -> Poll<io::Result<T>> {
+        match outcome {
+            Poll::Ready(v) => {
+                self.stalled = None;
+                Poll::Ready(Ok(v))
+            }
+            Poll::Pending => {
+                let timeout = self.deadlines.write_timeout;
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if stalled.as_mut().poll(cx).is_ready() {
+                    let why = format!("the peer read nothing for {timeout:?}");
+                    return Poll::Ready(Err(self.close(
+                        "write_timeout",
+                        io::ErrorKind::TimedOut,
+                        why,
+                    )));
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -260,8 +301,7 @@ impl AsyncRead for CappedConn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.check_aborted(cx)?;
-        this.check_idle(cx)?;
+        this.check(cx)?;
         Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
@@ -273,8 +313,12 @@ impl AsyncWrite for CappedConn {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.check_aborted(cx)?;
-        Pin::new(&mut this.stream).poll_write(cx, buf)
+        this.check(cx)?;
+        match Pin::new(&mut this.stream).poll_write(cx, buf) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(n)) => this.track_write(cx, Poll::Ready(n)),
+            Poll::Pending => this.track_write(cx, Poll::Pending),
+        }
     }
 
     fn poll_write_vectored(
@@ -283,8 +327,12 @@ impl AsyncWrite for CappedConn {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.check_aborted(cx)?;
-        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
+        this.check(cx)?;
+        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(n)) => this.track_write(cx, Poll::Ready(n)),
+            Poll::Pending => this.track_write(cx, Poll::Pending),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -293,8 +341,12 @@ impl AsyncWrite for CappedConn {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.check_aborted(cx)?;
-        Pin::new(&mut this.stream).poll_flush(cx)
+        this.check(cx)?;
+        match Pin::new(&mut this.stream).poll_flush(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => this.track_write(cx, Poll::Ready(())),
+            Poll::Pending => this.track_write(cx, Poll::Pending),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -318,7 +370,11 @@ mod tests {
         idle: Duration,
         abort: CancellationToken,
     ) -> CappedIncoming {
-        CappedIncoming::new(listener, max, idle, Arc::default(), abort)
+        let deadlines = Deadlines {
+            max_idle: idle,
+            write_timeout: Duration::from_secs(10),
+        };
+        CappedIncoming::new(listener, max, deadlines, Arc::default(), abort)
     }
 
     #[tokio::test]
@@ -424,6 +480,34 @@ mod tests {
         assert_eq!(
             written.map_err(|e| e.kind()),
             Err(io::ErrorKind::ConnectionAborted)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_peer_never_reads_fails_at_the_write_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = incoming(listener, 4, Duration::from_secs(60));
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let mut conn = incoming.next().await.unwrap().unwrap();
+        // A stream is open: only the write deadline can close it.
+        let _stream = conn.connect_info().stream_opened();
+        let chunk = vec![0u8; 1 << 16];
+        let started = Instant::now();
+        let error = loop {
+            match tokio::io::AsyncWriteExt::write(&mut conn, &chunk).await {
+                Ok(_) => assert!(
+                    started.elapsed() < Duration::from_secs(1),
+                    "writes progress"
+                ),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        assert!(
+            started.elapsed() >= Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
         );
     }
 }

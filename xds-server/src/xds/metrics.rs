@@ -9,7 +9,7 @@
 //! | `shadowmesh_xds_nacks_total` | counter | `type`, `mode` | responses NACKed |
 //! | `shadowmesh_xds_push_latency_seconds` | histogram | `type`, `mode` | response sent → its ACK/NACK |
 //! | `shadowmesh_xds_snapshot_updates_total` | counter | | snapshot changes published |
-//! | `shadowmesh_xds_connections_closed_total` | counter | `reason` | connections the server closed: `cap` (on accept, at `max_connections`), `idle` (no stream for `max_connection_idle_secs`) |
+//! | `shadowmesh_xds_connections_closed_total` | counter | `reason` | connections the server closed: `cap` (on accept, at `max_connections`), `idle` (no stream for `max_connection_idle_secs`), `write_timeout` (the peer read nothing for `write_timeout_secs`) |
 //!
 //! `type` is `cluster` or `endpoint`; `mode` is `sotw` or `delta`.
 
@@ -33,7 +33,7 @@ pub struct ModeLabels {
 /// Labels of connections the server closed.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// `cap` or `idle`.
+    /// `cap`, `idle` or `write_timeout`.
     pub reason: &'static str,
 }
 
@@ -127,7 +127,7 @@ impl XdsMetrics {
         );
         registry.register(
             "connections_closed",
-            "ADS connections the server closed: at the cap, or idle without a stream",
+            "ADS connections the server closed: at the cap, idle without a stream, or not reading",
             connections_closed.clone(),
         );
         XdsMetrics {
@@ -142,7 +142,7 @@ impl XdsMetrics {
         }
     }
 
-    /// Records a connection the server closed for `reason` (`cap`, `idle`).
+    /// Records a connection the server closed for `reason` (`cap`, `idle`, `write_timeout`).
     pub fn connection_closed(&self, reason: &'static str) {
         self.connections_closed
             .get_or_create(&ReasonLabels { reason })

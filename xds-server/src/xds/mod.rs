@@ -54,8 +54,10 @@ pub struct AdsLimits {
     pub max_streams_per_connection: u32,
     /// Seconds a connection may go without an open ADS stream — from its accept (TLS
     /// handshake, HTTP/2 preface, first stream) and from its last stream's end — before it
-    /// is closed.
+    /// is closed; also the time a new stream has to send its first request.
     pub max_connection_idle_secs: u64,
+    /// Seconds a write may wait for the peer to read before the connection is closed.
+    pub write_timeout_secs: u64,
     /// Seconds connections get to close after the streams were ended at shutdown; then
     /// they are dropped.
     pub shutdown_grace_secs: u64,
@@ -67,6 +69,7 @@ impl Default for AdsLimits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_streams_per_connection: 8,
             max_connection_idle_secs: 10,
+            write_timeout_secs: 10,
             shutdown_grace_secs: 10,
         }
     }
@@ -93,11 +96,16 @@ pub async fn serve_ads(
     let incoming = listener::CappedIncoming::new(
         listener,
         limits.max_connections.max(1),
-        secs(limits.max_connection_idle_secs),
+        listener::Deadlines {
+            max_idle: secs(limits.max_connection_idle_secs),
+            write_timeout: secs(limits.write_timeout_secs),
+        },
         ads.metrics(),
         abort.clone(),
     );
-    let ads = ads.closing_with(closing.clone());
+    let ads = ads
+        .closing_with(closing.clone())
+        .first_request_within(secs(limits.max_connection_idle_secs));
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
