@@ -264,7 +264,7 @@ async fn silent_connections_are_closed_and_envoy_is_served_past_them() {
     // the HTTP/2 preface, some that send it and open no stream.
     let setup = PlaneSetup::new(
         "ads-silent",
-        &format!("{CHECKOUT}\n[ads]\nmax_connections = 8\n"),
+        &format!("{CHECKOUT}\n[ads]\nmax_connections = 8\nmax_connection_idle_secs = 3\n"),
     );
     let _plane = setup.start(&[]);
     let api = setup.client(None);
@@ -281,13 +281,30 @@ async fn silent_connections_are_closed_and_envoy_is_served_past_them() {
     // Envoy connects after them and is served once they are closed.
     let envoy = envoy(&bootstrap(&setup)).await;
     served_past(&envoy, &mut silent, "8 silent connections").await;
+    // Envoy's own connection, with its stream, stays past the idle deadline: its stream
+    // counts on its connection. (Its attempts while the cap was full count too.)
+    let connections = || {
+        envoy
+            .stat("cluster.shadowmesh_xds.upstream_cx_total")
+            .unwrap()
+    };
+    let served = connections();
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let text = api.call("GET", "/metrics", None).await.unwrap().1;
     let idle = metric(
         &text,
         "shadowmesh_xds_connections_closed_total{reason=\"idle\"}",
     );
-    assert!(idle >= Some(8.0), "{idle:?} idle connections counted");
-    // Envoy's own connection, with its stream, stays.
+    assert_eq!(
+        idle,
+        Some(8.0),
+        "idle connections closed: the 8 silent ones only"
+    );
+    assert_eq!(
+        connections(),
+        served,
+        "Envoy reconnected after it was served"
+    );
     let names: Vec<_> = proxies(&api)
         .await
         .into_iter()
@@ -396,32 +413,10 @@ async fn a_nack_s_reason_is_cut_in_the_log_and_in_proxies_and_a_huge_node_id_ref
     );
     let mut clients = Vec::new();
     for i in 0..4 {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{}", setup.ads))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = AggregatedDiscoveryServiceClient::new(channel);
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tx.send(DiscoveryRequest {
-            node: Some(Node {
-                id: format!("nacker-{i}"),
-                cluster: "edge".into(),
-                ..Default::default()
-            }),
-            type_url: CLUSTER_TYPE.into(),
-            ..Default::default()
-        })
-        .unwrap();
-        let mut responses = client
-            .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        let response = responses.message().await.unwrap().expect("a response");
+        let (tx, responses, nonce) = ads_stream(setup.ads, &format!("nacker-{i}")).await;
         tx.send(DiscoveryRequest {
             type_url: CLUSTER_TYPE.into(),
-            response_nonce: response.nonce,
+            response_nonce: nonce,
             error_detail: Some(RpcStatus {
                 code: 3,
                 message: reason.clone(),
@@ -567,28 +562,59 @@ async fn sigterm_drops_a_connection_that_never_closes_after_the_grace_period() {
     // GOAWAY) cannot hold the process past `[ads] shutdown_grace_secs`.
     let setup = PlaneSetup::new(
         "ads-stuck",
-        &format!("{CHECKOUT}\n[ads]\nshutdown_grace_secs = 2\n"),
+        // A long idle deadline: only the abort at the grace's end can close it.
+        &format!("{CHECKOUT}\n[ads]\nshutdown_grace_secs = 2\nmax_connection_idle_secs = 60\n"),
     );
     let mut plane = setup.start(&[]);
     let api = setup.client(None);
     wait_up(&api).await;
     let stuck = stuck_client(setup.ads).await;
+    // Beside it, a client that reads: its stream ends with UNAVAILABLE (retry elsewhere).
+    let (reader, mut responses, _) = ads_stream(setup.ads, "reader").await;
     eventually(
-        "the stuck stream registered",
+        "both streams registered",
         Duration::from_secs(10),
-        async || (proxies(&api).await.len() == 1).then_some(()),
+        async || (proxies(&api).await.len() == 2).then_some(()),
     )
     .await;
     let status = tokio::task::spawn_blocking(move || {
         let status = plane.terminate(Duration::from_secs(15));
         (status, plane)
     });
+    let ended = responses.message().await.expect_err("the stream ended");
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended}");
     let (status, plane) = status.await.unwrap();
     let status = status.expect("an exit after the 2 s grace");
     assert!(status.success(), "{status:?}");
     let log = plane.log();
     assert!(log.contains("still open after the grace period"), "{log}");
-    drop(stuck);
+    drop((stuck, reader));
+}
+
+/// A state-of-the-world stream of `node` that subscribed to the clusters and got them: its
+/// request sender, its responses, and the nonce of the first.
+async fn ads_stream(
+    ads: SocketAddr,
+    node: &str,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<DiscoveryRequest>,
+    tonic::Streaming<envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse>,
+    String,
+) {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{ads}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(subscribe(node, CLUSTER_TYPE, Vec::new())).unwrap();
+    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = responses.message().await.unwrap().expect("the clusters");
+    (tx, responses, first.nonce)
 }
 
 /// A client with a small receive buffer that sends the preface and PINGs until the server's
@@ -702,6 +728,18 @@ async fn versions_nonces_and_name_lists_beyond_their_bounds_refuse_the_stream() 
     wait_up(&api).await;
     let huge = "v".repeat(2 << 20);
     let cases = [
+        (
+            "group",
+            vec![DiscoveryRequest {
+                node: Some(Node {
+                    id: "big-group".into(),
+                    cluster: huge.clone(),
+                    ..Default::default()
+                }),
+                type_url: CLUSTER_TYPE.into(),
+                ..Default::default()
+            }],
+        ),
         (
             "version_info",
             vec![DiscoveryRequest {
@@ -869,4 +907,36 @@ async fn a_second_sigterm_exits_at_once() {
     assert_eq!(status.code(), Some(143), "{status:?}");
     assert!(plane.log().contains("second signal"), "{}", plane.log());
     drop(stuck);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_only_pings_is_closed_at_the_idle_deadline() {
+    // Talking is not a stream: a connection that sends PINGs (and reads the PONGs) but opens
+    // no stream is idle all the same.
+    let setup = PlaneSetup::new(
+        "ads-pinger",
+        &format!("{CHECKOUT}\n[ads]\nmax_connection_idle_secs = 2\n"),
+    );
+    let _plane = setup.start(&[]);
+    wait_up(&setup.client(None)).await;
+    let mut conn = TcpStream::connect(setup.ads).await.unwrap();
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    conn.write_all(&out).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a pinging client without a stream still connected"
+        );
+        if conn.write_all(&frame(PING, 0, 0, &[1; 8])).await.is_err() {
+            break started.elapsed();
+        }
+        match tokio::time::timeout(Duration::from_millis(500), conn.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break started.elapsed(),
+            _ => {}
+        }
+    };
+    assert!(closed >= Duration::from_secs(2), "closed after {closed:?}");
 }

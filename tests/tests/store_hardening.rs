@@ -161,8 +161,25 @@ async fn a_full_disk_refuses_writes_changes_nothing_and_the_store_recovers_when_
     // Before the disk fills: accepted writes.
     assert_eq!(writes(&api, "alpha", 9001).await, ACCEPTED);
 
-    // Full: every write refused as unavailable (503), naming the store, and nothing changed.
+    // Nearly full (half a MiB free, room for a small commit): refused before it starts.
     let ballast = disk.fill();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&ballast)
+        .unwrap();
+    let size = file.metadata().unwrap().len();
+    file.set_len(size - (512 << 10)).unwrap();
+    let (status, body) = call(
+        &api,
+        "PUT",
+        "/v1/services/beta",
+        Some(&service("127.0.0.1:9002")),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("bytes free"), "{body}");
+    // Full: every write refused as unavailable (503), naming the store, and nothing changed.
+    disk.fill();
     assert_eq!(writes(&api, "beta", 9002).await, [503; 3]);
     let (status, body) = call(&api, "DELETE", "/v1/services/alpha", None).await;
     assert_eq!(status, 503, "{body}");

@@ -486,6 +486,7 @@ impl ServerConfig {
                 1,
                 3_600,
             ),
+            ("write_timeout_secs", a.write_timeout_secs, 1, 3_600),
             ("shutdown_grace_secs", a.shutdown_grace_secs, 0, 3_600),
         ] {
             bounded(&format!("ads.{field}"), v, min, max)?;
@@ -686,6 +687,19 @@ mod tests {
             (
                 "[ads]\nmax_connection_idle_secs = 0",
                 "ads.max_connection_idle_secs",
+            ),
+            (
+                "[ads]\nmax_connection_idle_secs = 18446744073709551615",
+                "ads.max_connection_idle_secs",
+            ),
+            (
+                "[ads]\nmax_streams_per_connection = 1025",
+                "ads.max_streams_per_connection",
+            ),
+            ("[ads]\nwrite_timeout_secs = 0", "ads.write_timeout_secs"),
+            (
+                "[ads]\nwrite_timeout_secs = 18446744073709551615",
+                "ads.write_timeout_secs",
             ),
             (
                 "[ads]\nshutdown_grace_secs = 86400",

@@ -1166,6 +1166,57 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_change_that_landed_in_the_store_is_undone_by_the_next_write() {
+        use crate::store::flaky::{Fault, FlakyDisk};
+        let disk = FlakyDisk::default();
+        let r = ShadowRegistry::new(SnapshotCache::default())
+            .with_store(disk.store())
+            .unwrap();
+        r.set_primary("kept", &[ep("10.0.0.1:80")]).unwrap();
+        // The commit's writes land, its sync fails: refused, yet on the disk.
+        disk.set(Fault::RefuseSyncs);
+        let e = r.set_primary("refused", &[ep("10.0.0.2:80")]).unwrap_err();
+        assert_eq!(
+            (e.kind, e.field.as_str()),
+            (RegistryErrorKind::Unavailable, "state_dir")
+        );
+        assert!(r.service("refused").is_none());
+        disk.set(Fault::None);
+        let stored = |disk: &FlakyDisk| -> Vec<String> {
+            let services: BTreeMap<String, ServiceState> = disk.store().services().unwrap();
+            services.into_keys().collect()
+        };
+        assert_eq!(
+            stored(&disk),
+            ["kept", "refused"],
+            "the failed commit landed"
+        );
+        // The next change replaces the stored services whole: the refused one is gone.
+        std::thread::sleep(FlakyDisk::REOPEN * 2);
+        r.set_primary("next", &[ep("10.0.0.3:80")]).unwrap();
+        assert_eq!(stored(&disk), ["kept", "next"]);
+    }
+
+    #[test]
+    fn readiness_rewrites_the_stored_services_after_a_failed_write() {
+        use crate::store::flaky::{Fault, FlakyDisk};
+        let disk = FlakyDisk::default();
+        let r = ShadowRegistry::new(SnapshotCache::default())
+            .with_store(disk.store())
+            .unwrap();
+        r.set_primary("kept", &[ep("10.0.0.1:80")]).unwrap();
+        disk.set(Fault::RefuseSyncs);
+        assert!(r.set_primary("refused", &[ep("10.0.0.2:80")]).is_err());
+        assert!(r.sync_store().is_err(), "behind within the second after");
+        disk.set(Fault::None);
+        std::thread::sleep(std::time::Duration::from_millis(1_050));
+        r.sync_store().unwrap();
+        let services: BTreeMap<String, ServiceState> = disk.store().services().unwrap();
+        assert_eq!(services.keys().collect::<Vec<_>>(), ["kept"]);
+        r.sync_store().unwrap();
+    }
+
+    #[test]
     fn incremental_snapshots_equal_a_snapshot_built_from_scratch() {
         let cache = SnapshotCache::default();
         let r = ShadowRegistry::new(cache.clone());

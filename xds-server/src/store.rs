@@ -81,8 +81,13 @@ struct Opened {
     closed: bool,
 }
 
+/// Opens the database (the file; in tests, a disk that can be made to fail).
+type Opener = dyn Fn() -> Result<redb::Database, redb::DatabaseError> + Send + Sync;
+
 struct Inner {
     path: PathBuf,
+    open: Box<Opener>,
+    reopen_interval: Duration,
     /// Operations hold the read lock; reopening and closing take the write lock, so no
     /// transaction is open then.
     db: RwLock<Opened>,
@@ -107,16 +112,35 @@ impl StateStore {
     /// Opens (or creates) the store in directory `dir` (created if missing).
     pub fn open(dir: &Path) -> Result<StateStore, StoreError> {
         let path = dir.join(STORE_FILE);
-        let err = |message: String| StoreError {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError {
             path: path.display().to_string(),
-            message,
-        };
-        std::fs::create_dir_all(dir)
-            .map_err(|e| err(format!("cannot create the directory: {e}")))?;
-        let db = redb::Database::create(&path).map_err(|e| err(e.to_string()))?;
+            message: format!("cannot create the directory: {e}"),
+        })?;
+        let file = path.clone();
+        StateStore::with_opener(
+            path,
+            Box::new(move || redb::Database::create(&file)),
+            REOPEN_INTERVAL,
+        )
+    }
+
+    /// A store whose database `open` opens (again after a failure, at most once every
+    /// `reopen_interval`); `path` names it in errors, and its directory's disk is the one
+    /// whose free space counts.
+    fn with_opener(
+        path: PathBuf,
+        open: Box<Opener>,
+        reopen_interval: Duration,
+    ) -> Result<StateStore, StoreError> {
+        let db = open().map_err(|e| StoreError {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         let store = StateStore {
             inner: Arc::new(Inner {
                 path,
+                open,
+                reopen_interval,
                 db: RwLock::new(Opened {
                     db: Some(db),
                     generation: 0,
@@ -185,13 +209,13 @@ impl StateStore {
         }
         if f.last_reopen
             .as_ref()
-            .is_some_and(|(at, _)| at.elapsed() < REOPEN_INTERVAL)
+            .is_some_and(|(at, _)| at.elapsed() < self.inner.reopen_interval)
         {
             return Err(self.error(f.message()));
         }
         // The failed database must be closed (its file lock released) before it reopens.
         opened.db = None;
-        match redb::Database::create(&self.inner.path) {
+        match (self.inner.open)() {
             Ok(mut reopened) => {
                 if let Err(e) = reopened.compact() {
                     tracing::debug!(error = %e, "cannot compact the reopened state store");
@@ -386,6 +410,110 @@ impl StateStore {
     }
 }
 
+/// A disk in memory that can be made to fail, for tests of what the store and its writers
+/// do then.
+#[cfg(test)]
+pub(crate) mod flaky {
+    use super::{Duration, StateStore};
+    use redb::StorageBackend;
+    use redb::backends::InMemoryBackend;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    /// How the disk fails.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Fault {
+        /// It does not.
+        None,
+        /// Every write and resize: a full disk.
+        RefuseWrites,
+        /// Every sync, after the writes landed: a commit reported failed that is there.
+        RefuseSyncs,
+    }
+
+    /// The disk; clones share it (a store opened on a clone sees the same bytes).
+    #[derive(Debug, Clone)]
+    pub(crate) struct FlakyDisk {
+        bytes: Arc<InMemoryBackend>,
+        fault: Arc<Mutex<Fault>>,
+        openings: Arc<AtomicUsize>,
+    }
+
+    impl Default for FlakyDisk {
+        fn default() -> Self {
+            FlakyDisk {
+                bytes: Arc::new(InMemoryBackend::new()),
+                fault: Arc::new(Mutex::new(Fault::None)),
+                openings: Arc::default(),
+            }
+        }
+    }
+
+    impl FlakyDisk {
+        /// From now on the disk fails so.
+        pub(crate) fn set(&self, fault: Fault) {
+            *self.fault.lock().unwrap() = fault;
+        }
+
+        /// How often a database was opened on it.
+        pub(crate) fn openings(&self) -> usize {
+            self.openings.load(Ordering::SeqCst)
+        }
+
+        /// How long a failed store waits before it opens the database again.
+        pub(crate) const REOPEN: Duration = Duration::from_millis(50);
+
+        /// A store on this disk.
+        pub(crate) fn store(&self) -> StateStore {
+            let disk = self.clone();
+            StateStore::with_opener(
+                std::env::temp_dir().join("flaky-disk.redb"),
+                Box::new(move || {
+                    disk.openings.fetch_add(1, Ordering::SeqCst);
+                    redb::Database::builder().create_with_backend(disk.clone())
+                }),
+                Self::REOPEN,
+            )
+            .expect("a store on a working disk")
+        }
+
+        fn refuses(&self, fault: Fault) -> std::io::Result<()> {
+            if *self.fault.lock().unwrap() == fault {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "no space left (flaky disk)",
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    impl StorageBackend for FlakyDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            self.bytes.len()
+        }
+
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.bytes.read(offset, out)
+        }
+
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.refuses(Fault::RefuseWrites)?;
+            self.bytes.set_len(len)
+        }
+
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.refuses(Fault::RefuseSyncs)?;
+            self.bytes.sync_data()
+        }
+
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.refuses(Fault::RefuseWrites)?;
+            self.bytes.write(offset, data)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,5 +547,57 @@ mod tests {
         );
         assert_eq!(store.document::<Vec<u32>>("none").unwrap(), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_write_the_disk_refuses_changes_nothing_and_the_store_reopens_once_it_works() {
+        use flaky::{Fault, FlakyDisk};
+        let disk = FlakyDisk::default();
+        let store = disk.store();
+        store.save_document("kept", &1).unwrap();
+        disk.set(Fault::RefuseWrites);
+        assert!(store.save_document("refused", &2).is_err());
+        // The next operation reopens the database at once; its write still fails.
+        let opened = disk.openings();
+        assert!(store.check().is_err());
+        assert_eq!(disk.openings(), opened + 1);
+        // Within the reopening interval the failure is the answer: no reopening.
+        let opened = disk.openings();
+        assert!(store.check().is_err());
+        assert!(store.save_document("refused", &3).is_err());
+        assert_eq!(disk.openings(), opened, "reopened within the interval");
+        // After it, a readiness check reopens once and finds writes still refused.
+        std::thread::sleep(FlakyDisk::REOPEN * 2);
+        let e = store.check().unwrap_err();
+        assert!(e.message.contains("no space left"), "{e}");
+        assert_eq!(disk.openings(), opened + 1);
+        // The disk works again: ready, and a recovered store is not probed again.
+        disk.set(Fault::None);
+        std::thread::sleep(FlakyDisk::REOPEN * 2);
+        store.check().unwrap();
+        let probed = store.document::<u64>(PROBE_DOCUMENT).unwrap();
+        assert!(probed.is_some(), "the check wrote its probe");
+        std::thread::sleep(Duration::from_millis(5));
+        store.check().unwrap();
+        assert_eq!(store.document::<u64>(PROBE_DOCUMENT).unwrap(), probed);
+        assert_eq!(store.document::<u64>("kept").unwrap(), Some(1));
+        assert_eq!(store.document::<u64>("refused").unwrap(), None);
+        store.save_document("after", &4).unwrap();
+        assert_eq!(disk.openings(), opened + 2);
+    }
+
+    #[test]
+    fn a_closed_store_refuses_everything_and_opens_nothing() {
+        use flaky::FlakyDisk;
+        let disk = FlakyDisk::default();
+        let store = disk.store();
+        store.save_document("a", &1).unwrap();
+        store.close();
+        let e = store.save_document("b", &2).unwrap_err();
+        assert!(e.message.contains("closed"), "{e}");
+        assert!(store.document::<u64>("a").is_err());
+        assert_eq!(disk.openings(), 1);
+        // What it held is on the disk for the next one.
+        assert_eq!(disk.store().document::<u64>("a").unwrap(), Some(1));
     }
 }

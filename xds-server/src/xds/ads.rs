@@ -702,3 +702,51 @@ impl Variant for Delta {
         t.protocol.resend(clusters);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::rpc::Status as RpcStatus;
+
+    fn detail(message: String) -> Option<String> {
+        error_detail(Some(&RpcStatus {
+            code: 3,
+            message,
+            details: Vec::new(),
+        }))
+    }
+
+    #[test]
+    fn a_nack_reason_is_kept_whole_up_to_its_limit_and_cut_past_it() {
+        assert_eq!(error_detail(None), None);
+        let whole = "e".repeat(MAX_ERROR_DETAIL_BYTES);
+        assert_eq!(detail(whole.clone()), Some(whole));
+        let cut = detail("e".repeat(MAX_ERROR_DETAIL_BYTES + 1)).unwrap();
+        assert_eq!(
+            cut,
+            format!(
+                "{}… ({} bytes in all)",
+                "e".repeat(MAX_ERROR_DETAIL_BYTES),
+                MAX_ERROR_DETAIL_BYTES + 1
+            )
+        );
+        // Never inside a character.
+        let cut = detail(format!("{}é", "e".repeat(MAX_ERROR_DETAIL_BYTES - 1))).unwrap();
+        assert!(cut.starts_with(&"e".repeat(MAX_ERROR_DETAIL_BYTES - 1)));
+        assert!(cut.ends_with(&format!("({} bytes in all)", MAX_ERROR_DETAIL_BYTES + 1)));
+    }
+
+    #[test]
+    fn names_and_name_lists_are_bounded_at_their_limits() {
+        assert!(name_fits("x", &"n".repeat(MAX_NAME_BYTES)).is_ok());
+        let e = name_fits("node.id", &"n".repeat(MAX_NAME_BYTES + 1)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("node.id"), "{e}");
+        let names: Vec<String> = (0..MAX_RESOURCE_NAMES).map(|i| i.to_string()).collect();
+        assert!(names_fit("resource_names", names.iter()).is_ok());
+        let more: Vec<String> = (0..=MAX_RESOURCE_NAMES).map(|i| i.to_string()).collect();
+        assert!(names_fit("resource_names", more.iter()).is_err());
+        let long = vec!["n".repeat(MAX_NAME_BYTES + 1)];
+        assert!(names_fit("resource_names", long.iter()).is_err());
+    }
+}
