@@ -746,7 +746,7 @@ mod tests {
         assert!(names_fit("resource_names", names.iter()).is_ok());
         let more: Vec<String> = (0..=MAX_RESOURCE_NAMES).map(|i| i.to_string()).collect();
         assert!(names_fit("resource_names", more.iter()).is_err());
-        let long = vec!["n".repeat(MAX_NAME_BYTES + 1)];
+        let long = ["n".repeat(MAX_NAME_BYTES + 1)];
         assert!(names_fit("resource_names", long.iter()).is_err());
     }
 }
