@@ -933,9 +933,10 @@ async fn a_client_that_only_pings_is_closed_at_the_idle_deadline() {
         if conn.write_all(&frame(PING, 0, 0, &[1; 8])).await.is_err() {
             break started.elapsed();
         }
-        match tokio::time::timeout(Duration::from_millis(500), conn.read(&mut buf)).await {
-            Ok(Ok(0) | Err(_)) => break started.elapsed(),
-            _ => {}
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(500), conn.read(&mut buf)).await
+        {
+            break started.elapsed();
         }
     };
     assert!(closed >= Duration::from_secs(2), "closed after {closed:?}");
