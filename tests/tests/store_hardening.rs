@@ -163,12 +163,15 @@ async fn a_full_disk_refuses_writes_changes_nothing_and_the_store_recovers_when_
 
     // Nearly full (half a MiB free, room for a small commit): refused before it starts.
     let ballast = disk.fill();
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&ballast)
-        .unwrap();
-    let size = file.metadata().unwrap().len();
-    file.set_len(size - (512 << 10)).unwrap();
+    {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&ballast)
+            .unwrap();
+        let size = file.metadata().unwrap().len();
+        file.set_len(size - (512 << 10)).unwrap();
+        // Closed here: an open ballast would keep its pages after it is removed.
+    }
     let (status, body) = call(
         &api,
         "PUT",
