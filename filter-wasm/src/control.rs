@@ -390,6 +390,50 @@ mod tests {
     }
 
     #[test]
+    fn latency_over_the_slo_loads_the_primary_as_its_smoothed_ratio() {
+        // Little in flight (10 ms of 100 against 10), but every request took 150 ms against an
+        // SLO of 100: the primary is at 1.5. Then 50 ms requests: the average moves half way
+        // (alpha 0.5) to 100 ms, a load of 1.0.
+        let c = PluginConfig::parse(
+            br#"{"tick_ms":100,"latency_ewma_alpha":0.5,"services":[{"name":"s",
+                "primary":{"cluster":"p","max_in_flight":10,"latency_slo_ms":100},
+                "shadow":{"cluster":"sh","max_in_flight":10,"ready":true}}]}"#,
+        )
+        .unwrap();
+        let svc = &c.services[0];
+        let shadow = ShadowView::resolve(&svc.shadow, None, 0);
+        let mut ctl = RedirectController::default();
+        let input = |now_ms, window| TickInput {
+            now_ms,
+            window,
+            in_flight: [0, 0],
+            shadow: &shadow,
+        };
+        ctl.tick(
+            &c,
+            svc,
+            &RedirectPlan::default(),
+            input(100, window_with(4, 150_000, 10_000)),
+        );
+        assert!((ctl.scores[0].0 - 1.5).abs() < 1e-9, "{:?}", ctl.scores);
+        ctl.tick(
+            &c,
+            svc,
+            &RedirectPlan::default(),
+            input(200, window_with(6, 50_000, 10_000)),
+        );
+        assert!((ctl.scores[0].0 - 1.0).abs() < 1e-9, "{:?}", ctl.scores);
+        // A tick without completed requests leaves the average where it was.
+        ctl.tick(
+            &c,
+            svc,
+            &RedirectPlan::default(),
+            input(300, window_with(0, 0, 0)),
+        );
+        assert!((ctl.scores[0].0 - 1.0).abs() < 1e-9, "{:?}", ctl.scores);
+    }
+
+    #[test]
     fn stale_orca_is_ignored() {
         let c = config();
         let svc = &c.services[0];

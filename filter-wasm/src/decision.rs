@@ -212,6 +212,37 @@ mod tests {
     }
 
     #[test]
+    fn a_session_s_point_is_the_same_in_every_release() {
+        // Edge proxies of two releases run side by side during an upgrade: both must send a
+        // session to the same side, so the point of a key is part of the contract. These
+        // are FNV-1a with the 64-bit finaliser, top 53 bits (computed independently).
+        for (key, point) in [
+            (&b""[..], 0.9247168271715233),
+            (b"alice", 0.8019624945897325),
+            (b"session-0", 0.3216206558184803),
+            (b"\xff\x00", 0.16682845301763904),
+        ] {
+            assert_eq!(session_point(key), point, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn short_sequential_keys_spread_evenly() {
+        // Numeric ids are the common session key; ten equal slices of [0, 1) each get a
+        // tenth of 20,000 of them, within 5 %.
+        let mut slices = [0u32; 10];
+        for i in 0..20_000 {
+            let p = session_point(i.to_string().as_bytes());
+            assert!((0.0..1.0).contains(&p));
+            slices[(p * 10.0) as usize] += 1;
+        }
+        assert!(
+            slices.iter().all(|n| (1_900..=2_100).contains(n)),
+            "{slices:?}"
+        );
+    }
+
+    #[test]
     fn cookies_are_found_by_exact_name() {
         assert_eq!(cookie_value("a=1; sid=xyz; b=2", "sid"), Some("xyz"));
         assert_eq!(cookie_value("xsid=1", "sid"), None);

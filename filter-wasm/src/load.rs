@@ -349,6 +349,79 @@ mod tests {
     }
 
     #[test]
+    fn ewma_starts_at_its_first_sample_then_moves_alpha_of_the_way() {
+        let mut e = Ewma::default();
+        assert_eq!(e.get(), None);
+        e.observe(10.0, 0.25);
+        assert_eq!(e.get(), Some(10.0), "the first sample is the average");
+        e.observe(50.0, 0.25);
+        assert_eq!(e.get(), Some(20.0), "a quarter of the way from 10 to 50");
+        e.observe(f64::NAN, 0.25);
+        e.observe(f64::INFINITY, 0.25);
+        assert_eq!(e.get(), Some(20.0), "non-finite samples are ignored");
+        e.observe(20.0, 1.0);
+        e.observe(0.0, 1.0);
+        assert_eq!(e.get(), Some(0.0), "alpha 1 follows the last sample");
+    }
+
+    #[test]
+    fn a_merged_histogram_counts_both_sides() {
+        let mut a = LatencyHistogram::default();
+        let mut b = LatencyHistogram::default();
+        for _ in 0..3 {
+            a.record(100);
+        }
+        b.record(100_000);
+        a.merge(&b);
+        assert_eq!((a.count, a.sum_us, a.max_us), (4, 100_300, 100_000));
+        // Three of four samples near 100 µs, the fourth near 100 ms: the counts were added
+        // bucket by bucket, so the median stays at 100 µs and the top quantile is b's.
+        assert!(
+            (a.quantile_us(0.5) - 100.0).abs() < 3.5,
+            "{}",
+            a.quantile_us(0.5)
+        );
+        assert!(
+            (a.quantile_us(1.0) - 100_000.0).abs() < 3_500.0,
+            "{}",
+            a.quantile_us(1.0)
+        );
+    }
+
+    #[test]
+    fn the_summary_is_in_milliseconds() {
+        let mut h = LatencyHistogram::default();
+        for us in 1_000..=2_000u64 {
+            h.record(us);
+        }
+        let s = h.summary();
+        assert_eq!(s.count, 1_001);
+        let near = |got: f64, want: f64| (got - want).abs() / want < 0.035;
+        assert!(near(s.mean, 1.5), "mean {}", s.mean);
+        assert!(near(s.p50, 1.5), "p50 {}", s.p50);
+        assert!(near(s.p90, 1.9), "p90 {}", s.p90);
+        assert!(near(s.p99, 1.99), "p99 {}", s.p99);
+        assert_eq!(s.max, 2.0);
+        assert_eq!(
+            LatencyHistogram::default().summary(),
+            LatencySummary::default()
+        );
+    }
+
+    #[test]
+    fn latencies_beyond_the_last_bucket_land_in_it() {
+        let mut h = LatencyHistogram::default();
+        h.record(u64::MAX);
+        h.record(1 << 40);
+        assert_eq!(h.count, 2);
+        assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
+        // Read as the last bucket (about 70 minutes): beyond it nothing is told apart.
+        let top = h.quantile_us(1.0);
+        assert!(top >= bucket_lower_us(BUCKETS - 1) && top <= bucket_upper_us(BUCKETS - 1));
+        assert_eq!(h.max_us, u64::MAX);
+    }
+
+    #[test]
     fn buckets_are_monotonic() {
         let mut last = 0;
         for us in 0..100_000u64 {

@@ -6,7 +6,7 @@
 //! need *up*, so a cover found in units covers in req/s too. Pools are tens to hundreds of
 //! spares and needs thousands of units at most, so this is exact and cheap (`O(n · units)`,
 //! units capped at [`MAX_UNITS`] by coarsening). Ties go to fewer spares, then to less
-//! capacity (less over-provisioning).
+//! capacity (less over-provisioning), then to the spares listed first.
 
 /// Upper bound on capacity units in the table; larger needs use coarser units.
 pub const MAX_UNITS: usize = 20_000;
@@ -172,6 +172,95 @@ mod tests {
         assert_eq!(cheapest_cover(&[], 1.0), None);
     }
 
+    /// The cheapest cost of any subset covering `need`, by trying them all.
+    fn brute_force(pool: &[Candidate], need: f64) -> Option<f64> {
+        let mut best: Option<f64> = None;
+        for mask in 0u32..(1 << pool.len()) {
+            let (cap, cost) = pool
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .fold((0.0, 0.0), |(a, b), (_, s)| (a + s.capacity, b + s.cost));
+            if cap >= need && best.is_none_or(|b| cost < b) {
+                best = Some(cost);
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn a_tie_on_cost_goes_to_fewer_spares_wherever_they_are_listed() {
+        // The single spare first, then last: either way one spare beats two of equal cost.
+        let pool = [c("z", 200.0, 8.0), c("x", 100.0, 4.0), c("y", 100.0, 4.0)];
+        assert_eq!(cheapest_cover(&pool, 150.0).unwrap().ids, ["z"]);
+        let pool = [c("x", 100.0, 4.0), c("y", 100.0, 4.0), c("z", 200.0, 8.0)];
+        assert_eq!(cheapest_cover(&pool, 150.0).unwrap().ids, ["z"]);
+    }
+
+    #[test]
+    fn a_full_tie_goes_to_the_spare_listed_first() {
+        let pool = [c("p", 100.0, 1.0), c("q", 100.0, 1.0)];
+        assert_eq!(cheapest_cover(&pool, 50.0).unwrap().ids, ["p"]);
+        let pool = [c("q", 100.0, 1.0), c("p", 100.0, 1.0)];
+        assert_eq!(cheapest_cover(&pool, 50.0).unwrap().ids, ["q"]);
+    }
+
+    #[test]
+    fn an_exact_fit_in_units_is_found_and_listed_in_candidate_order() {
+        // 100.7 and 100.2 round down to 100 units each: exactly the 200 needed.
+        let pool = [c("x", 100.7, 5.0), c("y", 100.2, 1.0)];
+        let cover = cheapest_cover(&pool, 200.0).unwrap();
+        assert_eq!(cover.ids, ["x", "y"], "candidate order, not cost order");
+        assert_eq!(cover.cost, 6.0);
+        assert!((cover.capacity - 200.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn sub_unit_spares_are_covered_cheapest_per_capacity_first() {
+        // Every capacity rounds down to 0 units: the exact table cannot see them, so the
+        // cover takes spares by cost per req/s until covered: b (0.5/req/s), then a (1.0).
+        let pool = [c("a", 0.9, 0.9), c("b", 0.3, 0.15), c("c", 0.5, 1.0)];
+        let cover = cheapest_cover(&pool, 1.0).unwrap();
+        assert_eq!(cover.ids, ["b", "a"]);
+        assert!((cover.capacity - 1.2).abs() < 1e-9);
+        assert!((cover.cost - 1.05).abs() < 1e-9);
+        assert_eq!(cheapest_cover(&pool, 1.7).unwrap().ids, ["b", "a", "c"]);
+        // Order by cost per req/s, whichever comes first in the list: x (0.1) before y (5).
+        let pool = [c("y", 0.1, 0.5), c("x", 0.9, 0.09)];
+        assert_eq!(cheapest_cover(&pool, 0.9).unwrap().ids, ["x"]);
+    }
+
+    #[test]
+    fn coarse_units_stay_exact_when_capacities_are_whole_units() {
+        // A need of 50,000 req/s is 20,000 units of 2.5 req/s; capacities that are whole
+        // units lose nothing to rounding, so the table's answer is the true cheapest.
+        let pool: Vec<Candidate> = (0..12)
+            .map(|i| {
+                c(
+                    &format!("u{i}"),
+                    2.5 * (2_000 + ((i * 1_237) % 3_001)) as f64,
+                    1.0 + ((i * 7) % 5) as f64 + 0.1 * i as f64,
+                )
+            })
+            .collect();
+        for need in [20_000.0, 50_000.0, 61_000.0] {
+            let cover = cheapest_cover(&pool, need).unwrap();
+            assert!(cover.capacity >= need, "need {need}: {cover:?}");
+            let cost: f64 = pool
+                .iter()
+                .filter(|s| cover.ids.contains(&s.id))
+                .map(|s| s.cost)
+                .sum();
+            assert!((cover.cost - cost).abs() < 1e-9);
+            let best = brute_force(&pool, need).unwrap();
+            assert!(
+                (cover.cost - best).abs() < 1e-9,
+                "need {need}: {} vs {best}",
+                cover.cost
+            );
+        }
+    }
+
     #[test]
     fn large_needs_use_coarse_units_and_still_cover() {
         let pool: Vec<Candidate> = (0..40)
@@ -197,18 +286,7 @@ mod tests {
             .collect();
         for need in [15.0, 64.0, 150.0, 333.0] {
             let dp = cheapest_cover(&small, need).map(|c| c.cost);
-            let mut brute: Option<f64> = None;
-            for mask in 0u32..(1 << small.len()) {
-                let (cap, cost) = small
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| mask & (1 << i) != 0)
-                    .fold((0.0, 0.0), |(a, b), (_, s)| (a + s.capacity, b + s.cost));
-                if cap >= need && brute.is_none_or(|b| cost < b) {
-                    brute = Some(cost);
-                }
-            }
-            assert_eq!(dp, brute, "need {need}");
+            assert_eq!(dp, brute_force(&small, need), "need {need}");
         }
     }
 }

@@ -176,3 +176,51 @@ pub enum LogEvent {
         retry_after: f64,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_s_metric_label_is_its_json_name() {
+        for kind in [
+            ReasonKind::LeadTime,
+            ReasonKind::Late,
+            ReasonKind::Reactive,
+            ReasonKind::Warm,
+            ReasonKind::SurgeOver,
+            ReasonKind::CalledOff,
+            ReasonKind::Drained,
+        ] {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(format!("\"{}\"", kind.as_str()), json);
+        }
+    }
+
+    #[test]
+    fn every_action_names_its_spare_and_service() {
+        let spare = || "s1".to_string();
+        let service = || "checkout".to_string();
+        for action in [
+            Action::StartWarmup {
+                spare: spare(),
+                service: service(),
+            },
+            Action::Assign {
+                spare: spare(),
+                service: service(),
+                weight: 3,
+            },
+            Action::Drain {
+                spare: spare(),
+                service: service(),
+            },
+            Action::Release {
+                spare: spare(),
+                service: service(),
+            },
+        ] {
+            assert_eq!((action.spare(), action.service()), ("s1", "checkout"));
+        }
+    }
+}

@@ -96,4 +96,41 @@ mod tests {
         // Far below: nothing.
         assert!(f.expected_excess(1_000.0) < 1e-9);
     }
+
+    #[test]
+    fn expected_excess_one_standard_deviation_either_side() {
+        // D ~ N(100, 10²), given as its q90 (z = 1.2816) and, the same demand, its q95.
+        // Capacity one sd above the median: 10·φ(1) − 10·(1 − Φ(1)) = 0.833155;
+        // one sd below: 10·φ(1) + 10·Φ(1) = 10.833155 (the 10 below plus the tail above).
+        let q90 = surge(100.0, 100.0 + 1.2815515655446004 * 10.0);
+        let mut q95 = surge(100.0, 100.0 + 1.6448536269514722 * 10.0);
+        q95.quantile = 0.95;
+        for f in [q90, q95] {
+            assert!((f.expected_excess(110.0) - 0.833155).abs() < 1e-5, "{f:?}");
+            assert!((f.expected_excess(90.0) - 10.833155).abs() < 1e-5, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn a_forecast_without_spread_is_certain() {
+        // The quantile equals the median: demand is the median, the excess what is above.
+        let f = surge(150.0, 150.0);
+        assert!((f.expected_excess(100.0) - 50.0).abs() < 1e-6);
+        assert!(f.expected_excess(200.0) < 1e-9);
+    }
+
+    #[test]
+    fn a_quantile_of_one_still_carries_its_spread() {
+        // q = 1 is read as 1 − 1e-9 (z ≈ 6.0), not as infinity (which would leave no spread).
+        let mut f = surge(100.0, 130.0);
+        f.quantile = 1.0;
+        let z = 5.997807019601636;
+        let sd = 30.0 / z;
+        let want = sd / (2.0 * std::f64::consts::PI).sqrt();
+        assert!(
+            (f.expected_excess(100.0) - want).abs() < 1e-3,
+            "{}",
+            f.expected_excess(100.0)
+        );
+    }
 }

@@ -264,3 +264,149 @@ impl ShadowPool {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str) -> SpareSpec {
+        SpareSpec {
+            id: id.into(),
+            address: "10.0.0.1:8080".into(),
+            capacity: 100.0,
+            max_in_flight: 8,
+            warmup_secs: 20.0,
+            cost_per_sec: 0.5,
+            class: String::new(),
+        }
+    }
+
+    fn field_of(s: SpareSpec) -> Option<String> {
+        s.validate().err().map(|e| e.field)
+    }
+
+    #[test]
+    fn a_spec_is_refused_naming_the_field() {
+        assert_eq!(field_of(spec("a")), None);
+        assert_eq!(field_of(spec(&"i".repeat(100))), None, "100 characters");
+        assert_eq!(field_of(spec(&"i".repeat(101))).as_deref(), Some("id"));
+        assert_eq!(field_of(spec("")).as_deref(), Some("id"));
+        let with = |f: fn(&mut SpareSpec)| {
+            let mut s = spec("a");
+            f(&mut s);
+            field_of(s)
+        };
+        assert_eq!(with(|s| s.address.clear()).as_deref(), Some("address"));
+        assert_eq!(
+            with(|s| s.max_in_flight = 0).as_deref(),
+            Some("max_in_flight")
+        );
+        assert_eq!(with(|s| s.max_in_flight = 1), None);
+        for bad in [0.0, -1.0, 1e12, f64::NAN, f64::INFINITY] {
+            assert_eq!(with_capacity(bad).as_deref(), Some("capacity"), "{bad}");
+        }
+        assert_eq!(with_capacity(1e-3), None);
+        assert_eq!(with_capacity(999_999_999_999.0), None);
+        for bad in [-1e-9, 1e12, f64::NAN, f64::INFINITY] {
+            let mut s = spec("a");
+            s.warmup_secs = bad;
+            assert_eq!(field_of(s).as_deref(), Some("warmup_secs"), "{bad}");
+            let mut s = spec("a");
+            s.cost_per_sec = bad;
+            assert_eq!(field_of(s).as_deref(), Some("cost_per_sec"), "{bad}");
+        }
+        assert_eq!(with(|s| s.warmup_secs = 0.0), None, "no warm-up is fine");
+        assert_eq!(with(|s| s.cost_per_sec = 0.0), None, "a free spare is fine");
+    }
+
+    fn with_capacity(capacity: f64) -> Option<String> {
+        let mut s = spec("a");
+        s.capacity = capacity;
+        field_of(s)
+    }
+
+    #[test]
+    fn states_name_their_service_and_whether_they_cost() {
+        let service = || "checkout".to_string();
+        let states = [
+            (SpareState::cold(), "cold", None),
+            (
+                SpareState::Warming {
+                    service: service(),
+                    since: 1.0,
+                },
+                "warming",
+                Some("checkout"),
+            ),
+            (
+                SpareState::Warm {
+                    service: service(),
+                    started: 1.0,
+                    since: 2.0,
+                },
+                "warm",
+                Some("checkout"),
+            ),
+            (
+                SpareState::Assigned {
+                    service: service(),
+                    started: 1.0,
+                    since: 2.0,
+                },
+                "assigned",
+                Some("checkout"),
+            ),
+            (
+                SpareState::Draining {
+                    service: service(),
+                    started: 1.0,
+                    assigned: 2.0,
+                    until: 3.0,
+                },
+                "draining",
+                Some("checkout"),
+            ),
+        ];
+        for (state, name, of) in states {
+            assert_eq!(state.name(), name);
+            assert_eq!(state.service(), of, "{name}");
+            assert_eq!(state.is_running(), of.is_some(), "{name}");
+        }
+        assert_eq!(SpareState::cold(), SpareState::Cold { retry_after: None });
+    }
+
+    #[test]
+    fn resuming_keeps_states_by_id_and_hands_back_running_spares_that_left() {
+        let mut saved =
+            ShadowPool::new(vec![spec("kept"), spec("gone-running"), spec("gone-cold")]).unwrap();
+        let running = SpareState::Assigned {
+            service: "checkout".into(),
+            started: 5.0,
+            since: 30.0,
+        };
+        for s in &mut saved.spares {
+            if s.spec.id != "gone-cold" {
+                s.state = running.clone();
+            }
+        }
+        saved.spares[0].failures = 2;
+        saved.spares[0].measured_warmup_secs = Some(41.0);
+        let mut pool = ShadowPool::new(vec![spec("new"), spec("kept")]).unwrap();
+        let gone = pool.resume_from(&saved);
+        let gone: Vec<&str> = gone.iter().map(|s| s.spec.id.as_str()).collect();
+        assert_eq!(gone, ["gone-running"], "the cold one needs no stopping");
+        let kept = pool.get("kept").unwrap();
+        assert_eq!(kept.state, running);
+        assert_eq!((kept.failures, kept.measured_warmup_secs), (2, Some(41.0)));
+        assert_eq!(
+            kept.expected_warmup_secs(),
+            41.0,
+            "measured slower than configured"
+        );
+        assert_eq!(pool.get("new").unwrap().state, SpareState::cold());
+        assert_eq!(pool.get("new").unwrap().expected_warmup_secs(), 20.0);
+        assert_eq!(pool.running_cost_per_sec(), 0.5, "only `kept` runs");
+        assert_eq!(pool.of_service("checkout").count(), 1);
+        assert_eq!(pool.of_service("other").count(), 0);
+    }
+}

@@ -148,6 +148,7 @@ fn a_spare_measured_slower_than_configured_is_started_earlier_next_time() {
     p.step(&input(990.0, 100.0, Some((1_000.0, 450.0))));
     let mut t = 1_000.0;
     while p.pool().get("a").unwrap().state.is_running() {
+        assert!(t < 2_000.0, "still running at {t}: never released");
         p.step(&input(t, 100.0, None));
         t += 5.0;
     }
@@ -640,4 +641,403 @@ fn a_spare_costs_until_released_including_the_drain() {
         "{}",
         p.plan()[0].expected_cost
     );
+}
+
+// Rules pinned by a second mutation review (scripts/mutants): each test names the rule a
+// one-line change would break silently.
+
+fn plan_of<'a>(p: &'a Provisioner, service: &str) -> &'a shadowmesh_provisioner::ServicePlan {
+    p.plan()
+        .iter()
+        .find(|x| x.service == service)
+        .unwrap_or_else(|| panic!("no plan for {service}: {:?}", p.plan()))
+}
+
+/// What covering `f` avoids: `E[(D − 300)⁺]` over the surge from `max(onset, now)` to
+/// `end`, at 0.01 a degraded request.
+fn forecast_benefit(f: &SurgeForecast, now: f64, end: f64) -> f64 {
+    f.expected_excess(300.0) * (end - f.onset.max(now)) * 0.01
+}
+
+#[test]
+fn a_forecast_without_an_end_lasts_to_the_horizon() {
+    let mut p = provisioner(settings(), vec![spare("a", 200.0, 10.0, 1.0)]);
+    let mut step = input(900.0, 100.0, Some((1_000.0, 450.0)));
+    step.forecasts[0].end = None;
+    p.step(&step);
+    let plan = plan_of(&p, "checkout");
+    assert_eq!(plan.surge_end, Some(900.0 + 3_600.0));
+    let want = forecast_benefit(&step.forecasts[0], 900.0, 4_500.0);
+    assert!(
+        (plan.expected_benefit - want).abs() < 1e-9,
+        "{plan:?} vs {want}"
+    );
+}
+
+#[test]
+fn a_forecast_that_ended_or_stays_under_capacity_needs_nothing() {
+    let mut p = provisioner(settings(), vec![spare("a", 200.0, 10.0, 1.0)]);
+    // Ended exactly now (demand still high enough that the surge is not merely overdue).
+    let mut ended = input(1_600.0, 280.0, Some((1_000.0, 450.0)));
+    ended.forecasts[0].end = Some(1_600.0);
+    assert!(p.step(&ended).is_empty());
+    assert!(p.plan().is_empty(), "{:?}", p.plan());
+    // A peak at exactly the primary's capacity adds nothing.
+    assert!(
+        p.step(&input(900.0, 100.0, Some((1_000.0, 300.0))))
+            .is_empty()
+    );
+    assert!(p.plan().is_empty(), "{:?}", p.plan());
+    // Just over it does.
+    p.step(&input(900.0, 100.0, Some((1_000.0, 301.0))));
+    assert_eq!(plan_of(&p, "checkout").need, 1.0);
+}
+
+#[test]
+fn an_anomaly_acts_from_the_reactive_trigger_and_a_plain_surge_from_capacity() {
+    let spares = || vec![spare("a", 200.0, 10.0, 1.0)];
+    let mut anomaly = input(1_000.0, 269.0, Some((1_010.0, 700.0)));
+    anomaly.forecasts[0].anomaly = true;
+    let mut p = provisioner(settings(), spares());
+    assert!(p.step(&anomaly).is_empty(), "269 < 0.9 × 300");
+    anomaly.services[0].current_demand = 270.0;
+    assert_eq!(started(&p.step(&anomaly)), ["a"], "270 = 0.9 × 300");
+    // The anomaly is another service's: this one acts only when over its capacity.
+    let mut other = input(1_000.0, 280.0, None);
+    other.forecasts = vec![forecast("search", 1_010.0, 700.0)];
+    other.forecasts[0].anomaly = true;
+    let mut p = provisioner(settings(), spares());
+    assert!(p.step(&other).is_empty());
+    other.services[0].current_demand = 300.0;
+    assert!(p.step(&other).is_empty(), "at capacity is not over it");
+    other.services[0].current_demand = 300.5;
+    assert_eq!(started(&p.step(&other)), ["a"]);
+}
+
+#[test]
+fn a_reactive_need_lasts_the_longer_of_hold_and_hysteresis_and_is_worth_the_excess() {
+    let mut s = settings();
+    s.mode = Mode::Reactive;
+    let mut p = provisioner(s.clone(), vec![spare("a", 200.0, 10.0, 1.0)]);
+    p.step(&input(1_000.0, 400.0, None));
+    let plan = plan_of(&p, "checkout");
+    // 400 × 1.2 − 300 = 180 needed now, until now + max(min hold 120, hysteresis 60).
+    assert!((plan.need - 180.0).abs() < 1e-9, "{plan:?}");
+    assert_eq!(plan.ready_by, Some(1_000.0));
+    assert_eq!(plan.surge_end, Some(1_120.0));
+    // The 100 req/s over capacity, for those 120 s, at 0.01.
+    assert!((plan.expected_benefit - 120.0).abs() < 1e-9, "{plan:?}");
+    s.release_hysteresis_secs = 500.0;
+    let mut p = provisioner(s, vec![spare("a", 200.0, 10.0, 1.0)]);
+    p.step(&input(1_000.0, 400.0, None));
+    assert_eq!(plan_of(&p, "checkout").surge_end, Some(1_500.0));
+}
+
+#[test]
+fn load_now_above_a_later_forecast_is_covered_now() {
+    // A forecast at 1,000 (add 50, ready by 970) and, at 0, demand of 400 over capacity:
+    // the current need (400 × 1.2 − 300 = 180) is bigger and the forecast not yet due.
+    let mut p = provisioner(settings(), vec![spare("a", 200.0, 10.0, 1.0)]);
+    let d = p.step(&input(0.0, 400.0, Some((1_000.0, 350.0))));
+    assert_eq!(started(&d), ["a"]);
+    assert_eq!(d[0].reason, ReasonKind::Reactive);
+    let plan = plan_of(&p, "checkout");
+    assert!((plan.need - 180.0).abs() < 1e-9, "{plan:?}");
+    assert_eq!(plan.ready_by, Some(0.0));
+}
+
+#[test]
+fn a_due_forecast_and_load_now_merge_into_the_larger_of_each() {
+    // At 980 the forecast (onset 1,000, ready by 970) is due: the needs merge — the larger
+    // capacity, the larger benefit, the forecast's ready-by and end.
+    let mut p = provisioner(settings(), vec![spare("a", 400.0, 10.0, 1.0)]);
+    let step = input(980.0, 310.0, Some((1_000.0, 600.0)));
+    p.step(&step);
+    let plan = plan_of(&p, "checkout");
+    assert!(
+        (plan.need - 300.0).abs() < 1e-9,
+        "forecast's 300 over now's 72: {plan:?}"
+    );
+    assert_eq!(plan.ready_by, Some(970.0));
+    assert_eq!(plan.surge_end, Some(1_600.0));
+    let f = forecast_benefit(&step.forecasts[0], 980.0, 1_600.0);
+    assert!((plan.expected_benefit - f).abs() < 1e-9, "{plan:?} vs {f}");
+    // The same with a small forecast: now's need (400 × 1.2 − 300 = 180) is larger, and
+    // so is its benefit (100 over × 120 s × 0.01 = 120).
+    let mut p = provisioner(settings(), vec![spare("a", 400.0, 10.0, 1.0)]);
+    let step = input(980.0, 400.0, Some((1_000.0, 310.0)));
+    p.step(&step);
+    let plan = plan_of(&p, "checkout");
+    assert!((plan.need - 180.0).abs() < 1e-9, "{plan:?}");
+    assert_eq!(plan.ready_by, Some(970.0));
+    assert_eq!(plan.surge_end, Some(1_600.0));
+    assert!((plan.expected_benefit - 120.0).abs() < 1e-9, "{plan:?}");
+}
+
+#[test]
+fn a_spare_whose_warm_up_ends_exactly_at_ready_by_is_on_time_not_late() {
+    // ready_by = 1,000 − 30 = 970; warm-up 30 from 940 ends exactly then.
+    let mut p = provisioner(settings(), vec![spare("a", 200.0, 30.0, 1.0)]);
+    let d = p.step(&input(940.0, 100.0, Some((1_000.0, 450.0))));
+    assert_eq!(started(&d), ["a"]);
+    assert_eq!(d[0].reason, ReasonKind::LeadTime);
+    // One second later it cannot be warm in time: started at once, logged late.
+    let mut p = provisioner(settings(), vec![spare("a", 200.0, 30.0, 1.0)]);
+    let d = p.step(&input(941.0, 100.0, Some((1_000.0, 450.0))));
+    assert_eq!(started(&d), ["a"]);
+    assert_eq!(d[0].reason, ReasonKind::Late);
+}
+
+#[test]
+fn a_cover_partly_started_is_covered_not_planned() {
+    // Need 150: a slow spare starts now (940 = 970 − 30), a fast one is planned for 960.
+    let mut p = provisioner(
+        settings(),
+        vec![
+            spare("slow", 100.0, 30.0, 1.0),
+            spare("fast", 100.0, 10.0, 1.0),
+        ],
+    );
+    let d = p.step(&input(940.0, 100.0, Some((1_000.0, 450.0))));
+    assert_eq!(started(&d), ["slow"]);
+    let plan = plan_of(&p, "checkout");
+    assert_eq!(plan.planned, [("fast".to_string(), 960.0)]);
+    assert_eq!(plan.verdict, Verdict::Covered);
+}
+
+#[test]
+fn what_runs_already_is_costed_until_released() {
+    // `a` (360 an hour = 0.1 a second) is assigned at 970; at 1,000 its cost is the rest
+    // of the surge (end 1,600) plus the minimum hold and the drain: 0.1 × (600 + 120 + 10).
+    let mut p = provisioner(settings(), vec![spare("a", 200.0, 10.0, 360.0)]);
+    p.step(&input(960.0, 100.0, Some((1_000.0, 450.0))));
+    p.on_warm("a", 968.0);
+    p.step(&input(970.0, 100.0, Some((1_000.0, 450.0))));
+    p.step(&input(1_000.0, 400.0, Some((1_000.0, 450.0))));
+    let plan = plan_of(&p, "checkout");
+    assert_eq!(plan.verdict, Verdict::Covered);
+    assert_eq!(state(&p, "a"), "assigned");
+    assert!((plan.expected_cost - 73.0).abs() < 1e-9, "{plan:?}");
+}
+
+#[test]
+fn an_overdue_surge_holds_while_demand_is_not_calm() {
+    // At 1,100 the surge (onset 1,000) is overdue by more than the margin. It still holds
+    // while demand is at or above release_below × capacity (240); below, it is dropped.
+    for (demand, holds) in [(280.0, true), (240.0, true), (239.0, false)] {
+        let mut p = provisioner(settings(), vec![spare("a", 200.0, 10.0, 1.0)]);
+        let d = p.step(&input(1_100.0, demand, Some((1_000.0, 450.0))));
+        assert_eq!(started(&d).len(), usize::from(holds), "demand {demand}");
+    }
+}
+
+fn verdicts_logged(p: &Provisioner, service: &str) -> Vec<Verdict> {
+    p.log()
+        .filter(|e| e.service == service)
+        .filter_map(|e| match &e.event {
+            LogEvent::Verdict(v) => Some(v.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_service_with_running_spares_stays_in_the_plan_and_verdicts_are_logged_on_change() {
+    let mut p = assigned_for_surge();
+    assert_eq!(p.plan().len(), 1, "one plan per service: {:?}", p.plan());
+    // The forecast is gone and demand is calm: no need, but the spare still runs.
+    for t in [1_000.0, 1_005.0, 1_010.0] {
+        p.step(&input(t, 100.0, None));
+        let plan = plan_of(&p, "checkout");
+        assert_eq!((plan.need, plan.provided), (0.0, 200.0));
+        assert_eq!(plan.verdict, Verdict::Covered, "at {t}");
+    }
+    assert_eq!(p.plan().len(), 1);
+    // Calm for the hysteresis (60 s from 1,000): releasing, though held until 1,090.
+    p.step(&input(1_060.0, 100.0, None));
+    assert_eq!(plan_of(&p, "checkout").verdict, Verdict::Releasing);
+    assert_eq!(state(&p, "a"), "assigned");
+    // Drained at 1,090, released at 1,100: the service leaves the plan, idle once.
+    for t in [1_090.0, 1_100.0, 1_105.0, 1_110.0] {
+        p.step(&input(t, 100.0, None));
+    }
+    assert_eq!(state(&p, "a"), "cold");
+    assert!(p.plan().is_empty(), "{:?}", p.plan());
+    let verdicts = verdicts_logged(&p, "checkout");
+    assert_eq!(
+        verdicts.iter().map(verdict_name).collect::<Vec<_>>(),
+        ["covered", "releasing", "idle"],
+        "one line per change: {verdicts:?}"
+    );
+}
+
+fn verdict_name(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Idle => "idle",
+        Verdict::Planned { .. } => "planned",
+        Verdict::Covered => "covered",
+        Verdict::LeftOut { .. } => "left_out",
+        Verdict::NotWorthIt { .. } => "not_worth_it",
+        Verdict::SpendCap { .. } => "spend_cap",
+        Verdict::Releasing => "releasing",
+    }
+}
+
+#[test]
+fn the_spend_cap_must_be_a_positive_number_and_settings_are_kept() {
+    for bad in [0.0, -1.0, f64::NAN] {
+        let mut s = settings();
+        s.spend_cap_per_hour = bad;
+        let e = Provisioner::new(s, ShadowPool::default()).unwrap_err();
+        assert_eq!(e.field, "spend_cap_per_hour", "{bad}");
+    }
+    let p = provisioner(settings(), vec![]);
+    assert_eq!(p.settings(), &settings());
+}
+
+#[test]
+fn a_forecast_due_now_merges_with_load_now_rather_than_yielding_to_it() {
+    // At 970 the forecast (onset 1,000) is due exactly: load now (400 → 180 needed) is
+    // larger than the forecast's 10, but the two merge — the forecast's end, not a reactive
+    // start.
+    let mut p = provisioner(settings(), vec![spare("a", 200.0, 0.0, 1.0)]);
+    let d = p.step(&input(970.0, 400.0, Some((1_000.0, 310.0))));
+    assert_eq!(started(&d), ["a"]);
+    assert_ne!(d[0].reason, ReasonKind::Reactive);
+    let plan = plan_of(&p, "checkout");
+    assert_eq!(
+        (plan.ready_by, plan.surge_end),
+        (Some(970.0), Some(1_600.0))
+    );
+    assert!((plan.need - 180.0).abs() < 1e-9);
+}
+
+#[test]
+fn a_reactive_need_of_exactly_nothing_is_no_need() {
+    // Headroom 0, trigger 0.9: demand at capacity crosses the trigger and needs
+    // 300 × 1.0 − 300 = 0 — nothing to plan.
+    let mut s = settings();
+    s.mode = Mode::Reactive;
+    s.reactive_headroom = 0.0;
+    let mut p = provisioner(s, vec![spare("a", 200.0, 10.0, 1.0)]);
+    assert!(p.step(&input(1_000.0, 300.0, None)).is_empty());
+    assert!(p.plan().is_empty(), "{:?}", p.plan());
+    assert_eq!(started(&p.step(&input(1_001.0, 301.0, None))), ["a"]);
+}
+
+#[test]
+fn a_surge_ready_within_warm_up_plus_margin_blocks_the_release() {
+    // `a` (warm-up 10) is assigned at 970 and calm from 1,000; at 1,100 hysteresis (60) and
+    // hold (120) have passed. The next surge's ready-by (onset − 30) within 10 + 30 s of now
+    // keeps it; one second further, it is drained.
+    for (ready_in, drained) in [(40.0, false), (41.0, true)] {
+        let mut p = assigned_for_surge();
+        p.step(&input(1_000.0, 100.0, None));
+        let onset = 1_100.0 + ready_in + 30.0;
+        let d = p.step(&input(1_100.0, 100.0, Some((onset, 450.0))));
+        let drains = d.iter().any(|d| matches!(d.action, Action::Drain { .. }));
+        assert_eq!(drains, drained, "next surge ready in {ready_in} s");
+    }
+}
+
+#[test]
+fn demand_at_exactly_release_below_is_not_calm() {
+    let mut p = assigned_for_surge();
+    for t in (0..40).map(|i| 1_000.0 + 10.0 * f64::from(i)) {
+        let d = p.step(&input(t, 240.0, None));
+        assert!(
+            !d.iter().any(|d| matches!(d.action, Action::Drain { .. })),
+            "drained at {t}: 240 = 0.8 × 300 is not under it"
+        );
+    }
+    assert_eq!(state(&p, "a"), "assigned");
+}
+
+#[test]
+fn contention_weighs_what_is_still_missing_not_the_whole_need() {
+    // `zeta` already has `a0` (100) assigned and needs 150: 50 missing, which the one free
+    // spare covers. `alpha` needs 150 and the free spare alone cannot cover it. Weighed on
+    // what is missing, zeta comes first and gets the spare (alpha would by name).
+    let mut p = provisioner(
+        settings(),
+        vec![spare("a0", 100.0, 10.0, 1.0), spare("f1", 100.0, 10.0, 2.0)],
+    );
+    let zeta = |onset: f64, peak: f64| forecast("zeta", onset, peak);
+    let first = StepInput {
+        now: 960.0,
+        services: vec![load("zeta", 100.0)],
+        forecasts: vec![zeta(1_000.0, 400.0)],
+    };
+    assert_eq!(started(&p.step(&first)), ["a0"]);
+    p.on_warm("a0", 965.0);
+    let second = StepInput {
+        now: 970.0,
+        services: vec![load("alpha", 100.0), load("zeta", 100.0)],
+        forecasts: vec![forecast("alpha", 1_000.0, 450.0), zeta(1_000.0, 450.0)],
+    };
+    let d = p.step(&second);
+    let f1: Vec<_> = d
+        .iter()
+        .filter(|d| matches!(d.action, Action::StartWarmup { .. }) && d.action.spare() == "f1")
+        .map(|d| d.action.service().to_string())
+        .collect();
+    assert_eq!(f1, ["zeta"], "{d:?}");
+    assert!(matches!(
+        plan_of(&p, "alpha").verdict,
+        Verdict::LeftOut { missing, .. } if (missing - 150.0).abs() < 1e-9
+    ));
+}
+
+#[test]
+fn a_partial_cover_is_worth_the_share_of_the_loss_it_avoids() {
+    // Need 200 (peak 500), one free spare of 100: it avoids half the loss. Its cost (a
+    // spare of 1 a second, run 940 → end 1,600 + 130) sits between half and all of it.
+    let step = input(960.0, 100.0, Some((1_000.0, 500.0)));
+    let whole = {
+        let mut p = provisioner(settings(), vec![spare("big", 300.0, 10.0, 1.0)]);
+        p.step(&step);
+        plan_of(&p, "checkout").expected_benefit
+    };
+    let cost_per_hour = 3_600.0 * 0.75 * whole / 770.0;
+    let mut p = provisioner(settings(), vec![spare("half", 100.0, 10.0, cost_per_hour)]);
+    assert!(p.step(&step).is_empty());
+    match plan_of(&p, "checkout").verdict {
+        Verdict::NotWorthIt { benefit, cost } => {
+            assert!((benefit - whole / 2.0).abs() < 1e-6, "{benefit} vs {whole}");
+            assert!((cost - 0.75 * whole).abs() < 1e-6);
+        }
+        ref v => panic!("{v:?}"),
+    }
+    // A quarter of the cost: worth it, started, and left out of the other 100.
+    let mut s = settings();
+    s.spend_cap_per_hour = f64::MAX;
+    let mut p = provisioner(s, vec![spare("half", 100.0, 10.0, cost_per_hour / 3.0)]);
+    assert_eq!(started(&p.step(&step)), ["half"]);
+    assert!(matches!(
+        plan_of(&p, "checkout").verdict,
+        Verdict::LeftOut { missing, .. } if (missing - 100.0).abs() < 1e-9
+    ));
+}
+
+#[test]
+fn a_spare_warm_in_time_beats_a_cheaper_one_that_would_be_late() {
+    // ready_by 970; at 960 `slow` (60 s) cannot be warm by then, `fast` (5 s) can.
+    let mut p = provisioner(
+        settings(),
+        vec![
+            spare("slow", 200.0, 60.0, 1.0),
+            spare("fast", 200.0, 5.0, 2.0),
+        ],
+    );
+    let d = p.step(&input(960.0, 100.0, Some((1_000.0, 450.0))));
+    assert!(started(&d).is_empty(), "fast starts at 965: {d:?}");
+    assert_eq!(
+        plan_of(&p, "checkout").planned,
+        [("fast".to_string(), 965.0)]
+    );
+    // With no spare in time, the cheapest is started at once, late.
+    let mut p = provisioner(settings(), vec![spare("slow", 200.0, 60.0, 1.0)]);
+    let d = p.step(&input(960.0, 100.0, Some((1_000.0, 450.0))));
+    assert_eq!(started(&d), ["slow"]);
+    assert_eq!(d[0].reason, ReasonKind::Late);
 }

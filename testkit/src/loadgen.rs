@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -178,8 +178,16 @@ pub fn client() -> HttpClient {
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(4_096)
+        // Idle connections are dropped before a server's idle close (the control plane's
+        // `header_read_timeout_secs`, 10 s by default): a request sent on a connection the
+        // server is closing at that instant is lost in transit, and a POST cannot be retried.
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_timer(TokioTimer::new())
         .build(connector)
 }
+
+/// How long a pooled connection may sit idle before the client drops it.
+pub const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// One GET; returns (status, x-served-by) or an error string.
 pub async fn get(

@@ -919,11 +919,12 @@ async fn a_client_that_only_pings_is_closed_at_the_idle_deadline() {
     );
     let _plane = setup.start(&[]);
     wait_up(&setup.client(None)).await;
+    // The deadline runs from the server's accept: measured from before the connect.
+    let started = Instant::now();
     let mut conn = TcpStream::connect(setup.ads).await.unwrap();
     let mut out = PREFACE.to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[]));
     conn.write_all(&out).await.unwrap();
-    let started = Instant::now();
     let mut buf = [0u8; 4096];
     let closed = loop {
         assert!(

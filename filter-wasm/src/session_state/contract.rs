@@ -187,4 +187,86 @@ mod tests {
             [("cart".to_string(), "sku 1;2=%".to_string())].into();
         assert_eq!(decode_state(&encode_state(7, &state)), Some((7, state)));
     }
+
+    #[test]
+    fn a_value_may_be_exactly_its_cap() {
+        let c = cfg(); // max_value_bytes 64
+        let at = format!("set cart={}", "x".repeat(64));
+        assert_eq!(
+            parse_changes(&at, &c).unwrap()[0]
+                .value
+                .as_ref()
+                .unwrap()
+                .len(),
+            64
+        );
+        // The cap is on the decoded value: 64 escapes of 3 characters are 64 bytes.
+        let escaped = format!("set cart={}", "%3B".repeat(64));
+        assert!(parse_changes(&escaped, &c).is_ok());
+        let over = format!("set cart={}", "%3B".repeat(65));
+        assert_eq!(parse_changes(&over, &c), Err(DropReason::Oversize));
+    }
+
+    #[test]
+    fn a_change_is_refused_when_its_keys_and_values_exceed_a_whole_session() {
+        // max_session_bytes 100: every op counts its key and its value.
+        let c = cfg();
+        let change = |cart: usize, writes: usize| {
+            format!(
+                "set cart={}; set writes={}",
+                "c".repeat(cart),
+                "w".repeat(writes)
+            )
+        };
+        // 4 + 60 + 6 + 30 = 100: fits exactly.
+        assert!(parse_changes(&change(60, 30), &c).is_ok());
+        assert_eq!(
+            parse_changes(&change(60, 31), &c),
+            Err(DropReason::Oversize)
+        );
+        // A delete counts its key: 100 + 4.
+        let with_del = format!("{}; del cart", change(60, 30));
+        assert_eq!(parse_changes(&with_del, &c), Err(DropReason::Oversize));
+    }
+
+    #[test]
+    fn the_session_state_header_has_one_wire_form() {
+        // Applications in any language parse it: `v=N`, then `; key=value` in key order,
+        // values percent-encoded except RFC 3986's unreserved characters, upper-case hex.
+        let state: BTreeMap<String, String> = [
+            ("writes".to_string(), "3".to_string()),
+            ("cart".to_string(), "a b;c=d/é~-_.Z9".to_string()),
+        ]
+        .into();
+        assert_eq!(
+            encode_state(12, &state),
+            "v=12; cart=a%20b%3Bc%3Dd%2F%C3%A9~-_.Z9; writes=3"
+        );
+        assert_eq!(encode_state(0, &BTreeMap::new()), "v=0");
+        assert_eq!(
+            decode_state("v=3; cart=%c3%a9"),
+            Some((3, [("cart".to_string(), "é".to_string())].into()))
+        );
+        for bad in [
+            "3; cart=1",
+            "v=x",
+            "v=1; cart",
+            "v=1; cart=%4",
+            "v=1; cart=%FF",
+        ] {
+            assert_eq!(decode_state(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn drop_reasons_are_metric_labels() {
+        let labels = [
+            DropReason::Malformed,
+            DropReason::NotAllowed,
+            DropReason::Oversize,
+            DropReason::Full,
+        ]
+        .map(DropReason::as_str);
+        assert_eq!(labels, ["malformed", "not_allowed", "oversize", "full"]);
+    }
 }

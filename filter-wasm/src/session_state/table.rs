@@ -1437,6 +1437,121 @@ mod tests {
         assert_eq!(t.take_outbound(10, &mut wt).snapshots.len(), 1);
     }
 
+    fn snapshot(session: &str, version: u64, cart: &str, from_shadow: bool) -> SessionSnapshot {
+        SessionSnapshot {
+            session: session.into(),
+            version,
+            state: [("cart".into(), cart.into())].into(),
+            from_shadow,
+        }
+    }
+
+    fn cart_of(t: &SessionTable, session: &str) -> Option<String> {
+        t.slot(session)?.state.get("cart").cloned()
+    }
+
+    #[test]
+    fn an_adopted_session_continues_the_relays_numbering_from_its_state() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        assert!(t.adopt("s1", Some(&snapshot("s1", 7, "a", false)), 1));
+        let slot = t.slot("s1").unwrap();
+        assert_eq!((slot.v, slot.base, slot.app_version()), (0, 7, 7));
+        assert_eq!(cart_of(&t, "s1").as_deref(), Some("a"));
+        assert!(!slot.from_shadow && !t.entry("s1").unwrap().from_shadow);
+        // The next change is version 8 to applications, on top of the adopted state.
+        let add = StateWrite {
+            ops: vec![StateOp {
+                key: "writes".into(),
+                value: Some("1".into()),
+            }],
+            stamp_ns: 10,
+            from_shadow: false,
+        };
+        t.capture("s1", Ok(add), 100, 2);
+        let slot = t.slot("s1").unwrap();
+        assert_eq!(slot.app_version(), 8);
+        assert_eq!(slot.state.get("cart").map(String::as_str), Some("a"));
+        // Adopted from a shadow: the slot says so too.
+        assert!(t.adopt("s2", Some(&snapshot("s2", 3, "b", true)), 1));
+        assert!(t.slot("s2").unwrap().from_shadow);
+        // Nothing known: an entry, no state.
+        assert!(t.adopt("s3", None, 1));
+        assert!(t.entry("s3").is_some() && t.slot("s3").is_none_or(|s| s.state.is_empty()));
+    }
+
+    #[test]
+    fn a_change_captured_before_the_relays_answer_is_not_overwritten_by_it() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        t.capture("s1", Ok(change("mine", 10)), 100, 1);
+        assert!(t.adopt("s1", Some(&snapshot("s1", 7, "relay's", true)), 2));
+        let slot = t.slot("s1").unwrap();
+        assert_eq!(cart_of(&t, "s1").as_deref(), Some("mine"));
+        assert_eq!((slot.v, slot.base), (1, 0));
+        assert!(!t.entry("s1").unwrap().from_shadow);
+    }
+
+    #[test]
+    fn a_snapshot_is_stored_whole_and_an_older_one_is_ignored() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        assert!(t.put_snapshot(&snapshot("s1", 5, "five", true), 1));
+        let slot = t.slot("s1").unwrap();
+        assert_eq!((slot.v, slot.base, slot.from_shadow), (5, 0, false));
+        assert_eq!(cart_of(&t, "s1").as_deref(), Some("five"));
+        assert_eq!(t.entry("s1").unwrap().v, 5);
+        // An older snapshot (a late answer) changes nothing.
+        t.put_snapshot(&snapshot("s1", 3, "three", false), 2);
+        assert_eq!(cart_of(&t, "s1").as_deref(), Some("five"));
+        assert_eq!((t.slot("s1").unwrap().v, t.entry("s1").unwrap().v), (5, 5));
+        // The same version again is the same state: stored.
+        t.put_snapshot(&snapshot("s1", 5, "five", false), 3);
+        assert_eq!(cart_of(&t, "s1").as_deref(), Some("five"));
+        // A newer one replaces it.
+        t.put_snapshot(&snapshot("s1", 9, "nine", false), 4);
+        assert_eq!(cart_of(&t, "s1").as_deref(), Some("nine"));
+        assert_eq!(t.entry("s1").unwrap().v, 9);
+    }
+
+    #[test]
+    fn clearing_drops_every_session() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        for i in 0..20 {
+            t.put_snapshot(&snapshot(&format!("s{i}"), 1, "x", false), 1);
+        }
+        assert!((0..20).all(|i| t.entry(&format!("s{i}")).is_some()));
+        t.clear();
+        assert!((0..20).all(|i| t.entry(&format!("s{i}")).is_none()));
+    }
+
+    #[test]
+    fn a_delta_into_a_reused_slot_starts_from_nothing() {
+        // `old` had slot 0 of its bucket; after a clear, `new` (same bucket) gets slot 0,
+        // which still holds old's state at version 3.
+        let (old, new) = same_bucket_pair();
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        t.put_snapshot(&snapshot(&old, 3, "old's", false), 1);
+        t.clear();
+        let delta = SessionDelta {
+            session: new.clone(),
+            version: 1,
+            ops: vec![StateOp {
+                key: "writes".into(),
+                value: Some("1".into()),
+            }],
+            at_ms: 0,
+            from_shadow: false,
+        };
+        assert!(t.apply_delta(&delta, 2));
+        let slot = t.slot(&new).unwrap();
+        assert_eq!(slot.v, 1);
+        assert_eq!(slot.state, [("writes".into(), "1".into())].into());
+        assert_eq!(t.entry(&new).unwrap().v, 1);
+    }
+
     #[test]
     fn adopting_a_shadows_state_marks_the_entry() {
         let store = MemoryStore::default();

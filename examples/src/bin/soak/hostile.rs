@@ -7,7 +7,7 @@
 use serde::Serialize;
 use shadowmesh_testkit::ads_client::{self, SimProxy};
 use shadowmesh_testkit::xds_process::ApiClient;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -78,6 +78,10 @@ impl HostileReport {
             && self.honest_lost == 0
             && self.honest_acknowledged > 0
             && self.ads_failures == 0
+            && self.slow_readers_closed == self.slow_readers
+            // The 16 held at the end have not had their idle deadline yet.
+            && self.idle_ads_closed + IDLE_ADS_HELD >= self.idle_ads
+            && self.idle_ads > IDLE_ADS_HELD
     }
 }
 
@@ -91,6 +95,9 @@ pub struct Hostile {
 }
 
 const SESSIONS: usize = 200;
+
+/// Silent ADS sockets held at once.
+const IDLE_ADS_HELD: u64 = 16;
 
 fn state_publish(
     publisher: &str,
@@ -215,7 +222,7 @@ impl Hostile {
                 }
             }));
         }
-        // Silent ADS sockets: 16 held, each replaced when the server closes it.
+        // Silent ADS sockets: IDLE_ADS_HELD held, each replaced when the server closes it.
         {
             let (report, running) = (report.clone(), running.clone());
             tasks.push(tokio::task::spawn_blocking(move || {
@@ -228,7 +235,7 @@ impl Hostile {
                         }
                         !closed
                     });
-                    while held.len() < 16 {
+                    while (held.len() as u64) < IDLE_ADS_HELD {
                         match std::net::TcpStream::connect(ads) {
                             Ok(s) => {
                                 report.lock().unwrap().idle_ads += 1;
@@ -438,12 +445,18 @@ fn drained_to_end(mut s: &std::net::TcpStream) -> bool {
 /// Whether the peer closed `s`, which it never sent anything on (a read sees the end or a
 /// reset).
 fn closed_by_peer(s: &std::net::TcpStream) -> bool {
+    // What the server sent (an HTTP/2 server preface is sent at once) is read and dropped:
+    // only the end of the stream, or a reset, says it closed the connection.
     let _ = s.set_nonblocking(true);
-    let mut buf = [0u8; 1];
-    let closed = match s.peek(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match (&*s).read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break true,
+        }
     };
     let _ = s.set_nonblocking(false);
     closed
