@@ -5,7 +5,7 @@
 use crate::capacity::{CapacityEstimate, KneeFinding, OrcaCapacity, TickLoad};
 use crate::config::{PluginConfig, ServiceConfig, ShadowConfig};
 use crate::load::{Ewma, LoadScore, LoadSignals};
-use crate::plan::{PlanInputs, RedirectPlan, SESSION_MIX_MS, SessionMix};
+use crate::plan::{PlanInputs, RedirectPlan, SESSION_MIX_MS, SessionMix, smoothing};
 use crate::window::{ClusterWindow, ServiceWindow};
 use shadowmesh_wire::{RedirectState, ServiceTelemetry, ShadowRecord};
 
@@ -79,6 +79,15 @@ pub struct RedirectController {
 /// idle (it flushes nothing) leaves within a second.
 const ABSENT_TICKS: u64 = 10;
 
+/// The time a tick covers: since the last tick; a first tick, or one whose clock did not
+/// move on (or stepped back), counts as one `tick_ms`, so no rate divides by zero or less.
+fn tick_elapsed_ms(last_ms: Option<u64>, now_ms: u64, tick_ms: u64) -> f64 {
+    match last_ms {
+        Some(t) if now_ms > t => (now_ms - t) as f64,
+        _ => tick_ms as f64,
+    }
+}
+
 /// Rates per ms.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Rates {
@@ -114,10 +123,7 @@ impl RedirectController {
         plan: &RedirectPlan,
         input: TickInput<'_>,
     ) -> RedirectPlan {
-        let elapsed = match self.last_tick_ms {
-            Some(t) if input.now_ms > t => (input.now_ms - t) as f64,
-            _ => config.tick_ms as f64,
-        };
+        let elapsed = tick_elapsed_ms(self.last_tick_ms, input.now_ms, config.tick_ms);
         if self.last_tick_ms.is_none() {
             // A worker that just took the lease over starts from what its predecessor
             // learned of the primary, not from nothing.
@@ -181,7 +187,7 @@ impl RedirectController {
             self.scores[i] = signals.score();
         }
         self.in_flight = input.in_flight;
-        let alpha = 1.0 - (-elapsed / SESSION_MIX_MS).exp();
+        let alpha = smoothing(elapsed, SESSION_MIX_MS);
         self.sessions
             .observe(&input.window.routed, &input.window.spread, alpha);
         // Arrivals per ms × the unloaded latency = the concurrency they would cause.
@@ -390,6 +396,188 @@ mod tests {
     }
 
     #[test]
+    fn a_tick_covers_the_time_since_the_last_or_one_tick() {
+        assert_eq!(tick_elapsed_ms(None, 5_000, 100), 100.0, "the first tick");
+        assert_eq!(tick_elapsed_ms(Some(100), 350, 100), 250.0, "a late tick");
+        assert_eq!(tick_elapsed_ms(Some(350), 351, 100), 1.0);
+        assert_eq!(
+            tick_elapsed_ms(Some(350), 350, 100),
+            100.0,
+            "the clock did not move"
+        );
+        assert_eq!(
+            tick_elapsed_ms(Some(400), 350, 100),
+            100.0,
+            "the clock stepped back"
+        );
+    }
+
+    #[test]
+    fn the_primary_is_judged_calm_by_the_requests_that_reached_it() {
+        // Tick 1: 10 requests of 10 ms, one in flight of 10: calm, the unloaded latency is
+        // 10 ms. Tick 2: 65 arrive, 60 are sent to the shadow, the 5 the primary took ran
+        // 20 ms. Its arrivals (5 per 100 ms × 10 ms = 0.5 in flight) are calm, so the
+        // average takes them in: (0.95 × 100 + 100) / (0.95 × 10 + 5) = 13.45 ms. Judged by
+        // the service's 65 (or the shadow's 60) arrivals it would not be calm.
+        let c = config();
+        let svc = &c.services[0];
+        let shadow = ShadowView::resolve(&svc.shadow, None, 0);
+        let mut ctl = RedirectController::default();
+        let input = |now_ms, window| TickInput {
+            now_ms,
+            window,
+            in_flight: [0, 0],
+            shadow: &shadow,
+        };
+        let plan = ctl.tick(
+            &c,
+            svc,
+            &RedirectPlan::default(),
+            input(100, window_with(10, 10_000, 100_000)),
+        );
+        assert!((plan.unloaded_latency_ms - 10.0).abs() < 1e-9, "{plan:?}");
+        let mut w = ServiceWindow::default();
+        for _ in 0..5 {
+            w.primary.latency.record(20_000);
+            w.count_route(None, crate::window::Side::Primary, false);
+        }
+        for _ in 0..60 {
+            w.count_route(None, crate::window::Side::Shadow, false);
+        }
+        w.close_span(1, 100, [100_000, 0]);
+        let plan = ctl.tick(&c, svc, &RedirectPlan::default(), input(200, w));
+        let want = (0.95 * 100.0 + 100.0) / (0.95 * 10.0 + 5.0);
+        assert!((plan.unloaded_latency_ms - want).abs() < 1e-9, "{plan:?}");
+        assert!((plan.measured_share - 60.0 / 65.0).abs() < 1e-9, "{plan:?}");
+        // A tick in which nothing arrived while five requests still ran (a stalled
+        // upstream) measured no share (not 0/0).
+        let plan = ctl.tick(
+            &c,
+            svc,
+            &RedirectPlan::default(),
+            input(300, window_with(0, 0, 500_000)),
+        );
+        assert!(ctl.scores[0].0 > 0.0);
+        assert_eq!(plan.measured_share, 0.0, "{plan:?}");
+    }
+
+    #[test]
+    fn rates_are_each_workers_counts_over_its_own_span_summed() {
+        use crate::window::WorkerSpan;
+        let mut ctl = RedirectController::default();
+        let mut w = ServiceWindow::default();
+        w.workers.insert(
+            1,
+            WorkerSpan {
+                span_ms: 100,
+                started: 10,
+                to_shadow: 2,
+                completed: [5, 1],
+                busy_us: [50_000, 10_000],
+            },
+        );
+        w.workers.insert(
+            2,
+            WorkerSpan {
+                span_ms: 50,
+                started: 20,
+                to_shadow: 5,
+                completed: [10, 4],
+                busy_us: [100_000, 0],
+            },
+        );
+        // Worker 1: 0.1 started/ms, 0.02 to the shadow, [0.05, 0.01] completed, 0.5 and 0.1
+        // in flight; worker 2: 0.4, 0.1, [0.2, 0.08], 2.0 and 0.
+        let r = ctl.rates(&w, 1_000, 100, 100.0);
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(near(r.started, 0.5) && near(r.to_shadow, 0.12), "{r:?}");
+        assert!(
+            near(r.completed[0], 0.25) && near(r.completed[1], 0.09),
+            "{r:?}"
+        );
+        assert!(
+            near(r.concurrency[0], 2.5) && near(r.concurrency[1], 0.1),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_window_without_spans_is_counted_over_the_tick() {
+        // 30 started (10 to the shadow), 12 and 6 completed, over 200 ms; no in-flight time.
+        let mut w = ServiceWindow::default();
+        for i in 0..30 {
+            let side = if i < 10 {
+                crate::window::Side::Shadow
+            } else {
+                crate::window::Side::Primary
+            };
+            w.count_route(None, side, false);
+        }
+        for _ in 0..12 {
+            w.primary.latency.record(1_000);
+        }
+        for _ in 0..6 {
+            w.shadow.latency.record(1_000);
+        }
+        let r = RedirectController::default().rates(&w, 1_000, 100, 200.0);
+        assert_eq!(
+            r,
+            Rates {
+                started: 0.15,
+                to_shadow: 0.05,
+                completed: [0.06, 0.03],
+                concurrency: [0.0; 2],
+            }
+        );
+    }
+
+    #[test]
+    fn a_report_counts_both_sides_and_names_a_capacity_only_below_max_in_flight() {
+        let c = config();
+        let svc = &c.services[0];
+        let record = ShadowRecord {
+            service: "s".into(),
+            cluster: "dyn".into(),
+            warm: true,
+            max_in_flight: 4,
+            generation: 1,
+            expires_at_ms: None,
+        };
+        let shadow = ShadowView::resolve(&svc.shadow, Some(&record), 0);
+        let mut ctl = RedirectController::default();
+        // The lease's last holder found the primary queueing at 6 of its 10.
+        let learned = RedirectPlan {
+            unloaded_latency_ms: 10.0,
+            knee: 6.0,
+            ..Default::default()
+        };
+        let mut w = window_with(7, 10_000, 10_000);
+        for _ in 0..3 {
+            w.shadow.latency.record(10_000);
+            w.count_route(None, crate::window::Side::Shadow, false);
+        }
+        let plan = ctl.tick(
+            &c,
+            svc,
+            &learned,
+            TickInput {
+                now_ms: 100,
+                window: w,
+                in_flight: [0, 0],
+                shadow: &shadow,
+            },
+        );
+        assert_eq!(ctl.capacities(svc, &shadow), [6.0, 4.0]);
+        let report = ctl.take_report(svc, &shadow, &plan);
+        assert_eq!(report.requests, 10);
+        assert_eq!(report.primary.capacity_in_flight, Some(6.0));
+        assert_eq!(
+            report.shadow.capacity_in_flight, None,
+            "at its max_in_flight"
+        );
+    }
+
+    #[test]
     fn latency_over_the_slo_loads_the_primary_as_its_smoothed_ratio() {
         // Little in flight (10 ms of 100 against 10), but every request took 150 ms against an
         // SLO of 100: the primary is at 1.5. Then 50 ms requests: the average moves half way
@@ -421,14 +609,6 @@ mod tests {
             svc,
             &RedirectPlan::default(),
             input(200, window_with(6, 50_000, 10_000)),
-        );
-        assert!((ctl.scores[0].0 - 1.0).abs() < 1e-9, "{:?}", ctl.scores);
-        // A tick without completed requests leaves the average where it was.
-        ctl.tick(
-            &c,
-            svc,
-            &RedirectPlan::default(),
-            input(300, window_with(0, 0, 0)),
         );
         assert!((ctl.scores[0].0 - 1.0).abs() < 1e-9, "{:?}", ctl.scores);
     }

@@ -337,6 +337,9 @@ mod tests {
         b.record(100_000);
         a.merge(&b);
         let json = serde_json::to_string(&a).unwrap();
+        // Sparse: only the two buckets that counted something travel.
+        let wire: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(wire["counts"].as_array().unwrap().len(), 2, "{json}");
         let back: LatencyHistogram = serde_json::from_str(&json).unwrap();
         assert_eq!(back, a);
         assert_eq!(back.count, 2);

@@ -246,7 +246,7 @@ pub const STEADY_INFLATION_MS: f64 = 3_000.0;
 const BACKLOG_INFLATION: f64 = 4.0 / 3.0;
 
 /// The weight of a tick of `elapsed_ms` in an average over `time_constant_ms`.
-fn smoothing(elapsed_ms: f64, time_constant_ms: f64) -> f64 {
+pub(crate) fn smoothing(elapsed_ms: f64, time_constant_ms: f64) -> f64 {
     1.0 - (-elapsed_ms.max(0.0) / time_constant_ms).exp()
 }
 
@@ -624,6 +624,18 @@ fn excess_share(demand: f64, target: f64, max_share: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_inflation_ignores_a_tick_with_any_unknown_half() {
+        let mut i = Inflation::default();
+        i.add(3.0, 2.0, 0.5);
+        let before = i;
+        i.add(f64::NAN, 1.0, 0.5);
+        i.add(1.0, f64::INFINITY, 0.5);
+        assert_eq!(i, before);
+        i.add(1.0, 1.0, 0.5);
+        assert_eq!((i.loaded, i.offered), (2.5, 2.0), "half the past kept");
+    }
     use crate::config::PluginConfig;
     use crate::window::Side;
 
@@ -693,6 +705,211 @@ mod tests {
             ),
             svc,
         )
+    }
+
+    #[test]
+    fn a_mix_that_saw_no_request_has_no_session_share() {
+        let mut mix = SessionMix::default();
+        mix.observe(&RouteCounts::default(), &SessionSpread::default(), 0.5);
+        assert_eq!((mix.fraction(), mix.held()), (0.0, 0.0));
+    }
+
+    #[test]
+    fn a_threshold_may_sit_exactly_at_the_largest_share_allowed() {
+        // Nothing seen yet: the prior spreads sessions evenly, so half lie below 0.5 —
+        // exactly the 0.5 allowed.
+        let mix = SessionMix::default();
+        assert_eq!(mix.threshold_for(0.5, 0.5), 0.5);
+        assert_eq!(mix.threshold_for(0.5, 0.49), 31.0 / 64.0);
+    }
+
+    /// A tick of session-less traffic with `share` sent to the shadow, the primary at
+    /// `primary` and `offered` of unloaded work, from `plan`.
+    fn next_with(
+        plan: &RedirectPlan,
+        primary: f64,
+        share: f64,
+        offered: Option<f64>,
+    ) -> RedirectPlan {
+        let mix = SessionMix::default();
+        let mut input = inputs(primary, 0.0, plain_traffic(share), &mix, 1_000);
+        input.offered = offered;
+        plan.next(input, &svc())
+    }
+
+    #[test]
+    fn a_drained_backlog_resets_the_inflation_at_once_and_nothing_else_does() {
+        let keep = 1.0 - smoothing(100.0, INFLATION_MS);
+        let with = |loaded, offered| RedirectPlan {
+            inflation: Inflation { loaded, offered },
+            ..Default::default()
+        };
+        let smoothed = |past: (f64, f64), loaded: f64| Inflation {
+            loaded: keep * past.0 + loaded,
+            offered: keep * past.1 + 2.0,
+        };
+        // Inflation 4/2 = 2 (a backlog); this tick says 1.8/2 = 0.9, under half of it: reset.
+        let next = next_with(&with(4.0, 2.0), 1.8, 0.0, Some(2.0));
+        assert_eq!(
+            next.inflation,
+            Inflation {
+                loaded: 1.8,
+                offered: 2.0
+            }
+        );
+        // This tick says 3.2/2 = 1.6, not under half: smoothed in.
+        let next = next_with(&with(4.0, 2.0), 3.2, 0.0, Some(2.0));
+        assert_eq!(next.inflation, smoothed((4.0, 2.0), 3.2));
+        // Exactly half (1.0) is not under it.
+        let next = next_with(&with(4.0, 2.0), 2.0, 0.0, Some(2.0));
+        assert_eq!(next.inflation, smoothed((4.0, 2.0), 2.0));
+        // Inflation 1.2 is no backlog: even a tick at 0.5 is smoothed in.
+        let next = next_with(&with(2.4, 2.0), 1.0, 0.0, Some(2.0));
+        assert_eq!(next.inflation, smoothed((2.4, 2.0), 1.0));
+    }
+
+    #[test]
+    fn a_settled_surge_counts_a_tick_only_up_to_a_backlog_s_bound() {
+        // Redirecting, the onset over 2 s (SETTLE_MS) ago: a tick whose load says 3 for an
+        // offered 1 counts as 4/3 in the steady inflation.
+        let plan = RedirectPlan {
+            state: RedirectState::Redirecting,
+            onset_ended_ms: 0,
+            ..Default::default()
+        };
+        let mix = SessionMix::default();
+        let mut input = inputs(3.0, 0.0, plain_traffic(0.0), &mix, SETTLE_MS);
+        input.offered = Some(1.0);
+        let next = plan.next(input, &svc());
+        let alpha = smoothing(100.0, STEADY_INFLATION_MS);
+        let mut want = Inflation::default();
+        want.add(BACKLOG_INFLATION, 1.0, alpha);
+        assert_eq!(next.steady_inflation, want);
+        // A millisecond before it settles, nothing is counted.
+        let mut input = inputs(3.0, 0.0, plain_traffic(0.0), &mix, SETTLE_MS - 1);
+        input.offered = Some(1.0);
+        assert_eq!(
+            plan.next(input, &svc()).steady_inflation,
+            Inflation::default()
+        );
+    }
+
+    #[test]
+    fn the_onset_lasts_while_the_primary_carries_a_backlog_and_its_end_is_stamped() {
+        let plan = RedirectPlan {
+            state: RedirectState::Redirecting,
+            onset: true,
+            ..Default::default()
+        };
+        let mix = SessionMix::default();
+        let tick = |primary: f64| {
+            let mut input = inputs(primary, 0.0, plain_traffic(0.0), &mix, 5_000);
+            input.offered = Some(1.0);
+            plan.next(input, &svc())
+        };
+        // 1.4 for an offered 1 is a backlog (≥ 4/3): the onset goes on, unstamped.
+        let next = tick(1.4);
+        assert!(next.onset);
+        assert_eq!(next.onset_ended_ms, 0);
+        // 1.3 is not: the onset ends now.
+        let next = tick(1.3);
+        assert!(!next.onset);
+        assert_eq!(next.onset_ended_ms, 5_000);
+    }
+
+    #[test]
+    fn a_surge_s_first_pins_are_set_for_any_need_however_small_and_none_for_no_need() {
+        // Redirecting, no pins yet: the first pins follow this tick's need, 0.8 of the
+        // excess — even one under the slack that later raises must clear. A primary at
+        // 0.82 against a target of 0.8: (1 − 0.8/0.82) × 0.8 = 0.0195, nearest edge 1/64.
+        let plan = RedirectPlan {
+            state: RedirectState::Redirecting,
+            ..Default::default()
+        };
+        let next = next_with(&plan, 0.82, 0.0, None);
+        assert_eq!(next.pins.after, 1.0 / 64.0, "{:?}", next.pins);
+        // At 0.5 there is no excess: nothing is pinned or announced.
+        let next = next_with(&plan, 0.5, 0.0, None);
+        assert_eq!(next.pins, SessionPins::default());
+    }
+
+    #[test]
+    fn later_pins_rise_only_for_a_need_beyond_what_they_carry_plus_the_slack() {
+        // Pins at 1/64 carry 1/64 of the sessions (even spread); the need at 0.82 is
+        // 1 − 0.8/0.82 = 0.0244, within the slack (0.02) of it: no change announced.
+        let pins = SessionPins {
+            before: 1.0 / 64.0,
+            after: 1.0 / 64.0,
+            from_ms: 0,
+        };
+        let plan = RedirectPlan {
+            state: RedirectState::Redirecting,
+            pins,
+            steady_demand: 0.82,
+            ..Default::default()
+        };
+        assert_eq!(next_with(&plan, 0.82, 0.0, None).pins, pins);
+        // At 0.9 the need (0.111) is beyond it: raised.
+        let mut higher = plan;
+        higher.steady_demand = 0.9;
+        assert!(next_with(&higher, 0.9, 0.0, None).pins.after > 1.0 / 64.0);
+    }
+
+    #[test]
+    fn the_tick_line_names_each_control_quantity() {
+        let plan = RedirectPlan {
+            primary_load: 0.85,
+            measured_share: 0.25,
+            demand: 1.2,
+            share: 0.33,
+            onset: true,
+            unloaded_latency_ms: 12.5,
+            ..Default::default()
+        };
+        let line = plan.tick_line();
+        for part in [
+            "primary load 0.85",
+            "measured share 0.25",
+            "demand 1.20",
+            "share 0.33",
+            "onset true",
+            "unloaded latency 12.5 ms",
+        ] {
+            assert!(line.contains(part), "{part:?} in {line}");
+        }
+    }
+
+    #[test]
+    fn a_calm_tick_announces_no_pin_change() {
+        let plan = RedirectPlan::default();
+        let next = next_with(&plan, 0.3, 0.0, None);
+        assert_eq!(next.state, RedirectState::Normal);
+        assert_eq!(next.pins, SessionPins::default());
+    }
+
+    #[test]
+    fn a_tick_whose_requests_all_went_to_the_shadow_says_nothing_of_the_inflation() {
+        let plan = RedirectPlan {
+            inflation: Inflation {
+                loaded: 1.1,
+                offered: 1.0,
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            next_with(&plan, 0.3, 1.0, Some(1.0)).inflation,
+            plan.inflation
+        );
+    }
+
+    #[test]
+    fn no_offered_work_is_the_same_as_none_known() {
+        // A stalled primary: load without arrivals.
+        let plan = RedirectPlan::default();
+        assert_eq!(
+            next_with(&plan, 0.7, 0.0, Some(0.0)),
+            next_with(&plan, 0.7, 0.0, None)
+        );
     }
 
     #[test]

@@ -16,7 +16,8 @@ use std::collections::BTreeMap;
 pub struct AnalyzerConfig {
     /// The model of every series.
     pub model: ModelConfig,
-    /// Quantile the controller provisions for (e.g. 0.9).
+    /// Quantile the controller provisions for (e.g. 0.9), above the median: the peak at
+    /// it, and the interval between it and its complement, bound the peak from above.
     pub quantile: f64,
     /// Series whose overload probability within the horizon is below this are not listed.
     pub min_probability: f64,
@@ -48,8 +49,16 @@ impl AnalyzerConfig {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), FieldError> {
         self.model.validate().map_err(|e| e.within("model"))?;
+        if !(self.quantile > 0.5 && self.quantile < 1.0) {
+            return Err(FieldError::new(
+                "quantile",
+                format!(
+                    "{} is not in (0.5, 1): the peak to provision for lies above the median",
+                    self.quantile
+                ),
+            ));
+        }
         for (field, v) in [
-            ("quantile", self.quantile),
             ("min_probability", self.min_probability),
             ("onset_probability", self.onset_probability),
         ] {

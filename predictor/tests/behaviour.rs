@@ -422,6 +422,16 @@ fn configuration_errors_name_the_field() {
     let mut c = AnalyzerConfig::for_step(H, 24);
     c.quantile = 1.5;
     assert_eq!(Analyzer::new(c).unwrap_err().field, "quantile");
+    // A quantile at or below the median would provision below the expected peak (and turn
+    // the interval around it inside out).
+    for q in [0.5, 0.3, f64::NAN] {
+        let mut c = AnalyzerConfig::for_step(H, 24);
+        c.quantile = q;
+        assert_eq!(Analyzer::new(c).unwrap_err().field, "quantile", "{q}");
+    }
+    let mut c = AnalyzerConfig::for_step(H, 24);
+    c.quantile = 0.51;
+    assert!(Analyzer::new(c).is_ok());
     let mut pta = analyzer();
     let e = pta
         .add_event(ScheduledEvent {

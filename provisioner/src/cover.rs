@@ -195,6 +195,12 @@ mod tests {
         assert_eq!(cheapest_cover(&pool, 150.0).unwrap().ids, ["z"]);
         let pool = [c("x", 100.0, 4.0), c("y", 100.0, 4.0), c("z", 200.0, 8.0)];
         assert_eq!(cheapest_cover(&pool, 150.0).unwrap().ids, ["z"]);
+        // Costs in a small currency unit: at 8e7 the 1e-9 tolerance is below one ulp, and
+        // an exact tie must still be a tie.
+        let pool = [c("z", 200.0, 8e7), c("x", 100.0, 4e7), c("y", 100.0, 4e7)];
+        assert_eq!(cheapest_cover(&pool, 150.0).unwrap().ids, ["z"]);
+        let pool = [c("x", 100.0, 4e7), c("y", 100.0, 4e7), c("z", 200.0, 8e7)];
+        assert_eq!(cheapest_cover(&pool, 150.0).unwrap().ids, ["z"]);
     }
 
     #[test]
@@ -232,8 +238,9 @@ mod tests {
 
     #[test]
     fn coarse_units_stay_exact_when_capacities_are_whole_units() {
-        // A need of 50,000 req/s is 20,000 units of 2.5 req/s; capacities that are whole
-        // units lose nothing to rounding, so the table's answer is the true cheapest.
+        // A need of 50,000 req/s is 20,000 units of 2.5 req/s (25,000: 1.25); capacities
+        // that are whole units lose nothing to rounding, so the table's answer is the true
+        // cheapest.
         let pool: Vec<Candidate> = (0..12)
             .map(|i| {
                 c(
@@ -243,7 +250,7 @@ mod tests {
                 )
             })
             .collect();
-        for need in [20_000.0, 50_000.0, 61_000.0] {
+        for need in [25_000.0, 50_000.0] {
             let cover = cheapest_cover(&pool, need).unwrap();
             assert!(cover.capacity >= need, "need {need}: {cover:?}");
             let cost: f64 = pool

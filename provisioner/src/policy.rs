@@ -6,7 +6,8 @@
 //!    minus the primary's own capacity, needed by the onset minus the lead margin and
 //!    until the forecast end of the surge (predictive, oracle); or, acting on current load
 //!    only, the current demand plus headroom minus capacity, needed now (reactive — and, in
-//!    predictive mode, a surge nobody forecast).
+//!    predictive mode, a surge nobody forecast). Both at once: the larger capacity, needed
+//!    by the earlier time.
 //! 2. **Worth it?** — the expected loss avoided, `E[(D − C)⁺] × duration × cost of a
 //!    degraded request` (the probability of overload times the excess expected), against
 //!    what the spares cost from their start until released. Reactive mode does what an
@@ -547,10 +548,14 @@ impl Provisioner {
             }
         });
         match (forecast, current) {
-            (Some(f), Some(c)) if c.capacity > f.capacity && f.ready_by > now => Some(c),
+            // Overloaded now and covering it covers the forecast too: act now, reactively.
+            (Some(f), Some(c)) if c.capacity >= f.capacity && f.ready_by > now => Some(c),
+            // Both: the larger capacity, ready by the earlier time — an overload now is
+            // never left waiting for a larger surge's lead time.
             (Some(f), Some(c)) => Some(Need {
                 capacity: f.capacity.max(c.capacity),
                 benefit: f.benefit.max(c.benefit),
+                ready_by: f.ready_by.min(c.ready_by),
                 ..f
             }),
             (f, c) => f.or(c).filter(|n| n.capacity > 0.0),

@@ -991,7 +991,8 @@ fn contention_weighs_what_is_still_missing_not_the_whole_need() {
 #[test]
 fn a_partial_cover_is_worth_the_share_of_the_loss_it_avoids() {
     // Need 200 (peak 500), one free spare of 100: it avoids half the loss. Its cost (a
-    // spare of 1 a second, run 940 → end 1,600 + 130) sits between half and all of it.
+    // spare run from 960 to the end 1,600, the hold and the drain: 770 s) sits between
+    // half and all of it.
     let step = input(960.0, 100.0, Some((1_000.0, 500.0)));
     let whole = {
         let mut p = provisioner(settings(), vec![spare("big", 300.0, 10.0, 1.0)]);
@@ -1040,4 +1041,48 @@ fn a_spare_warm_in_time_beats_a_cheaper_one_that_would_be_late() {
     let d = p.step(&input(960.0, 100.0, Some((1_000.0, 450.0))));
     assert_eq!(started(&d), ["slow"]);
     assert_eq!(d[0].reason, ReasonKind::Late);
+}
+
+#[test]
+fn an_overload_now_is_not_left_waiting_for_a_larger_forecast_surge() {
+    // At 800 demand is 320, over capacity (needs 320 × 1.2 − 300 = 84 now); a surge at
+    // 1,000 needs 150 by 970. The larger need is covered now, not planned for 960.
+    let mut p = provisioner(settings(), vec![spare("a", 200.0, 10.0, 1.0)]);
+    let d = p.step(&input(800.0, 320.0, Some((1_000.0, 450.0))));
+    assert_eq!(started(&d), ["a"]);
+    let plan = plan_of(&p, "checkout");
+    assert_eq!((plan.need, plan.ready_by), (150.0, Some(800.0)));
+    assert_eq!(
+        plan.surge_end,
+        Some(1_600.0),
+        "until the forecast surge ends"
+    );
+}
+
+#[test]
+fn an_overload_now_as_large_as_the_coming_surge_is_acted_on_now() {
+    // Now 400 × 1.2 − 300 = 180; the surge at 1,000 needs 480 − 300 = 180 too.
+    let mut p = provisioner(settings(), vec![spare("a", 200.0, 10.0, 1.0)]);
+    let d = p.step(&input(0.0, 400.0, Some((1_000.0, 480.0))));
+    assert_eq!(started(&d), ["a"]);
+    assert_eq!(d[0].reason, ReasonKind::Reactive);
+}
+
+#[test]
+fn a_surge_worth_exactly_what_its_cover_costs_is_covered() {
+    // A certain peak of 377 (no spread) over capacity 300 for the 600 s surge, at 0.5 a
+    // degraded request: 77 × 600 × 0.5 = 23,100. The spare (30 a second) runs from 960 to
+    // the end, the hold and the drain: 30 × 770 = 23,100. A tie goes to acting.
+    let mut s = settings();
+    s.degraded_request_cost = 0.5;
+    s.spend_cap_per_hour = f64::MAX;
+    let mut step = input(960.0, 100.0, Some((1_000.0, 377.0)));
+    step.forecasts[0].peak_median = 377.0;
+    let mut p = provisioner(s, vec![spare("a", 100.0, 10.0, 30.0 * 3_600.0)]);
+    assert_eq!(started(&p.step(&step)), ["a"]);
+    let plan = plan_of(&p, "checkout");
+    assert_eq!(
+        (plan.expected_benefit, plan.expected_cost),
+        (23_100.0, 23_100.0)
+    );
 }

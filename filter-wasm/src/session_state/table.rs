@@ -1481,6 +1481,17 @@ mod tests {
     }
 
     #[test]
+    fn a_later_answer_replaces_an_adoption_no_change_has_touched() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        assert!(t.adopt("s1", Some(&snapshot("s1", 7, "a", false)), 1));
+        assert!(t.adopt("s1", Some(&snapshot("s1", 9, "b", false)), 2));
+        let slot = t.slot("s1").unwrap();
+        assert_eq!((slot.base, slot.app_version()), (9, 9));
+        assert_eq!(cart_of(&t, "s1").as_deref(), Some("b"));
+    }
+
+    #[test]
     fn a_change_captured_before_the_relays_answer_is_not_overwritten_by_it() {
         let store = MemoryStore::default();
         let t = SessionTable::new(&store, "cart", 64);
@@ -1505,9 +1516,6 @@ mod tests {
         t.put_snapshot(&snapshot("s1", 3, "three", false), 2);
         assert_eq!(cart_of(&t, "s1").as_deref(), Some("five"));
         assert_eq!((t.slot("s1").unwrap().v, t.entry("s1").unwrap().v), (5, 5));
-        // The same version again is the same state: stored.
-        t.put_snapshot(&snapshot("s1", 5, "five", false), 3);
-        assert_eq!(cart_of(&t, "s1").as_deref(), Some("five"));
         // A newer one replaces it.
         t.put_snapshot(&snapshot("s1", 9, "nine", false), 4);
         assert_eq!(cart_of(&t, "s1").as_deref(), Some("nine"));
@@ -1647,6 +1655,130 @@ mod tests {
         store.idx_gets.set(0);
         assert!(t.take_outbound(10, &mut wt).is_empty());
         assert_eq!(store.idx_gets.get(), 0);
+    }
+
+    #[test]
+    fn the_reorder_window_holds_at_real_clock_values() {
+        // Envoy's clock is nanoseconds since 1970: a change stamped 1 ms before the key's
+        // last one reached the table late and is skipped; one 20 s before it is a clock
+        // that stepped back, and applied.
+        let t0: u64 = 1_765_000_000_000_000_000;
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        t.note_pending("s1", 1).unwrap();
+        t.flush(vec![queued("s1", "new", t0)], &cfg(), 2);
+        t.note_pending("s1", 3).unwrap();
+        t.flush(vec![queued("s1", "late", t0 - 1_000_000)], &cfg(), 3);
+        assert_eq!(t.slot("s1").unwrap().state["cart"], "new");
+        t.note_pending("s1", 4).unwrap();
+        t.flush(
+            vec![queued("s1", "stepped", t0 - 20_000_000_000)],
+            &cfg(),
+            4,
+        );
+        assert_eq!(t.slot("s1").unwrap().state["cart"], "stepped");
+    }
+
+    #[test]
+    fn each_service_has_its_own_generation_and_overflow() {
+        // The generation is also an Envoy stat: its name is part of the interface.
+        assert_eq!(
+            SessionTable::generation_name("cart"),
+            "shadowmesh.service.cart.state_generation"
+        );
+        // `cart` turned a session away from a full bucket; `search`, on the same shared
+        // data, never did.
+        let store = MemoryStore::default();
+        let cart = SessionTable::new(&store, "cart", 64);
+        let search = SessionTable::new(&store, "search", 64);
+        let (first, other) = same_bucket_pair();
+        cart.note_pending(&first, 1).unwrap();
+        cart.flush(vec![queued(&other, "a", 10)], &cfg(), 2);
+        assert!(!cart.may_redirect(&other));
+        assert!(search.may_redirect(&other));
+    }
+
+    #[test]
+    fn an_outbound_is_empty_only_with_nothing_to_send_or_ask() {
+        assert!(Outbound::default().is_empty());
+        let delta = SessionDelta {
+            session: "s1".into(),
+            version: 1,
+            ops: vec![],
+            at_ms: 0,
+            from_shadow: false,
+        };
+        let with_delta = Outbound {
+            deltas: vec![delta],
+            ..Default::default()
+        };
+        let with_snapshot = Outbound {
+            snapshots: vec![snapshot("s1", 1, "a", false)],
+            ..Default::default()
+        };
+        let asking = Outbound {
+            watch: vec!["s1".into()],
+            ..Default::default()
+        };
+        for out in [with_delta, with_snapshot, asking] {
+            assert!(!out.is_empty(), "{out:?}");
+        }
+    }
+
+    #[test]
+    fn two_changes_in_one_bucket_before_a_tick_are_both_sent() {
+        // The second mark of a dirty bucket keeps it dirty.
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 640); // room for both in a bucket
+        let (first, other) = same_bucket_pair();
+        t.capture(&first, Ok(change("a", 10)), 100, 1);
+        t.capture(&other, Ok(change("b", 20)), 100, 1);
+        let out = t.take_outbound(10, &mut Watched(0));
+        let mut sent = out.sessions.clone();
+        sent.sort();
+        let mut want = vec![first, other];
+        want.sort();
+        assert_eq!(sent, want);
+    }
+
+    #[test]
+    fn each_service_reads_its_own_dirty_buckets() {
+        let store = MemoryStore::default();
+        let cart = SessionTable::new(&store, "cart", 64);
+        let search = SessionTable::new(&store, "search", 64);
+        cart.capture("s1", Ok(change("a", 10)), 100, 1);
+        assert!(
+            search
+                .take_outbound(10, &mut Watched(0))
+                .sessions
+                .is_empty()
+        );
+        assert_eq!(cart.take_outbound(10, &mut Watched(0)).sessions, ["s1"]);
+    }
+
+    #[test]
+    fn event_mode_takes_the_one_session_asked_for() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 640); // room for both in a bucket
+        let (first, other) = same_bucket_pair();
+        t.capture(&first, Ok(change("a", 10)), 100, 1);
+        t.capture(&other, Ok(change("b", 20)), 100, 1);
+        let out = t.take_session(&first);
+        assert_eq!(out.sessions, std::slice::from_ref(&first));
+        assert_eq!(out.watch, std::slice::from_ref(&first));
+        let versions: Vec<(&str, u64)> = out
+            .deltas
+            .iter()
+            .map(|d| (d.session.as_str(), d.version))
+            .chain(
+                out.snapshots
+                    .iter()
+                    .map(|s| (s.session.as_str(), s.version)),
+            )
+            .collect();
+        assert_eq!(versions, [(first.as_str(), 1)]);
+        // The other is still waiting for its tick.
+        assert_eq!(t.take_session(&other).sessions, [other]);
     }
 
     #[test]
