@@ -835,8 +835,9 @@ mod tests {
 
     #[test]
     fn later_pins_rise_only_for_a_need_beyond_what_they_carry_plus_the_slack() {
-        // Pins at 1/64 carry 1/64 of the sessions (even spread); the need at 0.82 is
-        // 1 − 0.8/0.82 = 0.0244, within the slack (0.02) of it: no change announced.
+        // Pins at 1/64 carry 1/64 of the sessions (even spread); the need at 0.829 is
+        // 1 − 0.8/0.829 = 0.035, within the slack (0.02) of it: no change announced, though
+        // the edge nearest that need is 2/64.
         let pins = SessionPins {
             before: 1.0 / 64.0,
             after: 1.0 / 64.0,
@@ -845,10 +846,11 @@ mod tests {
         let plan = RedirectPlan {
             state: RedirectState::Redirecting,
             pins,
-            steady_demand: 0.82,
+            steady_demand: 0.829,
             ..Default::default()
         };
-        assert_eq!(next_with(&plan, 0.82, 0.0, None).pins, pins);
+        assert_eq!(SessionMix::default().threshold_for(0.035, 0.5), 2.0 / 64.0);
+        assert_eq!(next_with(&plan, 0.829, 0.0, None).pins, pins);
         // At 0.9 the need (0.111) is beyond it: raised.
         let mut higher = plan;
         higher.steady_demand = 0.9;

@@ -809,11 +809,10 @@ impl<'a> SessionTable<'a> {
                 return None;
             }
             adopted = true;
+            // Version 0 of its own on top of the relay's, no changes to send yet.
             Some(SessionSlot {
                 s: session.to_string(),
-                v: 0,
                 state: known.state.clone(),
-                ops: vec![],
                 from_shadow: known.from_shadow,
                 base: known.version,
                 ..SessionSlot::default()
@@ -848,13 +847,11 @@ impl<'a> SessionTable<'a> {
             if cur.is_some_and(|s| s.s == snap.session && s.v > snap.version) {
                 return None;
             }
+            // The relay's numbering (no base), nothing to send, not a shadow's change.
             Some(SessionSlot {
                 s: snap.session.clone(),
                 v: snap.version,
                 state: snap.state.clone(),
-                ops: vec![],
-                from_shadow: false,
-                base: 0,
                 ..SessionSlot::default()
             })
         })
@@ -1739,6 +1736,15 @@ mod tests {
         let mut want = vec![first, other];
         want.sort();
         assert_eq!(sent, want);
+    }
+
+    #[test]
+    fn a_sweep_keeps_the_buckets_already_marked() {
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        t.capture("s1", Ok(change("a", 10)), 100, 1);
+        t.sweep();
+        assert_eq!(t.take_outbound(10, &mut Watched(0)).sessions, ["s1"]);
     }
 
     #[test]
