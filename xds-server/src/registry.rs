@@ -1165,15 +1165,17 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[test]
-    fn a_refused_change_that_landed_in_the_store_is_undone_by_the_next_write() {
+    /// A registry on a flaky disk holding `kept`, and `refused`: a change whose commit's
+    /// writes landed while its sync failed — refused, yet on the disk. The disk is healthy
+    /// again on return.
+    fn registry_with_a_refused_change_on_disk() -> (crate::store::flaky::FlakyDisk, ShadowRegistry)
+    {
         use crate::store::flaky::{Fault, FlakyDisk};
         let disk = FlakyDisk::default();
         let r = ShadowRegistry::new(SnapshotCache::default())
             .with_store(disk.store())
             .unwrap();
         r.set_primary("kept", &[ep("10.0.0.1:80")]).unwrap();
-        // The commit's writes land, its sync fails: refused, yet on the disk.
         disk.set(Fault::RefuseSyncs);
         let e = r.set_primary("refused", &[ep("10.0.0.2:80")]).unwrap_err();
         assert_eq!(
@@ -1182,10 +1184,19 @@ mod tests {
         );
         assert!(r.service("refused").is_none());
         disk.set(Fault::None);
-        let stored = |disk: &FlakyDisk| -> Vec<String> {
-            let services: BTreeMap<String, ServiceState> = disk.store().services().unwrap();
-            services.into_keys().collect()
-        };
+        (disk, r)
+    }
+
+    /// The services the disk holds, by name.
+    fn stored(disk: &crate::store::flaky::FlakyDisk) -> Vec<String> {
+        let services: BTreeMap<String, ServiceState> = disk.store().services().unwrap();
+        services.into_keys().collect()
+    }
+
+    #[test]
+    fn a_refused_change_that_landed_in_the_store_is_undone_by_the_next_write() {
+        use crate::store::flaky::FlakyDisk;
+        let (disk, r) = registry_with_a_refused_change_on_disk();
         assert_eq!(
             stored(&disk),
             ["kept", "refused"],
@@ -1199,20 +1210,11 @@ mod tests {
 
     #[test]
     fn readiness_rewrites_the_stored_services_after_a_failed_write() {
-        use crate::store::flaky::{Fault, FlakyDisk};
-        let disk = FlakyDisk::default();
-        let r = ShadowRegistry::new(SnapshotCache::default())
-            .with_store(disk.store())
-            .unwrap();
-        r.set_primary("kept", &[ep("10.0.0.1:80")]).unwrap();
-        disk.set(Fault::RefuseSyncs);
-        assert!(r.set_primary("refused", &[ep("10.0.0.2:80")]).is_err());
+        let (disk, r) = registry_with_a_refused_change_on_disk();
         assert!(r.sync_store().is_err(), "behind within the second after");
-        disk.set(Fault::None);
         std::thread::sleep(std::time::Duration::from_millis(1_050));
         r.sync_store().unwrap();
-        let services: BTreeMap<String, ServiceState> = disk.store().services().unwrap();
-        assert_eq!(services.keys().collect::<Vec<_>>(), ["kept"]);
+        assert_eq!(stored(&disk), ["kept"]);
         r.sync_store().unwrap();
     }
 
