@@ -369,6 +369,16 @@ mod tests {
         w
     }
 
+    /// A tick's input at `now_ms` with nothing in flight at the tick.
+    fn idle_input(now_ms: u64, window: ServiceWindow, shadow: &ShadowView) -> TickInput<'_> {
+        TickInput {
+            now_ms,
+            window,
+            in_flight: [0, 0],
+            shadow,
+        }
+    }
+
     #[test]
     fn saturated_primary_enters_redirecting() {
         let c = config();
@@ -423,12 +433,7 @@ mod tests {
         let svc = &c.services[0];
         let shadow = ShadowView::resolve(&svc.shadow, None, 0);
         let mut ctl = RedirectController::default();
-        let input = |now_ms, window| TickInput {
-            now_ms,
-            window,
-            in_flight: [0, 0],
-            shadow: &shadow,
-        };
+        let input = |now_ms, window| idle_input(now_ms, window, &shadow);
         let plan = ctl.tick(
             &c,
             svc,
@@ -591,12 +596,7 @@ mod tests {
         let svc = &c.services[0];
         let shadow = ShadowView::resolve(&svc.shadow, None, 0);
         let mut ctl = RedirectController::default();
-        let input = |now_ms, window| TickInput {
-            now_ms,
-            window,
-            in_flight: [0, 0],
-            shadow: &shadow,
-        };
+        let input = |now_ms, window| idle_input(now_ms, window, &shadow);
         ctl.tick(
             &c,
             svc,
@@ -622,12 +622,7 @@ mod tests {
         let mut w = ServiceWindow::default();
         w.primary.orca_sum = 0.95;
         w.primary.orca_reports = 1;
-        let input = |now_ms, window| TickInput {
-            now_ms,
-            window,
-            in_flight: [0, 0],
-            shadow: &shadow,
-        };
+        let input = |now_ms, window| idle_input(now_ms, window, &shadow);
         ctl.tick(&c, svc, &RedirectPlan::default(), input(100, w));
         assert_eq!(ctl.scores[0], LoadScore(0.95));
         ctl.tick(
