@@ -82,7 +82,7 @@ pub struct RedirectPlan {
     pub demand: f64,
     /// The demand sessions are pinned on: the offered demand (arrivals × unloaded latency /
     /// capacity — no backlog in it) × `steady_inflation`, smoothed over
-    /// [`STEADY_DEMAND_MS`].
+    /// [`STEADY_DEMAND_MS`]; during the onset, the highest `onset_demand` has been.
     pub steady_demand: f64,
     /// Share of the requests that went to the shadow over the last tick (measured).
     pub measured_share: f64,
@@ -102,6 +102,8 @@ pub struct RedirectPlan {
     pub onset: bool,
     /// When the onset ended (ms).
     pub onset_ended_ms: u64,
+    /// During the onset, the offered demand averaged over [`ONSET_RISE_MS`] (both ways).
+    pub onset_demand: f64,
 
     /// Primary load score at the last update.
     pub primary_load: f64,
@@ -217,7 +219,7 @@ const PIN_SLACK: f64 = 0.02;
 /// many the whole surge. The rest follows on the steady demand within a second.
 const ENTRY_PIN_FRACTION: f64 = 0.8;
 
-/// Time constant of the steady demand's rise during a surge's onset.
+/// Time constant of the onset's average of the offered demand ([`RedirectPlan::onset_demand`]).
 const ONSET_RISE_MS: f64 = 300.0;
 
 /// Session requests the spread starts from, evenly over the slices (a prior): few requests
@@ -486,14 +488,22 @@ impl RedirectPlan {
         if self.onset && !plan.onset {
             plan.onset_ended_ms = input.now_ms;
         }
-        plan.steady_demand = if first_pins {
-            pin_basis
+        if first_pins {
+            // This tick's and the entry's: a load generator's stall and its catch-up
+            // burst, split between the two, cancel.
+            plan.onset_demand = 0.5 * (self.steady_demand + pin_basis);
         } else if plan.onset {
-            // Rising only, over a few ticks (a single tick's arrivals are too noisy to
-            // keep the highest of).
-            let rise =
-                smoothing(input.elapsed_ms, ONSET_RISE_MS) * (pin_basis - self.steady_demand);
-            self.steady_demand + rise.max(0.0)
+            plan.onset_demand = self.onset_demand
+                + smoothing(input.elapsed_ms, ONSET_RISE_MS) * (pin_basis - self.onset_demand);
+        }
+        plan.steady_demand = if first_pins {
+            plan.onset_demand
+        } else if plan.onset {
+            // The highest the average has been: what clients waiting on the backlog send
+            // is a floor. The average itself goes both ways, so that a load generator's
+            // stall and the burst that catches up on it cancel instead of the burst alone
+            // being kept.
+            self.steady_demand.max(plan.onset_demand)
         } else {
             self.steady_demand
                 + smoothing(input.elapsed_ms, STEADY_DEMAND_MS) * (pin_basis - self.steady_demand)
@@ -819,11 +829,13 @@ mod tests {
 
     #[test]
     fn a_surge_s_first_pins_are_set_for_any_need_however_small_and_none_for_no_need() {
-        // Redirecting, no pins yet: the first pins follow this tick's need, 0.8 of the
-        // excess — even one under the slack that later raises must clear. A primary at
-        // 0.82 against a target of 0.8: (1 − 0.8/0.82) × 0.8 = 0.0195, nearest edge 1/64.
+        // Redirecting, no pins yet: the first pins follow the need of this tick and the
+        // entry's, 0.8 of the excess — even one under the slack that later raises must
+        // clear. A primary at 0.82 (and 0.82 at the entry) against a target of 0.8:
+        // (1 − 0.8/0.82) × 0.8 = 0.0195, nearest edge 1/64.
         let plan = RedirectPlan {
             state: RedirectState::Redirecting,
+            steady_demand: 0.82,
             ..Default::default()
         };
         let next = next_with(&plan, 0.82, 0.0, None);
@@ -831,6 +843,51 @@ mod tests {
         // At 0.5 there is no excess: nothing is pinned or announced.
         let next = next_with(&plan, 0.5, 0.0, None);
         assert_eq!(next.pins, SessionPins::default());
+    }
+
+    #[test]
+    fn the_first_pins_rest_on_the_entry_s_demand_and_this_tick_s_alike() {
+        // The entry saw 1.0, this tick 2.0 (a load generator's catch-up after a stall
+        // split between them): the pins rest on 1.5 — (1 − 0.8/1.5) × 0.8 = 0.373 of the
+        // sessions, nearest edge 24/64 — not on the burst's 2.0 (0.48).
+        let plan = RedirectPlan {
+            state: RedirectState::Redirecting,
+            steady_demand: 1.0,
+            ..Default::default()
+        };
+        let next = next_with(&plan, 2.0, 0.0, None);
+        assert_eq!(next.steady_demand, 1.5);
+        assert_eq!(next.pins.after, 24.0 / 64.0, "{:?}", next.pins);
+    }
+
+    #[test]
+    fn in_the_onset_a_gap_and_the_burst_that_catches_up_on_it_cancel() {
+        // In the onset (a backlog: the primary's load well above what is offered), pinned
+        // for 1.5. A gap (0.5 offered) and then a burst (2.5) that makes up for it leave
+        // the demand the pins rest on where it was; the burst alone raises it at once.
+        let plan = RedirectPlan {
+            state: RedirectState::Redirecting,
+            onset: true,
+            steady_demand: 1.5,
+            onset_demand: 1.5,
+            pins: SessionPins {
+                before: 0.0,
+                after: 0.3,
+                from_ms: 0,
+            },
+            ..Default::default()
+        };
+        let gap = next_with(&plan, 4.0, 0.0, Some(0.5));
+        assert!(gap.onset);
+        assert_eq!(gap.steady_demand, 1.5, "the highest seen is kept");
+        let burst = next_with(&gap, 4.0, 0.0, Some(2.5));
+        assert!(
+            burst.steady_demand < 1.6,
+            "after a gap: {}",
+            burst.steady_demand
+        );
+        let alone = next_with(&plan, 4.0, 0.0, Some(2.5));
+        assert!(alone.steady_demand > 1.7, "alone: {}", alone.steady_demand);
     }
 
     #[test]

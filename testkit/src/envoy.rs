@@ -431,6 +431,12 @@ impl EnvoyProcess {
             .arg(&admin_path)
             .args(["--concurrency", &options.concurrency.to_string()])
             .args(["--log-level", &options.log_level])
+            // A diagnostic knob: e.g. `wasm:debug` for the filter's tick lines.
+            .args(
+                std::env::var("SHADOWMESH_ENVOY_COMPONENT_LOG")
+                    .map(|c| vec!["--component-log-level".to_string(), c])
+                    .unwrap_or_default(),
+            )
             // Unique base id per process so parallel Envoys don't share hot-restart memory.
             .args([
                 "--base-id",

@@ -1204,6 +1204,12 @@ mod tests {
         t.note_pending("s1", 2).unwrap();
         t.flush(vec![queued("s1", "p", 100)], &cfg(), 3);
         assert!(behind(&t));
+        // Nor does one of another key, which does apply: the newest change is still the
+        // shadow's.
+        t.note_pending("s1", 3).unwrap();
+        t.flush(vec![queued_header("s1", "set writes=1", 150)], &cfg(), 3);
+        assert_eq!(t.slot("s1").unwrap().state["writes"], "1");
+        assert!(behind(&t));
         t.note_pending("s1", 4).unwrap();
         t.flush(vec![queued("s1", "p2", 300)], &cfg(), 5);
         assert!(!behind(&t));
@@ -1529,6 +1535,27 @@ mod tests {
         assert!((0..20).all(|i| t.entry(&format!("s{i}")).is_some()));
         t.clear();
         assert!((0..20).all(|i| t.entry(&format!("s{i}")).is_none()));
+    }
+
+    #[test]
+    fn a_session_whose_slot_lost_its_state_goes_on_from_the_entry_s_version() {
+        // The entry says version 5 (a snapshot), but the slot holds nothing of it (the
+        // host refused or dropped the slot's write). The next local write is version 6:
+        // numbered from 1, every shadow at 5 would take it for an older state.
+        let store = MemoryStore::default();
+        let t = SessionTable::new(&store, "cart", 64);
+        assert!(t.put_snapshot(&snapshot("s1", 5, "five", false), 1));
+        let slot = t.slot_key(bucket_of("s1"), t.entry("s1").unwrap().slot);
+        store.map.borrow_mut().remove(&slot);
+        t.note_pending("s1", 1).unwrap();
+        t.flush(vec![queued("s1", "a", 10)], &cfg(), 2);
+        assert_eq!(t.entry("s1").unwrap().v, 6);
+        // It goes whole (the slot has no sent versions to build deltas on), as 6.
+        let out = t.take_outbound(10, &mut Watched::default());
+        assert_eq!(
+            out.snapshots.iter().map(|s| s.version).collect::<Vec<_>>(),
+            vec![6]
+        );
     }
 
     #[test]

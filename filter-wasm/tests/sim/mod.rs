@@ -100,6 +100,10 @@ pub struct Scenario {
     /// Chance that a worker's tick comes a tick late (a stalled event loop): it flushes
     /// two ticks' counts at once, and the lease holder's plan is a tick older.
     pub stall_share: f64,
+    /// The load generator's own stalls (a busy host): when (s) and how long (ms). A
+    /// stalled generator sends nothing, then every request it owes at once — as a
+    /// `sleep_until` schedule catches up — so arrivals come in a gap and a burst.
+    pub client_stalls: Vec<(f64, f64)>,
 }
 
 /// How requests arrive.
@@ -147,6 +151,7 @@ impl Scenario {
             arrivals: Arrivals::Paced,
             lease_moves_s: Vec::new(),
             stall_share: 0.0,
+            client_stalls: Vec::new(),
         }
     }
 
@@ -332,6 +337,10 @@ struct Sim<'a> {
     turns: BinaryHeap<Reverse<(u64, usize)>>,
     next_worker: usize,
     lease_moves: usize,
+    /// When the load generator meant to send its next request (µs).
+    next_arrival_us: u64,
+    /// The generator's stalls: `[start, end)` (µs), in order.
+    client_stalls: Vec<(u64, u64)>,
 }
 
 impl Sim<'_> {
@@ -483,12 +492,23 @@ impl Sim<'_> {
     }
 
     fn arrival(&mut self, now: u64) {
-        let rate = self.sc.rate_at(now as f64 / 1e6);
+        let meant = self.next_arrival_us;
+        let rate = self.sc.rate_at(meant as f64 / 1e6);
         let gap_s = match self.sc.arrivals {
             Arrivals::Paced => 1.0 / rate,
             Arrivals::Poisson => -(1.0 - self.rng.f64()).ln() / rate,
         };
-        self.push(now + (gap_s * 1e6) as u64 + 1, Event::Arrival);
+        self.next_arrival_us = meant + (gap_s * 1e6) as u64 + 1;
+        // A request meant for a stall leaves when the stall ends.
+        let at = match self
+            .client_stalls
+            .iter()
+            .find(|(start, end)| (*start..*end).contains(&self.next_arrival_us))
+        {
+            Some((_, end)) => *end,
+            None => self.next_arrival_us,
+        };
+        self.push(at.max(now), Event::Arrival);
         let session = self.pick_session(now);
         match session {
             Some(i) if self.sessions[i].busy => self.sessions[i].waiting = true,
@@ -649,6 +669,12 @@ pub fn run(sc: &Scenario) -> Outcome {
         turns: BinaryHeap::new(),
         next_worker: 0,
         lease_moves: 0,
+        next_arrival_us: 0,
+        client_stalls: sc
+            .client_stalls
+            .iter()
+            .map(|(at_s, ms)| ((at_s * 1e6) as u64, ((at_s + ms / 1e3) * 1e6) as u64))
+            .collect(),
     };
     for i in 0..sc.keys {
         let s = sim.new_session(0, ((i + 1) as f64).powf(-sc.skew));
