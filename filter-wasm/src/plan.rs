@@ -814,15 +814,15 @@ mod tests {
         let mix = SessionMix::default();
         let tick = |primary: f64| {
             let mut input = inputs(primary, 0.0, plain_traffic(0.0), &mix, 5_000);
-            input.offered = Some(1.0);
+            input.offered = Some(2.0);
             plan.next(input, &svc())
         };
-        // 1.4 for an offered 1 is a backlog (≥ 4/3): the onset goes on, unstamped.
-        let next = tick(1.4);
+        // 2.8 for an offered 2 is a backlog (≥ 4/3 × 2): the onset goes on, unstamped.
+        let next = tick(2.8);
         assert!(next.onset);
         assert_eq!(next.onset_ended_ms, 0);
-        // 1.3 is not: the onset ends now.
-        let next = tick(1.3);
+        // 2.6 is not: the onset ends now.
+        let next = tick(2.6);
         assert!(!next.onset);
         assert_eq!(next.onset_ended_ms, 5_000);
     }

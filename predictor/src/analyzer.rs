@@ -452,3 +452,27 @@ impl Analyzer {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probabilities_lie_strictly_between_0_and_1() {
+        let base = AnalyzerConfig::for_step(3600, 6);
+        assert!(base.validate().is_ok());
+        type Set = fn(&mut AnalyzerConfig, f64);
+        let fields: [(&str, Set); 2] = [
+            ("min_probability", |c, v| c.min_probability = v),
+            ("onset_probability", |c, v| c.onset_probability = v),
+        ];
+        for (field, set) in fields {
+            for bad in [0.0, 1.0, f64::NAN] {
+                let mut c = base.clone();
+                set(&mut c, bad);
+                let refused = c.validate().err().map(|e| e.field);
+                assert_eq!(refused.as_deref(), Some(field), "{field} = {bad}");
+            }
+        }
+    }
+}

@@ -748,6 +748,179 @@ impl ForecastPoint {
 mod tests {
     use super::*;
 
+    /// The field a refused configuration names.
+    fn refused(config: &ModelConfig) -> Option<String> {
+        config.validate().err().map(|e| e.field)
+    }
+
+    #[test]
+    fn every_rate_lies_strictly_between_0_and_1() {
+        let base = ModelConfig::for_step(3600, 6);
+        assert_eq!(refused(&base), None);
+        type Set = fn(&mut ModelConfig, f64);
+        let fields: [(&str, Set); 3] = [
+            ("seasons[0].rate", |c, v| c.seasons[0].rate = v),
+            ("level_rate", |c, v| c.level_rate = v),
+            ("calibrate_coverage", |c, v| c.calibrate_coverage = v),
+        ];
+        for (field, set) in fields {
+            for bad in [0.0, 1.0, -0.1, 1.5, f64::NAN] {
+                let mut c = base.clone();
+                set(&mut c, bad);
+                assert_eq!(refused(&c).as_deref(), Some(field), "{field} = {bad}");
+            }
+            let mut c = base.clone();
+            set(&mut c, 0.5);
+            assert_eq!(refused(&c), None, "{field} = 0.5");
+        }
+    }
+
+    #[test]
+    fn a_season_has_at_most_100000_buckets() {
+        // 100,000 buckets of 36 s divide a 3,600,000 s period; 200,000 of 18 s too, but
+        // are refused.
+        let mut c = ModelConfig::for_step(1, 6);
+        c.seasons = vec![SeasonSpec {
+            period_secs: 3_600_000,
+            buckets: 100_000,
+            rate: 0.1,
+        }];
+        assert_eq!(refused(&c), None);
+        c.seasons[0].buckets = 200_000;
+        assert_eq!(refused(&c).as_deref(), Some("seasons[0].buckets"));
+    }
+
+    #[test]
+    fn a_season_spans_two_steps_and_the_horizon_at_most_10000() {
+        let mut c = ModelConfig::for_step(3600, 6);
+        c.seasons[0].period_secs = 3600;
+        c.seasons[0].buckets = 1;
+        assert_eq!(refused(&c).as_deref(), Some("seasons[0].period_secs"));
+        c.seasons[0].period_secs = 7200;
+        assert_eq!(refused(&c), None);
+        c.horizon = 20_000;
+        assert_eq!(refused(&c).as_deref(), Some("horizon"));
+        c.horizon = 10_000;
+        assert_eq!(refused(&c), None);
+    }
+
+    #[test]
+    fn a_ring_gives_back_the_last_values_newest_first() {
+        let mut ring = Ring::new(3);
+        assert_eq!(ring.get(0), None);
+        for v in 1..=5 {
+            ring.push(f64::from(v));
+        }
+        let got: Vec<Option<f64>> = (0..4).map(|ago| ring.get(ago)).collect();
+        assert_eq!(got, vec![Some(5.0), Some(4.0), Some(3.0), None]);
+    }
+
+    #[test]
+    fn memory_grows_by_five_bytes_a_bucket_and_twelve_a_horizon_step() {
+        // A bucket: its f32 deviation and its u8 visit count. A horizon step: a past level,
+        // a past residual and an error variance, f32 each.
+        let bytes = |buckets: usize, horizon: usize| {
+            let mut c = ModelConfig::for_step(3600, horizon);
+            c.seasons.truncate(1);
+            c.seasons[0].buckets = buckets;
+            SeasonalModel::new(&c).memory_bytes()
+        };
+        assert_eq!(bytes(48, 6) - bytes(24, 6), 24 * 5);
+        assert_eq!(bytes(24, 16) - bytes(24, 6), 10 * 12);
+    }
+
+    #[test]
+    fn a_nested_season_borrows_the_shorter_one_until_its_bucket_is_trusted() {
+        // Daily bucket at 10 (trusted), weekly at 20 seen once of the three it takes: a
+        // third of the way from the day's 10 to the week's 20.
+        let mut config = ModelConfig::for_step(3600, 6);
+        config.combine = SeasonCombination::Nested;
+        let mut m = SeasonalModel::new(&config);
+        m.seasons[0].values[0] = 10.0;
+        m.seasons[0].visits[0] = 3;
+        m.seasons[1].values[0] = 20.0;
+        m.seasons[1].visits[0] = 1;
+        assert!((m.seasonal(&config, 0) - (10.0 + 10.0 / 3.0)).abs() < 1e-4);
+        m.seasons[1].visits[0] = 3;
+        assert!((m.seasonal(&config, 0) - 20.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn renormalizing_moves_the_seasons_means_into_the_level_and_changes_no_forecast() {
+        // Daily buckets 0 and 1 at 4 and 8, weekly ones at 2, all seen (and trusted): the
+        // level takes the daily mean 6 (and, additively, the weekly 2 too).
+        for (combine, level) in [
+            (SeasonCombination::Additive, 108.0),
+            (SeasonCombination::Nested, 106.0),
+        ] {
+            let mut config = ModelConfig::for_step(3600, 6);
+            config.combine = combine;
+            let mut m = SeasonalModel::new(&config);
+            m.level = 100.0;
+            for (b, v) in [(0, 4.0), (1, 8.0)] {
+                m.seasons[0].values[b] = v;
+                m.seasons[0].visits[b] = 3;
+                m.seasons[1].values[b] = 2.0;
+                m.seasons[1].visits[b] = 3;
+            }
+            // Where every season's bucket was seen (an unseen one holds no deviation: it
+            // is forecast at the level, the mean).
+            let forecast = |m: &SeasonalModel, ts| m.level + m.seasonal(&config, ts);
+            let before: Vec<f64> = [0, 3600].iter().map(|ts| forecast(&m, *ts)).collect();
+            m.renormalize(combine);
+            let after: Vec<f64> = [0, 3600].iter().map(|ts| forecast(&m, *ts)).collect();
+            assert!(
+                (m.level - level).abs() < 1e-4,
+                "{combine:?}: level {}",
+                m.level
+            );
+            for (b, a) in before.iter().zip(&after) {
+                assert!((b - a).abs() < 1e-4, "{combine:?}: {before:?} → {after:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_value_is_refused_above_the_largest_demand_not_at_it() {
+        assert_eq!(check_value(MAX_DEMAND), Ok(()));
+        assert_eq!(check_value(0.0), Ok(()));
+        assert_eq!(
+            check_value(2.0 * MAX_DEMAND),
+            Err(ObserveError::TooLarge(2.0 * MAX_DEMAND))
+        );
+    }
+
+    #[test]
+    fn a_point_s_probability_above_a_threshold_follows_its_spread() {
+        let point = |z_mean: f64, z_sd: f64| ForecastPoint {
+            ts: 0,
+            h: 1,
+            median: z_mean,
+            z_mean,
+            z_sd,
+        };
+        // A spread of 1 around 10: half above 10, about 84% above 9, 16% above 11.
+        let p = point(10.0, 1.0);
+        assert!((p.prob_above(Transform::None, 10.0) - 0.5).abs() < 1e-9);
+        assert!((p.prob_above(Transform::None, 9.0) - 0.841).abs() < 1e-3);
+        assert!((p.prob_above(Transform::None, 11.0) - 0.159).abs() < 1e-3);
+        // No spread: certain either way.
+        let p = point(10.0, 0.0);
+        assert_eq!(p.prob_above(Transform::None, 9.0), 1.0);
+        assert_eq!(p.prob_above(Transform::None, 10.0), 0.0);
+    }
+
+    #[test]
+    fn a_model_counts_the_observations_it_learned_from_not_the_refused() {
+        let config = ModelConfig::for_step(3600, 6);
+        let mut m = SeasonalModel::new(&config);
+        for h in 0..5i64 {
+            m.observe(&config, h * 3600, 100.0).unwrap();
+        }
+        assert!(m.observe(&config, 5 * 3600, -1.0).is_err());
+        assert_eq!(m.samples(), 5);
+    }
+
     #[test]
     fn additive_seasons_stay_centred_and_unseen_buckets_stay_zero() {
         let config = ModelConfig::for_step(3600, 6);

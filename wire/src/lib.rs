@@ -377,4 +377,42 @@ mod tests {
         let back: TelemetryReport = serde_json::from_str(&json).unwrap();
         assert_eq!(back, report);
     }
+
+    fn op(key: &str, value: Option<&str>) -> StateOp {
+        StateOp {
+            key: key.into(),
+            value: value.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_size_counts_keys_and_values_in_bytes() {
+        // "cart" 4 + "ä" 2 (bytes, not characters): 6; a removal counts its key alone.
+        assert_eq!(op("cart", Some("ä")).bytes(), 6);
+        assert_eq!(op("cart", None).bytes(), 4);
+        let state = [("cart", "abc"), ("writes", "12")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        // 4 + 3 + 6 + 2.
+        assert_eq!(state_bytes(&state), 15);
+    }
+
+    #[test]
+    fn ops_apply_in_order_a_value_setting_and_none_removing_its_key() {
+        let mut state = std::collections::BTreeMap::new();
+        apply_ops(
+            &mut state,
+            &[
+                op("cart", Some("a")),
+                op("writes", Some("1")),
+                op("cart", Some("b")),
+                op("writes", None),
+            ],
+        );
+        assert_eq!(state, [("cart".to_string(), "b".to_string())].into());
+        // Removing a key that is not there changes nothing.
+        apply_ops(&mut state, &[op("gone", None)]);
+        assert_eq!(state.len(), 1);
+    }
 }
