@@ -474,7 +474,7 @@ impl RedirectPlan {
         plan.primary_load = input.primary.0;
         plan.shadow_load = input.shadow.0;
         // The surge's first pins are announced a tick after the entry (the tick that
-        // entered straddled the onset), on that tick's demand alone.
+        // entered straddled the onset), on that tick's demand and the entry's.
         let first_pins = self.state == RedirectState::Redirecting
             && self.pins.after == 0.0
             && !self.pins.pending(input.now_ms);
@@ -492,22 +492,19 @@ impl RedirectPlan {
             // This tick's and the entry's: a load generator's stall and its catch-up
             // burst, split between the two, cancel.
             plan.onset_demand = 0.5 * (self.steady_demand + pin_basis);
+            plan.steady_demand = plan.onset_demand;
         } else if plan.onset {
             plan.onset_demand = self.onset_demand
                 + smoothing(input.elapsed_ms, ONSET_RISE_MS) * (pin_basis - self.onset_demand);
-        }
-        plan.steady_demand = if first_pins {
-            plan.onset_demand
-        } else if plan.onset {
             // The highest the average has been: what clients waiting on the backlog send
             // is a floor. The average itself goes both ways, so that a load generator's
             // stall and the burst that catches up on it cancel instead of the burst alone
             // being kept.
-            self.steady_demand.max(plan.onset_demand)
+            plan.steady_demand = self.steady_demand.max(plan.onset_demand);
         } else {
-            self.steady_demand
-                + smoothing(input.elapsed_ms, STEADY_DEMAND_MS) * (pin_basis - self.steady_demand)
-        };
+            plan.steady_demand = self.steady_demand
+                + smoothing(input.elapsed_ms, STEADY_DEMAND_MS) * (pin_basis - self.steady_demand);
+        }
 
         match self.state {
             RedirectState::Normal => {
