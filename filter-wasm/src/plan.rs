@@ -36,7 +36,8 @@
 //!   which that share of the session *traffic* lies ([`SessionMix::threshold_for`] — keys
 //!   are few or many, busy or idle), chosen on a demand smoothed over about a second
 //!   (`steady_demand`: offered demand × an inflation learned only once the onset's
-//!   backlog drained) because it cannot be taken back. A new threshold is announced
+//!   backlog drained, each tick first filtered so that a load generator's stall and the
+//!   burst that catches up on it count for nothing) because it cannot be taken back. A new threshold is announced
 //!   [`PIN_LEAD_TICKS`] ticks ahead and takes effect at one instant on every worker, and a
 //!   pending one is never replaced, so no session is routed by two thresholds at once;
 //! * session-less requests carry the rest, moment to moment: what the sessions below the
@@ -81,8 +82,9 @@ pub struct RedirectPlan {
     /// `L/(1−s)` for the share `s` that really left it until then.
     pub demand: f64,
     /// The demand sessions are pinned on: the offered demand (arrivals × unloaded latency /
-    /// capacity — no backlog in it) × `steady_inflation`, smoothed over
-    /// [`STEADY_DEMAND_MS`]; during the onset, the highest `onset_demand` has been.
+    /// capacity — no backlog in it) × `steady_inflation`, filtered tick by tick
+    /// ([`RecentTicks`]) and smoothed over [`STEADY_DEMAND_MS`]; during the onset, the
+    /// highest the filtered demand has been since the first pins.
     pub steady_demand: f64,
     /// Share of the requests that went to the shadow over the last tick (measured).
     pub measured_share: f64,
@@ -102,8 +104,10 @@ pub struct RedirectPlan {
     pub onset: bool,
     /// When the onset ended (ms).
     pub onset_ended_ms: u64,
-    /// During the onset, the offered demand averaged over [`ONSET_RISE_MS`] (both ways).
-    pub onset_demand: f64,
+    /// The last ticks' offered demand × `steady_inflation` (a tick without arrivals
+    /// counts 0), from the entry on during a surge's onset; `steady_demand` follows their
+    /// lower median.
+    pub recent_pin_basis: RecentTicks,
 
     /// Primary load score at the last update.
     pub primary_load: f64,
@@ -219,8 +223,43 @@ const PIN_SLACK: f64 = 0.02;
 /// many the whole surge. The rest follows on the steady demand within a second.
 const ENTRY_PIN_FRACTION: f64 = 0.8;
 
-/// Time constant of the onset's average of the offered demand ([`RedirectPlan::onset_demand`]).
-const ONSET_RISE_MS: f64 = 300.0;
+/// The last [`RECENT_TICKS`] values of a per-tick quantity, and their lower median: a
+/// filter that lets a run of ticks move it only once it is most of them. A load generator
+/// that stalls sends nothing for a few ticks and then, in one or two, everything it owes
+/// (a `sleep_until` schedule catching up); an average of any span, or the highest of one,
+/// keeps the burst of a gap whose start it no longer sees — and a pinned session cannot
+/// be taken back. Zeros and a burst of up to two ticks leave the median where it was.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RecentTicks {
+    /// Oldest first; only the last `len` are filled.
+    pub values: [f64; RECENT_TICKS],
+    /// How many are filled.
+    pub len: usize,
+}
+
+/// How many ticks [`RecentTicks`] keeps.
+pub const RECENT_TICKS: usize = 5;
+
+impl RecentTicks {
+    fn push(&mut self, v: f64) {
+        self.values.rotate_left(1);
+        self.values[RECENT_TICKS - 1] = v;
+        self.len = (self.len + 1).min(RECENT_TICKS);
+    }
+
+    /// The median of those filled, the lower of the middle two where they are even;
+    /// 0 where none is.
+    fn lower_median(&self) -> f64 {
+        let mut v = self.values;
+        let filled = &mut v[RECENT_TICKS - self.len.min(RECENT_TICKS)..];
+        if filled.is_empty() {
+            return 0.0;
+        }
+        filled.sort_by(f64::total_cmp);
+        filled[(filled.len() - 1) / 2]
+    }
+}
 
 /// Session requests the spread starts from, evenly over the slices (a prior): few requests
 /// seen among many keys — the calm before a surge — say little of how the keys' traffic
@@ -432,12 +471,12 @@ impl RedirectPlan {
         let measured = input.measured_share;
         // What the primary's load says: L/(1−s), for the share that really left it.
         let loaded = input.primary.0 / (1.0 - measured).max(MIN_PRIMARY_SHARE);
-        let (demand, pin_basis) = match input.offered.filter(|o| *o > 0.0) {
+        let (demand, pin_basis) = match input.offered {
             Some(offered) => {
                 // How much more load the primary carries than the arrivals' unloaded work:
-                // 1 without queue or slowdown. Only a tick in which the primary served
-                // anything says.
-                if input.routed.to_shadow() < input.routed.total() {
+                // 1 without queue or slowdown. Only a tick in which something arrived and
+                // the primary served some of it says.
+                if offered > 0.0 && input.routed.to_shadow() < input.routed.total() {
                     let current = self.inflation.get();
                     if current >= BACKLOG_INFLATION && loaded / offered < current / 2.0 {
                         // A backlog that drained is gone at once: shedding on for its
@@ -474,7 +513,8 @@ impl RedirectPlan {
         plan.primary_load = input.primary.0;
         plan.shadow_load = input.shadow.0;
         // The surge's first pins are announced a tick after the entry (the tick that
-        // entered straddled the onset), on that tick's demand and the entry's.
+        // entered straddled the onset), on the lower of that tick's demand and the
+        // entry's: a stall's catch-up burst in either is not counted.
         let first_pins = self.state == RedirectState::Redirecting
             && self.pins.after == 0.0
             && !self.pins.pending(input.now_ms);
@@ -488,22 +528,16 @@ impl RedirectPlan {
         if self.onset && !plan.onset {
             plan.onset_ended_ms = input.now_ms;
         }
+        plan.recent_pin_basis.push(pin_basis);
+        let filtered = plan.recent_pin_basis.lower_median();
         if first_pins {
-            // This tick's and the entry's: a load generator's stall and its catch-up
-            // burst, split between the two, cancel.
-            plan.onset_demand = 0.5 * (self.steady_demand + pin_basis);
-            plan.steady_demand = plan.onset_demand;
+            plan.steady_demand = filtered;
         } else if plan.onset {
-            plan.onset_demand = self.onset_demand
-                + smoothing(input.elapsed_ms, ONSET_RISE_MS) * (pin_basis - self.onset_demand);
-            // The highest the average has been: what clients waiting on the backlog send
-            // is a floor. The average itself goes both ways, so that a load generator's
-            // stall and the burst that catches up on it cancel instead of the burst alone
-            // being kept.
-            plan.steady_demand = self.steady_demand.max(plan.onset_demand);
+            // The highest it has been: what clients waiting on the backlog send is a floor.
+            plan.steady_demand = self.steady_demand.max(filtered);
         } else {
             plan.steady_demand = self.steady_demand
-                + smoothing(input.elapsed_ms, STEADY_DEMAND_MS) * (pin_basis - self.steady_demand);
+                + smoothing(input.elapsed_ms, STEADY_DEMAND_MS) * (filtered - self.steady_demand);
         }
 
         match self.state {
@@ -524,6 +558,8 @@ impl RedirectPlan {
                     // steady estimate trailed the onset; it starts again from here. The
                     // sessions' part waits for a tick wholly in the surge.
                     plan.share = excess_share(loaded.max(demand), t.target, svc.max_share);
+                    plan.recent_pin_basis = RecentTicks::default();
+                    plan.recent_pin_basis.push(pin_basis);
                     plan.steady_demand = pin_basis;
                 }
             }
@@ -579,13 +615,14 @@ impl RedirectPlan {
     /// every tick at debug level).
     pub fn tick_line(&self) -> String {
         format!(
-            "primary load {:.2}, measured share {:.2}, demand {:.2} (steady {:.2}), \
-             inflation {:.2} (steady {:.2}), share {:.2} (session-less {:.2}), pins \
+            "primary load {:.2}, measured share {:.2}, demand {:.2} (steady {:.2}, this tick \
+             {:.2}), inflation {:.2} (steady {:.2}), share {:.2} (session-less {:.2}), pins \
              {:.3} -> {:.3} at {} ms, onset {}, unloaded latency {:.1} ms",
             self.primary_load,
             self.measured_share,
             self.demand,
             self.steady_demand,
+            self.recent_pin_basis.values[RECENT_TICKS - 1],
             self.inflation.get(),
             self.steady_inflation.get(),
             self.share,
@@ -842,31 +879,61 @@ mod tests {
         assert_eq!(next.pins, SessionPins::default());
     }
 
+    fn recent(values: &[f64]) -> RecentTicks {
+        let mut r = RecentTicks::default();
+        for v in values {
+            r.push(*v);
+        }
+        r
+    }
+
     #[test]
-    fn the_first_pins_rest_on_the_entry_s_demand_and_this_tick_s_alike() {
-        // The entry saw 1.0, this tick 2.0 (a load generator's catch-up after a stall
-        // split between them): the pins rest on 1.5 — (1 − 0.8/1.5) × 0.8 = 0.373 of the
-        // sessions, nearest edge 24/64 — not on the burst's 2.0 (0.48).
+    fn recent_ticks_keep_the_last_five_and_their_lower_median() {
+        assert_eq!(RecentTicks::default().lower_median(), 0.0);
+        assert_eq!(recent(&[2.0]).lower_median(), 2.0);
+        // Of two, the lower; of four, the second lowest.
+        assert_eq!(recent(&[2.0, 1.0]).lower_median(), 1.0);
+        assert_eq!(recent(&[4.0, 1.0, 3.0, 2.0]).lower_median(), 2.0);
+        // The first of six is forgotten: 9 no longer counts.
+        let r = recent(&[9.0, 9.0, 1.0, 2.0, 3.0, 9.0]);
+        assert_eq!(r.len, RECENT_TICKS);
+        assert_eq!(r.lower_median(), 3.0);
+    }
+
+    #[test]
+    fn the_first_pins_rest_on_the_lower_of_the_entry_s_demand_and_this_tick_s() {
+        // The entry saw 1.25, this tick 2.0 (a load generator's catch-up after a stall
+        // split between them): the pins rest on 1.25 — (1 − 0.8/1.25) × 0.8 = 0.288 of
+        // the sessions, nearest edge 18/64 — not on the burst's 2.0 (0.3 × 64 = 24/64).
         let plan = RedirectPlan {
             state: RedirectState::Redirecting,
-            steady_demand: 1.0,
+            steady_demand: 1.25,
+            recent_pin_basis: recent(&[1.25]),
             ..Default::default()
         };
         let next = next_with(&plan, 2.0, 0.0, None);
-        assert_eq!(next.steady_demand, 1.5);
-        assert_eq!(next.pins.after, 24.0 / 64.0, "{:?}", next.pins);
+        assert_eq!(next.steady_demand, 1.25);
+        assert_eq!(next.pins.after, 18.0 / 64.0, "{:?}", next.pins);
+        // The same the other way round: a burst at the entry, the demand after it.
+        let plan = RedirectPlan {
+            steady_demand: 2.0,
+            recent_pin_basis: recent(&[2.0]),
+            ..plan
+        };
+        assert_eq!(next_with(&plan, 1.25, 0.0, None).steady_demand, 1.25);
     }
 
     #[test]
     fn in_the_onset_a_gap_and_the_burst_that_catches_up_on_it_cancel() {
         // In the onset (a backlog: the primary's load well above what is offered), pinned
-        // for 1.5. A gap (0.5 offered) and then a burst (2.5) that makes up for it leave
-        // the demand the pins rest on where it was; the burst alone raises it at once.
+        // for 1.5. Ticks without arrivals (a stalled load generator) and the two that
+        // catch up on them leave the demand the pins rest on where it was; a rise that
+        // lasts three ticks of five is followed.
         let plan = RedirectPlan {
             state: RedirectState::Redirecting,
             onset: true,
             steady_demand: 1.5,
-            onset_demand: 1.5,
+            recent_pin_basis: recent(&[1.5; 5]),
             pins: SessionPins {
                 before: 0.0,
                 after: 0.3,
@@ -874,17 +941,46 @@ mod tests {
             },
             ..Default::default()
         };
-        let gap = next_with(&plan, 4.0, 0.0, Some(0.5));
-        assert!(gap.onset);
-        assert_eq!(gap.steady_demand, 1.5, "the highest seen is kept");
-        let burst = next_with(&gap, 4.0, 0.0, Some(2.5));
+        let mut p = plan;
+        for offered in [0.0, 0.0, 3.0, 3.0, 1.5] {
+            p = next_with(&p, 8.0, 0.0, Some(offered));
+            assert!(p.onset);
+            assert_eq!(p.steady_demand, 1.5, "after {offered}");
+        }
+        let mut p = plan;
+        for (offered, steady) in [(1.8, 1.5), (1.8, 1.5), (1.8, 1.8)] {
+            p = next_with(&p, 8.0, 0.0, Some(offered));
+            assert_eq!(p.steady_demand, steady);
+        }
+        // And a lower demand does not lower it: what clients waiting on the backlog send
+        // is a floor.
+        for _ in 0..5 {
+            p = next_with(&p, 8.0, 0.0, Some(1.0));
+        }
+        assert_eq!(p.steady_demand, 1.8);
+    }
+
+    #[test]
+    fn after_the_onset_the_demand_pinned_for_follows_the_filtered_ticks() {
+        // Calm (not in the onset): one tick's burst moves nothing; the lower median of the
+        // last five does, by a second's smoothing.
+        let plan = RedirectPlan {
+            steady_demand: 1.0,
+            recent_pin_basis: recent(&[1.0; 5]),
+            ..Default::default()
+        };
+        let burst = next_with(&plan, 0.5, 0.0, Some(5.0));
+        assert_eq!(burst.steady_demand, 1.0);
+        let mut p = plan;
+        for _ in 0..3 {
+            p = next_with(&p, 0.5, 0.0, Some(2.0));
+        }
+        let alpha = smoothing(100.0, STEADY_DEMAND_MS);
         assert!(
-            burst.steady_demand < 1.6,
-            "after a gap: {}",
-            burst.steady_demand
+            (p.steady_demand - (1.0 + alpha)).abs() < 1e-12,
+            "{}",
+            p.steady_demand
         );
-        let alone = next_with(&plan, 4.0, 0.0, Some(2.5));
-        assert!(alone.steady_demand > 1.7, "alone: {}", alone.steady_demand);
     }
 
     #[test]
@@ -920,6 +1016,7 @@ mod tests {
             share: 0.33,
             onset: true,
             unloaded_latency_ms: 12.5,
+            recent_pin_basis: recent(&[1.75]),
             ..Default::default()
         };
         let line = plan.tick_line();
@@ -927,6 +1024,7 @@ mod tests {
             "primary load 0.85",
             "measured share 0.25",
             "demand 1.20",
+            "this tick 1.75",
             "share 0.33",
             "onset true",
             "unloaded latency 12.5 ms",
@@ -959,13 +1057,19 @@ mod tests {
     }
 
     #[test]
-    fn no_offered_work_is_the_same_as_none_known() {
-        // A stalled primary: load without arrivals.
+    fn a_tick_without_arrivals_offers_nothing_to_pin_for_and_sheds_for_its_load() {
+        // A primary still busy with a backlog while nothing arrives (a stalled load
+        // generator): the demand to shed is its load, as when nothing is known of the
+        // offered work; the demand sessions are pinned on counts the tick as zero, not as
+        // the backlog's load.
         let plan = RedirectPlan::default();
-        assert_eq!(
-            next_with(&plan, 0.7, 0.0, Some(0.0)),
-            next_with(&plan, 0.7, 0.0, None)
-        );
+        let none = next_with(&plan, 0.7, 0.0, None);
+        let nothing = next_with(&plan, 0.7, 0.0, Some(0.0));
+        assert_eq!((none.demand, nothing.demand), (0.7, 0.7));
+        assert_eq!(none.recent_pin_basis.values[RECENT_TICKS - 1], 0.7);
+        assert_eq!(nothing.recent_pin_basis.values[RECENT_TICKS - 1], 0.0);
+        // Nor does it teach the inflation anything.
+        assert_eq!(nothing.inflation, plan.inflation);
     }
 
     #[test]
