@@ -961,6 +961,81 @@ mod tests {
     }
 
     #[test]
+    fn recent_ticks_with_a_count_past_their_size_count_only_what_they_hold() {
+        // The plan is read back from shared data: a count past the five it holds (written
+        // by nothing but a corrupted copy) reads the five, it does not underflow.
+        let r = RecentTicks {
+            values: [1.0, 2.0, 3.0, 4.0, 5.0],
+            len: 9,
+        };
+        assert_eq!(r.lower_median(), 3.0);
+    }
+
+    #[test]
+    fn a_surge_s_ticks_start_at_its_entry_whatever_came_before() {
+        // Ticks before the entry (calm, or the last surge's) are forgotten: the first pins
+        // rest on the lower of the entry's and the next tick's, in either order.
+        for before in [[0.0; RECENT_TICKS], [3.0; RECENT_TICKS]] {
+            for (entry, next) in [(2.0, 1.25), (1.25, 2.0)] {
+                let plan = RedirectPlan {
+                    recent_pin_basis: recent(&before),
+                    ..Default::default()
+                };
+                let entered = next_with(&plan, 8.0, 0.0, Some(entry));
+                assert_eq!(entered.state, RedirectState::Redirecting);
+                assert_eq!(entered.recent_pin_basis.len, 1, "{before:?}");
+                let first = next_with(&entered, 8.0, 0.0, Some(next));
+                assert_eq!(first.steady_demand, 1.25, "{before:?} then {entry}, {next}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_surge_that_returns_before_the_release_took_effect_keeps_the_onset_s_floor() {
+        // The last surge's release is announced for 60 s (pending): the surge that begins
+        // meanwhile cannot announce its first pins, and its onset keeps the highest demand
+        // it sees (2.0) rather than starting from this tick's 1.25.
+        let plan = RedirectPlan {
+            pins: SessionPins {
+                before: 0.3,
+                after: 0.0,
+                from_ms: 60_000,
+            },
+            ..Default::default()
+        };
+        let entered = next_with(&plan, 8.0, 0.0, Some(2.0));
+        assert!(entered.onset);
+        let next = next_with(&entered, 8.0, 0.0, Some(1.25));
+        assert_eq!(
+            next.pins, plan.pins,
+            "nothing announced over a pending change"
+        );
+        assert_eq!(next.steady_demand, 2.0);
+    }
+
+    #[test]
+    fn the_tick_that_ends_the_onset_smooths_instead_of_keeping_the_highest() {
+        // In the onset at 1.5; this tick has no backlog (load 0.5 for an offered 1.0): the
+        // onset ends and the demand moves towards the filtered 1.0 by a tick's smoothing.
+        let plan = RedirectPlan {
+            state: RedirectState::Redirecting,
+            onset: true,
+            steady_demand: 1.5,
+            recent_pin_basis: recent(&[1.0; RECENT_TICKS]),
+            pins: SessionPins {
+                before: 0.0,
+                after: 0.3,
+                from_ms: 0,
+            },
+            ..Default::default()
+        };
+        let next = next_with(&plan, 0.5, 0.0, Some(1.0));
+        assert!(!next.onset);
+        let alpha = smoothing(100.0, STEADY_DEMAND_MS);
+        assert!((next.steady_demand - (1.5 - 0.5 * alpha)).abs() < 1e-12);
+    }
+
+    #[test]
     fn after_the_onset_the_demand_pinned_for_follows_the_filtered_ticks() {
         // Calm (not in the onset): one tick's burst moves nothing; the lower median of the
         // last five does, by a second's smoothing.
