@@ -37,8 +37,8 @@
 //!   are few or many, busy or idle), chosen on a demand smoothed over about a second
 //!   (`steady_demand`: offered demand × an inflation learned only once the onset's
 //!   backlog drained, each tick first filtered so that a load generator's stall and the
-//!   burst that catches up on it count for nothing) because it cannot be taken back. A new threshold is announced
-//!   [`PIN_LEAD_TICKS`] ticks ahead and takes effect at one instant on every worker, and a
+//!   burst that catches up on it count for nothing) because it cannot be taken back. A
+//!   new threshold is announced [`PIN_LEAD_TICKS`] ticks ahead and takes effect at one instant on every worker, and a
 //!   pending one is never replaced, so no session is routed by two thresholds at once;
 //! * session-less requests carry the rest, moment to moment: what the sessions below the
 //!   threshold do not carry, less those held on the primary by read-your-writes.
@@ -242,6 +242,13 @@ pub struct RecentTicks {
 pub const RECENT_TICKS: usize = 5;
 
 impl RecentTicks {
+    /// Only `v`: a surge's ticks start at its entry.
+    fn starting_with(v: f64) -> RecentTicks {
+        let mut r = RecentTicks::default();
+        r.push(v);
+        r
+    }
+
     fn push(&mut self, v: f64) {
         self.values.rotate_left(1);
         self.values[RECENT_TICKS - 1] = v;
@@ -530,15 +537,15 @@ impl RedirectPlan {
         }
         plan.recent_pin_basis.push(pin_basis);
         let filtered = plan.recent_pin_basis.lower_median();
-        if first_pins {
-            plan.steady_demand = filtered;
+        plan.steady_demand = if first_pins {
+            filtered
         } else if plan.onset {
             // The highest it has been: what clients waiting on the backlog send is a floor.
-            plan.steady_demand = self.steady_demand.max(filtered);
+            self.steady_demand.max(filtered)
         } else {
-            plan.steady_demand = self.steady_demand
-                + smoothing(input.elapsed_ms, STEADY_DEMAND_MS) * (filtered - self.steady_demand);
-        }
+            self.steady_demand
+                + smoothing(input.elapsed_ms, STEADY_DEMAND_MS) * (filtered - self.steady_demand)
+        };
 
         match self.state {
             RedirectState::Normal => {
@@ -558,8 +565,7 @@ impl RedirectPlan {
                     // steady estimate trailed the onset; it starts again from here. The
                     // sessions' part waits for a tick wholly in the surge.
                     plan.share = excess_share(loaded.max(demand), t.target, svc.max_share);
-                    plan.recent_pin_basis = RecentTicks::default();
-                    plan.recent_pin_basis.push(pin_basis);
+                    plan.recent_pin_basis = RecentTicks::starting_with(pin_basis);
                     plan.steady_demand = pin_basis;
                 }
             }
@@ -887,6 +893,23 @@ mod tests {
         r
     }
 
+    /// Redirecting in the onset, pinned for `steady` (sessions below 0.3 on the shadow),
+    /// the last five ticks each at `ticks`.
+    fn in_onset(steady: f64, ticks: f64) -> RedirectPlan {
+        RedirectPlan {
+            state: RedirectState::Redirecting,
+            onset: true,
+            steady_demand: steady,
+            recent_pin_basis: recent(&[ticks; RECENT_TICKS]),
+            pins: SessionPins {
+                before: 0.0,
+                after: 0.3,
+                from_ms: 0,
+            },
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn recent_ticks_keep_the_last_five_and_their_lower_median() {
         assert_eq!(RecentTicks::default().lower_median(), 0.0);
@@ -929,18 +952,7 @@ mod tests {
         // for 1.5. Ticks without arrivals (a stalled load generator) and the two that
         // catch up on them leave the demand the pins rest on where it was; a rise that
         // lasts three ticks of five is followed.
-        let plan = RedirectPlan {
-            state: RedirectState::Redirecting,
-            onset: true,
-            steady_demand: 1.5,
-            recent_pin_basis: recent(&[1.5; 5]),
-            pins: SessionPins {
-                before: 0.0,
-                after: 0.3,
-                from_ms: 0,
-            },
-            ..Default::default()
-        };
+        let plan = in_onset(1.5, 1.5);
         let mut p = plan;
         for offered in [0.0, 0.0, 3.0, 3.0, 1.5] {
             p = next_with(&p, 8.0, 0.0, Some(offered));
@@ -1017,19 +1029,7 @@ mod tests {
     fn the_tick_that_ends_the_onset_smooths_instead_of_keeping_the_highest() {
         // In the onset at 1.5; this tick has no backlog (load 0.5 for an offered 1.0): the
         // onset ends and the demand moves towards the filtered 1.0 by a tick's smoothing.
-        let plan = RedirectPlan {
-            state: RedirectState::Redirecting,
-            onset: true,
-            steady_demand: 1.5,
-            recent_pin_basis: recent(&[1.0; RECENT_TICKS]),
-            pins: SessionPins {
-                before: 0.0,
-                after: 0.3,
-                from_ms: 0,
-            },
-            ..Default::default()
-        };
-        let next = next_with(&plan, 0.5, 0.0, Some(1.0));
+        let next = next_with(&in_onset(1.5, 1.0), 0.5, 0.0, Some(1.0));
         assert!(!next.onset);
         let alpha = smoothing(100.0, STEADY_DEMAND_MS);
         assert!((next.steady_demand - (1.5 - 0.5 * alpha)).abs() < 1e-12);
